@@ -1,0 +1,16 @@
+//! Tower: a Raspberry Pi LAN radio station.
+//!
+//! ALSA capture → PCM input queue → 24 ms pump → supervised ffmpeg → MP3
+//! packetizer → frame ring → broadcast loop → every listener on
+//! `GET /stream`. See `service` for how the pieces are wired and who owns
+//! which thread, and `../shared/SPEC.md` for the clauses cited in the
+//! module docs.
+
+pub mod audio;
+pub mod fallback;
+pub mod histogram;
+pub mod mp3;
+pub mod ratelog;
+pub mod ring;
+pub mod router;
+pub mod worker;

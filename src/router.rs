@@ -1,0 +1,242 @@
+//! AudioInputRouter: the PCM input queue between capture and pump [R1]–[R5].
+//!
+//! Producers (the capture thread, tests) call [`AudioInputRouter::push`] or
+//! [`AudioInputRouter::push_bytes`]; the single consumer is the pump thread,
+//! which calls [`AudioInputRouter::pop`]. Promises: `push` never blocks and,
+//! when the queue is full, drops the incoming (newest) frame and counts it;
+//! `pop` waits at most its timeout on the monotonic clock; `stats` reads
+//! atomics only, so monitoring never blocks a producer.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
+use serde::Serialize;
+
+use crate::audio::{FrameSizeError, PcmFrame};
+use crate::ratelog::LogGate;
+
+/// Default capacity (`TOWER_PCM_BUFFER_SIZE`): 100 frames, 2.4 s.
+pub const DEFAULT_CAPACITY: usize = 100;
+
+/// What happened to a pushed frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    Queued,
+    /// The queue was full: this (newest) frame was dropped.
+    DroppedFull,
+}
+
+/// A snapshot of the queue for `/tower/buffer` and `/status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RouterStats {
+    pub fill: usize,
+    pub capacity: usize,
+    /// Frames accepted into the queue since start.
+    pub pushed: u64,
+    /// Frames dropped because the queue was full (newest dropped).
+    pub dropped_full: u64,
+    /// Buffers rejected because they were not canonical frames [F1].
+    pub rejected_malformed: u64,
+}
+
+pub struct AudioInputRouter {
+    tx: Sender<PcmFrame>,
+    rx: Receiver<PcmFrame>,
+    capacity: usize,
+    pushed: AtomicU64,
+    dropped_full: AtomicU64,
+    rejected_malformed: AtomicU64,
+    full_log: LogGate,
+    malformed_log: LogGate,
+}
+
+impl AudioInputRouter {
+    /// A queue holding at most `capacity` frames (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let (tx, rx) = channel::bounded(capacity);
+        AudioInputRouter {
+            tx,
+            rx,
+            capacity,
+            pushed: AtomicU64::new(0),
+            dropped_full: AtomicU64::new(0),
+            rejected_malformed: AtomicU64::new(0),
+            full_log: LogGate::new(Duration::from_secs(10)),
+            malformed_log: LogGate::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// Queues a frame without blocking; drops it if the queue is full [R2].
+    pub fn push(&self, frame: PcmFrame) -> PushOutcome {
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.pushed.fetch_add(1, Ordering::Relaxed);
+                PushOutcome::Queued
+            }
+            // The router owns a receiver, so the channel never disconnects;
+            // treat both errors as "full".
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                let dropped = self.dropped_full.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.full_log.allow(Instant::now()) {
+                    tracing::warn!(
+                        component = "router",
+                        dropped_total = dropped,
+                        suppressed,
+                        capacity = self.capacity,
+                        "PCM input queue full: dropping the newest frames (the pump is not keeping up)"
+                    );
+                }
+                PushOutcome::DroppedFull
+            }
+        }
+    }
+
+    /// Validates and queues raw bytes: the boundary where non-canonical
+    /// buffers are rejected, counted and logged [F1].
+    pub fn push_bytes(&self, bytes: &[u8]) -> Result<PushOutcome, FrameSizeError> {
+        match PcmFrame::from_bytes(bytes) {
+            Ok(frame) => Ok(self.push(frame)),
+            Err(e) => {
+                let rejected = self.rejected_malformed.fetch_add(1, Ordering::Relaxed) + 1;
+                if let Some(suppressed) = self.malformed_log.allow(Instant::now()) {
+                    tracing::error!(component = "router", rejected_total = rejected, suppressed, "{e}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The oldest frame; with `None` returns at once, otherwise waits at
+    /// most `timeout` [R3].
+    pub fn pop(&self, timeout: Option<Duration>) -> Option<PcmFrame> {
+        match timeout {
+            None => match self.rx.try_recv() {
+                Ok(f) => Some(f),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => None,
+            },
+            Some(t) => match self.rx.recv_timeout(t) {
+                Ok(f) => Some(f),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => None,
+            },
+        }
+    }
+
+    pub fn fill(&self) -> usize {
+        self.rx.len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Fill, capacity and drop counts, read without blocking producers [R5].
+    pub fn stats(&self) -> RouterStats {
+        RouterStats {
+            fill: self.rx.len(),
+            capacity: self.capacity,
+            pushed: self.pushed.load(Ordering::Relaxed),
+            dropped_full: self.dropped_full.load(Ordering::Relaxed),
+            rejected_malformed: self.rejected_malformed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::PCM_FRAME_BYTES;
+    use std::sync::Arc;
+    use std::thread;
+
+    fn frame(tag: u8) -> PcmFrame {
+        PcmFrame::from_bytes(&[tag; PCM_FRAME_BYTES]).expect("frame")
+    }
+
+    #[test]
+    fn fifo_order() {
+        let r = AudioInputRouter::new(4);
+        for i in 0..3 {
+            assert_eq!(r.push(frame(i)), PushOutcome::Queued);
+        }
+        for i in 0..3 {
+            assert_eq!(r.pop(None).expect("frame").as_bytes()[0], i);
+        }
+        assert!(r.pop(None).is_none());
+    }
+
+    #[test]
+    fn full_queue_drops_the_newest_and_counts_it() {
+        let r = AudioInputRouter::new(2);
+        r.push(frame(1));
+        r.push(frame(2));
+        assert_eq!(r.push(frame(3)), PushOutcome::DroppedFull);
+        assert_eq!(r.push(frame(4)), PushOutcome::DroppedFull);
+        let s = r.stats();
+        assert_eq!((s.fill, s.capacity, s.pushed, s.dropped_full), (2, 2, 2, 2));
+        // The oldest frames survive.
+        assert_eq!(r.pop(None).expect("f").as_bytes()[0], 1);
+        assert_eq!(r.pop(None).expect("f").as_bytes()[0], 2);
+    }
+
+    #[test]
+    fn wrong_sized_buffers_are_rejected_and_counted() {
+        let r = AudioInputRouter::new(2);
+        assert_eq!(r.push_bytes(&[0; 100]), Err(FrameSizeError(100)));
+        assert_eq!(r.push_bytes(&[0; PCM_FRAME_BYTES]), Ok(PushOutcome::Queued));
+        let s = r.stats();
+        assert_eq!((s.rejected_malformed, s.pushed, s.fill), (1, 1, 1));
+    }
+
+    #[test]
+    fn pop_without_timeout_returns_at_once_and_with_timeout_gives_up() {
+        let r = AudioInputRouter::new(2);
+        assert!(r.pop(None).is_none());
+        let t0 = Instant::now();
+        assert!(r.pop(Some(Duration::from_millis(20))).is_none());
+        let waited = t0.elapsed();
+        assert!(waited >= Duration::from_millis(20), "returned early: {waited:?}");
+        // "Never blocks forever": bounded far above the timeout.
+        assert!(waited < Duration::from_secs(5), "blocked: {waited:?}");
+    }
+
+    #[test]
+    fn pop_wakes_when_a_frame_arrives() {
+        let r = Arc::new(AudioInputRouter::new(2));
+        let producer = {
+            let r = r.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(10));
+                r.push(frame(7));
+            })
+        };
+        let got = r.pop(Some(Duration::from_secs(10))).expect("frame");
+        assert_eq!(got.as_bytes()[0], 7);
+        producer.join().expect("join");
+    }
+
+    #[test]
+    fn many_producers_one_consumer_lose_nothing_below_capacity() {
+        let r = Arc::new(AudioInputRouter::new(1000));
+        let producers: Vec<_> = (0..4u8)
+            .map(|p| {
+                let r = r.clone();
+                thread::spawn(move || {
+                    for _ in 0..200 {
+                        r.push(frame(p));
+                    }
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().expect("join");
+        }
+        let mut per_producer = [0usize; 4];
+        while let Some(f) = r.pop(None) {
+            per_producer[usize::from(f.as_bytes()[0])] += 1;
+        }
+        assert_eq!(per_producer, [200; 4]);
+        assert_eq!(r.stats().pushed, 800);
+    }
+}

@@ -1,0 +1,261 @@
+//! Named threads with exactly one owner.
+//!
+//! A [`Worker`] is spawned by its owner and only its owner stops it:
+//! [`Worker::stop`] raises the worker's [`StopSignal`], joins the thread with a
+//! deadline and hands back what the thread returned. Workers report through
+//! their return value, counters and channels; they never exit the process.
+//! [`Notify`] is the wake-up primitive loops wait on (new data, or stop).
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// Stack size for Tower's own threads. They keep no large buffers on the
+/// stack, and small stacks keep RSS low when memory is locked (mlockall).
+pub const DEFAULT_STACK: usize = 256 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread while holding one of these tiny locks leaves
+    // plain data behind (a flag); carrying on is safe.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A level-triggered wake-up: `notify` sets a flag, `wait_until` returns as
+/// soon as the flag is set (clearing it) or the deadline passes.
+#[derive(Debug, Default)]
+pub struct Notify {
+    flag: Mutex<bool>,
+    cond: Condvar,
+}
+
+impl Notify {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn notify(&self) {
+        *lock(&self.flag) = true;
+        self.cond.notify_all();
+    }
+
+    /// Waits until notified or until `deadline`. Returns true if notified.
+    pub fn wait_until(&self, deadline: Instant) -> bool {
+        let mut flag = lock(&self.flag);
+        loop {
+            if *flag {
+                *flag = false;
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            flag = self
+                .cond
+                .wait_timeout(flag, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Cloneable stop request shared between an owner and its worker thread.
+#[derive(Debug, Clone, Default)]
+pub struct StopSignal {
+    inner: Arc<StopInner>,
+}
+
+#[derive(Debug, Default)]
+struct StopInner {
+    stopped: AtomicBool,
+    notify: Notify,
+}
+
+impl StopSignal {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.notify.notify();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `timeout` unless stopped first. Returns true if stopped.
+    pub fn sleep(&self, timeout: Duration) -> bool {
+        self.sleep_until(Instant::now() + timeout)
+    }
+
+    /// Sleeps until `deadline` unless stopped first. Returns true if stopped.
+    pub fn sleep_until(&self, deadline: Instant) -> bool {
+        while !self.is_stopped() {
+            if !self.inner.notify.wait_until(deadline) {
+                break;
+            }
+        }
+        self.is_stopped()
+    }
+}
+
+/// Why a worker could not be stopped cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("thread {0} panicked")]
+    Panicked(String),
+    #[error("thread {0} did not stop within {1:?}; left running")]
+    Timeout(String, Duration),
+}
+
+/// A named thread, its stop signal, and its join handle.
+#[derive(Debug)]
+pub struct Worker<T> {
+    name: String,
+    stop: StopSignal,
+    handle: Option<JoinHandle<T>>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    /// Spawns `body` on a thread called `name` with Tower's default stack.
+    pub fn spawn<F>(name: &str, body: F) -> io::Result<Self>
+    where
+        F: FnOnce(StopSignal) -> T + Send + 'static,
+    {
+        Self::spawn_with_stack(name, DEFAULT_STACK, body)
+    }
+
+    pub fn spawn_with_stack<F>(name: &str, stack_size: usize, body: F) -> io::Result<Self>
+    where
+        F: FnOnce(StopSignal) -> T + Send + 'static,
+    {
+        let stop = StopSignal::new();
+        let thread_stop = stop.clone();
+        let handle = thread::Builder::new()
+            .name(name.to_string())
+            .stack_size(stack_size)
+            .spawn(move || body(thread_stop))?;
+        Ok(Worker {
+            name: name.to_string(),
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The signal the thread watches; raising it asks the thread to finish.
+    pub fn stop_signal(&self) -> StopSignal {
+        self.stop.clone()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Asks the thread to stop and joins it, waiting at most `timeout`.
+    pub fn stop(mut self, timeout: Duration) -> Result<T, WorkerError> {
+        self.stop.stop();
+        self.join_within(timeout)
+    }
+
+    /// Joins without raising the stop signal (for threads that end on their
+    /// own, e.g. when their input closes).
+    pub fn join_within(&mut self, timeout: Duration) -> Result<T, WorkerError> {
+        let Some(handle) = self.handle.take() else {
+            return Err(WorkerError::Panicked(self.name.clone()));
+        };
+        let deadline = Instant::now() + timeout;
+        while !handle.is_finished() {
+            if Instant::now() >= deadline {
+                // Dropping the handle detaches the thread; the process can
+                // still exit.
+                return Err(WorkerError::Timeout(self.name.clone(), timeout));
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        handle.join().map_err(|_| WorkerError::Panicked(self.name.clone()))
+    }
+}
+
+impl<T> Drop for Worker<T> {
+    fn drop(&mut self) {
+        // An owner that forgets to stop its worker still stops it: no thread
+        // outlives its owner by accident.
+        if let Some(handle) = self.handle.take() {
+            self.stop.stop();
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while !handle.is_finished() && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(1));
+            }
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                tracing::warn!(component = "worker", thread = %self.name, "thread did not stop within 1 s of its owner going away");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_joins_and_returns_the_threads_result() {
+        let w = Worker::spawn("t-result", |stop: StopSignal| {
+            let mut n = 0u32;
+            while !stop.sleep(Duration::from_millis(1)) {
+                n += 1;
+            }
+            n
+        })
+        .expect("spawn");
+        assert_eq!(w.name(), "t-result");
+        let n = w.stop(Duration::from_secs(5)).expect("stopped");
+        let _ = n; // any count is fine; what matters is that stop returned it
+    }
+
+    #[test]
+    fn a_sleep_is_cut_short_by_stop() {
+        let w = Worker::spawn("t-sleep", |stop: StopSignal| stop.sleep(Duration::from_secs(3600))).expect("spawn");
+        assert!(w.stop(Duration::from_secs(5)).expect("stopped"));
+    }
+
+    #[test]
+    fn a_thread_that_ignores_stop_times_out_instead_of_hanging_the_owner() {
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let w = Worker::spawn("t-stuck", move |_stop: StopSignal| {
+            while !r.load(Ordering::SeqCst) {
+                thread::sleep(Duration::from_millis(1));
+            }
+        })
+        .expect("spawn");
+        let err = w.stop(Duration::from_millis(20)).unwrap_err();
+        assert!(matches!(err, WorkerError::Timeout(ref n, _) if n == "t-stuck"));
+        release.store(true, Ordering::SeqCst);
+    }
+
+    #[test]
+    fn a_panic_is_reported_not_propagated() {
+        let w = Worker::spawn("t-panic", |_stop: StopSignal| -> u8 { panic!("boom") }).expect("spawn");
+        assert!(matches!(w.stop(Duration::from_secs(5)), Err(WorkerError::Panicked(_))));
+    }
+
+    #[test]
+    fn notify_wakes_a_waiter_and_is_level_triggered() {
+        let n = Notify::new();
+        n.notify();
+        // Already set: returns at once even with a deadline in the past.
+        assert!(n.wait_until(Instant::now()));
+        // Cleared by the wait.
+        assert!(!n.wait_until(Instant::now()));
+    }
+}
