@@ -10,6 +10,7 @@ pub mod audio;
 pub mod fallback;
 pub mod histogram;
 pub mod mp3;
+pub mod pump;
 pub mod ratelog;
 pub mod ring;
 pub mod router;
