@@ -7,6 +7,7 @@
 //! module docs.
 
 pub mod audio;
+pub mod encoder;
 pub mod fallback;
 pub mod histogram;
 pub mod mp3;

@@ -1,0 +1,314 @@
+//! EncoderManager: the only way into and out of the encoder [M1]–[M5].
+//!
+//! Creates and exclusively owns the supervisor, and passes it the MP3 ring
+//! it was given [M1]. The pump thread calls [`EncoderManager::write_pcm`]
+//! (forwarded only while the encoder is STARTING or RUNNING [M2]); the
+//! broadcast thread calls [`EncoderManager::get_frame`] and
+//! [`EncoderManager::wait`]. The encoder state is mirrored here through the
+//! supervisor's change callback [M3], so `write_pcm` reads one atomic.
+
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::Mp3Frame;
+use super::pacer::Pacer;
+use super::process::EncoderLauncher;
+use super::state::EncoderState;
+use super::supervisor::{Supervisor, SupervisorConfig, SupervisorSnapshot};
+use crate::audio::{FRAME_DURATION, PcmFrame};
+use crate::mp3::{FrameHeader, canonical_silent_frame, silent_frame_like};
+use crate::pump::PcmSink;
+use crate::ring::FrameRing;
+use crate::worker::WorkerError;
+
+/// Longest the broadcast loop sleeps with nothing to do (bounds how fast it
+/// notices a stop).
+const MAX_WAIT: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub supervisor: SupervisorConfig,
+    pub silence_after: Duration,
+    pub max_lead: Duration,
+}
+
+struct Output {
+    pacer: Pacer,
+    /// Silence matching the stream's last real frame (bitrate, mode).
+    silence: Mp3Frame,
+    silence_header: [u8; 4],
+}
+
+#[derive(Default)]
+struct Counters {
+    dropped_not_running: AtomicU64,
+    real_out: AtomicU64,
+    silence_out: AtomicU64,
+    trimmed: AtomicU64,
+}
+
+/// The manager's view for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderSnapshot {
+    #[serde(flatten)]
+    pub supervisor: SupervisorSnapshot,
+    /// PCM frames dropped because the encoder was not STARTING/RUNNING.
+    pub pcm_dropped_encoder_down: u64,
+    pub mp3_frames_out: u64,
+    pub silence_frames_out: u64,
+    /// Late MP3 frames dropped to keep listener delay bounded.
+    pub mp3_frames_trimmed: u64,
+}
+
+pub struct EncoderManager {
+    supervisor: Supervisor,
+    ring: Arc<FrameRing<Mp3Frame>>,
+    state: Arc<AtomicU8>,
+    output: Mutex<Output>,
+    counters: Counters,
+}
+
+impl EncoderManager {
+    /// Starts the supervisor (which launches the encoder at once).
+    pub fn start(
+        config: ManagerConfig,
+        launcher: Box<dyn EncoderLauncher>,
+        ring: Arc<FrameRing<Mp3Frame>>,
+    ) -> std::io::Result<EncoderManager> {
+        let state = Arc::new(AtomicU8::new(EncoderState::Stopped.to_u8()));
+        let mirror = state.clone();
+        let supervisor = Supervisor::start(
+            config.supervisor,
+            launcher,
+            ring.clone(),
+            Box::new(move |t| mirror.store(t.to.to_u8(), Ordering::SeqCst)),
+        )?;
+        let silence = canonical_silent_frame();
+        let silence_header = silence_key(&silence);
+        Ok(EncoderManager {
+            supervisor,
+            ring,
+            state,
+            output: Mutex::new(Output {
+                pacer: Pacer::new(FRAME_DURATION, config.silence_after, config.max_lead),
+                silence: Mp3Frame::from(silence),
+                silence_header,
+            }),
+            counters: Counters::default(),
+        })
+    }
+
+    pub fn state(&self) -> EncoderState {
+        EncoderState::from_u8(self.state.load(Ordering::SeqCst))
+    }
+
+    pub fn ring(&self) -> &Arc<FrameRing<Mp3Frame>> {
+        &self.ring
+    }
+
+    /// Forwards PCM while the encoder is STARTING or RUNNING; otherwise the
+    /// frame is dropped (counted, not logged) [M2].
+    pub fn write_pcm(&self, frame: &PcmFrame) {
+        match self.state() {
+            EncoderState::Starting | EncoderState::Running => self.supervisor.write_pcm(frame),
+            _ => {
+                self.counters.dropped_not_running.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The next frame for listeners, never blocking [M4]: a real MP3 frame;
+    /// before the first one ever, nothing; afterwards, when the encoder is
+    /// really behind, a frame of silence [M5].
+    pub fn get_frame(&self, now: Instant) -> Option<Mp3Frame> {
+        let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            let waiting = self.ring.len();
+            if waiting == 0 {
+                break;
+            }
+            let decision = out.pacer.on_real(waiting, now);
+            for _ in 0..decision.trim {
+                if self.ring.pop().is_some() {
+                    self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            let Some(frame) = self.ring.pop() else { break };
+            if !decision.send {
+                self.counters.trimmed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            refresh_silence(&mut out, &frame);
+            self.counters.real_out.fetch_add(1, Ordering::Relaxed);
+            return Some(frame);
+        }
+        if out.pacer.silence_due(now) {
+            self.counters.silence_out.fetch_add(1, Ordering::Relaxed);
+            return Some(out.silence.clone());
+        }
+        None
+    }
+
+    /// Sleeps until a frame arrives, silence becomes due, or 100 ms pass.
+    pub fn wait(&self, now: Instant) {
+        let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
+        let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
+        if deadline > now {
+            self.ring.wait_until(deadline);
+        }
+    }
+
+    /// Wakes a thread sleeping in [`EncoderManager::wait`].
+    pub fn wake(&self) {
+        self.ring.wake();
+    }
+
+    pub fn snapshot(&self) -> EncoderSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        EncoderSnapshot {
+            supervisor: self.supervisor.snapshot(),
+            pcm_dropped_encoder_down: l(&self.counters.dropped_not_running),
+            mp3_frames_out: l(&self.counters.real_out),
+            silence_frames_out: l(&self.counters.silence_out),
+            mp3_frames_trimmed: l(&self.counters.trimmed),
+        }
+    }
+
+    /// Stops the supervisor and the encoder.
+    pub fn stop(&self, timeout: Duration) -> Result<(), WorkerError> {
+        self.supervisor.stop(timeout)
+    }
+}
+
+impl PcmSink for EncoderManager {
+    fn write_pcm(&self, frame: &PcmFrame) {
+        EncoderManager::write_pcm(self, frame);
+    }
+}
+
+/// The header bits a silence frame depends on: version, layer, bitrate,
+/// sample rate, channel mode (not CRC, padding or joint-stereo extension,
+/// which change from frame to frame).
+fn silence_key(head: &[u8]) -> [u8; 4] {
+    [head[0], head[1] | 0x01, head[2] & !0x03, head[3] & 0xC0]
+}
+
+/// Keeps the silence frame in step with the stream (same bitrate, rate and
+/// channel mode), rebuilding it only when the header changes.
+fn refresh_silence(out: &mut Output, frame: &[u8]) {
+    let Some(head) = frame.get(..4) else { return };
+    let key = silence_key(head);
+    if key == out.silence_header {
+        return;
+    }
+    if let Some(silence) = FrameHeader::parse([head[0], head[1], head[2], head[3]])
+        .as_ref()
+        .and_then(silent_frame_like)
+    {
+        out.silence_header = key;
+        out.silence = Mp3Frame::from(silence);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::fake::{FakeLauncher, FakeMode};
+    use crate::encoder::state::{Liveness, RestartPolicy};
+
+    fn manager(launcher: FakeLauncher) -> EncoderManager {
+        EncoderManager::start(
+            ManagerConfig {
+                supervisor: SupervisorConfig {
+                    liveness: Liveness {
+                        startup_timeout: Duration::from_secs(2),
+                        stall_timeout: Duration::from_secs(2),
+                    },
+                    policy: RestartPolicy {
+                        backoff: vec![Duration::from_millis(300)],
+                        ..RestartPolicy::default()
+                    },
+                },
+                silence_after: Duration::from_millis(60),
+                max_lead: Duration::from_millis(120),
+            },
+            Box::new(launcher),
+            Arc::new(FrameRing::new(100)),
+        )
+        .expect("start")
+    }
+
+    #[test]
+    fn nothing_before_the_first_frame_then_real_frames_in_order() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        assert!(m.get_frame(Instant::now()).is_none());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.state() != EncoderState::Running && Instant::now() < deadline {
+            let mut f = PcmFrame::silent();
+            f.as_bytes_mut()[0] = 1;
+            m.write_pcm(&f);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(m.state(), EncoderState::Running);
+        let mut got = Vec::new();
+        for tag in 2..6u8 {
+            let mut f = PcmFrame::silent();
+            f.as_bytes_mut()[0] = tag;
+            m.write_pcm(&f);
+            std::thread::sleep(Duration::from_millis(20));
+            while let Some(frame) = m.get_frame(Instant::now()) {
+                got.push(frame[4]);
+            }
+        }
+        // Frames come out in the order PCM went in (tags 1.. then 2..5).
+        let tail: Vec<u8> = got.iter().copied().filter(|&t| t != 1).collect();
+        assert_eq!(tail, vec![2, 3, 4, 5]);
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn pcm_is_dropped_silently_but_counted_while_the_encoder_is_down() {
+        let launcher = FakeLauncher::new(FakeMode::Missing);
+        let m = manager(launcher);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.state() != EncoderState::Restarting && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..5 {
+            m.write_pcm(&PcmFrame::silent());
+        }
+        assert_eq!(m.snapshot().pcm_dropped_encoder_down, 5);
+    }
+
+    #[test]
+    fn silence_keeps_listeners_fed_while_the_encoder_restarts() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::CrashAfter(10));
+        let m = manager(launcher);
+        let start = Instant::now();
+        let frame = PcmFrame::silent();
+        let mut next = start;
+        while start.elapsed() < Duration::from_secs(3) {
+            // Like the pump: one PCM frame per 24 ms; like the broadcast
+            // loop: take whatever is ready.
+            if Instant::now() >= next {
+                m.write_pcm(&frame);
+                next += FRAME_DURATION;
+            }
+            while m.get_frame(Instant::now()).is_some() {}
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let snap = m.snapshot();
+        assert_eq!(snap.supervisor.restarts, 1, "{snap:?}");
+        // The 300 ms restart gap was filled with silence frames...
+        assert!(snap.silence_frames_out >= 8, "{snap:?}");
+        // ...and listeners got about one frame per 24 ms throughout.
+        let total = snap.mp3_frames_out + snap.silence_frames_out;
+        assert!((100..=135).contains(&total), "{total} frames in 3 s");
+        assert!(snap.mp3_frames_out > 50, "{snap:?}");
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+}

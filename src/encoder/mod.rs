@@ -1,0 +1,19 @@
+//! The encoder: ffmpeg supervised, fed PCM by the pump, drained into the
+//! MP3 ring, and read by the broadcast loop through the manager.
+
+pub mod command;
+pub mod fake;
+pub mod manager;
+pub mod pacer;
+pub mod pipe;
+pub mod process;
+pub mod state;
+pub mod supervisor;
+
+use std::sync::Arc;
+
+/// One whole MP3 frame, shared by every listener without copying.
+pub type Mp3Frame = Arc<[u8]>;
+
+pub use manager::{EncoderManager, EncoderSnapshot, ManagerConfig};
+pub use state::{EncoderState, FailureKind};

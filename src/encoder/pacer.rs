@@ -1,0 +1,254 @@
+//! Pacing what listeners are sent: silence only when the encoder is really
+//! behind, and no creep [M4]–[M5].
+//!
+//! Pure; time passed in. Used by `EncoderManager::get_frame`, which only the
+//! broadcast loop calls. The pacer keeps a media clock: from the first real
+//! frame (the anchor), `sent` frames of 24 ms have gone to listeners, so
+//! `lead = anchor + sent × 24 ms − now` is how far the audio given to
+//! listeners runs ahead of the wall clock. Over hours the encoder delivers at
+//! exactly the pump's rate, so the lead stays where it started, give or take
+//! the encoder's jitter (25–50 ms per frame for ffmpeg).
+//!
+//! - Before the first real frame ever: nothing (listeners wait).
+//! - Real frames are sent the moment they arrive (lowest latency), unless
+//!   the lead would pass `max_lead` (a backlog after a stall): then the
+//!   oldest waiting frames are dropped, so listener delay cannot grow.
+//! - Nothing for more than `silence_after` past due: the encoder is behind
+//!   (stalled, restarting); silence frames are sent to bring the lead back to
+//!   zero and keep it there until real frames return, so listeners stay
+//!   connected and their players' buffers stay full.
+
+use std::time::{Duration, Instant};
+
+/// Default: how far past due a frame may be before silence is sent. Above
+/// ffmpeg's normal jitter, below what a player's buffer notices.
+pub const DEFAULT_SILENCE_AFTER: Duration = Duration::from_millis(60);
+/// Default: the most audio listeners may be sent ahead of real time.
+pub const DEFAULT_MAX_LEAD: Duration = Duration::from_millis(120);
+
+#[derive(Debug, Clone)]
+pub struct Pacer {
+    period: Duration,
+    silence_after: Duration,
+    max_lead: Duration,
+    anchor: Option<Instant>,
+    sent: u64,
+    in_silence: bool,
+}
+
+/// What to do with the real frames that are waiting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RealDecision {
+    /// Drop this many of the oldest waiting frames first.
+    pub trim: usize,
+    /// Then send the next one (false: drop it too; the lead is at its cap).
+    pub send: bool,
+}
+
+impl Pacer {
+    pub fn new(period: Duration, silence_after: Duration, max_lead: Duration) -> Self {
+        Pacer {
+            period,
+            silence_after,
+            max_lead: max_lead.max(period),
+            anchor: None,
+            sent: 0,
+            in_silence: false,
+        }
+    }
+
+    /// Media time given to listeners minus `now`, in nanoseconds.
+    fn lead_ns(&self, now: Instant) -> i128 {
+        match self.anchor {
+            None => 0,
+            Some(anchor) => {
+                let media_end = self.period.as_nanos() as i128 * i128::from(self.sent);
+                let elapsed = if now >= anchor {
+                    (now - anchor).as_nanos() as i128
+                } else {
+                    -((anchor - now).as_nanos() as i128)
+                };
+                media_end - elapsed
+            }
+        }
+    }
+
+    /// How far ahead of real time listeners are (negative: behind).
+    pub fn lead(&self, now: Instant) -> Duration {
+        Duration::from_nanos(self.lead_ns(now).max(0) as u64)
+    }
+
+    pub fn started(&self) -> bool {
+        self.anchor.is_some()
+    }
+
+    pub fn in_silence(&self) -> bool {
+        self.in_silence
+    }
+
+    /// `waiting` real frames (≥ 1) are ready at `now`.
+    pub fn on_real(&mut self, waiting: usize, now: Instant) -> RealDecision {
+        if self.anchor.is_none() {
+            self.anchor = Some(now);
+        }
+        self.in_silence = false;
+        let room = self.max_lead.as_nanos() as i128 - self.lead_ns(now);
+        let fits = (room / self.period.as_nanos() as i128).max(0) as usize;
+        let decision = if fits == 0 {
+            RealDecision {
+                trim: waiting.saturating_sub(1),
+                send: false,
+            }
+        } else {
+            RealDecision {
+                trim: waiting.saturating_sub(fits),
+                send: true,
+            }
+        };
+        if decision.send {
+            self.sent += 1;
+        }
+        decision
+    }
+
+    /// No real frame is waiting at `now`: true if a silence frame should be
+    /// sent now (call again until false).
+    pub fn silence_due(&mut self, now: Instant) -> bool {
+        if self.anchor.is_none() {
+            return false;
+        }
+        let lead = self.lead_ns(now);
+        if !self.in_silence && lead < -(self.silence_after.as_nanos() as i128) {
+            self.in_silence = true;
+        }
+        if self.in_silence && lead < 0 {
+            self.sent += 1;
+            return true;
+        }
+        false
+    }
+
+    /// When `silence_due` could next become true, if nothing arrives.
+    pub fn next_due(&self) -> Option<Instant> {
+        let anchor = self.anchor?;
+        let media_end = anchor + self.period * u32::try_from(self.sent).unwrap_or(u32::MAX);
+        Some(if self.in_silence {
+            media_end
+        } else {
+            media_end + self.silence_after
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: Duration = Duration::from_millis(24);
+
+    fn pacer() -> Pacer {
+        Pacer::new(P, DEFAULT_SILENCE_AFTER, DEFAULT_MAX_LEAD)
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn nothing_before_the_first_frame_ever() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        assert!(!p.silence_due(t0 + Duration::from_secs(100)));
+        assert_eq!(p.next_due(), None);
+        assert!(!p.started());
+    }
+
+    #[test]
+    fn jittery_frames_at_the_nominal_rate_never_get_silence_or_trims() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        let mut silence = 0;
+        // Ten hours of frames, each 25–50 ms after its nominal time: the
+        // lead stays bounded and nothing is ever inserted or dropped.
+        for k in 0..1_500_000u64 {
+            let jitter = ms(25 + (k * 7919) % 26);
+            let arrive = t0 + P * u32::try_from(k).expect("fits") + jitter;
+            while p.silence_due(arrive) {
+                silence += 1;
+            }
+            assert_eq!(p.on_real(1, arrive), RealDecision { trim: 0, send: true });
+        }
+        assert_eq!(silence, 0);
+    }
+
+    #[test]
+    fn a_gap_gets_silence_after_the_threshold_then_one_frame_per_period() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        for k in 0..10u32 {
+            p.on_real(1, t0 + P * k);
+        }
+        // Listeners have media up to t0 + 240 ms. Silence is due 60 ms later.
+        assert_eq!(p.next_due(), Some(t0 + ms(300)));
+        assert!(!p.silence_due(t0 + ms(299)));
+        // At 301 ms the lead is −61 ms: three frames bring it back to ≥ 0.
+        let now = t0 + ms(301);
+        let mut n = 0;
+        while p.silence_due(now) {
+            n += 1;
+        }
+        assert_eq!(n, 3);
+        assert!(p.in_silence());
+        // From then on, one frame whenever the lead reaches zero.
+        let due = p.next_due().expect("due");
+        assert_eq!(due, t0 + ms(312));
+        assert!(!p.silence_due(due - ms(1)));
+        assert!(p.silence_due(due + ms(1)));
+        assert!(!p.silence_due(due + ms(1)));
+    }
+
+    #[test]
+    fn delay_does_not_creep_across_restarts() {
+        // An encoder that dies every 5 s and comes back 300 ms later at a
+        // random phase, for an hour: the lead stays within one period plus
+        // the cap, never growing.
+        let t0 = Instant::now();
+        let mut p = pacer();
+        let mut now = t0;
+        let mut max_lead = Duration::ZERO;
+        for cycle in 0..720u32 {
+            for _ in 0..200 {
+                now += P;
+                let d = p.on_real(1, now);
+                assert!(d.send);
+            }
+            let resume = now + ms(300) + ms(u64::from(cycle * 37 % 24));
+            while now < resume {
+                now += ms(4);
+                while p.silence_due(now) {}
+            }
+            now = resume;
+            max_lead = max_lead.max(p.lead(now));
+        }
+        assert!(max_lead <= P * 2, "lead grew to {max_lead:?}");
+    }
+
+    #[test]
+    fn a_backlog_burst_is_trimmed_to_the_cap_keeping_the_newest() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        p.on_real(1, t0);
+        // 14 frames arrive at once 24 ms later (ffmpeg resumed after a stop).
+        let now = t0 + P;
+        let d = p.on_real(14, now);
+        // Lead is 0 before sending: 120 ms of room is 5 frames; the 9 oldest
+        // are dropped and the next is sent.
+        assert_eq!(d, RealDecision { trim: 9, send: true });
+        for left in (1..5).rev() {
+            assert_eq!(p.on_real(left, now), RealDecision { trim: 0, send: true });
+        }
+        assert!(p.lead(now) <= DEFAULT_MAX_LEAD);
+        // At the cap: a further frame is dropped rather than sent.
+        assert_eq!(p.on_real(1, now), RealDecision { trim: 0, send: false });
+    }
+}

@@ -1,0 +1,309 @@
+//! The encoder process boundary: a small trait with the real ffmpeg backend.
+//!
+//! The supervisor thread launches and ends encoder processes only through
+//! [`EncoderLauncher`] and [`EncoderProcess`], so its logic runs against the
+//! in-tree fake (`encoder::fake`) as well as against real ffmpeg.
+//!
+//! ffmpeg is started in its own process group (ended with `killpg`), with
+//! `PR_SET_PDEATHSIG` so it dies with Tower, and with an empty signal mask
+//! (a blocked SIGTERM would otherwise be inherited and ignored). Its stdin is
+//! non-blocking and small, so a slow encoder costs dropped frames, not
+//! latency.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::command::EncoderCommand;
+
+/// Size asked for ffmpeg's stdin pipe: about 3.5 frames. The kernel rounds
+/// up to whole pages; the default (64 KiB, 14 frames) would let latency
+/// grow by a third of a second whenever ffmpeg falls behind.
+pub const STDIN_PIPE_BYTES: i32 = 16 * 1024;
+
+/// How an encoder process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitInfo {
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+impl ExitInfo {
+    pub fn from_status(status: ExitStatus) -> Self {
+        ExitInfo {
+            code: status.code(),
+            signal: status.signal(),
+        }
+    }
+
+    pub fn code(code: i32) -> Self {
+        ExitInfo {
+            code: Some(code),
+            signal: None,
+        }
+    }
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.signal) {
+            (Some(c), _) => write!(f, "exit code {c}"),
+            (None, Some(s)) => {
+                let name = nix::sys::signal::Signal::try_from(s)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                write!(f, "killed by signal {s} ({name})")
+            }
+            (None, None) => f.write_str("unknown exit status"),
+        }
+    }
+}
+
+/// Why an encoder could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(
+        "cannot run {program}: not found (install ffmpeg with `apt install ffmpeg`, or set `ffmpeg` in the configuration to its path)"
+    )]
+    NotFound { program: String },
+    #[error("cannot run {program}: {source}")]
+    Spawn { program: String, source: io::Error },
+}
+
+/// A started encoder: its pipes and the process handle.
+pub struct EncoderChild {
+    /// Non-blocking: writes return `WouldBlock` when the pipe is full.
+    pub stdin: Box<dyn Write + Send>,
+    pub stdout: Box<dyn Read + Send>,
+    pub stderr: Box<dyn Read + Send>,
+    pub process: Box<dyn EncoderProcess>,
+}
+
+/// A running encoder process.
+pub trait EncoderProcess: Send {
+    fn pid(&self) -> Option<u32>;
+    /// Ok(Some) once the process has ended (it is then reaped).
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
+    /// Ends the process at once and reaps it.
+    fn kill(&mut self) -> ExitInfo;
+}
+
+/// Starts encoder processes.
+pub trait EncoderLauncher: Send + Sync {
+    /// The command line, for logs and `/status`.
+    fn describe(&self) -> String;
+    fn launch(&self) -> Result<EncoderChild, LaunchError>;
+}
+
+/// The real backend: runs an ffmpeg command line.
+pub struct FfmpegLauncher {
+    command: EncoderCommand,
+}
+
+impl FfmpegLauncher {
+    pub fn new(command: EncoderCommand) -> Self {
+        FfmpegLauncher { command }
+    }
+}
+
+impl EncoderLauncher for FfmpegLauncher {
+    fn describe(&self) -> String {
+        self.command.to_string()
+    }
+
+    fn launch(&self) -> Result<EncoderChild, LaunchError> {
+        let mut cmd = Command::new(&self.command.program);
+        cmd.args(&self.command.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        // SAFETY: the closure runs in the child between fork and exec and
+        // only makes async-signal-safe calls (prctl, sigprocmask, getppid).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                // Tower died between fork and prctl: do not outlive it.
+                if libc::getppid() == 1 {
+                    return Err(io::Error::other("parent exited"));
+                }
+                Ok(())
+            });
+        }
+        let program = self.command.program.clone();
+        let mut child = cmd.spawn().map_err(|source| {
+            if source.kind() == io::ErrorKind::NotFound {
+                LaunchError::NotFound {
+                    program: program.clone(),
+                }
+            } else {
+                LaunchError::Spawn {
+                    program: program.clone(),
+                    source,
+                }
+            }
+        })?;
+        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LaunchError::Spawn {
+                program,
+                source: io::Error::other("child pipes missing"),
+            });
+        };
+        let prepared = prepare_stdin(&stdin);
+        if let Err(source) = prepared {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(LaunchError::Spawn { program, source });
+        }
+        Ok(EncoderChild {
+            stdin: Box::new(stdin),
+            stdout: Box::new(stdout),
+            stderr: Box::new(stderr),
+            process: Box::new(FfmpegProcess { child, done: None }),
+        })
+    }
+}
+
+fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let fd = stdin.as_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    // Best effort: an unusual kernel limit only costs latency.
+    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+    Ok(())
+}
+
+struct FfmpegProcess {
+    child: Child,
+    done: Option<ExitInfo>,
+}
+
+impl EncoderProcess for FfmpegProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
+        if self.done.is_some() {
+            return Ok(self.done);
+        }
+        let status = self.child.try_wait()?.map(ExitInfo::from_status);
+        self.done = status;
+        Ok(status)
+    }
+
+    fn kill(&mut self) -> ExitInfo {
+        if let Some(done) = self.done {
+            return done;
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // The whole group: ffmpeg and anything it started.
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        let _ = self.child.kill();
+        let info = match self.child.wait() {
+            Ok(status) => ExitInfo::from_status(status),
+            Err(_) => ExitInfo {
+                code: None,
+                signal: None,
+            },
+        };
+        self.done = Some(info);
+        info
+    }
+}
+
+/// Waits up to `timeout` for `process` to end on its own (polling).
+pub fn wait_for_exit(process: &mut dyn EncoderProcess, timeout: Duration) -> Option<ExitInfo> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(info)) = process.try_wait() {
+            return Some(info);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_info_reads_well_in_logs() {
+        assert_eq!(ExitInfo::code(1).to_string(), "exit code 1");
+        let killed = ExitInfo {
+            code: None,
+            signal: Some(9),
+        };
+        assert_eq!(killed.to_string(), "killed by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn a_missing_program_is_reported_with_the_fix() {
+        let l = FfmpegLauncher::new(EncoderCommand {
+            program: "/nonexistent/ffmpeg".into(),
+            args: vec![],
+        });
+        let err = l.launch().err().expect("must fail");
+        assert!(matches!(err, LaunchError::NotFound { .. }));
+        assert!(err.to_string().contains("apt install ffmpeg"));
+    }
+
+    #[test]
+    fn a_real_process_is_started_in_its_own_group_and_killed_with_it() {
+        let l = FfmpegLauncher::new(EncoderCommand {
+            program: "sh".into(),
+            args: vec!["-c".into(), "sleep 30 & sleep 30".into()],
+        });
+        let mut child = l.launch().expect("sh runs");
+        let pid = child.process.pid().expect("pid") as i32;
+        let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).expect("pgid");
+        assert_eq!(pgid.as_raw(), pid, "not in its own process group");
+        assert!(child.process.try_wait().expect("try_wait").is_none());
+        let info = child.process.kill();
+        assert_eq!(info.signal, Some(9));
+        // The background sleep (same group) is gone too: stdout reaches EOF.
+        let mut rest = Vec::new();
+        child.stdout.read_to_end(&mut rest).expect("eof");
+    }
+
+    #[test]
+    fn stdin_is_non_blocking() {
+        let l = FfmpegLauncher::new(EncoderCommand {
+            program: "sleep".into(),
+            args: vec!["30".into()],
+        });
+        let mut child = l.launch().expect("sleep runs");
+        let chunk = vec![0u8; 4096];
+        let t0 = Instant::now();
+        let mut blocked = false;
+        for _ in 0..1000 {
+            match child.stdin.write(&chunk) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    blocked = true;
+                    break;
+                }
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+        assert!(blocked, "pipe never reported full");
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        child.process.kill();
+    }
+}

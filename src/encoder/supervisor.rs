@@ -1,0 +1,725 @@
+//! FFmpegSupervisor: owns one encoder process at a time and keeps it alive
+//! [S1]–[S8].
+//!
+//! Threads: "encoder-supervisor" (this module's loop; owned by the
+//! supervisor, owned in turn by the EncoderManager), and per encoder
+//! instance "ffmpeg-stdout" (packetizer → MP3 ring) and "ffmpeg-stderr"
+//! (`[FFMPEG]` log lines), both owned and joined by the supervisor loop.
+//! The drains and `write_pcm` only report events; the loop alone decides:
+//! it applies the liveness rules, kills and restarts on the backoff
+//! schedule, and records every state change with its reason and time.
+//!
+//! `write_pcm` runs on the pump thread and never blocks: it only `try_lock`s
+//! the stdin pipe, which the loop holds just long enough to swap it.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
+use serde::Serialize;
+
+use super::Mp3Frame;
+use super::pipe::{PcmPipe, PipeWrite};
+use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, wait_for_exit};
+use super::state::{AfterFailure, EncoderState, FailureKind, Liveness, RestartPolicy, StateMachine, Transition};
+use crate::audio::PcmFrame;
+use crate::mp3::Packetizer;
+use crate::ratelog::LineBudget;
+use crate::ring::FrameRing;
+use crate::worker::{StopSignal, Worker, WorkerError};
+
+/// Lines of ffmpeg's stderr kept for failure reports.
+const STDERR_TAIL: usize = 20;
+/// How often the loop checks liveness when no event arrives.
+const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// After stdout EOF, how long to wait for the exit status (to report
+/// `process_exit` with its code rather than a bare `eof`).
+const EXIT_GRACE: Duration = Duration::from_millis(50);
+
+/// Supervisor settings.
+#[derive(Debug, Clone)]
+pub struct SupervisorConfig {
+    pub liveness: Liveness,
+    pub policy: RestartPolicy,
+}
+
+/// Called on every state change [S8], [M3].
+pub type ChangeCallback = Box<dyn Fn(&Transition) + Send + Sync>;
+
+type Stdin = PcmPipe<Box<dyn std::io::Write + Send>>;
+
+#[derive(Debug)]
+enum Event {
+    FirstFrame { generation: u64 },
+    Eof { generation: u64 },
+    StdinBroken { generation: u64, error: String },
+}
+
+#[derive(Default)]
+struct Counters {
+    pcm_written: AtomicU64,
+    dropped_pipe_full: AtomicU64,
+    dropped_busy: AtomicU64,
+    dropped_not_running: AtomicU64,
+    mp3_frames: AtomicU64,
+    restarts: AtomicU64,
+    failures: [AtomicU64; FailureKind::ALL.len()],
+}
+
+struct Shared {
+    machine: Mutex<StateMachine>,
+    stdin: Mutex<Option<Stdin>>,
+    generation: AtomicU64,
+    /// Nanoseconds after `base` of the last MP3 frame (0: none yet) for the
+    /// current generation.
+    last_frame_ns: AtomicU64,
+    consecutive: AtomicU32,
+    pid: AtomicU32,
+    base: Instant,
+    events: Sender<Event>,
+    ring: Arc<FrameRing<Mp3Frame>>,
+    counters: Counters,
+    stderr_tail: Mutex<VecDeque<String>>,
+    command: String,
+    on_change: ChangeCallback,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One transition in `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TransitionView {
+    pub from: EncoderState,
+    pub to: EncoderState,
+    pub reason: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+impl From<&Transition> for TransitionView {
+    fn from(t: &Transition) -> Self {
+        TransitionView {
+            from: t.from,
+            to: t.to,
+            reason: t.reason.clone(),
+            at: humantime::format_rfc3339_millis(t.wall).to_string(),
+        }
+    }
+}
+
+/// The supervisor's view for `/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SupervisorSnapshot {
+    pub state: EncoderState,
+    pub state_since_s: f64,
+    pub pid: Option<u32>,
+    pub command: String,
+    pub restarts: u64,
+    pub consecutive_failures: u32,
+    pub failures: std::collections::BTreeMap<&'static str, u64>,
+    pub pcm_frames_written: u64,
+    pub pcm_dropped_pipe_full: u64,
+    pub pcm_dropped_busy: u64,
+    pub pcm_dropped_not_running: u64,
+    pub mp3_frames: u64,
+    pub history: Vec<TransitionView>,
+}
+
+pub struct Supervisor {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<Worker<()>>>,
+}
+
+impl Supervisor {
+    /// Starts the supervisor thread, which launches the first encoder at once.
+    pub fn start(
+        config: SupervisorConfig,
+        launcher: Box<dyn EncoderLauncher>,
+        ring: Arc<FrameRing<Mp3Frame>>,
+        on_change: ChangeCallback,
+    ) -> std::io::Result<Supervisor> {
+        let (tx, rx) = channel::unbounded();
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            machine: Mutex::new(StateMachine::new(now)),
+            stdin: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            last_frame_ns: AtomicU64::new(0),
+            consecutive: AtomicU32::new(0),
+            pid: AtomicU32::new(0),
+            base: now,
+            events: tx,
+            ring,
+            counters: Counters::default(),
+            stderr_tail: Mutex::new(VecDeque::new()),
+            command: launcher.describe(),
+            on_change,
+        });
+        let thread_shared = shared.clone();
+        let worker = Worker::spawn("encoder-supervisor", move |stop| {
+            Loop {
+                shared: thread_shared,
+                config,
+                launcher,
+                events: rx,
+                current: None,
+                next_start: Some(Instant::now()),
+                last_failure: None,
+            }
+            .run(&stop)
+        })?;
+        Ok(Supervisor {
+            shared,
+            worker: Mutex::new(Some(worker)),
+        })
+    }
+
+    /// Feeds one PCM frame to the encoder's stdin; never blocks [S2].
+    pub fn write_pcm(&self, frame: &PcmFrame) {
+        let c = &self.shared.counters;
+        let mut guard = match self.shared.stdin.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(TryLockError::WouldBlock) => {
+                // The supervisor is swapping the encoder right now.
+                c.dropped_busy.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let Some(pipe) = guard.as_mut() else {
+            c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match pipe.write_frame(frame.as_bytes()) {
+            PipeWrite::Written => {
+                c.pcm_written.fetch_add(1, Ordering::Relaxed);
+            }
+            PipeWrite::Full => {
+                c.dropped_pipe_full.fetch_add(1, Ordering::Relaxed);
+            }
+            PipeWrite::Broken(e) => {
+                *guard = None;
+                c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
+                let _ = self.shared.events.send(Event::StdinBroken {
+                    generation: self.shared.generation.load(Ordering::SeqCst),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+
+    pub fn state(&self) -> EncoderState {
+        lock(&self.shared.machine).state()
+    }
+
+    pub fn snapshot(&self) -> SupervisorSnapshot {
+        let (state, since, history) = {
+            let m = lock(&self.shared.machine);
+            (m.state(), m.since(), m.history().map(TransitionView::from).collect())
+        };
+        let c = &self.shared.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let pid = self.shared.pid.load(Ordering::Relaxed);
+        SupervisorSnapshot {
+            state,
+            state_since_s: since.elapsed().as_secs_f64(),
+            pid: (pid != 0).then_some(pid),
+            command: self.shared.command.clone(),
+            restarts: l(&c.restarts),
+            consecutive_failures: self.shared.consecutive.load(Ordering::Relaxed),
+            failures: FailureKind::ALL
+                .iter()
+                .map(|k| (k.as_str(), l(&c.failures[k.index()])))
+                .collect(),
+            pcm_frames_written: l(&c.pcm_written),
+            pcm_dropped_pipe_full: l(&c.dropped_pipe_full),
+            pcm_dropped_busy: l(&c.dropped_busy),
+            pcm_dropped_not_running: l(&c.dropped_not_running),
+            mp3_frames: l(&c.mp3_frames),
+            history,
+        }
+    }
+
+    /// Stops the loop and the encoder (STOPPED); waits at most `timeout`.
+    pub fn stop(&self, timeout: Duration) -> Result<(), WorkerError> {
+        match lock(&self.worker).take() {
+            Some(w) => w.stop(timeout),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Supervisor {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::from_secs(2));
+    }
+}
+
+/// The encoder instance the loop currently owns.
+struct Instance {
+    generation: u64,
+    process: Box<dyn EncoderProcess>,
+    stdout_drain: Worker<()>,
+    stderr_drain: Worker<()>,
+    started: Instant,
+    running_since: Option<Instant>,
+}
+
+struct Loop {
+    shared: Arc<Shared>,
+    config: SupervisorConfig,
+    launcher: Box<dyn EncoderLauncher>,
+    events: Receiver<Event>,
+    current: Option<Instance>,
+    /// When to (re)start the encoder if none is running.
+    next_start: Option<Instant>,
+    last_failure: Option<FailureKind>,
+}
+
+impl Loop {
+    fn run(mut self, stop: &StopSignal) {
+        while !stop.is_stopped() {
+            let timeout = self
+                .next_start
+                .filter(|_| self.current.is_none())
+                .map(|t| t.saturating_duration_since(Instant::now()).min(CHECK_EVERY))
+                .unwrap_or(CHECK_EVERY);
+            let event = match self.events.recv_timeout(timeout) {
+                Ok(e) => Some(e),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
+            if stop.is_stopped() {
+                break;
+            }
+            if let Some(e) = event {
+                self.on_event(e);
+            }
+            self.check(Instant::now());
+        }
+        self.shutdown();
+    }
+
+    fn transition(&self, to: EncoderState, reason: String) {
+        let result = lock(&self.shared.machine).transition(to, reason, Instant::now(), SystemTime::now());
+        match result {
+            Ok(t) => {
+                let level_error = matches!(t.to, EncoderState::Failed);
+                if level_error {
+                    tracing::error!(component = "encoder", state = %t.to, from = %t.from, reason = %t.reason, "encoder state: {} -> {}", t.from, t.to);
+                } else {
+                    tracing::info!(component = "encoder", state = %t.to, from = %t.from, reason = %t.reason, "encoder state: {} -> {}", t.from, t.to);
+                }
+                (self.shared.on_change)(&t);
+            }
+            // A bug in this loop, not a runtime condition: make it loud.
+            Err(e) => tracing::error!(component = "encoder", "{e}"),
+        }
+    }
+
+    fn current_generation(&self, generation: u64) -> bool {
+        self.current.as_ref().is_some_and(|c| c.generation == generation)
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::FirstFrame { generation } if self.current_generation(generation) => {
+                let now = Instant::now();
+                if let Some(c) = self.current.as_mut() {
+                    c.running_since = Some(now);
+                    let ms = now.saturating_duration_since(c.started).as_millis();
+                    self.transition(EncoderState::Running, format!("first MP3 frame {ms} ms after start"));
+                }
+            }
+            Event::Eof { generation } if self.current_generation(generation) => {
+                let exit = self
+                    .current
+                    .as_mut()
+                    .and_then(|c| wait_for_exit(c.process.as_mut(), EXIT_GRACE));
+                match exit {
+                    Some(info) => self.fail(FailureKind::ProcessExit, info.to_string()),
+                    None => self.fail(FailureKind::Eof, "ffmpeg closed its output".into()),
+                }
+            }
+            Event::StdinBroken { generation, error } if self.current_generation(generation) => {
+                self.fail(FailureKind::StdinBroken, format!("writing PCM failed: {error}"));
+            }
+            _ => {} // from an instance already replaced
+        }
+    }
+
+    fn check(&mut self, now: Instant) {
+        let state = lock(&self.shared.machine).state();
+        let Some(current) = self.current.as_mut() else {
+            if self.next_start.is_some_and(|t| now >= t) {
+                self.launch(now);
+            }
+            return;
+        };
+        if let Ok(Some(info)) = current.process.try_wait() {
+            self.fail(FailureKind::ProcessExit, info.to_string());
+            return;
+        }
+        let last = match self.shared.last_frame_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.shared.base + Duration::from_nanos(ns)),
+        };
+        if let Some(kind) = self.config.liveness.check(state, current.started, last, now) {
+            let detail = match kind {
+                FailureKind::StartupTimeout => format!(
+                    "no MP3 frame within {} ms of start",
+                    self.config.liveness.startup_timeout.as_millis()
+                ),
+                _ => format!(
+                    "no MP3 frame for {} ms",
+                    last.map_or(0, |l| now.saturating_duration_since(l).as_millis())
+                ),
+            };
+            self.fail(kind, detail);
+            return;
+        }
+        if let Some(since) = current.running_since
+            && now.saturating_duration_since(since) >= self.config.policy.stable_after
+            && self.shared.consecutive.load(Ordering::Relaxed) > 0
+        {
+            self.shared.consecutive.store(0, Ordering::Relaxed);
+            tracing::debug!(component = "encoder", "encoder stable again; backoff reset");
+        }
+    }
+
+    fn launch(&mut self, now: Instant) {
+        self.next_start = None;
+        let reason = match (lock(&self.shared.machine).state(), self.last_failure) {
+            (EncoderState::Stopped, _) => "service start".to_string(),
+            (EncoderState::Failed, Some(k)) => format!("slow retry after {k}"),
+            (_, Some(k)) => format!("restart after {k}"),
+            (_, None) => "start".to_string(),
+        };
+        self.transition(EncoderState::Starting, reason);
+        if self.last_failure.is_some() {
+            self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
+        }
+        let generation = self.shared.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.shared.last_frame_ns.store(0, Ordering::Release);
+        lock(&self.shared.stderr_tail).clear();
+        let child = match self.launcher.launch() {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(FailureKind::SpawnFailed, e.to_string());
+                return;
+            }
+        };
+        let EncoderChild {
+            stdin,
+            stdout,
+            stderr,
+            process,
+        } = child;
+        self.shared.pid.store(process.pid().unwrap_or(0), Ordering::Relaxed);
+        let spawned = (
+            spawn_stdout_drain(self.shared.clone(), generation, stdout),
+            spawn_stderr_drain(self.shared.clone(), stderr),
+        );
+        let (stdout_drain, stderr_drain) = match spawned {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                let mut process = process;
+                process.kill();
+                drop((a, b));
+                self.fail(FailureKind::SpawnFailed, "cannot start the drain threads".into());
+                return;
+            }
+        };
+        *lock(&self.shared.stdin) = Some(PcmPipe::new(stdin));
+        self.current = Some(Instance {
+            generation,
+            process,
+            stdout_drain,
+            stderr_drain,
+            started: now,
+            running_since: None,
+        });
+    }
+
+    /// Ends the current instance and reaps it and its drains.
+    fn end_instance(&mut self) -> Option<ExitInfo> {
+        *lock(&self.shared.stdin) = None;
+        self.shared.pid.store(0, Ordering::Relaxed);
+        let mut current = self.current.take()?;
+        let info = current.process.kill();
+        for drain in [&mut current.stdout_drain, &mut current.stderr_drain] {
+            if let Err(e) = drain.join_within(Duration::from_secs(1)) {
+                tracing::warn!(component = "encoder", "{e}");
+            }
+        }
+        Some(info)
+    }
+
+    fn fail(&mut self, kind: FailureKind, detail: String) {
+        let exit = self.end_instance();
+        let c = &self.shared.counters;
+        c.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let consecutive = self.shared.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_failure = Some(kind);
+        let tail: Vec<String> = lock(&self.shared.stderr_tail).iter().cloned().collect();
+        let exit_text = exit.map_or_else(|| "not started".to_string(), |e| e.to_string());
+        tracing::error!(
+            component = "encoder",
+            failure = %kind,
+            exit = %exit_text,
+            consecutive,
+            stderr_tail = %tail.join(" | "),
+            "encoder failed ({kind}): {detail}; {exit_text}"
+        );
+        let now = Instant::now();
+        match self.config.policy.after_failure(consecutive) {
+            AfterFailure::Restart(delay) => {
+                self.next_start = Some(now + delay);
+                self.transition(
+                    EncoderState::Restarting,
+                    format!("{kind}: {detail}; restart in {} ms", delay.as_millis()),
+                );
+            }
+            AfterFailure::GiveUp(retry) => {
+                self.next_start = Some(now + retry);
+                self.transition(
+                    EncoderState::Failed,
+                    format!(
+                        "{kind}: {detail}; {consecutive} failures in a row, retrying every {} s",
+                        retry.as_secs()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        // Closing stdin lets ffmpeg flush and exit; kill it if it lingers.
+        *lock(&self.shared.stdin) = None;
+        if let Some(c) = self.current.as_mut() {
+            let _ = wait_for_exit(c.process.as_mut(), Duration::from_millis(200));
+        }
+        self.end_instance();
+        self.transition(EncoderState::Stopped, "service stopping".into());
+    }
+}
+
+fn spawn_stdout_drain(
+    shared: Arc<Shared>,
+    generation: u64,
+    mut stdout: Box<dyn Read + Send>,
+) -> std::io::Result<Worker<()>> {
+    Worker::spawn("ffmpeg-stdout", move |_stop| {
+        // Ends when ffmpeg's stdout closes (exit or kill), not on stop.
+        let mut packetizer = Packetizer::new();
+        let mut buf = [0u8; 4096];
+        let mut first = true;
+        loop {
+            let n = match stdout.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            packetizer.push(&buf[..n], |frame| {
+                shared.ring.push(Mp3Frame::from(frame));
+                shared.counters.mp3_frames.fetch_add(1, Ordering::Relaxed);
+                let ns = u64::try_from(shared.base.elapsed().as_nanos())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                shared.last_frame_ns.store(ns, Ordering::Release);
+                if first {
+                    first = false;
+                    let _ = shared.events.send(Event::FirstFrame { generation });
+                }
+            });
+        }
+        let _ = shared.events.send(Event::Eof { generation });
+    })
+}
+
+fn spawn_stderr_drain(shared: Arc<Shared>, stderr: Box<dyn Read + Send>) -> std::io::Result<Worker<()>> {
+    Worker::spawn("ffmpeg-stderr", move |_stop| {
+        let mut reader = BufReader::new(stderr);
+        let mut line = Vec::new();
+        // ffmpeg can print a line per frame when something is wrong; keep
+        // the journal readable.
+        let mut budget = LineBudget::new(20, Duration::from_secs(10));
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let text = String::from_utf8_lossy(&line).trim_end().to_string();
+            if text.is_empty() {
+                continue;
+            }
+            match budget.take(Instant::now()) {
+                Some(0) => tracing::warn!(component = "ffmpeg", "[FFMPEG] {text}"),
+                Some(suppressed) => tracing::warn!(
+                    component = "ffmpeg",
+                    suppressed,
+                    "[FFMPEG] {text} ({suppressed} earlier lines suppressed)"
+                ),
+                None => {}
+            }
+            let mut tail = lock(&shared.stderr_tail);
+            if tail.len() == STDERR_TAIL {
+                tail.pop_front();
+            }
+            tail.push_back(text);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::encoder::fake::{FakeLauncher, FakeMode};
+
+    fn config() -> SupervisorConfig {
+        SupervisorConfig {
+            liveness: Liveness {
+                startup_timeout: Duration::from_millis(300),
+                stall_timeout: Duration::from_millis(300),
+            },
+            policy: RestartPolicy {
+                backoff: vec![Duration::from_millis(10), Duration::from_millis(20)],
+                max_restarts: 3,
+                failed_retry: Duration::from_millis(200),
+                stable_after: Duration::from_millis(100),
+            },
+        }
+    }
+
+    struct Rig {
+        sup: Supervisor,
+        ring: Arc<FrameRing<Mp3Frame>>,
+        changes: Arc<Mutex<Vec<(EncoderState, EncoderState, String)>>>,
+    }
+
+    fn rig(launcher: FakeLauncher) -> Rig {
+        let ring = Arc::new(FrameRing::new(1000));
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let c = changes.clone();
+        let sup = Supervisor::start(
+            config(),
+            Box::new(launcher),
+            ring.clone(),
+            Box::new(move |t| lock(&c).push((t.from, t.to, t.reason.clone()))),
+        )
+        .expect("start");
+        Rig { sup, ring, changes }
+    }
+
+    /// Feeds PCM like the pump until `done` holds or 10 s pass.
+    fn pump_until(r: &Rig, mut done: impl FnMut(&Rig) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let frame = PcmFrame::silent();
+        while Instant::now() < deadline {
+            if done(r) {
+                return true;
+            }
+            r.sup.write_pcm(&frame);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        false
+    }
+
+    fn saw(r: &Rig, to: EncoderState, reason_part: &str) -> bool {
+        lock(&r.changes)
+            .iter()
+            .any(|(_, t, why)| *t == to && why.contains(reason_part))
+    }
+
+    #[test]
+    fn healthy_encoder_reaches_running_and_frames_reach_the_ring() {
+        let r = rig(FakeLauncher::new(FakeMode::Healthy));
+        assert!(pump_until(&r, |r| r.ring.len() >= 5));
+        assert_eq!(r.sup.state(), EncoderState::Running);
+        r.sup.stop(Duration::from_secs(2)).expect("stop");
+        let changes = lock(&r.changes).clone();
+        let states: Vec<_> = changes.iter().map(|c| c.1).collect();
+        assert_eq!(
+            states,
+            [EncoderState::Starting, EncoderState::Running, EncoderState::Stopped]
+        );
+        assert!(changes[1].2.contains("first MP3 frame"));
+        let snap = r.sup.snapshot();
+        assert_eq!(snap.history.len(), 3);
+        assert_eq!(snap.restarts, 0);
+    }
+
+    #[test]
+    fn a_crash_is_restarted_and_the_ring_keeps_its_frames() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::CrashAfter(3));
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "process_exit")
+            && r.sup.state() == EncoderState::Running));
+        let snap = r.sup.snapshot();
+        assert_eq!(snap.restarts, 1);
+        assert_eq!(snap.failures["process_exit"], 1);
+        // Frames from before the crash are still there [S7].
+        assert!(r.ring.stats().pushed >= 3);
+        assert!(r.ring.len() >= 3);
+        r.sup.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn no_first_frame_is_a_startup_timeout() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::Mute);
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "startup_timeout")
+            && r.sup.state() == EncoderState::Running));
+        assert_eq!(r.sup.snapshot().failures["startup_timeout"], 1);
+    }
+
+    #[test]
+    fn a_stall_is_detected_and_restarted() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::StallAfter(5));
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "stall")
+            && r.sup.state() == EncoderState::Running));
+        assert_eq!(r.sup.snapshot().failures["stall"], 1);
+    }
+
+    #[test]
+    fn repeated_failures_end_in_failed_and_a_slow_retry_heals() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        for _ in 0..3 {
+            launcher.push_mode(FakeMode::ExitAtOnce(1));
+        }
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Failed, "3 failures in a row")));
+        assert!(pump_until(&r, |r| r.sup.state() == EncoderState::Running));
+        assert!(saw(&r, EncoderState::Starting, "slow retry"));
+        // Stable for long enough: the consecutive count resets.
+        assert!(pump_until(&r, |r| r.sup.snapshot().consecutive_failures == 0));
+    }
+
+    #[test]
+    fn a_missing_program_is_a_spawn_failure_that_is_retried() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::Missing);
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| r.sup.state() == EncoderState::Running));
+        assert!(saw(&r, EncoderState::Restarting, "spawn_failed"));
+    }
+
+    #[test]
+    fn pcm_is_dropped_and_counted_when_no_encoder_runs() {
+        let launcher = FakeLauncher::new(FakeMode::Missing);
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| r.sup.snapshot().pcm_dropped_not_running > 10));
+        assert_eq!(r.sup.snapshot().pcm_frames_written, 0);
+    }
+}
