@@ -5,6 +5,12 @@
 //! shape, so anything else is rejected where it enters (the router counts and
 //! logs it) and the rest of the pipeline never checks again.
 
+pub mod capture;
+pub mod fake;
+
+#[cfg(feature = "alsa-backend")]
+pub mod alsa;
+
 use std::fmt;
 use std::time::Duration;
 
@@ -63,6 +69,40 @@ impl fmt::Debug for PcmFrame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PcmFrame({PCM_FRAME_BYTES} bytes)")
     }
+}
+
+/// The capture source for a device name on this build: ALSA, or (built
+/// without the `alsa-backend` feature) a source that explains why there is
+/// no capture, so the stream still serves the fallback.
+pub fn system_capture(device: &str) -> Box<dyn capture::CaptureSource> {
+    #[cfg(feature = "alsa-backend")]
+    {
+        Box::new(alsa::AlsaCapture::new(device))
+    }
+    #[cfg(not(feature = "alsa-backend"))]
+    {
+        Box::new(NoCapture(device.to_string()))
+    }
+}
+
+#[cfg(not(feature = "alsa-backend"))]
+struct NoCapture(String);
+
+#[cfg(not(feature = "alsa-backend"))]
+impl capture::CaptureSource for NoCapture {
+    fn device(&self) -> &str {
+        &self.0
+    }
+    fn open(&mut self) -> Result<(), capture::CaptureError> {
+        Err(capture::CaptureError::Open {
+            device: self.0.clone(),
+            reason: "this build has no ALSA support (feature alsa-backend)".into(),
+        })
+    }
+    fn read(&mut self, _: &mut [u8], _: Duration) -> Result<usize, capture::CaptureError> {
+        Ok(0)
+    }
+    fn close(&mut self) {}
 }
 
 /// Where the audio the pump sends to the encoder comes from, as listeners
