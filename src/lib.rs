@@ -7,12 +7,16 @@
 //! module docs.
 
 pub mod audio;
+pub mod config;
 pub mod encoder;
 pub mod fallback;
 pub mod histogram;
+pub mod http;
+pub mod logging;
 pub mod mp3;
 pub mod pump;
 pub mod ratelog;
 pub mod ring;
 pub mod router;
+pub mod service;
 pub mod worker;

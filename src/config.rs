@@ -1,0 +1,844 @@
+//! Configuration: TOML file, overridden by `TOWER_*` environment variables,
+//! overridden by command-line flags [T4].
+//!
+//! Read once at start-up on the main thread. Every key has a default (see
+//! `tower.example.toml`), and an environment variable named after it:
+//! `TOWER_` + the key's path in upper case with `.` as `_` (`pcm.grace_sec`
+//! is `TOWER_PCM_GRACE_SEC`). Unknown keys, unknown `TOWER_*` variables,
+//! wrong types and out-of-range values stop start-up with a message naming
+//! the key, the value, where it came from, and what is accepted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use toml::{Table, Value};
+
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
+/// Environment variables that are not configuration keys.
+const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG"];
+/// The historic name of the fallback WAV path variable.
+const HISTORIC_WAV_VAR: &str = "TOWER_SILENCE_MP3_PATH";
+/// MP3 bitrates (kbit/s) valid at 48 kHz.
+pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP address and port.
+    pub listen: String,
+    /// ALSA capture device.
+    pub device: String,
+    /// The ffmpeg program.
+    pub ffmpeg: String,
+    /// Log level: error, warn, info, debug, trace.
+    pub log_level: String,
+    pub pcm: Pcm,
+    pub fallback: FallbackSection,
+    pub mp3: Mp3,
+    pub encoder: Encoder,
+    pub http: Http,
+    pub pump: PumpSection,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pcm {
+    pub buffer_size: u64,
+    pub grace_sec: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackSection {
+    pub wav_path: String,
+    pub tone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mp3 {
+    pub buffer_capacity_frames: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Encoder {
+    pub bitrate_kbps: u64,
+    pub args: Vec<String>,
+    pub startup_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
+    pub max_restarts: u64,
+    pub backoff_ms: Vec<u64>,
+    pub failed_retry_sec: u64,
+    pub silence_after_ms: u64,
+    pub max_lead_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub slow_listener_timeout_ms: u64,
+    pub max_listeners: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PumpSection {
+    pub realtime_priority: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8000".into(),
+            device: "default".into(),
+            ffmpeg: "ffmpeg".into(),
+            log_level: "info".into(),
+            pcm: Pcm::default(),
+            fallback: FallbackSection::default(),
+            mp3: Mp3::default(),
+            encoder: Encoder::default(),
+            http: Http::default(),
+            pump: PumpSection::default(),
+        }
+    }
+}
+
+impl Default for Pcm {
+    fn default() -> Self {
+        Pcm {
+            buffer_size: crate::router::DEFAULT_CAPACITY as u64,
+            grace_sec: 5.0,
+        }
+    }
+}
+
+impl Default for FallbackSection {
+    fn default() -> Self {
+        FallbackSection {
+            wav_path: String::new(),
+            tone: true,
+        }
+    }
+}
+
+impl Default for Mp3 {
+    fn default() -> Self {
+        Mp3 {
+            buffer_capacity_frames: crate::ring::DEFAULT_CAPACITY as u64,
+        }
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        let policy = crate::encoder::state::RestartPolicy::default();
+        Encoder {
+            bitrate_kbps: 128,
+            args: Vec::new(),
+            startup_timeout_ms: 5000,
+            stall_timeout_ms: 2000,
+            max_restarts: u64::from(policy.max_restarts),
+            backoff_ms: policy.backoff.iter().map(|d| d.as_millis() as u64).collect(),
+            failed_retry_sec: policy.failed_retry.as_secs(),
+            silence_after_ms: crate::encoder::pacer::DEFAULT_SILENCE_AFTER.as_millis() as u64,
+            max_lead_ms: crate::encoder::pacer::DEFAULT_MAX_LEAD.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            slow_listener_timeout_ms: 250,
+            max_listeners: 500,
+        }
+    }
+}
+
+impl Default for PumpSection {
+    fn default() -> Self {
+        PumpSection { realtime_priority: 50 }
+    }
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    Default,
+    File(PathBuf),
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Default => f.write_str("the default"),
+            Origin::File(p) => write!(f, "{}", p.display()),
+            Origin::Env(v) => write!(f, "environment variable {v}"),
+            Origin::Flag(v) => write!(f, "command-line flag {v}"),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("configuration file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("unknown configuration key `{key}` in {origin}{hint}")]
+    UnknownKey { key: String, origin: Origin, hint: String },
+    #[error("unknown environment variable {name}{hint}")]
+    UnknownEnv { name: String, hint: String },
+    #[error("`{key}` = {value} (from {origin}) has the wrong type: expected {expected}")]
+    WrongType {
+        key: String,
+        value: String,
+        origin: Origin,
+        expected: &'static str,
+    },
+    #[error("`{key}` = {value} (from {origin}) is invalid: accepted {accepted}")]
+    Invalid {
+        key: String,
+        value: String,
+        origin: Origin,
+        accepted: String,
+    },
+}
+
+/// Values given on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub device: Option<String>,
+    pub ffmpeg: Option<String>,
+}
+
+/// The configuration plus where each non-default value came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub origins: BTreeMap<String, Origin>,
+    pub file: Option<PathBuf>,
+}
+
+fn env_name(key: &str) -> String {
+    format!("TOWER_{}", key.replace('.', "_").to_uppercase())
+}
+
+/// Every key path with its default value, in file order.
+fn schema() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    if let Ok(table) = Table::try_from(Config::default()) {
+        for (k, v) in table {
+            match v {
+                Value::Table(section) => {
+                    for (sk, sv) in section {
+                        out.push((format!("{k}.{sk}"), sv));
+                    }
+                }
+                other => out.push((k, other)),
+            }
+        }
+    }
+    out
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "a whole number",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "true or false",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a section",
+    }
+}
+
+/// Closest known key, for "did you mean".
+fn suggest(unknown: &str, known: &[String]) -> String {
+    let distance = |a: &str, b: &str| -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut prev: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut cur = vec![i + 1];
+            for (j, cb) in b.iter().enumerate() {
+                cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            }
+            prev = cur;
+        }
+        prev[b.len()]
+    };
+    known
+        .iter()
+        .map(|k| (distance(unknown, k), k))
+        .filter(|(d, k)| *d <= 3 || k.starts_with(unknown) || unknown.starts_with(k.as_str()))
+        .min()
+        .map(|(_, k)| format!(" (did you mean `{k}`?)"))
+        .unwrap_or_default()
+}
+
+/// Checks `value` against the default's type; integers are accepted where
+/// numbers are expected.
+fn coerce(key: &str, value: Value, default: &Value, origin: &Origin) -> Result<Value, ConfigError> {
+    let wrong = |value: &Value| ConfigError::WrongType {
+        key: key.to_string(),
+        value: value.to_string(),
+        origin: origin.clone(),
+        expected: type_name(default),
+    };
+    match (default, value) {
+        (Value::Float(_), Value::Integer(i)) => Ok(Value::Float(i as f64)),
+        // Every whole-number key counts something: none can be negative.
+        (Value::Integer(_), Value::Integer(i)) if i < 0 => Err(ConfigError::Invalid {
+            key: key.to_string(),
+            value: i.to_string(),
+            origin: origin.clone(),
+            accepted: "a whole number, 0 or more".into(),
+        }),
+        (Value::Array(d), Value::Array(items)) => {
+            let element = d.first().cloned().unwrap_or_else(|| Value::String(String::new()));
+            let checked: Result<Vec<Value>, ()> = items
+                .iter()
+                .map(|item| {
+                    if std::mem::discriminant(item) == std::mem::discriminant(&element) {
+                        Ok(item.clone())
+                    } else {
+                        Err(())
+                    }
+                })
+                .collect();
+            checked.map(Value::Array).map_err(|()| wrong(&Value::Array(items)))
+        }
+        (d, v) if std::mem::discriminant(d) == std::mem::discriminant(&v) => Ok(v),
+        (_, v) => Err(wrong(&v)),
+    }
+}
+
+/// Parses an environment or flag string according to the default's type.
+fn parse_text(key: &str, text: &str, default: &Value, origin: &Origin) -> Result<Value, ConfigError> {
+    let wrong = || ConfigError::WrongType {
+        key: key.to_string(),
+        value: format!("{text:?}"),
+        origin: origin.clone(),
+        expected: type_name(default),
+    };
+    let t = text.trim();
+    match default {
+        Value::String(_) => Ok(Value::String(text.to_string())),
+        Value::Integer(_) => {
+            let v = t.parse::<i64>().map(Value::Integer).map_err(|_| wrong())?;
+            coerce(key, v, default, origin)
+        }
+        Value::Float(_) => t
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(Value::Float)
+            .ok_or_else(wrong),
+        Value::Boolean(_) => match t.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(Value::Boolean(true)),
+            "false" | "0" | "no" | "off" => Ok(Value::Boolean(false)),
+            _ => Err(wrong()),
+        },
+        Value::Array(_) => {
+            // A TOML list (`[100, 500]`, `["-b:a", "192k"]`) or words.
+            let parsed = if t.starts_with('[') {
+                toml::from_str::<Table>(&format!("v = {t}"))
+                    .ok()
+                    .and_then(|mut tb| tb.remove("v"))
+                    .ok_or_else(wrong)?
+            } else {
+                let element = match default {
+                    Value::Array(d) => d.first().cloned(),
+                    _ => None,
+                };
+                let words: Result<Vec<Value>, ConfigError> = t
+                    .split_whitespace()
+                    .map(|w| match &element {
+                        Some(Value::Integer(_)) => w.parse::<i64>().map(Value::Integer).map_err(|_| wrong()),
+                        _ => Ok(Value::String(w.to_string())),
+                    })
+                    .collect();
+                Value::Array(words?)
+            };
+            coerce(key, parsed, default, origin)
+        }
+        _ => Err(wrong()),
+    }
+}
+
+fn set(table: &mut Table, key: &str, value: Value) {
+    match key.split_once('.') {
+        Some((section, rest)) => {
+            let entry = table
+                .entry(section.to_string())
+                .or_insert_with(|| Value::Table(Table::new()));
+            if let Value::Table(t) = entry {
+                t.insert(rest.to_string(), value);
+            }
+        }
+        None => {
+            table.insert(key.to_string(), value);
+        }
+    }
+}
+
+/// The file to read when none is named: [`DEFAULT_PATH`] if it exists.
+pub fn default_file() -> Option<PathBuf> {
+    Path::new(DEFAULT_PATH).exists().then(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Loads the configuration: the file at `path` (if any), then `env`
+/// (`TOWER_*` pairs), then `flags`.
+pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigError> {
+    let schema = schema();
+    let defaults: BTreeMap<&str, &Value> = schema.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let known: Vec<String> = schema.iter().map(|(k, _)| k.clone()).collect();
+    let mut table = Table::new();
+    let mut origins = BTreeMap::new();
+
+    let file = path.map(Path::to_path_buf);
+    if let Some(file) = &file {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        let parsed: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            path: file.clone(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        let origin = Origin::File(file.clone());
+        for (k, v) in parsed {
+            let entries: Vec<(String, Value)> = match v {
+                Value::Table(section) if defaults.keys().any(|d| d.starts_with(&format!("{k}."))) => {
+                    section.into_iter().map(|(sk, sv)| (format!("{k}.{sk}"), sv)).collect()
+                }
+                other => vec![(k, other)],
+            };
+            for (key, value) in entries {
+                let Some(default) = defaults.get(key.as_str()) else {
+                    return Err(ConfigError::UnknownKey {
+                        hint: suggest(&key, &known),
+                        key,
+                        origin,
+                    });
+                };
+                let value = coerce(&key, value, default, &origin)?;
+                set(&mut table, &key, value);
+                origins.insert(key, origin.clone());
+            }
+        }
+    }
+
+    let known_vars: BTreeMap<String, &str> = known.iter().map(|k| (env_name(k), k.as_str())).collect();
+    for (name, text) in env {
+        if !name.starts_with("TOWER_") || NON_KEY_VARS.contains(&name.as_str()) {
+            continue;
+        }
+        let key = if name == HISTORIC_WAV_VAR {
+            "fallback.wav_path"
+        } else if let Some(k) = known_vars.get(name) {
+            k
+        } else {
+            let names: Vec<String> = known_vars.keys().cloned().collect();
+            return Err(ConfigError::UnknownEnv {
+                hint: suggest(name, &names),
+                name: name.clone(),
+            });
+        };
+        let origin = Origin::Env(name.clone());
+        let value = parse_text(key, text, defaults[key], &origin)?;
+        set(&mut table, key, value);
+        origins.insert(key.to_string(), origin);
+    }
+
+    for (key, flag, value) in [
+        ("listen", "--listen", &flags.listen),
+        ("device", "--device", &flags.device),
+        ("ffmpeg", "--ffmpeg", &flags.ffmpeg),
+    ] {
+        if let Some(v) = value {
+            set(&mut table, key, Value::String(v.clone()));
+            origins.insert(key.to_string(), Origin::Flag(flag.to_string()));
+        }
+    }
+
+    // Types were checked above, so this only fails on a bug in this module.
+    let config = Config::deserialize(Value::Table(table)).map_err(|e| ConfigError::Invalid {
+        key: "(configuration)".into(),
+        value: String::new(),
+        origin: Origin::Default,
+        accepted: e.to_string(),
+    })?;
+    let loaded = Loaded { config, origins, file };
+    loaded.validate()?;
+    Ok(loaded)
+}
+
+impl Loaded {
+    fn origin(&self, key: &str) -> Origin {
+        self.origins.get(key).cloned().unwrap_or(Origin::Default)
+    }
+
+    fn invalid(&self, key: &str, value: impl fmt::Display, accepted: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            key: key.to_string(),
+            value: value.to_string(),
+            origin: self.origin(key),
+            accepted: accepted.into(),
+        }
+    }
+
+    fn range<T: PartialOrd + fmt::Display + Copy>(
+        &self,
+        key: &str,
+        v: T,
+        lo: T,
+        hi: T,
+        unit: &str,
+    ) -> Result<(), ConfigError> {
+        // `contains` is false for NaN (which TOML allows), so it is refused.
+        if !(lo..=hi).contains(&v) {
+            return Err(self.invalid(key, v, format!("{lo} to {hi}{unit}")));
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if c.listen.parse::<SocketAddr>().is_err() {
+            return Err(self.invalid(
+                "listen",
+                format!("{:?}", c.listen),
+                "an address and port such as 0.0.0.0:8000 or [::]:8000",
+            ));
+        }
+        if c.device.trim().is_empty() {
+            return Err(self.invalid(
+                "device",
+                "\"\"",
+                "an ALSA device name such as default or hw:CARD=Device,DEV=0",
+            ));
+        }
+        if c.ffmpeg.trim().is_empty() {
+            return Err(self.invalid("ffmpeg", "\"\"", "the ffmpeg program name or path"));
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&c.log_level.as_str()) {
+            return Err(self.invalid(
+                "log_level",
+                format!("{:?}", c.log_level),
+                "error, warn, info, debug or trace",
+            ));
+        }
+        self.range("pcm.buffer_size", c.pcm.buffer_size, 2, 10_000, " frames")?;
+        self.range("pcm.grace_sec", c.pcm.grace_sec, 0.05, 3600.0, " seconds")?;
+        self.range(
+            "mp3.buffer_capacity_frames",
+            c.mp3.buffer_capacity_frames,
+            8,
+            100_000,
+            " frames",
+        )?;
+        if !MP3_BITRATES.contains(&(c.encoder.bitrate_kbps as u32)) || c.encoder.bitrate_kbps > 320 {
+            let list: Vec<String> = MP3_BITRATES.iter().map(u32::to_string).collect();
+            return Err(self.invalid(
+                "encoder.bitrate_kbps",
+                c.encoder.bitrate_kbps,
+                format!("one of {}", list.join(", ")),
+            ));
+        }
+        if !c.encoder.args.is_empty() {
+            crate::encoder::command::custom_command(&c.ffmpeg, &c.encoder.args)
+                .map_err(|e| self.invalid("encoder.args", format!("{:?}", c.encoder.args), e.to_string()))?;
+        }
+        self.range(
+            "encoder.startup_timeout_ms",
+            c.encoder.startup_timeout_ms,
+            200,
+            120_000,
+            " ms",
+        )?;
+        self.range(
+            "encoder.stall_timeout_ms",
+            c.encoder.stall_timeout_ms,
+            100,
+            60_000,
+            " ms",
+        )?;
+        self.range("encoder.max_restarts", c.encoder.max_restarts, 1, 1000, "")?;
+        if c.encoder.backoff_ms.is_empty()
+            || c.encoder.backoff_ms.len() > 20
+            || c.encoder.backoff_ms.iter().any(|&d| d > 600_000)
+        {
+            return Err(self.invalid(
+                "encoder.backoff_ms",
+                format!("{:?}", c.encoder.backoff_ms),
+                "a list of 1 to 20 delays, each 0 to 600000 ms",
+            ));
+        }
+        self.range(
+            "encoder.failed_retry_sec",
+            c.encoder.failed_retry_sec,
+            1,
+            3600,
+            " seconds",
+        )?;
+        self.range("encoder.silence_after_ms", c.encoder.silence_after_ms, 30, 2000, " ms")?;
+        self.range("encoder.max_lead_ms", c.encoder.max_lead_ms, 24, 2000, " ms")?;
+        self.range(
+            "http.slow_listener_timeout_ms",
+            c.http.slow_listener_timeout_ms,
+            50,
+            30_000,
+            " ms",
+        )?;
+        self.range("http.max_listeners", c.http.max_listeners, 1, 10_000, "")?;
+        self.range(
+            "pump.realtime_priority",
+            c.pump.realtime_priority,
+            0,
+            99,
+            " (0 disables real-time scheduling)",
+        )?;
+        Ok(())
+    }
+}
+
+impl Config {
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `load`; the default is the fallback for hand-built
+        // configs in tests.
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8000)))
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.pcm.grace_sec)
+    }
+
+    pub fn fallback_wav(&self) -> Option<PathBuf> {
+        (!self.fallback.wav_path.is_empty()).then(|| PathBuf::from(&self.fallback.wav_path))
+    }
+
+    /// The effective configuration as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("tower.toml");
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    fn err_text(r: Result<Loaded, ConfigError>) -> String {
+        r.expect_err("must be rejected").to_string()
+    }
+
+    #[test]
+    fn defaults_are_valid_and_env_names_follow_the_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, "");
+        let l = load(Some(&p), &[], &Overrides::default()).expect("defaults load");
+        assert_eq!(l.config, Config::default());
+        let names: Vec<String> = schema().iter().map(|(k, _)| env_name(k)).collect();
+        for required in [
+            "TOWER_PCM_GRACE_SEC",
+            "TOWER_PCM_BUFFER_SIZE",
+            "TOWER_MP3_BUFFER_CAPACITY_FRAMES",
+            "TOWER_LISTEN",
+            "TOWER_DEVICE",
+            "TOWER_FFMPEG",
+        ] {
+            assert!(names.iter().any(|n| n == required), "{required} missing");
+        }
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            &dir,
+            "device = \"hw:CARD=File\"\nlisten = \"127.0.0.1:9000\"\n[pcm]\ngrace_sec = 2\nbuffer_size = 50\n",
+        );
+        let e = env(&[
+            ("TOWER_DEVICE", "hw:CARD=Env"),
+            ("TOWER_PCM_BUFFER_SIZE", "60"),
+            ("PATH", "/bin"),
+        ]);
+        let flags = Overrides {
+            device: Some("hw:CARD=Flag".into()),
+            ..Overrides::default()
+        };
+        let l = load(Some(&p), &e, &flags).expect("valid");
+        assert_eq!(l.config.device, "hw:CARD=Flag");
+        assert_eq!(l.config.pcm.buffer_size, 60);
+        assert_eq!(l.config.pcm.grace_sec, 2.0);
+        assert_eq!(l.config.listen, "127.0.0.1:9000");
+        assert_eq!(l.origins["device"], Origin::Flag("--device".into()));
+        assert_eq!(
+            l.origins["pcm.buffer_size"],
+            Origin::Env("TOWER_PCM_BUFFER_SIZE".into())
+        );
+    }
+
+    #[test]
+    fn every_documented_env_variable_is_applied() {
+        let e = env(&[
+            ("TOWER_PCM_GRACE_SEC", "0.5"),
+            ("TOWER_MP3_BUFFER_CAPACITY_FRAMES", "64"),
+            ("TOWER_SILENCE_MP3_PATH", "/srv/fallback.wav"),
+            ("TOWER_LISTEN", "[::]:8001"),
+            ("TOWER_FFMPEG", "/usr/local/bin/ffmpeg"),
+            ("TOWER_FALLBACK_TONE", "no"),
+            ("TOWER_ENCODER_BACKOFF_MS", "[10, 20]"),
+            ("TOWER_ENCODER_ARGS", "-b:a 192k"),
+            ("TOWER_CONFIG", "/ignored/here"),
+        ]);
+        let c = load(None, &e, &Overrides::default()).expect("valid").config;
+        assert_eq!(c.pcm.grace_sec, 0.5);
+        assert_eq!(c.mp3.buffer_capacity_frames, 64);
+        assert_eq!(c.fallback_wav(), Some(PathBuf::from("/srv/fallback.wav")));
+        assert_eq!(c.listen_addr(), "[::]:8001".parse::<SocketAddr>().expect("addr"));
+        assert_eq!(c.ffmpeg, "/usr/local/bin/ffmpeg");
+        assert!(!c.fallback.tone);
+        assert_eq!(c.encoder.backoff_ms, vec![10, 20]);
+        assert_eq!(c.encoder.args, vec!["-b:a".to_string(), "192k".to_string()]);
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key_value_origin_and_range() {
+        let t = err_text(load(None, &env(&[("TOWER_PCM_GRACE_SEC", "0")]), &Overrides::default()));
+        assert!(
+            t.contains("pcm.grace_sec") && t.contains("TOWER_PCM_GRACE_SEC") && t.contains("0.05 to 3600"),
+            "{t}"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, "[pcm]\nbuffer_size = 1\n");
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(
+            t.contains("pcm.buffer_size") && t.contains("= 1") && t.contains("2 to 10000") && t.contains("tower.toml"),
+            "{t}"
+        );
+        let t = err_text(load(
+            None,
+            &[],
+            &Overrides {
+                listen: Some("nowhere".into()),
+                ..Overrides::default()
+            },
+        ));
+        assert!(
+            t.contains("listen") && t.contains("--listen") && t.contains("0.0.0.0:8000"),
+            "{t}"
+        );
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_ENCODER_BITRATE_KBPS", "100")]),
+            &Overrides::default(),
+        ));
+        assert!(t.contains("encoder.bitrate_kbps") && t.contains("128"), "{t}");
+    }
+
+    #[test]
+    fn unknown_keys_and_variables_are_refused_with_a_suggestion() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, "[pcm]\ngrace_secs = 3\n");
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(
+            t.contains("pcm.grace_secs") && t.contains("did you mean `pcm.grace_sec`"),
+            "{t}"
+        );
+        let p = write(&dir, "colour = \"blue\"\n");
+        assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("`colour`"));
+        let p = write(&dir, "[nosuch]\nkey = 1\n");
+        assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("nosuch"));
+        let t = err_text(load(None, &env(&[("TOWER_PCM_GRACE", "3")]), &Overrides::default()));
+        assert!(
+            t.contains("TOWER_PCM_GRACE") && t.contains("TOWER_PCM_GRACE_SEC"),
+            "{t}"
+        );
+    }
+
+    #[test]
+    fn nan_and_negative_numbers_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, "[pcm]\ngrace_sec = nan\n");
+        assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("pcm.grace_sec"));
+        let p = write(&dir, "[http]\nmax_listeners = -5\n");
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(t.contains("http.max_listeners") && t.contains("-5"), "{t}");
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_PCM_BUFFER_SIZE", "-1")]),
+            &Overrides::default(),
+        ));
+        assert!(t.contains("pcm.buffer_size"), "{t}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused() {
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_PCM_BUFFER_SIZE", "lots")]),
+            &Overrides::default(),
+        ));
+        assert!(t.contains("pcm.buffer_size") && t.contains("whole number"), "{t}");
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, "[fallback]\ntone = \"yes\"\n");
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(t.contains("fallback.tone") && t.contains("true or false"), "{t}");
+        let p = write(&dir, "[encoder]\nbackoff_ms = [1, \"2\"]\n");
+        assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("encoder.backoff_ms"));
+        let p = write(&dir, "listen = ");
+        assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("not valid TOML"));
+    }
+
+    #[test]
+    fn an_unsafe_custom_encoder_command_is_refused() {
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_ENCODER_ARGS", "-i a.wav -i b.wav")]),
+            &Overrides::default(),
+        ));
+        assert!(t.contains("encoder.args") && t.contains("only one input"), "{t}");
+    }
+
+    #[test]
+    fn the_example_file_lists_every_key_at_its_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tower.example.toml");
+        let text = std::fs::read_to_string(&path).expect("tower.example.toml");
+        let l = load(Some(&path), &[], &Overrides::default()).expect("example loads");
+        assert_eq!(l.config, Config::default());
+        for (key, _) in schema() {
+            assert!(l.origins.contains_key(&key), "{key} is not in tower.example.toml");
+        }
+        // Each key line has a one-line comment above it.
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let is_key = line.contains(" = ") && !line.starts_with('#');
+            if is_key {
+                assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
+            }
+        }
+    }
+}

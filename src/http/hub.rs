@@ -1,0 +1,504 @@
+//! Listener fan-out: every listener gets the same MP3 frames, and none can
+//! slow the others [H1]–[H3].
+//!
+//! Called by the broadcast thread ([`Hub::broadcast`], every frame) and by
+//! HTTP worker threads ([`Hub::admit`], [`Hub::add`]). Writes are
+//! non-blocking; a listener keeps a short queue of whole frames it has not
+//! taken yet. A listener that cannot take everything queued for
+//! `slow_timeout` (250 ms by default), or whose queue overflows, is dropped
+//! and counted; a write error means the client left. Time is passed in.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::audio::FRAME_DURATION;
+use crate::encoder::Mp3Frame;
+
+/// A listener's connection as the hub sees it.
+pub trait ListenerSink: Send {
+    /// Non-blocking write: may be partial; `WouldBlock` when full.
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize>;
+    /// Ends the connection; `abort` resets it (slow listener).
+    fn close(&mut self, abort: bool);
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HubConfig {
+    pub slow_timeout: Duration,
+    pub max_listeners: usize,
+}
+
+impl HubConfig {
+    /// Frames a listener may have queued: what the timeout spans, plus
+    /// room for the frame that catches it.
+    fn max_queue(&self) -> usize {
+        (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+    }
+}
+
+struct Listener {
+    id: u64,
+    peer: String,
+    sink: Box<dyn ListenerSink>,
+    queue: VecDeque<Mp3Frame>,
+    /// Bytes of the front frame already written.
+    offset: usize,
+    stuck_since: Option<Instant>,
+    connected_at: Instant,
+    bytes: u64,
+}
+
+enum Flush {
+    Drained,
+    Pending,
+    Gone(io::Error),
+}
+
+impl Listener {
+    fn flush(&mut self) -> Flush {
+        while let Some(front) = self.queue.front() {
+            match self.sink.write(&front[self.offset..]) {
+                Ok(0) => return Flush::Gone(io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => {
+                    self.offset += n;
+                    self.bytes += n as u64;
+                    if self.offset == front.len() {
+                        self.queue.pop_front();
+                        self.offset = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Flush::Pending,
+                Err(e) => return Flush::Gone(e),
+            }
+        }
+        Flush::Drained
+    }
+}
+
+/// Why a listener left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leave {
+    Slow,
+    Gone,
+}
+
+#[derive(Default)]
+struct Counters {
+    connected_total: AtomicU64,
+    slow_dropped: AtomicU64,
+    disconnected: AtomicU64,
+    closed_on_shutdown: AtomicU64,
+    rejected_full: AtomicU64,
+    frames: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct HubSnapshot {
+    pub current: usize,
+    pub max: usize,
+    pub connected_total: u64,
+    /// Dropped because they could not keep up [H2].
+    pub slow_dropped: u64,
+    /// Left on their own (closed, reset).
+    pub disconnected: u64,
+    pub closed_on_shutdown: u64,
+    /// Refused with 503 at the listener limit.
+    pub rejected_full: u64,
+    pub frames_broadcast: u64,
+}
+
+struct Inner {
+    listeners: Vec<Listener>,
+    latest: Option<Mp3Frame>,
+    next_id: u64,
+}
+
+pub struct Hub {
+    config: HubConfig,
+    inner: Mutex<Inner>,
+    /// Listeners plus connections being set up: what the limit counts.
+    admitted: AtomicUsize,
+    counters: Counters,
+}
+
+/// A reserved place under the listener limit; released if not used.
+pub struct Admission<'a> {
+    hub: &'a Hub,
+    used: bool,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.hub.admitted.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(config: HubConfig) -> Self {
+        Hub {
+            config,
+            inner: Mutex::new(Inner {
+                listeners: Vec::new(),
+                latest: None,
+                next_id: 1,
+            }),
+            admitted: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserves a place for a new listener, or `None` at the limit (counted).
+    pub fn admit(&self) -> Option<Admission<'_>> {
+        let max = self.config.max_listeners;
+        let ok = self
+            .admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .is_ok();
+        if ok {
+            Some(Admission { hub: self, used: false })
+        } else {
+            self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Adds a listener. After the first frame ever it gets the most recent
+    /// frame at once, so it hears audio without waiting for the next one.
+    pub fn add(&self, mut admission: Admission<'_>, peer: String, sink: Box<dyn ListenerSink>, now: Instant) -> u64 {
+        admission.used = true;
+        let mut inner = self.lock();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        let mut listener = Listener {
+            id,
+            peer,
+            sink,
+            queue: VecDeque::new(),
+            offset: 0,
+            stuck_since: None,
+            connected_at: now,
+            bytes: 0,
+        };
+        if let Some(latest) = inner.latest.clone() {
+            listener.queue.push_back(latest);
+        }
+        let verdict = self.step(&mut listener, now);
+        self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
+        let count = inner.listeners.len() + 1;
+        tracing::info!(component = "http", listener = id, peer = %listener.peer, listeners = count, "listener connected");
+        inner.listeners.push(listener);
+        if let Some(leave) = verdict {
+            let l = inner.listeners.pop();
+            drop(inner);
+            if let Some(l) = l {
+                self.remove(l, leave, now);
+            }
+        }
+        id
+    }
+
+    /// Decides a listener's fate after a flush: `None` keeps it.
+    fn step(&self, l: &mut Listener, now: Instant) -> Option<Leave> {
+        if l.queue.len() > self.config.max_queue() {
+            return Some(Leave::Slow);
+        }
+        match l.flush() {
+            Flush::Drained => {
+                l.stuck_since = None;
+                None
+            }
+            Flush::Pending => {
+                let since = *l.stuck_since.get_or_insert(now);
+                (now.saturating_duration_since(since) >= self.config.slow_timeout).then_some(Leave::Slow)
+            }
+            Flush::Gone(e) => {
+                tracing::debug!(component = "http", listener = l.id, error = %e, "write failed");
+                Some(Leave::Gone)
+            }
+        }
+    }
+
+    fn remove(&self, mut l: Listener, why: Leave, now: Instant) {
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        let secs = now.saturating_duration_since(l.connected_at).as_secs_f64();
+        match why {
+            Leave::Slow => {
+                self.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, queued = l.queue.len(), "listener dropped: it could not take data for {} ms", self.config.slow_timeout.as_millis());
+            }
+            Leave::Gone => {
+                self.counters.disconnected.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, bytes = l.bytes, "listener disconnected");
+            }
+        }
+        l.sink.close(why == Leave::Slow);
+    }
+
+    /// Sends `frame` to every listener without blocking on any of them.
+    pub fn broadcast(&self, frame: &Mp3Frame, now: Instant) {
+        let mut leaving = Vec::new();
+        {
+            let mut inner = self.lock();
+            inner.latest = Some(frame.clone());
+            let mut i = 0;
+            while i < inner.listeners.len() {
+                let l = &mut inner.listeners[i];
+                l.queue.push_back(frame.clone());
+                match self.step(l, now) {
+                    None => i += 1,
+                    Some(why) => leaving.push((inner.listeners.swap_remove(i), why)),
+                }
+            }
+        }
+        self.counters.frames.fetch_add(1, Ordering::Relaxed);
+        for (l, why) in leaving {
+            self.remove(l, why, now);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().listeners.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Closes every listener (service stop); they see the stream end.
+    pub fn close_all(&self) {
+        let listeners = std::mem::take(&mut self.lock().listeners);
+        for mut l in listeners {
+            let _ = l.flush();
+            l.sink.close(false);
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.counters.closed_on_shutdown.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self) -> HubSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
+        HubSnapshot {
+            current: self.len(),
+            max: self.config.max_listeners,
+            connected_total: l(&c.connected_total),
+            slow_dropped: l(&c.slow_dropped),
+            disconnected: l(&c.disconnected),
+            closed_on_shutdown: l(&c.closed_on_shutdown),
+            rejected_full: l(&c.rejected_full),
+            frames_broadcast: l(&c.frames),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A fake connection: takes up to `room` bytes, then WouldBlock.
+    #[derive(Default)]
+    struct Conn {
+        data: Vec<u8>,
+        room: usize,
+        gone: bool,
+        closed: Option<bool>,
+    }
+
+    #[derive(Clone, Default)]
+    struct FakeSink(Arc<Mutex<Conn>>);
+
+    impl FakeSink {
+        fn open(room: usize) -> Self {
+            FakeSink(Arc::new(Mutex::new(Conn {
+                room,
+                ..Conn::default()
+            })))
+        }
+        fn get(&self) -> MutexGuard<'_, Conn> {
+            self.0.lock().expect("lock")
+        }
+    }
+
+    impl ListenerSink for FakeSink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut c = self.get();
+            if c.gone {
+                return Err(io::Error::from(ErrorKind::BrokenPipe));
+            }
+            if c.room == 0 {
+                return Err(io::Error::from(ErrorKind::WouldBlock));
+            }
+            let n = buf.len().min(c.room);
+            c.data.extend_from_slice(&buf[..n]);
+            c.room -= n;
+            Ok(n)
+        }
+        fn close(&mut self, abort: bool) {
+            self.get().closed = Some(abort);
+        }
+    }
+
+    fn hub() -> Hub {
+        Hub::new(HubConfig {
+            slow_timeout: Duration::from_millis(250),
+            max_listeners: 3,
+        })
+    }
+
+    fn frame(tag: u8) -> Mp3Frame {
+        Mp3Frame::from(vec![tag; 384])
+    }
+
+    const P: Duration = FRAME_DURATION;
+
+    #[test]
+    fn every_listener_gets_the_same_whole_frames() {
+        let h = hub();
+        let t0 = Instant::now();
+        let a = FakeSink::open(usize::MAX);
+        let b = FakeSink::open(usize::MAX);
+        h.add(h.admit().expect("room"), "a".into(), Box::new(a.clone()), t0);
+        h.add(h.admit().expect("room"), "b".into(), Box::new(b.clone()), t0);
+        for t in 0..10u8 {
+            h.broadcast(&frame(t), t0 + P * u32::from(t));
+        }
+        let expected: Vec<u8> = (0..10u8).flat_map(|t| vec![t; 384]).collect();
+        assert_eq!(a.get().data, expected);
+        assert_eq!(b.get().data, expected);
+        assert_eq!(h.snapshot().frames_broadcast, 10);
+    }
+
+    #[test]
+    fn a_new_listener_gets_the_latest_frame_at_once() {
+        let h = hub();
+        let t0 = Instant::now();
+        h.broadcast(&frame(7), t0);
+        let a = FakeSink::open(usize::MAX);
+        h.add(h.admit().expect("room"), "a".into(), Box::new(a.clone()), t0);
+        assert_eq!(a.get().data, vec![7; 384]);
+    }
+
+    #[test]
+    fn before_the_first_frame_a_listener_waits_without_data() {
+        let h = hub();
+        let a = FakeSink::open(usize::MAX);
+        h.add(
+            h.admit().expect("room"),
+            "a".into(),
+            Box::new(a.clone()),
+            Instant::now(),
+        );
+        assert!(a.get().data.is_empty());
+        assert_eq!(h.len(), 1);
+    }
+
+    #[test]
+    fn a_stuck_listener_is_dropped_after_the_timeout_and_the_healthy_one_loses_nothing() {
+        let h = hub();
+        let t0 = Instant::now();
+        let healthy = FakeSink::open(usize::MAX);
+        let stuck = FakeSink::open(384 * 3 + 100); // takes 3.26 frames, then nothing
+        h.add(
+            h.admit().expect("room"),
+            "healthy".into(),
+            Box::new(healthy.clone()),
+            t0,
+        );
+        h.add(h.admit().expect("room"), "stuck".into(), Box::new(stuck.clone()), t0);
+        let mut dropped_at = None;
+        for k in 0..40u32 {
+            let now = t0 + P * k;
+            h.broadcast(&frame(k as u8), now);
+            if dropped_at.is_none() && stuck.get().closed.is_some() {
+                dropped_at = Some(now);
+            }
+        }
+        // Stuck from the 4th frame (72 ms); dropped on the first frame at or
+        // after 72 + 250 ms.
+        assert_eq!(dropped_at, Some(t0 + P * 14));
+        assert_eq!(stuck.get().closed, Some(true), "slow listeners are reset");
+        assert_eq!(healthy.get().data.len(), 40 * 384);
+        let s = h.snapshot();
+        assert_eq!((s.current, s.slow_dropped, s.disconnected), (1, 1, 0));
+    }
+
+    #[test]
+    fn a_brief_hiccup_shorter_than_the_timeout_is_forgiven() {
+        let h = hub();
+        let t0 = Instant::now();
+        let l = FakeSink::open(384);
+        h.add(h.admit().expect("room"), "l".into(), Box::new(l.clone()), t0);
+        for k in 0..8u32 {
+            h.broadcast(&frame(k as u8), t0 + P * k);
+        }
+        // 7 frames queued for 168 ms; then the client reads everything.
+        l.get().room = usize::MAX;
+        h.broadcast(&frame(8), t0 + P * 8);
+        assert_eq!(l.get().data.len(), 9 * 384);
+        assert!(l.get().closed.is_none());
+        assert_eq!(h.snapshot().slow_dropped, 0);
+    }
+
+    #[test]
+    fn a_client_that_left_is_removed_and_counted() {
+        let h = hub();
+        let t0 = Instant::now();
+        let l = FakeSink::open(usize::MAX);
+        h.add(h.admit().expect("room"), "l".into(), Box::new(l.clone()), t0);
+        l.get().gone = true;
+        h.broadcast(&frame(1), t0);
+        assert_eq!(l.get().closed, Some(false));
+        let s = h.snapshot();
+        assert_eq!((s.current, s.disconnected, s.slow_dropped), (0, 1, 0));
+    }
+
+    #[test]
+    fn the_listener_limit_is_enforced_and_places_are_given_back() {
+        let h = hub();
+        let t0 = Instant::now();
+        let sinks: Vec<FakeSink> = (0..3).map(|_| FakeSink::open(usize::MAX)).collect();
+        for s in &sinks {
+            h.add(h.admit().expect("room"), "x".into(), Box::new(s.clone()), t0);
+        }
+        assert!(h.admit().is_none());
+        assert_eq!(h.snapshot().rejected_full, 1);
+        // An admission given up (setup failed) does not leak a place.
+        sinks[0].get().gone = true;
+        h.broadcast(&frame(1), t0);
+        {
+            let a = h.admit().expect("a place came free");
+            drop(a);
+        }
+        assert!(h.admit().is_some());
+    }
+
+    #[test]
+    fn close_all_ends_every_connection() {
+        let h = hub();
+        let a = FakeSink::open(usize::MAX);
+        h.add(
+            h.admit().expect("room"),
+            "a".into(),
+            Box::new(a.clone()),
+            Instant::now(),
+        );
+        h.close_all();
+        assert_eq!(a.get().closed, Some(false));
+        assert_eq!(h.snapshot().closed_on_shutdown, 1);
+        assert!(h.is_empty());
+        assert!(h.admit().is_some());
+    }
+}

@@ -1,0 +1,143 @@
+//! The `tower` binary: parse flags, load the configuration, set up logging,
+//! run the service until SIGTERM/SIGINT, and map errors to exit codes
+//! (0 clean stop, 1 runtime failure, 2 invalid configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use tower::config::{self, Overrides};
+use tower::service::{Backends, Service};
+
+/// A LAN radio station: streams the audio input as MP3 to every listener
+/// at http://HOST:8000/stream.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Configuration file (default: /etc/tower/tower.toml if it exists).
+    #[arg(long, value_name = "PATH", env = "TOWER_CONFIG")]
+    config: Option<PathBuf>,
+    /// HTTP address and port [default: 0.0.0.0:8000].
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<String>,
+    /// ALSA capture device [default: default].
+    #[arg(long, value_name = "PCM")]
+    device: Option<String>,
+    /// The ffmpeg program [default: ffmpeg].
+    #[arg(long, value_name = "PATH")]
+    ffmpeg: Option<String>,
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+/// Lets Tower use as many descriptors as the system allows (each listener
+/// holds two), and keeps the listener limit below that.
+fn raise_fd_limit(config: &mut config::Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let limit = if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    let affordable = limit.saturating_sub(64) / 3;
+    if config.http.max_listeners > affordable {
+        tracing::warn!(
+            component = "service",
+            "http.max_listeners = {} needs more file descriptors than the limit ({limit}) allows; using {affordable}",
+            config.http.max_listeners
+        );
+        config.http.max_listeners = affordable.max(1);
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let file = cli.config.clone().or_else(config::default_file);
+    let overrides = Overrides {
+        listen: cli.listen,
+        device: cli.device,
+        ffmpeg: cli.ffmpeg,
+    };
+    let loaded = match config::load(file.as_deref(), &env, &overrides) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("tower: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.print_config {
+        print!("{}", loaded.config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    let mut cfg = loaded.config;
+
+    // Fewer malloc arenas: threads are many and small, memory is scarce.
+    // SAFETY: mallopt is called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+    let target = tower::logging::init(&cfg.log_level);
+    raise_fd_limit(&mut cfg);
+    let overridden: Vec<String> = loaded.origins.iter().map(|(k, o)| format!("{k} from {o}")).collect();
+    tracing::info!(
+        component = "service",
+        version = env!("CARGO_PKG_VERSION"),
+        log = ?target,
+        file = ?loaded.file,
+        "configuration: {}",
+        cfg.to_toml().lines().filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ")
+    );
+    if !overridden.is_empty() {
+        tracing::info!(
+            component = "service",
+            "settings not at their default: {}",
+            overridden.join(", ")
+        );
+    }
+
+    // Handlers only (no blocked mask), so ffmpeg inherits nothing odd.
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tower: cannot install signal handlers: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (backends, notes) = match Backends::real(&cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tower: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for note in notes {
+        tracing::warn!(component = "encoder", "custom ffmpeg command: {note}");
+    }
+    let service = match Service::start(&cfg, backends) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(component = "service", "cannot start: {e}");
+            eprintln!("tower: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let signal = signals.forever().next();
+    tracing::info!(component = "service", signal = ?signal, "stopping");
+    let started = std::time::Instant::now();
+    let problems = service.stop();
+    tracing::info!(
+        component = "service",
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        problems = problems.len(),
+        "stopped"
+    );
+    ExitCode::SUCCESS
+}

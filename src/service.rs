@@ -1,0 +1,278 @@
+//! The service: wires the pipeline and owns every worker [T1].
+//!
+//! Start order: encoder (supervisor and drains) → pump → capture → HTTP
+//! server → broadcast loop. Stop is the reverse, each step bounded in time,
+//! so a SIGTERM completes well within 2 s. The broadcast loop ("broadcast")
+//! is the service's own thread: it moves frames from the encoder manager to
+//! the listener hub.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::json;
+
+use crate::audio::capture::{Capture, CaptureHandle, CaptureSource};
+use crate::config::Config;
+use crate::encoder::command::{custom_command, default_command};
+use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
+use crate::encoder::state::{Liveness, RestartPolicy};
+use crate::encoder::supervisor::SupervisorConfig;
+use crate::encoder::{EncoderManager, ManagerConfig};
+use crate::fallback::{Fallback, FallbackKind};
+use crate::http::{HttpServer, HttpStats, Hub, HubConfig, StatusSource};
+use crate::pump::{Pump, PumpConfig, PumpStats};
+use crate::ring::FrameRing;
+use crate::router::AudioInputRouter;
+use crate::worker::{Worker, WorkerError};
+
+/// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
+const STEP_TIMEOUT: Duration = Duration::from_millis(400);
+
+/// The hardware behind the pipeline.
+pub struct Backends {
+    pub capture: Box<dyn CaptureSource>,
+    pub encoder: Box<dyn EncoderLauncher>,
+}
+
+impl Backends {
+    /// ALSA capture from `config.device` and the configured ffmpeg command.
+    /// Returns notes about replaced custom-command flags, to log once.
+    pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
+        let (command, notes) = if config.encoder.args.is_empty() {
+            (
+                default_command(&config.ffmpeg, config.encoder.bitrate_kbps as u32),
+                Vec::new(),
+            )
+        } else {
+            custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
+        };
+        Ok((
+            Backends {
+                capture: crate::audio::system_capture(&config.device),
+                encoder: Box::new(FfmpegLauncher::new(command)),
+            },
+            notes,
+        ))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot listen on {addr}: {source} (is another Tower or web server using the port? change `listen`)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the {what} thread: {source}")]
+    Thread { what: &'static str, source: std::io::Error },
+}
+
+/// Everything `/status` reads.
+struct Board {
+    started: Instant,
+    started_wall: SystemTime,
+    router: Arc<AudioInputRouter>,
+    encoder: Arc<EncoderManager>,
+    pump: Arc<PumpStats>,
+    capture: CaptureHandle,
+    hub: Arc<Hub>,
+    fallback: FallbackKind,
+    http: Arc<HttpStats>,
+}
+
+impl StatusSource for Board {
+    fn status(&self) -> serde_json::Value {
+        let router = self.router.stats();
+        let ring = self.encoder.ring().stats();
+        let enc = self.encoder.snapshot();
+        let pump = self.pump.snapshot();
+        let capture = self.capture.snapshot();
+        let hub = self.hub.snapshot();
+        let http = self.http.snapshot();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": humantime::format_rfc3339_seconds(self.started_wall).to_string(),
+            "uptime_s": self.started.elapsed().as_secs_f64(),
+            "encoder": enc,
+            "input": {
+                "state": self.pump.input_state(),
+                "device": capture.device,
+                "device_state": capture.state,
+                "fallback_source": self.fallback,
+                "capture": capture,
+            },
+            "listeners": hub,
+            "pcm_buffer": router,
+            "mp3_buffer": ring,
+            "pump": pump,
+            "http": http,
+            "counters": {
+                "pcm_frames_in": router.pushed,
+                "mp3_frames_out": enc.mp3_frames_out,
+                "silence_frames_out": enc.silence_frames_out,
+                "encoder_restarts": enc.supervisor.restarts,
+                "slow_listeners_dropped": hub.slow_dropped,
+                "drops": {
+                    "pcm_queue_full": router.dropped_full,
+                    "pcm_malformed": router.rejected_malformed,
+                    "pcm_encoder_down": enc.pcm_dropped_encoder_down + enc.supervisor.pcm_dropped_not_running,
+                    "pcm_encoder_pipe_full": enc.supervisor.pcm_dropped_pipe_full,
+                    "pcm_encoder_busy": enc.supervisor.pcm_dropped_busy,
+                    "capture_overruns": capture.overruns,
+                    "mp3_ring_full": ring.dropped_oldest,
+                    "mp3_late_trimmed": enc.mp3_frames_trimmed,
+                    "slow_listeners": hub.slow_dropped,
+                },
+            },
+        })
+    }
+
+    fn buffer(&self) -> (usize, usize) {
+        (self.router.fill(), self.router.capacity())
+    }
+}
+
+/// A running Tower.
+pub struct Service {
+    encoder: Arc<EncoderManager>,
+    pump: Option<Pump>,
+    capture: Option<Capture>,
+    http: Option<HttpServer>,
+    broadcast: Option<Worker<()>>,
+    hub: Arc<Hub>,
+    board: Arc<Board>,
+    addr: SocketAddr,
+}
+
+impl Service {
+    pub fn start(config: &Config, backends: Backends) -> Result<Service, ServiceError> {
+        let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
+        let started = Instant::now();
+        let router = Arc::new(AudioInputRouter::new(config.pcm.buffer_size as usize));
+        let ring = Arc::new(FrameRing::new(config.mp3.buffer_capacity_frames as usize));
+
+        // 1. Encoder: supervisor and its drains.
+        let e = &config.encoder;
+        let manager_config = ManagerConfig {
+            supervisor: SupervisorConfig {
+                liveness: Liveness {
+                    startup_timeout: Duration::from_millis(e.startup_timeout_ms),
+                    stall_timeout: Duration::from_millis(e.stall_timeout_ms),
+                },
+                policy: RestartPolicy {
+                    backoff: e.backoff_ms.iter().map(|&ms| Duration::from_millis(ms)).collect(),
+                    max_restarts: e.max_restarts as u32,
+                    failed_retry: Duration::from_secs(e.failed_retry_sec),
+                    ..RestartPolicy::default()
+                },
+            },
+            silence_after: Duration::from_millis(e.silence_after_ms),
+            max_lead: Duration::from_millis(e.max_lead_ms),
+        };
+        tracing::info!(component = "encoder", command = %backends.encoder.describe(), "starting encoder");
+        let encoder =
+            Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
+
+        // 2. Pump.
+        let fallback = Fallback::new(config.fallback_wav().as_deref(), config.fallback.tone);
+        let fallback_kind = fallback.kind();
+        let pump = Pump::start(
+            PumpConfig {
+                grace: config.grace(),
+                realtime_priority: config.pump.realtime_priority as u8,
+            },
+            router.clone(),
+            encoder.clone(),
+            fallback,
+        )
+        .map_err(thread("pump"))?;
+        let pump_stats = pump.stats();
+
+        // 3. Capture.
+        let capture = Capture::start(backends.capture, router.clone()).map_err(thread("capture"))?;
+
+        // 4. HTTP server.
+        let hub = Arc::new(Hub::new(HubConfig {
+            slow_timeout: Duration::from_millis(config.http.slow_listener_timeout_ms),
+            max_listeners: config.http.max_listeners as usize,
+        }));
+        let board = Arc::new(Board {
+            started,
+            started_wall: SystemTime::now(),
+            router,
+            encoder: encoder.clone(),
+            pump: pump_stats,
+            capture: capture.handle(),
+            hub: hub.clone(),
+            fallback: fallback_kind,
+            http: Arc::new(HttpStats::default()),
+        });
+        let addr = config.listen_addr();
+        let http = HttpServer::start(addr, hub.clone(), board.clone(), board.http.clone())
+            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let bound = http.local_addr();
+
+        // 5. Broadcast loop.
+        let (enc, h) = (encoder.clone(), hub.clone());
+        let broadcast = Worker::spawn("broadcast", move |stop| {
+            while !stop.is_stopped() {
+                let now = Instant::now();
+                while let Some(frame) = enc.get_frame(now) {
+                    h.broadcast(&frame, now);
+                }
+                enc.wait(Instant::now());
+            }
+        })
+        .map_err(thread("broadcast"))?;
+
+        tracing::info!(component = "http", "listening on http://{bound}/stream");
+        Ok(Service {
+            encoder,
+            pump: Some(pump),
+            capture: Some(capture),
+            http: Some(http),
+            broadcast: Some(broadcast),
+            hub,
+            board,
+            addr: bound,
+        })
+    }
+
+    /// The HTTP address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The `/status` document.
+    pub fn status(&self) -> serde_json::Value {
+        self.board.status()
+    }
+
+    /// Stops everything in reverse start order; returns the problems seen.
+    pub fn stop(mut self) -> Vec<WorkerError> {
+        let mut problems = Vec::new();
+        let mut note = |r: Result<(), WorkerError>| {
+            if let Err(e) = r {
+                tracing::warn!(component = "service", "{e}");
+                problems.push(e);
+            }
+        };
+        if let Some(b) = self.broadcast.take() {
+            b.stop_signal().stop();
+            self.encoder.wake();
+            note(b.stop(STEP_TIMEOUT));
+        }
+        if let Some(h) = self.http.take() {
+            note(h.stop(STEP_TIMEOUT));
+        }
+        self.hub.close_all();
+        if let Some(c) = self.capture.take() {
+            note(c.stop(STEP_TIMEOUT));
+        }
+        if let Some(p) = self.pump.take() {
+            note(p.stop(STEP_TIMEOUT));
+        }
+        note(self.encoder.stop(STEP_TIMEOUT * 2));
+        problems
+    }
+}
