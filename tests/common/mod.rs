@@ -1,0 +1,510 @@
+//! Test support: the real `tower` binary, real sockets, real decoders.
+//!
+//! Each test starts its own Tower on 127.0.0.1 port 0 (the port is read from
+//! its log) and, where needed, its own JACK dummy server under a unique
+//! name, so tests can run in parallel.
+
+#![allow(dead_code)] // each test binary uses a different part of this
+
+pub mod audio;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use tower::mp3::Packetizer;
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A running `tower` process with its log captured.
+pub struct Tower {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    log_thread: Option<JoinHandle<()>>,
+}
+
+impl Tower {
+    /// Starts tower with `args` and `env` (plus --listen 127.0.0.1:0), and
+    /// waits until it is listening.
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Tower {
+        Self::try_start(args, env).unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
+    /// Like `start`; on failure returns the log.
+    pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Tower, String> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tower"));
+        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("TOWER_") || k == "ALSA_CONFIG_PATH" || k == "JACK_DEFAULT_SERVER" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("RUST_LOG", "info");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("spawn: {e}"))?;
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let log_thread = thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("TOWER_TEST_LOG").is_some() {
+                    eprintln!("[tower] {line}");
+                }
+                l.lock().expect("log").push(line);
+            }
+        });
+        let mut tower = Tower {
+            child: Some(child),
+            addr: "127.0.0.1:0".parse().map_err(|_| "addr")?,
+            log,
+            log_thread: Some(log_thread),
+        };
+        let mut found = None;
+        let up = wait_for(Duration::from_secs(20), || {
+            found = tower.log_lines().iter().find_map(|l| {
+                let rest = l.split("listening on http://").nth(1)?;
+                rest.split("/stream").next()?.parse::<SocketAddr>().ok()
+            });
+            found.is_some() || tower.exited()
+        });
+        match found {
+            Some(addr) if up => {
+                tower.addr = addr;
+                Ok(tower)
+            }
+            _ => Err(tower.log_text()),
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log_lines().join("\n")
+    }
+
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the status and how long
+    /// the exit took.
+    pub fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let t0 = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .expect("kill");
+        let deadline = t0 + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                let took = t0.elapsed();
+                if let Some(t) = self.log_thread.take() {
+                    let _ = t.join();
+                }
+                return (status, took);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("tower did not exit within 10 s of SIGTERM");
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn get(&self, path: &str) -> HttpResponse {
+        http_get(self.addr, path)
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let r = self.get("/status");
+        assert_eq!(r.status, 200, "{}", r.body_text());
+        serde_json::from_slice(&r.body).expect("status is JSON")
+    }
+
+    /// The ffmpeg child's pid, once the encoder runs.
+    pub fn ffmpeg_pid(&self) -> i32 {
+        let mut pid = 0;
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                pid = self.status()["encoder"]["pid"].as_i64().unwrap_or(0) as i32;
+                pid > 0
+            }),
+            "no ffmpeg pid in /status"
+        );
+        pid
+    }
+}
+
+impl Drop for Tower {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn body_text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// Sends a raw request and reads the whole response (Connection: close).
+pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    s.write_all(request.as_bytes()).expect("send");
+    let mut data = Vec::new();
+    let _ = s.read_to_end(&mut data);
+    let split = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(data.len());
+    let head = String::from_utf8_lossy(&data[..split]).into_owned();
+    let body = data.get(split + 4..).unwrap_or(&[]).to_vec();
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    HttpResponse { status, head, body }
+}
+
+pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    http_raw(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// One MP3 frame as a listener received it.
+#[derive(Clone)]
+pub struct Arrival {
+    pub at: Instant,
+    pub frame: Arc<[u8]>,
+}
+
+#[derive(Default)]
+struct Received {
+    head: String,
+    frames: Vec<Arrival>,
+    ended: Option<(Instant, String)>,
+}
+
+/// A listener on `/stream` that timestamps every whole frame it receives.
+pub struct Listener {
+    pub local: SocketAddr,
+    rx: Arc<Mutex<Received>>,
+    stream: TcpStream,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn connect(addr: SocketAddr) -> Listener {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\nUser-Agent: tower-test\r\n\r\n")
+            .expect("request");
+        let local = stream.local_addr().expect("local");
+        let rx = Arc::new(Mutex::new(Received::default()));
+        let r = rx.clone();
+        let mut reader = stream.try_clone().expect("clone");
+        let thread = thread::spawn(move || {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut head = Vec::new();
+            let mut in_body = false;
+            let mut packetizer = Packetizer::new();
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => {
+                        r.lock().expect("rx").ended = Some((Instant::now(), "eof".into()));
+                        break;
+                    }
+                    Ok(n) => n,
+                    Err(e) => {
+                        r.lock().expect("rx").ended = Some((Instant::now(), e.to_string()));
+                        break;
+                    }
+                };
+                let now = Instant::now();
+                let mut data = &buf[..n];
+                if !in_body {
+                    head.extend_from_slice(data);
+                    let Some(p) = head.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let body = head.split_off(p + 4);
+                    r.lock().expect("rx").head = String::from_utf8_lossy(&head).into_owned();
+                    in_body = true;
+                    let mut frames = Vec::new();
+                    packetizer.push(&body, |f| frames.push(Arc::<[u8]>::from(f)));
+                    let mut g = r.lock().expect("rx");
+                    g.frames
+                        .extend(frames.into_iter().map(|frame| Arrival { at: now, frame }));
+                    data = &[];
+                }
+                let mut frames = Vec::new();
+                packetizer.push(data, |f| frames.push(Arc::<[u8]>::from(f)));
+                let mut g = r.lock().expect("rx");
+                g.frames
+                    .extend(frames.into_iter().map(|frame| Arrival { at: now, frame }));
+            }
+        });
+        Listener {
+            local,
+            rx,
+            stream,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn head(&self) -> String {
+        self.rx.lock().expect("rx").head.clone()
+    }
+
+    pub fn frames(&self) -> Vec<Arrival> {
+        self.rx.lock().expect("rx").frames.clone()
+    }
+
+    pub fn frame_count(&self) -> usize {
+        self.rx.lock().expect("rx").frames.len()
+    }
+
+    /// When and why the connection ended, if it did.
+    pub fn ended(&self) -> Option<(Instant, String)> {
+        self.rx.lock().expect("rx").ended.clone()
+    }
+
+    /// Frames that arrived at or after `since`.
+    pub fn frames_since(&self, since: Instant) -> Vec<Arrival> {
+        self.frames().into_iter().filter(|a| a.at >= since).collect()
+    }
+
+    /// Waits until `n` more frames than now have arrived.
+    pub fn wait_frames(&self, n: usize, timeout: Duration) -> bool {
+        let target = self.frame_count() + n;
+        wait_for(timeout, || self.frame_count() >= target)
+    }
+
+    /// The tone ratio at `freq` of the last `frames` frames received.
+    pub fn recent_tone(&self, frames: usize, freq: f64) -> f64 {
+        let all = self.frames();
+        if all.len() < frames {
+            return 0.0;
+        }
+        tone_of(&all[all.len() - frames..], freq)
+    }
+
+    /// Waits until the most recent ~300 ms carry `freq`.
+    pub fn wait_tone(&self, freq: f64, timeout: Duration) -> bool {
+        wait_for(timeout, || self.recent_tone(12, freq) > 0.9)
+    }
+
+    /// Closes the connection from our side.
+    pub fn close(mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Waits for the server to end the connection.
+    pub fn wait_end(&self, timeout: Duration) -> Option<(Instant, String)> {
+        let mut ended = None;
+        wait_for(timeout, || {
+            ended = self.ended();
+            ended.is_some()
+        });
+        ended
+    }
+
+    /// The largest gap between consecutive frame arrivals after `since`.
+    pub fn max_gap_since(&self, since: Instant) -> Duration {
+        let f = self.frames_since(since);
+        f.windows(2)
+            .map(|w| w[1].at.saturating_duration_since(w[0].at))
+            .max()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decodes frames (skipping the decoder's first frame of warm-up) and
+/// returns the tone ratio at `freq` over all of their left channel.
+pub fn tone_of(frames: &[Arrival], freq: f64) -> f64 {
+    let refs: Vec<&[u8]> = frames.iter().map(|a| &a.frame[..]).collect();
+    let d = audio::decode_frames(&refs);
+    let samples: Vec<f32> = d.frames.iter().skip(1).flatten().copied().collect();
+    if samples.is_empty() || d.channels == 0 {
+        return 0.0;
+    }
+    audio::tone_ratio(&audio::mono(&samples, d.channels), d.sample_rate, freq)
+}
+
+/// The RMS level (dBFS) of each frame, decoded in sequence.
+pub fn frame_levels(frames: &[Arrival]) -> Vec<f64> {
+    let refs: Vec<&[u8]> = frames.iter().map(|a| &a.frame[..]).collect();
+    let d = audio::decode_frames(&refs);
+    d.frames.iter().map(|s| audio::dbfs(s)).collect()
+}
+
+/// A JACK dummy-backend server under a unique name, killed on drop.
+pub struct Jack {
+    pub name: String,
+    child: Option<Child>,
+}
+
+static JACK_SEQ: AtomicU32 = AtomicU32::new(0);
+
+impl Jack {
+    pub fn start() -> Jack {
+        let name = format!(
+            "tower-test-{}-{}",
+            std::process::id(),
+            JACK_SEQ.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut j = Jack { name, child: None };
+        j.spawn();
+        j
+    }
+
+    fn env(cmd: &mut Command) {
+        cmd.env("JACK_NO_AUDIO_RESERVATION", "1")
+            .env("JACK_NO_START_SERVER", "1");
+    }
+
+    /// (Re)starts the server and waits until it answers.
+    pub fn spawn(&mut self) {
+        let mut cmd = Command::new("jackd");
+        Self::env(&mut cmd);
+        cmd.args([
+            "-n",
+            &self.name,
+            "--no-realtime",
+            "-d",
+            "dummy",
+            "-r",
+            "48000",
+            "-p",
+            "1152",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("jackd (apt-get install jackd2)"));
+        let name = self.name.clone();
+        let up = wait_for(Duration::from_secs(10), || {
+            let mut lsp = Command::new("jack_lsp");
+            Self::env(&mut lsp);
+            lsp.args(["-s", &name])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .output()
+                .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("system:capture_1"))
+        });
+        assert!(up, "jackd {} did not come up", self.name);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal jackd");
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Jack {
+    fn drop(&mut self) {
+        if let Some(c) = &self.child {
+            // A stopped process must be continued to die promptly.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        self.kill();
+    }
+}
+
+/// Writes `seconds` of a stereo s16le sine at `freq` (level 0.5) to `path`.
+pub fn write_tone_raw(path: &Path, freq: f64, seconds: f64) {
+    let n = (48_000.0 * seconds) as usize;
+    let mut bytes = Vec::with_capacity(n * 4);
+    for i in 0..n {
+        let v = ((std::f64::consts::TAU * freq * i as f64 / 48_000.0).sin() * 0.5 * 32767.0) as i16;
+        bytes.extend_from_slice(&v.to_le_bytes());
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).expect("write raw");
+}
+
+/// An alsa-lib configuration with `jackfile`: JACK-paced capture that
+/// delivers `input` byte for byte.
+pub fn write_alsa_conf(dir: &Path, input: &Path) -> PathBuf {
+    let conf = dir.join("alsa-test.conf");
+    let text = format!(
+        "</usr/share/alsa/alsa.conf>\n\
+         pcm.jackcap {{ type jack capture_ports {{ 0 \"system:capture_1\" 1 \"system:capture_2\" }} }}\n\
+         pcm.jackcap16 {{ type plug slave.pcm \"jackcap\" }}\n\
+         pcm.jackfile {{ type file slave.pcm \"jackcap16\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n",
+        input.display()
+    );
+    std::fs::write(&conf, text).expect("write alsa conf");
+    conf
+}
