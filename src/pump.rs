@@ -235,7 +235,7 @@ fn run(
     let mut schedule = Schedule::new(start, FRAME_DURATION);
     let mut selector = InputSelector::new(config.grace, start);
     let mut shown = InputState::Grace;
-    let mut gap_logged = false;
+    let mut episode = Episode::default();
 
     loop {
         let now = Instant::now();
@@ -281,15 +281,10 @@ fn run(
             if shown == InputState::Live && state == InputState::Grace {
                 stats.input_gaps.fetch_add(1, Ordering::Relaxed);
             }
-            report_change(shown, state, &selector, now, gap_logged, fallback.kind());
-            if state == InputState::Fallback {
-                gap_logged = true;
-            }
-            if state == InputState::Live {
-                gap_logged = false;
-            }
+            report_change(state, selector.since_pcm(now), &episode, fallback.kind());
+            episode.enter(state);
             shown = state;
-        } else if state == InputState::Grace && !gap_logged && selector.since_pcm(now) >= GAP_LOG_AFTER {
+        } else if state == InputState::Grace && !episode.gap_logged && selector.since_pcm(now) >= GAP_LOG_AFTER {
             // Only gaps that last are worth a line; single missed periods
             // are visible in the counters.
             tracing::warn!(
@@ -299,19 +294,32 @@ fn run(
                 grace_s = config.grace.as_secs_f64(),
                 "input silent: sending silence, fallback after the grace period"
             );
-            gap_logged = true;
+            episode.gap_logged = true;
         }
     }
 }
 
-fn report_change(
-    from: InputState,
-    to: InputState,
-    selector: &InputSelector,
-    now: Instant,
+/// What has been said about the input so far, so each gap is logged once.
+#[derive(Debug, Default)]
+struct Episode {
+    ever_live: bool,
     gap_logged: bool,
-    fallback: crate::fallback::FallbackKind,
-) {
+}
+
+impl Episode {
+    fn enter(&mut self, state: InputState) {
+        match state {
+            InputState::Live => {
+                self.ever_live = true;
+                self.gap_logged = false;
+            }
+            InputState::Fallback => self.gap_logged = true,
+            InputState::Grace => {}
+        }
+    }
+}
+
+fn report_change(to: InputState, since_pcm: Duration, episode: &Episode, fallback: crate::fallback::FallbackKind) {
     match to {
         InputState::Fallback => tracing::warn!(
             component = "pump",
@@ -319,19 +327,9 @@ fn report_change(
             reason = "grace period expired",
             source = ?fallback,
             "no PCM for {:.1} s: playing the fallback",
-            selector.since_pcm(now).as_secs_f64()
+            since_pcm.as_secs_f64()
         ),
-        InputState::Live if gap_logged => tracing::info!(
-            component = "pump",
-            state = "live",
-            reason = "PCM arrived",
-            from = %from,
-            "input is live again"
-        ),
-        InputState::Live if from == InputState::Grace => {
-            tracing::debug!(component = "pump", "input live again after a short gap")
-        }
-        InputState::Live => {
+        InputState::Live if !episode.ever_live => {
             tracing::info!(
                 component = "pump",
                 state = "live",
@@ -339,7 +337,40 @@ fn report_change(
                 "input is live"
             )
         }
-        InputState::Grace => {}
+        InputState::Live if episode.gap_logged => {
+            tracing::info!(
+                component = "pump",
+                state = "live",
+                reason = "PCM arrived",
+                "input is live again"
+            )
+        }
+        // A short gap (less than GAP_LOG_AFTER) ending: counted, not logged.
+        InputState::Live | InputState::Grace => {}
+    }
+}
+
+/// Locks the process's memory so the pump never waits for a page to come
+/// back from disk. MCL_ONFAULT locks what is resident and every page when it
+/// is first touched, instead of faulting in every mapping at once (whole
+/// libraries, every thread stack): the same protection for the pages the
+/// pump uses, without inflating RSS. MCL_FUTURE is not used: it would lock
+/// every later thread stack and malloc arena, and with a memlock limit make
+/// later allocations fail. Falls back to MCL_CURRENT on kernels before 4.4.
+fn lock_memory() -> std::io::Result<()> {
+    // SAFETY: mlockall takes flags only.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINVAL) {
+        return Err(err);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::mlockall(libc::MCL_CURRENT) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -370,9 +401,7 @@ fn acquire_realtime(priority: u8) -> (bool, bool) {
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer argument.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
     }
-    // Lock what is mapped now (after start-up); MCL_FUTURE would lock every
-    // later thread stack and malloc arena as well.
-    let locked = match nix::sys::mman::mlockall(nix::sys::mman::MlockAllFlags::MCL_CURRENT) {
+    let locked = match lock_memory() {
         Ok(()) => true,
         Err(e) => {
             problems.push(format!("mlockall: {e}"));
