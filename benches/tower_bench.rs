@@ -213,7 +213,9 @@ fn click_latency(seconds: u64) {
         ),
     )
     .expect("write conf");
-    let name = format!("tower-bench-{}", std::process::id());
+    // A fixed name: JACK2 reclaims a dead server's registry slot only for
+    // the same name (see tests/common/mod.rs).
+    let name = "tower-bench".to_string();
     let mut jack = jackd(&name);
     // SAFETY: set before any thread of this bench reads the environment
     // (the service's capture thread starts after).
@@ -296,7 +298,11 @@ fn click_latency(seconds: u64) {
     let _ = listener.join();
     let status = service.status();
     let _ = service.stop();
-    let _ = jack.kill();
+    // SIGTERM, so the server leaves JACK's registry.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(jack.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = jack.wait();
     let _ = std::fs::remove_dir_all(&dir);
 

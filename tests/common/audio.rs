@@ -94,8 +94,6 @@ pub fn dbfs(samples: &[f32]) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     fn sine(freq: f64, n: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (std::f64::consts::TAU * freq * i as f64 / 48_000.0).sin() as f32 * 0.3)
@@ -106,19 +104,19 @@ mod tests {
     fn goertzel_tells_tones_apart() {
         let a = sine(440.0, 4800);
         let k = sine(1000.0, 4800);
-        assert!(tone_ratio(&a, 48_000, 440.0) > 0.99);
-        assert!(tone_ratio(&a, 48_000, 1000.0) < 0.01);
-        assert!(tone_ratio(&k, 48_000, 1000.0) > 0.99);
-        assert!(tone_ratio(&k, 48_000, 440.0) < 0.01);
-        assert_eq!(tone_ratio(&[0.0; 4800], 48_000, 440.0), 0.0);
-        assert_eq!(dbfs(&[0.0; 10]), f64::NEG_INFINITY);
+        assert!(super::tone_ratio(&a, 48_000, 440.0) > 0.99);
+        assert!(super::tone_ratio(&a, 48_000, 1000.0) < 0.01);
+        assert!(super::tone_ratio(&k, 48_000, 1000.0) > 0.99);
+        assert!(super::tone_ratio(&k, 48_000, 440.0) < 0.01);
+        assert_eq!(super::tone_ratio(&[0.0; 4800], 48_000, 440.0), 0.0);
+        assert_eq!(super::dbfs(&[0.0; 10]), f64::NEG_INFINITY);
     }
 
     #[test]
     fn the_silent_frame_decodes_to_zeros() {
         let mut f = vec![0u8; 384];
         f[..4].copy_from_slice(&[0xFF, 0xFB, 0x94, 0x00]);
-        let d = decode_frames(&[&f, &f]);
+        let d = super::decode_frames(&[&f, &f]);
         assert_eq!(d.errors, 0);
         assert_eq!((d.channels, d.sample_rate), (2, 48_000));
         assert_eq!(d.frames[1].len(), 2304);

@@ -169,7 +169,17 @@ impl Tower {
 
 impl Drop for Tower {
     fn drop(&mut self) {
+        // SIGTERM first: Tower then closes its JACK client and ffmpeg
+        // cleanly, leaving nothing behind in /dev/shm.
         if let Some(mut c) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                thread::sleep(Duration::from_millis(10));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -396,7 +406,14 @@ pub fn frame_levels(frames: &[Arrival]) -> Vec<f64> {
     d.frames.iter().map(|s| audio::dbfs(s)).collect()
 }
 
-/// A JACK dummy-backend server under a unique name, killed on drop.
+/// A JACK dummy-backend server, stopped on drop.
+///
+/// JACK2 keeps at most 8 servers per user in a shared-memory registry and
+/// reclaims the slot of a dead server only when a server of the same name
+/// registers again. So names come from a small fixed set (one per server
+/// a test binary runs at a time), never from the pid: a SIGKILLed server's
+/// slot is then reused by the next run instead of leaking until the
+/// registry is full ("Too many servers already active").
 pub struct Jack {
     pub name: String,
     child: Option<Child>,
@@ -406,11 +423,7 @@ static JACK_SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl Jack {
     pub fn start() -> Jack {
-        let name = format!(
-            "tower-test-{}-{}",
-            std::process::id(),
-            JACK_SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let name = format!("tower-test-{}", JACK_SEQ.fetch_add(1, Ordering::SeqCst));
         let mut j = Jack { name, child: None };
         j.spawn();
         j
@@ -438,8 +451,8 @@ impl Jack {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        self.child = Some(cmd.spawn().expect("jackd (apt-get install jackd2)"));
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("jackd (apt-get install jackd2)");
         let name = self.name.clone();
         let up = wait_for(Duration::from_secs(10), || {
             let mut lsp = Command::new("jack_lsp");
@@ -450,7 +463,16 @@ impl Jack {
                 .output()
                 .is_ok_and(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("system:capture_1"))
         });
-        assert!(up, "jackd {} did not come up", self.name);
+        if !up {
+            let _ = child.kill();
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            let _ = child.wait();
+            panic!("jackd {} did not come up:\n{err}", self.name);
+        }
+        self.child = Some(child);
     }
 
     pub fn pid(&self) -> i32 {
@@ -461,24 +483,36 @@ impl Jack {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal jackd");
     }
 
+    /// Kills the server abruptly (a device vanishing).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+
+    /// Stops the server cleanly, so it leaves the registry.
+    pub fn stop(&mut self) {
+        let Some(mut c) = self.child.take() else { return };
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        // A stopped process must be continued to act on SIGTERM.
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if c.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 impl Drop for Jack {
     fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            // A stopped process must be continued to die promptly.
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(c.id() as i32),
-                nix::sys::signal::Signal::SIGCONT,
-            );
-        }
-        self.kill();
+        self.stop();
     }
 }
 
