@@ -20,19 +20,23 @@ pub enum LogTarget {
     Stderr,
 }
 
-/// True when stderr is connected to the journal: systemd sets
-/// `JOURNAL_STREAM=<dev>:<inode>` of the stream it gave us.
+/// True when `journal_stream` (the value of `JOURNAL_STREAM`, which
+/// systemd sets to `<dev>:<inode>` of the stream it connected) names the
+/// file stderr is (`dev`, `ino`): output really goes to the journal, not to
+/// a terminal or file the variable was inherited past.
+fn is_journal(journal_stream: Option<&str>, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = journal_stream.and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    d.parse::<u64>().ok() == Some(dev) && i.parse::<u64>().ok() == Some(ino)
+}
+
 fn stderr_is_journal() -> bool {
-    let Ok(value) = std::env::var("JOURNAL_STREAM") else {
-        return false;
-    };
-    let Some((dev, ino)) = value.split_once(':') else {
-        return false;
-    };
     let Ok(stat) = nix::sys::stat::fstat(std::io::stderr().as_fd()) else {
         return false;
     };
-    dev.parse::<u64>().ok() == Some(stat.st_dev) && ino.parse::<u64>().ok() == Some(stat.st_ino)
+    let value = std::env::var("JOURNAL_STREAM").ok();
+    is_journal(value.as_deref(), stat.st_dev, stat.st_ino)
 }
 
 /// Installs the global subscriber. `level` is the configured level;
@@ -61,4 +65,17 @@ pub fn init(level: &str) -> LogTarget {
         .with_target(false)
         .try_init();
     LogTarget::Stderr
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_journal;
+
+    #[test]
+    fn journald_only_when_journal_stream_names_our_stderr() {
+        assert!(is_journal(Some("8:1234"), 8, 1234));
+        assert!(!is_journal(Some("8:1234"), 8, 999), "inherited past a redirect");
+        assert!(!is_journal(Some("garbage"), 8, 1234));
+        assert!(!is_journal(None, 8, 1234));
+    }
 }

@@ -368,3 +368,88 @@ fn print_config_shows_the_effective_configuration() {
     assert!(text.contains("device = \"hw:CARD=Test,DEV=0\""), "{text}");
     assert!(text.contains("grace_sec = 1.5"), "{text}");
 }
+
+#[test]
+fn a_failing_encoder_is_logged_with_its_stderr_then_failed_and_still_retried() {
+    // A custom command whose filter does not exist: ffmpeg starts, prints
+    // its error and exits 1, every time.
+    let mut env = NO_DEVICE.to_vec();
+    env.extend([
+        ("TOWER_ENCODER_ARGS", "-af nosuchfilter -f adts"),
+        ("TOWER_ENCODER_MAX_RESTARTS", "3"),
+        ("TOWER_ENCODER_BACKOFF_MS", "[50]"),
+        ("TOWER_ENCODER_FAILED_RETRY_SEC", "1"),
+    ]);
+    let tower = Tower::start(&[], &env);
+    assert!(
+        wait_for(Duration::from_secs(10), || tower.status()["encoder"]["state"]
+            == "FAILED"),
+        "never FAILED: {}",
+        tower.status()
+    );
+    let s = tower.status();
+    assert!(
+        s["encoder"]["failures"]["process_exit"].as_u64().expect("n") >= 3,
+        "{s}"
+    );
+    // Still retried slowly [S5].
+    let restarts = s["encoder"]["restarts"].as_u64().expect("n");
+    assert!(
+        wait_for(Duration::from_secs(5), || tower.status()["encoder"]["restarts"]
+            .as_u64()
+            .expect("n")
+            > restarts),
+        "a FAILED encoder was not retried"
+    );
+    let log = tower.log_text();
+    // ffmpeg's own words, prefixed [S3], and each failure with its type,
+    // exit code and the tail of stderr [S6].
+    assert!(
+        log.lines()
+            .any(|l| l.contains("[FFMPEG]") && l.contains("nosuchfilter")),
+        "{log}"
+    );
+    assert!(
+        log.contains("encoder failed (process_exit)") && log.contains("exit code"),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("encoder failed") && l.contains("stderr_tail") && l.contains("nosuchfilter")),
+        "{log}"
+    );
+    // The replaced output format was reported once at start.
+    assert!(
+        log.contains("custom ffmpeg command: output option -f adts replaced"),
+        "{log}"
+    );
+    // Listeners still connect (they wait for the first frame ever).
+    let l = Listener::connect(tower.addr);
+    assert!(wait_for(Duration::from_secs(2), || l.head().contains("200 OK")));
+}
+
+#[test]
+fn a_fallback_wav_is_what_listeners_hear_when_the_input_is_gone() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = dir.path().join("fallback.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&wav, spec).expect("wav");
+    for i in 0..48_000u32 {
+        let v = ((std::f64::consts::TAU * 1000.0 * f64::from(i) / 48_000.0).sin() * 12_000.0) as i16;
+        w.write_sample(v).expect("sample");
+        w.write_sample(v).expect("sample");
+    }
+    w.finalize().expect("finalize");
+    let mut env = NO_DEVICE.to_vec();
+    // The historic variable name still works.
+    env.push(("TOWER_SILENCE_MP3_PATH", wav.to_str().expect("utf8")));
+    let tower = Tower::start(&[], &env);
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_tone(1000.0, Duration::from_secs(10)), "the WAV is not playing");
+    assert_eq!(tower.status()["input"]["fallback_source"], "wav");
+}

@@ -474,7 +474,7 @@ impl Loop {
             exit = %exit_text,
             consecutive,
             stderr_tail = %tail.join(" | "),
-            "encoder failed ({kind}): {detail}; {exit_text}"
+            "encoder failed ({kind}): {detail}"
         );
         let now = Instant::now();
         match self.config.policy.after_failure(consecutive) {
