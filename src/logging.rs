@@ -4,7 +4,7 @@
 //! Set up once by the binary before anything else starts. Events carry
 //! `component`, and state changes `state` and `reason`; journald receives
 //! them as the fields COMPONENT, STATE and REASON (`journalctl -o verbose`).
-//! tiny_http's `log` records are bridged in.
+//! The `log` records of dependencies are bridged in.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -43,7 +43,9 @@ fn stderr_is_journal() -> bool {
 /// `RUST_LOG`, when set, takes precedence (for debugging).
 pub fn init(level: &str) -> LogTarget {
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},tiny_http=warn")));
+        // tiny_http's only error line (a failed accept) is reported by Tower
+        // itself, with what it does about it.
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},tiny_http=off")));
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

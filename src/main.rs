@@ -46,14 +46,14 @@ fn raise_fd_limit(config: &mut config::Config) {
     } else {
         soft
     };
-    let affordable = limit.saturating_sub(64) / 3;
+    let affordable = (limit.saturating_sub(64) / 3).max(1);
     if config.http.max_listeners > affordable {
         tracing::warn!(
             component = "service",
             "http.max_listeners = {} needs more file descriptors than the limit ({limit}) allows; using {affordable}",
             config.http.max_listeners
         );
-        config.http.max_listeners = affordable.max(1);
+        config.http.max_listeners = affordable;
     }
 }
 

@@ -453,3 +453,44 @@ fn a_fallback_wav_is_what_listeners_hear_when_the_input_is_gone() {
     assert!(l.wait_tone(1000.0, Duration::from_secs(10)), "the WAV is not playing");
     assert_eq!(tower.status()["input"]["fallback_source"], "wav");
 }
+
+#[test]
+fn the_http_server_heals_after_running_out_of_file_descriptors() {
+    // tiny_http's accept loop ends for good on an accept error such as
+    // EMFILE. With a tight descriptor limit, idle connections exhaust it;
+    // once they are gone Tower must be reachable again by itself.
+    let tower = Tower::start_with_fd_limit(&[], NO_DEVICE, 40);
+    assert_eq!(tower.get("/status").status, 200);
+    // Idle connections (no request) until the accept loop fails.
+    let mut idle = Vec::new();
+    let failed = wait_for(Duration::from_secs(10), || {
+        if let Ok(c) = TcpStream::connect(tower.addr) {
+            idle.push(c);
+        }
+        tower.log_text().contains("HTTP accept loop failed")
+    });
+    assert!(
+        failed,
+        "the accept loop did not fail; is the limit too high?\n{}",
+        tower.log_text()
+    );
+    drop(idle);
+    let answered = wait_for(Duration::from_secs(15), || {
+        http_get(tower.addr, "/status").status == 200
+    });
+    assert!(answered, "not reachable again\n{}", tower.log_text());
+    let s = tower.status();
+    assert!(s["http"]["server_restarts"].as_u64().expect("n") >= 1, "{s}");
+    assert!(tower.log_text().contains("HTTP server listening again"));
+    let l = Listener::connect(tower.addr);
+    assert!(
+        l.wait_frames(5, Duration::from_secs(10)),
+        "no audio after the server came back"
+    );
+    // The listener limit was fitted to the descriptor limit, and said so.
+    assert!(
+        tower
+            .log_text()
+            .contains("needs more file descriptors than the limit (40) allows; using 1")
+    );
+}

@@ -76,6 +76,9 @@ struct Shared {
     status: Arc<dyn StatusSource>,
     counters: Arc<HttpStats>,
     bad_log: LogGate,
+    /// While descriptors stay exhausted the accept loop fails at every new
+    /// connection: one line a minute.
+    accept_log: LogGate,
 }
 
 pub struct HttpServer {
@@ -108,6 +111,7 @@ impl HttpServer {
             status,
             counters,
             bad_log: LogGate::new(Duration::from_secs(1)),
+            accept_log: LogGate::new(Duration::from_secs(60)),
         });
         let mut workers = Vec::new();
         for i in 0..WORKERS {
@@ -161,17 +165,29 @@ fn rebuild(stop: &StopSignal, shared: &Shared, failed: &Arc<Server>, error: &std
     if !Arc::ptr_eq(&current, failed) {
         return; // another worker already did it
     }
-    tracing::error!(component = "http", error = %error, "HTTP accept loop failed; re-opening {}", shared.addr);
+    if let Some(suppressed) = shared.accept_log.allow(Instant::now()) {
+        tracing::error!(component = "http", error = %error, suppressed, "HTTP accept loop failed; re-opening {}", shared.addr);
+    }
+    // The cause (often file descriptors exhausted) can last: say so once a
+    // minute, retry every second.
+    let gate = LogGate::new(Duration::from_secs(60));
     while !stop.is_stopped() {
         match start_server(shared.addr) {
             Ok(server) => {
                 *current = Arc::new(server);
-                shared.counters.server_restarts.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(component = "http", "HTTP server listening again on {}", shared.addr);
+                let n = shared.counters.server_restarts.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(
+                    component = "http",
+                    restarts = n,
+                    "HTTP server listening again on {}",
+                    shared.addr
+                );
                 return;
             }
             Err(e) => {
-                tracing::error!(component = "http", error = %e, "cannot re-open {}; retrying", shared.addr);
+                if let Some(suppressed) = gate.allow(Instant::now()) {
+                    tracing::error!(component = "http", error = %e, suppressed, "cannot re-open {}; retrying every second", shared.addr);
+                }
                 stop.sleep(Duration::from_secs(1));
             }
         }

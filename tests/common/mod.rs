@@ -50,14 +50,33 @@ impl Tower {
 
     /// Like `start`; on failure returns the log.
     pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Tower, String> {
+        Self::try_start_limited(args, env, None)
+    }
+
+    /// Starts tower with its open-file limit (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(args: &[&str], env: &[(&str, &str)], nofile: u64) -> Tower {
+        Self::try_start_limited(args, env, Some(nofile)).unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
+    fn try_start_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Result<Tower, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tower"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs
+            // between fork and exec here.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
         for (k, _) in std::env::vars() {
             if k.starts_with("TOWER_") || k == "ALSA_CONFIG_PATH" || k == "JACK_DEFAULT_SERVER" {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("RUST_LOG", "info");
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -207,8 +226,15 @@ impl HttpResponse {
 }
 
 /// Sends a raw request and reads the whole response (Connection: close).
+/// A refused connection gives status 0.
 pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
-    let mut s = TcpStream::connect(addr).expect("connect");
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return HttpResponse {
+            status: 0,
+            head: String::new(),
+            body: Vec::new(),
+        };
+    };
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     s.write_all(request.as_bytes()).expect("send");
     let mut data = Vec::new();
