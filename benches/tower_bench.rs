@@ -13,19 +13,19 @@
 //!
 //! Needs jackd (jackd2), libasound2-plugins and ffmpeg, as the tests do.
 //! `cargo bench --bench tower_bench -- --seconds 20` shortens parts 2–4.
+//! Shares the test harness (tests/common) for processes and servers.
 
-#[path = "../tests/common/audio.rs"]
-#[allow(dead_code)]
-mod audio;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Jack, Tower, audio, write_alsa_conf};
 use tower::audio::capture::{CaptureError, CaptureSource};
 use tower::config::Config;
 use tower::encoder::command::default_command;
@@ -35,6 +35,11 @@ use tower::service::{Backends, Service};
 
 const CLICK_EVERY_S: f64 = 0.5;
 const CLICK_MS: f64 = 10.0;
+/// No capture device: the binary streams the fallback tone.
+const NO_DEVICE: &[(&str, &str)] = &[
+    ("TOWER_DEVICE", "tower_bench_no_device"),
+    ("TOWER_PCM_GRACE_SEC", "0.2"),
+];
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
@@ -55,32 +60,11 @@ fn summary(name: &str, unit: &str, mut v: Vec<f64>) {
     );
 }
 
-/// Starts the real binary on a free port; returns it and its address.
-fn start_tower(env: &[(&str, &str)]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tower"))
-        .args(["--listen", "127.0.0.1:0", "--device", "tower_bench_no_device"])
-        .envs(env.iter().copied())
-        .env("TOWER_PCM_GRACE_SEC", "0.2")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("tower binary");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on http://").nth(1)
-                && let Some(addr) = rest.split("/stream").next().and_then(|a| a.parse::<SocketAddr>().ok())
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("tower listening");
-    (child, addr)
-}
-
-fn read_head(s: &mut TcpStream) -> Vec<u8> {
+/// Sends the /stream request and reads the response head.
+fn open_stream(addr: std::net::SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_nodelay(true).expect("nodelay");
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n").expect("send");
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -89,16 +73,14 @@ fn read_head(s: &mut TcpStream) -> Vec<u8> {
         }
         head.push(b[0]);
     }
-    head
+    s
 }
 
 /// 1. Connect → first audio byte.
 fn first_byte() {
-    let (mut child, addr) = start_tower(&[]);
+    let tower = Tower::start(&[], NO_DEVICE);
     // Wait until audio flows.
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n").expect("send");
-    read_head(&mut s);
+    let mut s = open_stream(tower.addr);
     let mut buf = [0u8; 384];
     s.read_exact(&mut buf).expect("audio");
     drop(s);
@@ -106,10 +88,7 @@ fn first_byte() {
     let mut times = Vec::new();
     for _ in 0..100 {
         let t0 = Instant::now();
-        let mut s = TcpStream::connect(addr).expect("connect");
-        s.set_nodelay(true).expect("nodelay");
-        s.write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n").expect("send");
-        read_head(&mut s);
+        let mut s = open_stream(tower.addr);
         let mut one = [0u8; 1];
         s.read_exact(&mut one).expect("first audio byte");
         times.push(t0.elapsed().as_secs_f64() * 1000.0);
@@ -117,8 +96,6 @@ fn first_byte() {
         thread::sleep(Duration::from_millis(20));
     }
     summary("connect to first audio byte (loopback, 100 connects)", " ms", times);
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// A capture source that timestamps click onsets as the device delivers them.
@@ -156,41 +133,12 @@ impl CaptureSource for Probe {
     }
 }
 
-fn jackd(name: &str) -> Child {
-    let mut child = Command::new("jackd")
-        .args(["-n", name, "--no-realtime", "-d", "dummy", "-r", "48000", "-p", "1152"])
-        .env("JACK_NO_AUDIO_RESERVATION", "1")
-        .env("JACK_NO_START_SERVER", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("jackd (apt-get install jackd2)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        let ok = Command::new("jack_lsp")
-            .args(["-s", name])
-            .env("JACK_NO_START_SERVER", "1")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("system:capture_1"));
-        if ok {
-            return child;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("jackd did not start");
-}
-
-/// 2 and 3. Click latency through the JACK path, and pump tick error.
-fn click_latency(seconds: u64) {
-    let dir = std::env::temp_dir().join(format!("tower-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("tmp");
-    let input = dir.join("clicks.raw");
-    let total = (48_000.0 * (seconds as f64 + 10.0)) as usize;
-    let mut raw = Vec::with_capacity(total * 4);
+/// Raw s16le stereo: silence with a 10 ms 1 kHz click every 500 ms.
+fn clicks_raw(seconds: f64) -> Vec<u8> {
+    let total = (48_000.0 * seconds) as usize;
     let period = (48_000.0 * CLICK_EVERY_S) as usize;
     let click = (48.0 * CLICK_MS) as usize;
+    let mut raw = Vec::with_capacity(total * 4);
     for i in 0..total {
         let v = if i % period < click {
             ((std::f64::consts::TAU * 1000.0 * (i % period) as f64 / 48_000.0).sin() * 0.6 * 32767.0) as i16
@@ -200,31 +148,64 @@ fn click_latency(seconds: u64) {
         raw.extend_from_slice(&v.to_le_bytes());
         raw.extend_from_slice(&v.to_le_bytes());
     }
-    std::fs::write(&input, raw).expect("write input");
-    let conf = dir.join("alsa.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "</usr/share/alsa/alsa.conf>\n\
-             pcm.jackcap {{ type jack capture_ports {{ 0 \"system:capture_1\" 1 \"system:capture_2\" }} }}\n\
-             pcm.jackcap16 {{ type plug slave.pcm \"jackcap\" }}\n\
-             pcm.jackfile {{ type file slave.pcm \"jackcap16\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n",
-            input.display()
-        ),
-    )
-    .expect("write conf");
-    // A fixed name: JACK2 reclaims a dead server's registry slot only for
-    // the same name (see tests/common/mod.rs).
-    let name = "tower-bench".to_string();
-    let mut jack = jackd(&name);
+    raw
+}
+
+/// Reads the stream at `addr` until `stop`, noting when each click is heard.
+fn hear_clicks(addr: std::net::SocketAddr, stop: &AtomicBool, heard: &Mutex<Vec<Instant>>) {
+    let mut s = open_stream(addr);
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    let mut p = Packetizer::new();
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    let mut quiet = 0usize;
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(_) => continue,
+        };
+        let now = Instant::now();
+        let mut new = Vec::new();
+        p.push(&buf[..n], |f| new.push(f.to_vec()));
+        for f in new {
+            frames.push(f);
+            // Decode the last few frames together (the decoder needs the
+            // previous frame's overlap); look at the newest.
+            let tail: Vec<&[u8]> = frames.iter().rev().take(3).rev().map(Vec::as_slice).collect();
+            let d = audio::decode_frames(&tail);
+            let Some(last) = d.frames.last() else { continue };
+            for &x in last.iter().step_by(d.channels.max(1)) {
+                if x.abs() > 0.2 && quiet > 4800 {
+                    heard.lock().expect("heard").push(now);
+                    quiet = 0;
+                } else if x.abs() <= 0.2 {
+                    quiet += 1;
+                } else {
+                    quiet = 0;
+                }
+            }
+            if frames.len() > 8 {
+                frames.remove(0);
+            }
+        }
+    }
+}
+
+/// 2 and 3. Click latency through the JACK path, and pump tick error.
+fn click_latency(seconds: u64) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("clicks.raw");
+    std::fs::write(&input, clicks_raw(seconds as f64 + 10.0)).expect("write input");
+    let conf = write_alsa_conf(dir.path(), &input);
+    let jack = Jack::start();
     // SAFETY: set before any thread of this bench reads the environment
     // (the service's capture thread starts after).
     unsafe {
         std::env::set_var("ALSA_CONFIG_PATH", &conf);
-        std::env::set_var("JACK_DEFAULT_SERVER", &name);
+        std::env::set_var("JACK_DEFAULT_SERVER", &jack.name);
         std::env::set_var("JACK_NO_START_SERVER", "1");
     }
-
     let config = Config {
         listen: "127.0.0.1:0".into(),
         device: "jackfile".into(),
@@ -245,66 +226,18 @@ fn click_latency(seconds: u64) {
     )
     .expect("service");
     let addr = service.local_addr();
-
     let heard = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let listener = {
-        let heard = heard.clone();
-        let stop = stop.clone();
-        thread::spawn(move || {
-            let mut s = TcpStream::connect(addr).expect("connect");
-            s.write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n").expect("send");
-            read_head(&mut s);
-            s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
-            let mut p = Packetizer::new();
-            let mut frames: Vec<Vec<u8>> = Vec::new();
-            let mut quiet = 0usize;
-            let mut buf = [0u8; 4096];
-            while !stop.load(Ordering::Relaxed) {
-                let n = match s.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(_) => continue,
-                };
-                let now = Instant::now();
-                let mut new = Vec::new();
-                p.push(&buf[..n], |f| new.push(f.to_vec()));
-                for f in new {
-                    frames.push(f);
-                    // Decode the last few frames together (the decoder needs
-                    // the previous frame's overlap); look at the newest.
-                    let tail: Vec<&[u8]> = frames.iter().rev().take(3).rev().map(Vec::as_slice).collect();
-                    let d = audio::decode_frames(&tail);
-                    let Some(last) = d.frames.last() else { continue };
-                    for &x in last.iter().step_by(d.channels.max(1)) {
-                        if x.abs() > 0.2 && quiet > 4800 {
-                            heard.lock().expect("heard").push(now);
-                            quiet = 0;
-                        } else if x.abs() <= 0.2 {
-                            quiet += 1;
-                        } else {
-                            quiet = 0;
-                        }
-                    }
-                    if frames.len() > 8 {
-                        frames.remove(0);
-                    }
-                }
-            }
-        })
+        let (heard, stop) = (heard.clone(), stop.clone());
+        thread::spawn(move || hear_clicks(addr, &stop, &heard))
     };
     thread::sleep(Duration::from_secs(seconds));
     stop.store(true, Ordering::Relaxed);
     let _ = listener.join();
     let status = service.status();
     let _ = service.stop();
-    // SIGTERM, so the server leaves JACK's registry.
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(jack.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = jack.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(jack);
 
     let sent = clicks.lock().expect("clicks").clone();
     let got = heard.lock().expect("heard").clone();
@@ -331,6 +264,7 @@ fn click_latency(seconds: u64) {
     );
 }
 
+/// CPU ticks (user + system) and RSS (kB) of a process.
 fn proc_stat(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let after = stat.rsplit(')').next().unwrap_or("");
@@ -349,32 +283,25 @@ fn proc_stat(pid: u32) -> (u64, u64) {
 
 /// 4. RSS and CPU with 100 listeners.
 fn hundred_listeners(seconds: u64) {
-    let (mut child, addr) = start_tower(&[]);
-    let pid = child.id();
+    let tower = Tower::start(&[], NO_DEVICE);
+    let (addr, pid) = (tower.addr, tower.pid() as u32);
     thread::sleep(Duration::from_secs(2));
     let (_, rss_idle) = proc_stat(pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let bytes = Arc::new(Mutex::new(0u64));
     let readers: Vec<_> = (0..100)
         .map(|_| {
             let stop = stop.clone();
-            let bytes = bytes.clone();
             thread::Builder::new()
                 .stack_size(64 * 1024)
                 .spawn(move || {
-                    let mut s = TcpStream::connect(addr).expect("connect");
-                    s.write_all(b"GET /stream HTTP/1.1\r\nHost: b\r\n\r\n").expect("send");
+                    let mut s = open_stream(addr);
                     s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
                     let mut buf = [0u8; 4096];
-                    let mut n_total = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        match s.read(&mut buf) {
-                            Ok(0) => break,
-                            Ok(n) => n_total += n as u64,
-                            Err(_) => {}
+                        if let Ok(0) = s.read(&mut buf) {
+                            break;
                         }
                     }
-                    *bytes.lock().expect("bytes") += n_total;
                 })
                 .expect("reader thread")
         })
@@ -385,49 +312,35 @@ fn hundred_listeners(seconds: u64) {
     thread::sleep(Duration::from_secs(seconds.min(30)));
     let (cpu1, rss) = proc_stat(pid);
     let elapsed = t0.elapsed().as_secs_f64();
+    let status = tower.status();
     stop.store(true, Ordering::Relaxed);
     for r in readers {
         let _ = r.join();
     }
-    let ticks = 100.0; // USER_HZ
-    let cpu = (cpu1 - cpu0) as f64 / ticks / elapsed * 100.0;
-    let status = http_status(addr);
+    let ticks_per_s = 100.0; // USER_HZ
+    let cpu = (cpu1 - cpu0) as f64 / ticks_per_s / elapsed * 100.0;
     println!(
-        "100 listeners: tower RSS {:.1} MB (idle, no listeners: {:.1} MB), CPU {:.1} % of one core, slow listeners dropped {}",
+        "100 listeners: tower RSS {:.1} MB (idle, no listeners: {:.1} MB), CPU {:.1} % of one core, listeners {}, slow listeners dropped {}",
         rss as f64 / 1024.0,
         rss_idle as f64 / 1024.0,
         cpu,
+        status["listeners"]["current"],
         status["listeners"]["slow_dropped"]
     );
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn http_status(addr: SocketAddr) -> serde_json::Value {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.write_all(b"GET /status HTTP/1.0\r\n\r\n").expect("send");
-    let mut data = Vec::new();
-    let _ = s.read_to_end(&mut data);
-    let body = data
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| &data[p + 4..])
-        .unwrap_or(&[]);
-    serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `cargo bench` passes --bench; under `cargo test` this is a no-op.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
     let seconds = args
         .iter()
         .position(|a| a == "--seconds")
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    // `cargo bench` passes --bench; under `cargo test` this is a no-op.
-    if !args.iter().any(|a| a == "--bench") {
-        return;
-    }
     println!(
         "Tower {} benchmarks (this machine: {} cores)",
         env!("CARGO_PKG_VERSION"),

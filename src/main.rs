@@ -125,7 +125,6 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(component = "service", "cannot start: {e}");
-            eprintln!("tower: {e}");
             return ExitCode::from(1);
         }
     };

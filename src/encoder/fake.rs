@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, LaunchError};
+use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, LaunchError, set_nonblocking};
 use crate::audio::PCM_FRAME_BYTES;
 use crate::mp3::canonical_silent_frame;
 use crate::worker::{StopSignal, Worker};
@@ -105,13 +105,6 @@ impl EncoderLauncher for FakeLauncher {
             }),
         })
     }
-}
-
-fn set_nonblocking(fd: &impl std::os::fd::AsFd) -> io::Result<()> {
-    use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
-    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
-    Ok(())
 }
 
 fn run(

@@ -175,13 +175,19 @@ impl EncoderLauncher for FfmpegLauncher {
     }
 }
 
-fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
+/// Makes writes to (or reads from) `fd` return `WouldBlock` instead of
+/// waiting.
+pub(crate) fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
-    let fd = stdin.as_fd();
-    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
-    fcntl(fd, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
+    fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
+    Ok(())
+}
+
+fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
+    set_nonblocking(stdin)?;
     // Best effort: an unusual kernel limit only costs latency.
-    let _ = fcntl(fd, FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+    let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
     Ok(())
 }
 
