@@ -358,6 +358,11 @@ mod tests {
         })
     }
 
+    /// Admits and adds a listener backed by `sink`.
+    fn join(h: &Hub, sink: &FakeSink, now: Instant) {
+        h.add(h.admit().expect("room"), "test".into(), Box::new(sink.clone()), now);
+    }
+
     fn frame(tag: u8) -> Mp3Frame {
         Mp3Frame::from(vec![tag; 384])
     }
@@ -370,8 +375,8 @@ mod tests {
         let t0 = Instant::now();
         let a = FakeSink::open(usize::MAX);
         let b = FakeSink::open(usize::MAX);
-        h.add(h.admit().expect("room"), "a".into(), Box::new(a.clone()), t0);
-        h.add(h.admit().expect("room"), "b".into(), Box::new(b.clone()), t0);
+        join(&h, &a, t0);
+        join(&h, &b, t0);
         for t in 0..10u8 {
             h.broadcast(&frame(t), t0 + P * u32::from(t));
         }
@@ -387,7 +392,7 @@ mod tests {
         let t0 = Instant::now();
         h.broadcast(&frame(7), t0);
         let a = FakeSink::open(usize::MAX);
-        h.add(h.admit().expect("room"), "a".into(), Box::new(a.clone()), t0);
+        join(&h, &a, t0);
         assert_eq!(a.get().data, vec![7; 384]);
     }
 
@@ -395,12 +400,7 @@ mod tests {
     fn before_the_first_frame_a_listener_waits_without_data() {
         let h = hub();
         let a = FakeSink::open(usize::MAX);
-        h.add(
-            h.admit().expect("room"),
-            "a".into(),
-            Box::new(a.clone()),
-            Instant::now(),
-        );
+        join(&h, &a, Instant::now());
         assert!(a.get().data.is_empty());
         assert_eq!(h.len(), 1);
     }
@@ -411,13 +411,8 @@ mod tests {
         let t0 = Instant::now();
         let healthy = FakeSink::open(usize::MAX);
         let stuck = FakeSink::open(384 * 3 + 100); // takes 3.26 frames, then nothing
-        h.add(
-            h.admit().expect("room"),
-            "healthy".into(),
-            Box::new(healthy.clone()),
-            t0,
-        );
-        h.add(h.admit().expect("room"), "stuck".into(), Box::new(stuck.clone()), t0);
+        join(&h, &healthy, t0);
+        join(&h, &stuck, t0);
         let mut dropped_at = None;
         for k in 0..40u32 {
             let now = t0 + P * k;
@@ -440,7 +435,7 @@ mod tests {
         let h = hub();
         let t0 = Instant::now();
         let l = FakeSink::open(384);
-        h.add(h.admit().expect("room"), "l".into(), Box::new(l.clone()), t0);
+        join(&h, &l, t0);
         for k in 0..8u32 {
             h.broadcast(&frame(k as u8), t0 + P * k);
         }
@@ -457,7 +452,7 @@ mod tests {
         let h = hub();
         let t0 = Instant::now();
         let l = FakeSink::open(usize::MAX);
-        h.add(h.admit().expect("room"), "l".into(), Box::new(l.clone()), t0);
+        join(&h, &l, t0);
         l.get().gone = true;
         h.broadcast(&frame(1), t0);
         assert_eq!(l.get().closed, Some(false));
@@ -471,7 +466,7 @@ mod tests {
         let t0 = Instant::now();
         let sinks: Vec<FakeSink> = (0..3).map(|_| FakeSink::open(usize::MAX)).collect();
         for s in &sinks {
-            h.add(h.admit().expect("room"), "x".into(), Box::new(s.clone()), t0);
+            join(&h, s, t0);
         }
         assert!(h.admit().is_none());
         assert_eq!(h.snapshot().rejected_full, 1);
@@ -489,12 +484,7 @@ mod tests {
     fn close_all_ends_every_connection() {
         let h = hub();
         let a = FakeSink::open(usize::MAX);
-        h.add(
-            h.admit().expect("room"),
-            "a".into(),
-            Box::new(a.clone()),
-            Instant::now(),
-        );
+        join(&h, &a, Instant::now());
         h.close_all();
         assert_eq!(a.get().closed, Some(false));
         assert_eq!(h.snapshot().closed_on_shutdown, 1);
