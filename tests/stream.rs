@@ -494,3 +494,25 @@ fn the_http_server_heals_after_running_out_of_file_descriptors() {
             .contains("needs more file descriptors than the limit (40) allows; using 1")
     );
 }
+
+#[test]
+fn without_the_right_to_real_time_priority_the_pump_warns_once_and_streams() {
+    let tower = Tower::start_unprivileged(&[], NO_DEVICE);
+    let l = Listener::connect(tower.addr);
+    assert!(
+        l.wait_tone(440.0, Duration::from_secs(10)),
+        "no audio when unprivileged"
+    );
+    let s = tower.status();
+    assert_eq!(s["pump"]["sched_fifo"], false, "{s}");
+    let log = tower.log_text();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("pump runs without full real-time guarantees"))
+        .count();
+    assert_eq!(warnings, 1, "{log}");
+    assert!(
+        log.contains("SCHED_FIFO priority 50"),
+        "the warning names what was refused: {log}"
+    );
+}

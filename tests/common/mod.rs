@@ -33,6 +33,13 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Resource limits for a tower process under test.
+#[derive(Debug, Clone, Copy, Default)]
+struct Limits {
+    nofile: Option<u64>,
+    unprivileged: bool,
+}
+
 /// A running `tower` process with its log captured.
 pub struct Tower {
     child: Option<Child>,
@@ -50,24 +57,62 @@ impl Tower {
 
     /// Like `start`; on failure returns the log.
     pub fn try_start(args: &[&str], env: &[(&str, &str)]) -> Result<Tower, String> {
-        Self::try_start_limited(args, env, None)
+        Self::try_start_limited(args, env, Limits::default())
     }
 
     /// Starts tower with its open-file limit (soft and hard) set to `nofile`.
     pub fn start_with_fd_limit(args: &[&str], env: &[(&str, &str)], nofile: u64) -> Tower {
-        Self::try_start_limited(args, env, Some(nofile)).unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+        Self::try_start_limited(
+            args,
+            env,
+            Limits {
+                nofile: Some(nofile),
+                unprivileged: false,
+            },
+        )
+        .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
     }
 
-    fn try_start_limited(args: &[&str], env: &[(&str, &str)], nofile: Option<u64>) -> Result<Tower, String> {
+    /// Starts tower without the right to real-time priority: as `nobody`
+    /// when the tests run as root, and with RLIMIT_RTPRIO 0 in any case.
+    pub fn start_unprivileged(args: &[&str], env: &[(&str, &str)]) -> Tower {
+        Self::try_start_limited(
+            args,
+            env,
+            Limits {
+                nofile: None,
+                unprivileged: true,
+            },
+        )
+        .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
+    fn try_start_limited(args: &[&str], env: &[(&str, &str)], limits: Limits) -> Result<Tower, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tower"));
-        if let Some(n) = nofile {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if limits.nofile.is_some() || limits.unprivileged {
+            use nix::sys::resource::{Resource, setrlimit};
             use std::os::unix::process::CommandExt;
-            // SAFETY: setrlimit is async-signal-safe; nothing else runs
-            // between fork and exec here.
+            // SAFETY: only async-signal-safe calls (setrlimit, setgroups,
+            // setgid, setuid) run between fork and exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, n, n)
-                        .map_err(std::io::Error::from)
+                    if let Some(n) = limits.nofile {
+                        setrlimit(Resource::RLIMIT_NOFILE, n, n)?;
+                    }
+                    if limits.unprivileged {
+                        setrlimit(Resource::RLIMIT_RTPRIO, 0, 0)?;
+                        // nobody:nogroup
+                        if root
+                            && (libc::setgroups(0, std::ptr::null()) != 0
+                                || libc::setgid(65534) != 0
+                                || libc::setuid(65534) != 0)
+                        {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
                 });
             }
         }
