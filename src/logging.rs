@@ -39,9 +39,36 @@ fn stderr_is_journal() -> bool {
     is_journal(value.as_deref(), stat.st_dev, stat.st_ino)
 }
 
+/// Sends panics to the log, so that a panic in any thread (Tower's, which
+/// its owner then reports, or a dependency's) is one line in the journal
+/// with its thread and place, instead of unstructured text on stderr.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("unnamed");
+        let place = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".into());
+        tracing::error!(
+            component = "panic",
+            thread,
+            place,
+            "thread {thread} panicked at {place}: {message}"
+        );
+    }));
+}
+
 /// Installs the global subscriber. `level` is the configured level;
 /// `RUST_LOG`, when set, takes precedence (for debugging).
 pub fn init(level: &str) -> LogTarget {
+    install_panic_hook();
     let filter =
         // tiny_http's only error line (a failed accept) is reported by Tower
         // itself, with what it does about it.

@@ -7,9 +7,15 @@
 //! on one connection in order), then takes the socket over (see `socket`)
 //! and hands it to the [`Hub`], where the broadcast thread feeds it.
 //!
-//! tiny_http's accept loop ends for good on any accept error (EMFILE, for
-//! one). When a worker sees that, the server is rebuilt on the same address,
-//! so the box keeps answering.
+//! tiny_http's accept thread can die two ways: it returns an accept error
+//! (EMFILE, for one) and ends, or it panics (tiny_http unwraps the clone of
+//! an accepted socket, which fails with EMFILE too) and nobody is told.
+//! Workers notice the first from `recv`, and the second from the listening
+//! socket's accept queue staying non-empty (see [`AcceptWatch`]). Either
+//! way the listening socket is closed (which also sheds the connections
+//! waiting in its queue) and bound again with a new tiny_http server, so
+//! the box keeps answering. Rebuilds are at most one a second: while
+//! descriptors stay exhausted the new server fails again at once.
 
 pub mod hub;
 pub mod socket;
@@ -34,6 +40,32 @@ const WORKERS: usize = 2;
 const POLL: Duration = Duration::from_millis(100);
 /// Seconds a refused listener is asked to wait before retrying.
 const RETRY_AFTER_S: u32 = 10;
+/// A live accept thread empties the accept queue within microseconds;
+/// connections waiting this long mean it has died.
+const ACCEPT_STALL: Duration = Duration::from_secs(2);
+/// The shortest time between two starts of a tiny_http server.
+const REBUILD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Tells a dead accept thread from the accept queue: connections waiting,
+/// at every look, for [`ACCEPT_STALL`].
+#[derive(Debug, Default)]
+pub struct AcceptWatch {
+    waiting_since: Option<Instant>,
+}
+
+impl AcceptWatch {
+    /// Records that `queued` connections wait at `now`; returns how long
+    /// the queue has been stuck once that reaches `limit`.
+    pub fn observe(&mut self, now: Instant, queued: u32, limit: Duration) -> Option<Duration> {
+        if queued == 0 {
+            self.waiting_since = None;
+            return None;
+        }
+        let since = *self.waiting_since.get_or_insert(now);
+        let stuck = now.saturating_duration_since(since);
+        (stuck >= limit).then_some(stuck)
+    }
+}
 
 /// What `/status` and `/tower/buffer` report; the service implements it.
 pub trait StatusSource: Send + Sync {
@@ -69,9 +101,20 @@ pub struct HttpSnapshot {
     pub server_restarts: u64,
 }
 
+/// The tiny_http server in use, with what is needed to watch and replace it.
+struct Live {
+    server: Arc<Server>,
+    /// Tower's handle on the listening socket, to read its accept queue.
+    /// It keeps the socket listening if tiny_http's thread dies, so waiting
+    /// connections show the death instead of being refused.
+    probe: Option<std::net::TcpListener>,
+    watch: AcceptWatch,
+    started: Instant,
+}
+
 struct Shared {
     addr: SocketAddr,
-    server: Mutex<Arc<Server>>,
+    live: Mutex<Live>,
     hub: Arc<Hub>,
     status: Arc<dyn StatusSource>,
     counters: Arc<HttpStats>,
@@ -79,6 +122,7 @@ struct Shared {
     /// While descriptors stay exhausted the accept loop fails at every new
     /// connection: one line a minute.
     accept_log: LogGate,
+    rebuilt_log: LogGate,
 }
 
 pub struct HttpServer {
@@ -86,9 +130,17 @@ pub struct HttpServer {
     workers: Vec<Worker<()>>,
 }
 
-fn start_server(addr: SocketAddr) -> std::io::Result<Server> {
+/// Binds `addr` and starts a tiny_http server on it.
+fn start_server(addr: SocketAddr) -> std::io::Result<Live> {
     let listener = socket::bind(addr)?;
-    Server::from_listener(listener, None).map_err(std::io::Error::other)
+    let probe = listener.try_clone()?;
+    let server = Server::from_listener(listener, None).map_err(std::io::Error::other)?;
+    Ok(Live {
+        server: Arc::new(server),
+        probe: Some(probe),
+        watch: AcceptWatch::default(),
+        started: Instant::now(),
+    })
 }
 
 impl HttpServer {
@@ -99,19 +151,21 @@ impl HttpServer {
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
     ) -> std::io::Result<HttpServer> {
-        let server = start_server(addr)?;
-        let bound = server
+        let live = start_server(addr)?;
+        let bound = live
+            .server
             .server_addr()
             .to_ip()
             .ok_or_else(|| std::io::Error::other("server has no IP address"))?;
         let shared = Arc::new(Shared {
             addr: bound,
-            server: Mutex::new(Arc::new(server)),
+            live: Mutex::new(live),
             hub,
             status,
             counters,
             bad_log: LogGate::new(Duration::from_secs(1)),
             accept_log: LogGate::new(Duration::from_secs(60)),
+            rebuilt_log: LogGate::new(Duration::from_secs(60)),
         });
         let mut workers = Vec::new();
         for i in 0..WORKERS {
@@ -144,51 +198,82 @@ impl HttpServer {
     }
 }
 
-fn lock_server(shared: &Shared) -> Arc<Server> {
-    shared.server.lock().unwrap_or_else(|p| p.into_inner()).clone()
+fn lock_live(shared: &Shared) -> std::sync::MutexGuard<'_, Live> {
+    shared.live.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn serve(stop: &StopSignal, shared: &Shared) {
     while !stop.is_stopped() {
-        let server = lock_server(shared);
+        let server = lock_live(shared).server.clone();
         match server.recv_timeout(POLL) {
             Ok(Some(rq)) => handle(shared, rq),
-            Ok(None) => {}
-            Err(e) => rebuild(stop, shared, &server, &e),
+            Ok(None) => check_accept(stop, shared, &server),
+            Err(e) => rebuild(stop, shared, &server, &format!("failed: {e}")),
         }
     }
 }
 
-/// tiny_http's accept thread has died with `error`: bind again.
-fn rebuild(stop: &StopSignal, shared: &Shared, failed: &Arc<Server>, error: &std::io::Error) {
-    let mut current = shared.server.lock().unwrap_or_else(|p| p.into_inner());
-    if !Arc::ptr_eq(&current, failed) {
+/// Rebuilds the server if its accept queue is stuck (see module docs).
+fn check_accept(stop: &StopSignal, shared: &Shared, server: &Arc<Server>) {
+    let stuck = {
+        let mut live = lock_live(shared);
+        let Some(queued) = live.probe.as_ref().and_then(|p| socket::accept_queue(p).ok()) else {
+            return;
+        };
+        live.watch
+            .observe(Instant::now(), queued, ACCEPT_STALL)
+            .map(|d| (queued, d))
+    };
+    if let Some((queued, stuck)) = stuck {
+        let why = format!("stopped: {queued} connection(s) waiting for {} ms", stuck.as_millis());
+        rebuild(stop, shared, server, &why);
+    }
+}
+
+/// tiny_http's accept thread has died (`why`): bind again.
+fn rebuild(stop: &StopSignal, shared: &Shared, failed: &Arc<Server>, why: &str) {
+    let mut live = lock_live(shared);
+    if !Arc::ptr_eq(&live.server, failed) {
         return; // another worker already did it
     }
     if let Some(suppressed) = shared.accept_log.allow(Instant::now()) {
-        tracing::error!(component = "http", error = %error, suppressed, "HTTP accept loop failed; re-opening {}", shared.addr);
+        tracing::error!(
+            component = "http",
+            suppressed,
+            "HTTP accept loop {why}; re-opening {}",
+            shared.addr
+        );
     }
-    // The cause (often file descriptors exhausted) can last: say so once a
-    // minute, retry every second.
+    // The port is free once every handle on the old socket is closed:
+    // Tower's here, tiny_http's when its accept thread ends (at once when
+    // it failed or panicked; on the old server's drop when it merely
+    // stalled, hence the retries).
+    live.probe = None;
+    // At most one rebuild a second; the cause (often descriptors exhausted)
+    // can last: say so once a minute, retry every second.
+    stop.sleep(REBUILD_INTERVAL.saturating_sub(live.started.elapsed()));
     let gate = LogGate::new(Duration::from_secs(60));
     while !stop.is_stopped() {
         match start_server(shared.addr) {
-            Ok(server) => {
-                *current = Arc::new(server);
+            Ok(next) => {
+                *live = next;
                 let n = shared.counters.server_restarts.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::info!(
-                    component = "http",
-                    restarts = n,
-                    "HTTP server listening again on {}",
-                    shared.addr
-                );
+                if let Some(suppressed) = shared.rebuilt_log.allow(Instant::now()) {
+                    tracing::info!(
+                        component = "http",
+                        restarts = n,
+                        suppressed,
+                        "HTTP server accepting again on {}",
+                        shared.addr
+                    );
+                }
                 return;
             }
             Err(e) => {
                 if let Some(suppressed) = gate.allow(Instant::now()) {
-                    tracing::error!(component = "http", error = %e, suppressed, "cannot re-open {}; retrying every second", shared.addr);
+                    tracing::error!(component = "http", error = %e, suppressed, "cannot restart the HTTP server on {}; retrying every second", shared.addr);
                 }
-                stop.sleep(Duration::from_secs(1));
+                stop.sleep(REBUILD_INTERVAL);
             }
         }
     }
@@ -310,5 +395,26 @@ fn stream(shared: &Shared, rq: Request) {
         Err(e) => {
             tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the listener's connection");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_accept_watch_fires_only_on_a_queue_that_never_empties() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(2);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut w = AcceptWatch::default();
+        assert_eq!(w.observe(at(0), 0, limit), None);
+        assert_eq!(w.observe(at(100), 3, limit), None);
+        assert_eq!(w.observe(at(1_000), 3, limit), None);
+        // Emptied once: a live accept loop. The clock starts again.
+        assert_eq!(w.observe(at(1_100), 0, limit), None);
+        assert_eq!(w.observe(at(1_200), 1, limit), None);
+        assert_eq!(w.observe(at(3_100), 5, limit), None);
+        assert_eq!(w.observe(at(3_200), 5, limit), Some(Duration::from_secs(2)));
     }
 }

@@ -45,6 +45,29 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Connections waiting in the listening socket's accept queue (Linux
+/// reports it in `TCP_INFO` for a socket in the LISTEN state).
+pub fn accept_queue(listener: &TcpListener) -> io::Result<u32> {
+    // SAFETY: tcp_info is plain old data; zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the descriptor is open for the borrow's lifetime, and `info`
+    // and `len` describe a writable buffer of the right size.
+    let rc = unsafe {
+        libc::getsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.tcpi_unacked)
+}
+
 fn to_socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
         return Some(SocketAddr::from(*v4));
@@ -163,6 +186,18 @@ mod tests {
         // No socket matches an unknown peer.
         let stranger: SocketAddr = "127.0.0.1:1".parse().expect("addr");
         assert!(find_connection(stranger, port).is_err());
+    }
+
+    #[test]
+    fn the_accept_queue_counts_connections_not_yet_accepted() {
+        let listener = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        assert_eq!(accept_queue(&listener).expect("queue"), 0);
+        let _a = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _b = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        assert_eq!(accept_queue(&listener).expect("queue"), 2);
+        let _accepted = listener.accept().expect("accept");
+        assert_eq!(accept_queue(&listener).expect("queue"), 1);
     }
 
     #[test]
