@@ -222,6 +222,7 @@ fn click_latency(seconds: u64) {
         Backends {
             capture: Box::new(probe),
             encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
+            hooks: Arc::new(tower::hooks::TestHooks::disabled()),
         },
     )
     .expect("service");

@@ -50,6 +50,7 @@ pub struct Config {
 pub struct Pcm {
     pub buffer_size: u64,
     pub grace_sec: f64,
+    pub silence_warn_sec: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +115,7 @@ impl Default for Pcm {
         Pcm {
             buffer_size: crate::router::DEFAULT_CAPACITY as u64,
             grace_sec: 5.0,
+            silence_warn_sec: 30.0,
         }
     }
 }
@@ -541,6 +543,13 @@ impl Loaded {
         }
         self.range("pcm.buffer_size", c.pcm.buffer_size, 2, 10_000, " frames")?;
         self.range("pcm.grace_sec", c.pcm.grace_sec, 0.05, 3600.0, " seconds")?;
+        self.range(
+            "pcm.silence_warn_sec",
+            c.pcm.silence_warn_sec,
+            0.0,
+            86_400.0,
+            " seconds",
+        )?;
         self.range(
             "mp3.buffer_capacity_frames",
             c.mp3.buffer_capacity_frames,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod encoder;
 pub mod fallback;
 pub mod histogram;
+pub mod hooks;
 pub mod http;
 pub mod logging;
 pub mod mp3;

@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::audio::{FRAME_DURATION, InputState, PcmFrame};
 use crate::fallback::Fallback;
 use crate::histogram::{Histogram, Percentiles};
-use crate::router::AudioInputRouter;
+use crate::hooks::TestHooks;
+use crate::router::{AudioInputRouter, FillGovernor};
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// How long a tick waits for a frame from the router [A2].
@@ -185,6 +186,8 @@ pub struct PumpConfig {
     pub grace: Duration,
     /// SCHED_FIFO priority 1–99; 0 leaves the thread at normal priority.
     pub realtime_priority: u8,
+    /// Fault injection for tests (a hung pump).
+    pub hooks: Arc<TestHooks>,
 }
 
 /// The running pump thread and its stats.
@@ -236,6 +239,7 @@ fn run(
     let mut selector = InputSelector::new(config.grace, start);
     let mut shown = InputState::Grace;
     let mut episode = Episode::default();
+    let mut governor = FillGovernor::default();
 
     loop {
         let now = Instant::now();
@@ -256,7 +260,8 @@ fn run(
             stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
 
-        let frame = router.pop(Some(POP_TIMEOUT));
+        config.hooks.pump_stall();
+        let frame = next_input(router, &mut governor, started, Some(POP_TIMEOUT));
         let now = Instant::now();
         let state = selector.select(frame.is_some(), now);
         match (&frame, state) {
@@ -297,6 +302,21 @@ fn run(
             episode.gap_logged = true;
         }
     }
+}
+
+/// One tick's input: trims a frame if the governor says the queue holds
+/// more than it needs [R6], then takes the oldest frame, waiting at most
+/// `wait` [A2].
+fn next_input(
+    router: &AudioInputRouter,
+    governor: &mut FillGovernor,
+    now: Instant,
+    wait: Option<Duration>,
+) -> Option<PcmFrame> {
+    if governor.observe(router.fill(), now) {
+        router.trim_oldest();
+    }
+    router.pop(wait)
 }
 
 /// What has been said about the input so far, so each gap is logged once.
@@ -496,6 +516,136 @@ mod tests {
         }
     }
 
+    /// What one simulated hour of capture at `ppm` against the pump did.
+    #[derive(Debug)]
+    struct DriftRun {
+        /// Lowest and highest fill the pump saw before a pop, after the
+        /// first minute.
+        band: (usize, usize),
+        trimmed: u64,
+        /// Ticks with no PCM while the input was live (one grace frame).
+        underruns: u64,
+        fallback_ticks: u64,
+        /// Capture-to-pump delay of the frames popped in the first ten
+        /// minutes (after the first) and in the last ten, worst case: each
+        /// spans whole cycles of the fill's sawtooth.
+        delay_first_min: Duration,
+        delay_last_min: Duration,
+    }
+
+    /// A capture clock `ppm` faster than the pump's, delivering one frame
+    /// per period with ±2 ms of scheduling jitter, against the pump's tick
+    /// logic, for one hour of simulated time (nothing sleeps).
+    fn simulate_drift(ppm: f64) -> DriftRun {
+        const HOUR: Duration = Duration::from_secs(3600);
+        let t0 = Instant::now();
+        let period = FRAME_DURATION.mul_f64(1e6 / (1e6 + ppm));
+        let router = AudioInputRouter::new(100);
+        let mut governor = FillGovernor::default();
+        let mut schedule = Schedule::new(t0, FRAME_DURATION);
+        let mut selector = InputSelector::new(Duration::from_secs(5), t0);
+        // Pseudo-random jitter, the same every run.
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut jitter = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            Duration::from_micros(seed % 4_000)
+        };
+        let capture_at = |k: u32, jitter: Duration| t0 + Duration::from_millis(10) + period * k + jitter;
+        // Capture times of the frames in the queue, oldest first.
+        let mut queued = std::collections::VecDeque::new();
+        let mut k = 0u32;
+        let mut next_capture = capture_at(0, jitter());
+        let (mut lo, mut hi) = (usize::MAX, 0);
+        let (mut underruns, mut fallback_ticks) = (0, 0);
+        let (mut delay_first, mut delay_last) = (Duration::ZERO, Duration::ZERO);
+        let mut was_live = false;
+        while schedule.deadline() < t0 + HOUR {
+            let tick = schedule.deadline();
+            schedule.advance(tick);
+            // Frames captured by the tick, and one more if it arrives while
+            // the pump waits on an empty queue (POP_TIMEOUT).
+            loop {
+                let waits = router.fill() == 0 && next_capture <= tick + POP_TIMEOUT;
+                if next_capture > tick && !waits {
+                    break;
+                }
+                router.push(PcmFrame::silent());
+                queued.push_back(next_capture);
+                k += 1;
+                next_capture = capture_at(k, jitter());
+            }
+            let fill = router.fill();
+            let trimmed_before = router.stats().drift_trimmed;
+            let frame = next_input(&router, &mut governor, tick, None);
+            if router.stats().drift_trimmed > trimmed_before {
+                queued.pop_front();
+            }
+            let state = selector.select(frame.is_some(), tick);
+            if frame.is_some() {
+                let captured = queued.pop_front().expect("a capture time per frame");
+                let delay = tick.saturating_duration_since(captured);
+                let elapsed = tick - t0;
+                if elapsed > Duration::from_secs(60) && elapsed < Duration::from_secs(660) {
+                    delay_first = delay_first.max(delay);
+                }
+                if elapsed > HOUR - Duration::from_secs(600) {
+                    delay_last = delay_last.max(delay);
+                }
+            }
+            if tick - t0 > Duration::from_secs(60) {
+                lo = lo.min(fill);
+                hi = hi.max(fill);
+            }
+            match state {
+                InputState::Grace if was_live => underruns += 1,
+                InputState::Fallback => fallback_ticks += 1,
+                _ => {}
+            }
+            was_live = state == InputState::Live;
+        }
+        DriftRun {
+            band: (lo, hi),
+            trimmed: router.stats().drift_trimmed,
+            underruns,
+            fallback_ticks,
+            delay_first_min: delay_first,
+            delay_last_min: delay_last,
+        }
+    }
+
+    #[test]
+    fn a_fast_sound_card_clock_is_trimmed_and_latency_does_not_creep() {
+        let run = simulate_drift(200.0);
+        eprintln!("{run:?}");
+        // +200 ppm adds 0.72 s of audio an hour: ~30 frames to trim.
+        assert!((25..=36).contains(&run.trimmed), "{run:?}");
+        assert!(run.band.1 <= crate::router::HIGH_WATER + 2, "{run:?}");
+        assert!(run.delay_last_min <= run.delay_first_min + FRAME_DURATION, "{run:?}");
+        assert!(run.delay_last_min < Duration::from_millis(100), "{run:?}");
+        assert_eq!(run.fallback_ticks, 0, "{run:?}");
+    }
+
+    #[test]
+    fn a_slow_sound_card_clock_costs_one_grace_frame_now_and_then() {
+        let run = simulate_drift(-200.0);
+        eprintln!("{run:?}");
+        assert_eq!(run.trimmed, 0, "{run:?}");
+        // −200 ppm leaves the pump one frame short every two minutes.
+        assert!((20..=40).contains(&run.underruns), "{run:?}");
+        assert!(run.band.1 <= crate::router::HIGH_WATER + 2, "{run:?}");
+        assert!(run.delay_last_min <= run.delay_first_min + FRAME_DURATION, "{run:?}");
+        assert_eq!(run.fallback_ticks, 0, "{run:?}");
+    }
+
+    #[test]
+    fn matched_clocks_are_left_alone() {
+        let run = simulate_drift(0.0);
+        eprintln!("{run:?}");
+        assert_eq!((run.trimmed, run.underruns, run.fallback_ticks), (0, 0, 0), "{run:?}");
+    }
+
     #[test]
     fn pump_thread_writes_live_then_silence_then_fallback() {
         let router = Arc::new(AudioInputRouter::new(10));
@@ -511,6 +661,7 @@ mod tests {
             PumpConfig {
                 grace: Duration::from_millis(100),
                 realtime_priority: 0,
+                hooks: Arc::new(TestHooks::disabled()),
             },
             router,
             sink.clone(),

@@ -6,6 +6,15 @@
 //! when the queue is full, drops the incoming (newest) frame and counts it;
 //! `pop` waits at most its timeout on the monotonic clock; `stats` reads
 //! atomics only, so monitoring never blocks a producer.
+//!
+//! Latency stays bounded under clock drift [R6]: the sound card's clock
+//! and the pump's differ by tens of ppm, so a faster card adds a frame to
+//! the queue every few minutes. The pump feeds a [`FillGovernor`] the fill
+//! it sees each tick; when even the lowest fill over a whole window stays
+//! above a small high-water mark, the excess is real (not jitter) and the
+//! pump trims one frame with [`AudioInputRouter::trim_oldest`], counted as
+//! `drift_trimmed`. A slower card empties the queue now and then instead;
+//! the pump covers that tick with one frame of grace silence [A2].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -18,6 +27,55 @@ use crate::ratelog::LogGate;
 
 /// Default capacity (`TOWER_PCM_BUFFER_SIZE`): 100 frames, 2.4 s.
 pub const DEFAULT_CAPACITY: usize = 100;
+/// The fill the queue may keep through a whole [`DRIFT_WINDOW`] before one
+/// frame is trimmed: 2 frames, 48 ms.
+pub const HIGH_WATER: usize = 2;
+/// How long the fill must stay above [`HIGH_WATER`] before a trim. Long
+/// enough to see through a device's bursty delivery; short enough that a
+/// backlog (after a stall) is gone within seconds.
+pub const DRIFT_WINDOW: Duration = Duration::from_secs(2);
+
+/// Decides when the queue holds frames it does not need [R6]. Pure: the
+/// pump passes the fill and the time.
+#[derive(Debug, Clone)]
+pub struct FillGovernor {
+    window: Duration,
+    high_water: usize,
+    window_start: Option<Instant>,
+    lowest: usize,
+}
+
+impl FillGovernor {
+    pub fn new(window: Duration, high_water: usize) -> Self {
+        FillGovernor {
+            window,
+            high_water,
+            window_start: None,
+            lowest: usize::MAX,
+        }
+    }
+
+    /// Records the `fill` seen before a pop at `now`; true when one frame
+    /// should be trimmed (the lowest fill over the window that just ended
+    /// stayed above the high-water mark).
+    pub fn observe(&mut self, fill: usize, now: Instant) -> bool {
+        let start = *self.window_start.get_or_insert(now);
+        self.lowest = self.lowest.min(fill);
+        if now.saturating_duration_since(start) < self.window {
+            return false;
+        }
+        let trim = self.lowest > self.high_water;
+        self.window_start = Some(now);
+        self.lowest = usize::MAX;
+        trim
+    }
+}
+
+impl Default for FillGovernor {
+    fn default() -> Self {
+        FillGovernor::new(DRIFT_WINDOW, HIGH_WATER)
+    }
+}
 
 /// What happened to a pushed frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +96,8 @@ pub struct RouterStats {
     pub dropped_full: u64,
     /// Buffers rejected because they were not canonical frames [F1].
     pub rejected_malformed: u64,
+    /// Frames dropped to keep latency bounded under clock drift [R6].
+    pub drift_trimmed: u64,
 }
 
 pub struct AudioInputRouter {
@@ -47,7 +107,9 @@ pub struct AudioInputRouter {
     pushed: AtomicU64,
     dropped_full: AtomicU64,
     rejected_malformed: AtomicU64,
+    drift_trimmed: AtomicU64,
     full_log: LogGate,
+    trim_log: LogGate,
     malformed_log: LogGate,
 }
 
@@ -63,7 +125,9 @@ impl AudioInputRouter {
             pushed: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
             rejected_malformed: AtomicU64::new(0),
+            drift_trimmed: AtomicU64::new(0),
             full_log: LogGate::new(Duration::from_secs(10)),
+            trim_log: LogGate::new(Duration::from_secs(3600)),
             malformed_log: LogGate::new(Duration::from_secs(10)),
         }
     }
@@ -123,6 +187,24 @@ impl AudioInputRouter {
         }
     }
 
+    /// Drops the oldest frame, if any, to cut latency [R6]; counted.
+    pub fn trim_oldest(&self) -> bool {
+        if self.rx.try_recv().is_err() {
+            return false;
+        }
+        let n = self.drift_trimmed.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(suppressed) = self.trim_log.allow(Instant::now()) {
+            tracing::info!(
+                component = "router",
+                drift_trimmed = n,
+                suppressed,
+                "dropped one 24 ms frame to keep the delay from creeping (the sound card's clock runs faster than \
+                 the pump's); normal every few minutes, said once an hour"
+            );
+        }
+        true
+    }
+
     pub fn fill(&self) -> usize {
         self.rx.len()
     }
@@ -139,6 +221,7 @@ impl AudioInputRouter {
             pushed: self.pushed.load(Ordering::Relaxed),
             dropped_full: self.dropped_full.load(Ordering::Relaxed),
             rejected_malformed: self.rejected_malformed.load(Ordering::Relaxed),
+            drift_trimmed: self.drift_trimmed.load(Ordering::Relaxed),
         }
     }
 }
@@ -187,6 +270,35 @@ mod tests {
         assert_eq!(r.push_bytes(&[0; PCM_FRAME_BYTES]), Ok(PushOutcome::Queued));
         let s = r.stats();
         assert_eq!((s.rejected_malformed, s.pushed, s.fill), (1, 1, 1));
+    }
+
+    #[test]
+    fn the_governor_trims_only_when_the_whole_window_stays_high() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut g = FillGovernor::new(Duration::from_secs(2), 2);
+        // Jitter: high most of the time, but touching the mark once.
+        assert!(!g.observe(5, at(0)));
+        assert!(!g.observe(2, at(1_000)));
+        assert!(!g.observe(6, at(2_000)), "the window saw 2: no trim");
+        // A whole window above the mark.
+        assert!(!g.observe(3, at(3_000)));
+        assert!(g.observe(4, at(4_000)));
+        // The next window starts afresh.
+        assert!(!g.observe(3, at(4_100)));
+        assert!(!g.observe(1, at(5_000)));
+        assert!(!g.observe(3, at(6_100)));
+    }
+
+    #[test]
+    fn trimming_drops_the_oldest_and_counts_it() {
+        let r = AudioInputRouter::new(4);
+        assert!(!r.trim_oldest(), "nothing to trim");
+        r.push(frame(1));
+        r.push(frame(2));
+        assert!(r.trim_oldest());
+        assert_eq!(r.pop(None).expect("f").as_bytes()[0], 2);
+        assert_eq!(r.stats().drift_trimmed, 1);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::json;
 
-use crate::audio::capture::{Capture, CaptureHandle, CaptureSource};
+use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource};
 use crate::config::Config;
 use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
@@ -20,6 +20,7 @@ use crate::encoder::state::{Liveness, RestartPolicy};
 use crate::encoder::supervisor::SupervisorConfig;
 use crate::encoder::{EncoderManager, ManagerConfig};
 use crate::fallback::{Fallback, FallbackKind};
+use crate::hooks::TestHooks;
 use crate::http::{HttpServer, HttpStats, Hub, HubConfig, StatusSource};
 use crate::pump::{Pump, PumpConfig, PumpStats};
 use crate::ring::FrameRing;
@@ -33,6 +34,8 @@ const STEP_TIMEOUT: Duration = Duration::from_millis(400);
 pub struct Backends {
     pub capture: Box<dyn CaptureSource>,
     pub encoder: Box<dyn EncoderLauncher>,
+    /// Fault injection for tests (see `hooks`); disabled in production.
+    pub hooks: Arc<TestHooks>,
 }
 
 impl Backends {
@@ -51,6 +54,7 @@ impl Backends {
             Backends {
                 capture: crate::audio::system_capture(&config.device),
                 encoder: Box::new(FfmpegLauncher::new(command)),
+                hooks: Arc::new(TestHooks::from_env()),
             },
             notes,
         ))
@@ -99,6 +103,7 @@ impl StatusSource for Board {
                 "device": capture.device,
                 "device_state": capture.state,
                 "fallback_source": self.fallback,
+                "level": self.capture.levels(Instant::now()),
                 "capture": capture,
             },
             "listeners": hub,
@@ -118,7 +123,8 @@ impl StatusSource for Board {
                     "pcm_encoder_down": enc.pcm_dropped_encoder_down + enc.supervisor.pcm_dropped_not_running,
                     "pcm_encoder_pipe_full": enc.supervisor.pcm_dropped_pipe_full,
                     "pcm_encoder_busy": enc.supervisor.pcm_dropped_busy,
-                    "capture_overruns": capture.overruns,
+                    "capture_overruns": capture.errors.overrun,
+                    "pcm_drift_trimmed": router.drift_trimmed,
                     "mp3_ring_full": ring.dropped_oldest,
                     "mp3_late_trimmed": enc.mp3_frames_trimmed,
                     "slow_listeners": hub.slow_dropped,
@@ -180,6 +186,7 @@ impl Service {
             PumpConfig {
                 grace: config.grace(),
                 realtime_priority: config.pump.realtime_priority as u8,
+                hooks: backends.hooks.clone(),
             },
             router.clone(),
             encoder.clone(),
@@ -189,7 +196,15 @@ impl Service {
         let pump_stats = pump.stats();
 
         // 3. Capture.
-        let capture = Capture::start(backends.capture, router.clone()).map_err(thread("capture"))?;
+        let capture = Capture::start(
+            backends.capture,
+            router.clone(),
+            CaptureConfig {
+                silence_warn: Duration::from_secs_f64(config.pcm.silence_warn_sec),
+            },
+            backends.hooks.clone(),
+        )
+        .map_err(thread("capture"))?;
 
         // 4. HTTP server.
         let hub = Arc::new(Hub::new(HubConfig {

@@ -3,16 +3,17 @@
 //! Runs on the capture thread. Opens the configured PCM non-blocking as
 //! S16_LE / 48000 Hz / 2 channels with 1152-frame periods, and reads with
 //! `snd_pcm_wait` so a silent or hung device never blocks the thread past
-//! the read timeout. Overruns (EPIPE) and suspends (ESTRPIPE) are recovered
-//! here; anything else is reported as a failure for the capture loop to
-//! close and re-open the device.
+//! the read timeout. Errors are classified by [`ErrorClass::from_errno`]:
+//! overruns (EPIPE) and suspends (ESTRPIPE) are recovered here (resume,
+//! else prepare, then start); EAGAIN is handed back to be retried; anything
+//! else is a failure for the capture loop to close and re-open the device.
 
 use std::time::Duration;
 
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
-use super::capture::{CaptureError, CaptureSource};
+use super::capture::{Action, CaptureError, CaptureSource, ErrorClass};
 use super::{BYTES_PER_SAMPLE_FRAME, CHANNELS, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Periods in the device buffer: 8 × 24 ms gives the reader 190 ms of
@@ -42,6 +43,7 @@ impl AlsaCapture {
     fn failed(&self, e: &alsa::Error) -> CaptureError {
         CaptureError::Failed {
             device: self.device.clone(),
+            class: ErrorClass::from_errno(e.errno()),
             reason: describe(e),
         }
     }
@@ -122,6 +124,7 @@ impl CaptureSource for AlsaCapture {
         let Some(pcm) = self.pcm.as_ref() else {
             return Err(CaptureError::Failed {
                 device: self.device.clone(),
+                class: ErrorClass::BadState,
                 reason: "device not open".into(),
             });
         };
@@ -133,24 +136,32 @@ impl CaptureSource for AlsaCapture {
             let whole = buf.len() / BYTES_PER_SAMPLE_FRAME * BYTES_PER_SAMPLE_FRAME;
             pcm.io_bytes().readi(&mut buf[..whole])
         });
-        match result {
-            Ok(frames) => Ok(frames * BYTES_PER_SAMPLE_FRAME),
-            Err(e) if e.errno() == libc::EAGAIN => Ok(0),
-            Err(e) if e.errno() == libc::EPIPE || e.errno() == libc::ESTRPIPE => {
-                // Overrun or suspend: prepare/resume and carry on.
+        let e = match result {
+            Ok(frames) => return Ok(frames * BYTES_PER_SAMPLE_FRAME),
+            Err(e) => e,
+        };
+        let class = ErrorClass::from_errno(e.errno());
+        match class.action() {
+            Action::Retry => Err(CaptureError::Again {
+                device: self.device.clone(),
+            }),
+            Action::Recover => {
+                // try_recover resumes a suspended stream (or prepares it if
+                // the driver cannot resume) and prepares an overrun one.
                 // After a resume the stream may already run; a failed start
                 // is then harmless, and the next read tells the truth.
-                let recovered = pcm.try_recover(e, true).map(|()| {
-                    let _ = pcm.start();
-                });
-                match recovered {
-                    Ok(()) => Err(CaptureError::Overrun {
-                        device: self.device.clone(),
-                    }),
+                match pcm.try_recover(e, true) {
+                    Ok(()) => {
+                        let _ = pcm.start();
+                        Err(CaptureError::Recovered {
+                            device: self.device.clone(),
+                            class,
+                        })
+                    }
                     Err(e2) => Err(self.failed(&e2)),
                 }
             }
-            Err(e) => Err(self.failed(&e)),
+            Action::Reopen => Err(self.failed(&e)),
         }
     }
 

@@ -3,10 +3,19 @@
 //! One thread ("capture"), started by the service after the pump and
 //! stopped before it. It opens a [`CaptureSource`] (ALSA on the appliance,
 //! a generator in tests), cuts whatever the device delivers into 4608-byte
-//! frames and pushes them into the router, which never blocks it. A device
-//! that cannot be opened is logged once with the fix and retried every
-//! second, while the pump keeps listeners fed with grace silence and then
-//! the fallback. Overruns are recovered by the source and counted here.
+//! frames, meters them and pushes them into the router, which never blocks
+//! it.
+//!
+//! It never gives up on the device. Errors are classified in one place
+//! ([`ErrorClass::from_errno`]): overruns and suspends are recovered by the
+//! source and reading goes on; EAGAIN is retried; anything else, a device
+//! that cannot be opened, and an open device that delivers nothing for
+//! [`STALL_AFTER`] (a JACK server that died, a wedged USB card) close it
+//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]).
+//! Each class is counted; each episode (from the first failure until audio
+//! flows again) is logged once when it starts and once when it ends, with
+//! the device name. Meanwhile the pump keeps listeners fed with grace
+//! silence and then the fallback [A2]–[A3], on the same connections [H3].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -14,27 +23,100 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::level::{LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::{PCM_FRAME_BYTES, PcmFrame};
+use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
 use crate::router::AudioInputRouter;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// How long one read may wait for data, bounding how fast a stop is seen.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
-/// Delay between attempts to open a device that is not there.
-pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// An open device that delivers nothing for this long is re-opened: a
+/// device configured for 24 ms periods is not merely slow.
+pub const STALL_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait between two attempts to open the device.
+pub const REOPEN_MAX: Duration = Duration::from_secs(1);
+/// The first wait after a failure.
+pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
+
+/// What went wrong with a capture device, and so what to do about it. The
+/// one place where errors are classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// EPIPE: the reader was late and audio was lost. Recover and go on.
+    Overrun,
+    /// ESTRPIPE: the system suspended the device. Resume (or prepare).
+    Suspended,
+    /// EAGAIN: nothing to read yet. Retry.
+    Again,
+    /// ENODEV: the device is gone (USB unplugged). Close, re-open.
+    NoDevice,
+    /// EIO: the driver failed. Close, re-open.
+    Io,
+    /// EBADFD: the PCM is in a state it cannot read from. Close, re-open.
+    BadState,
+    /// Open, but nothing delivered for [`STALL_AFTER`]. Close, re-open.
+    Stalled,
+    /// Anything else. Close, re-open.
+    Other,
+}
+
+/// What the capture loop does about an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The source recovers the stream in place and reading goes on.
+    Recover,
+    /// Read again.
+    Retry,
+    /// Close the device and open it again after a backoff.
+    Reopen,
+}
+
+impl ErrorClass {
+    pub fn from_errno(errno: i32) -> Self {
+        match errno {
+            libc::EPIPE => ErrorClass::Overrun,
+            libc::ESTRPIPE => ErrorClass::Suspended,
+            libc::EAGAIN => ErrorClass::Again,
+            libc::ENODEV => ErrorClass::NoDevice,
+            libc::EIO => ErrorClass::Io,
+            libc::EBADFD => ErrorClass::BadState,
+            _ => ErrorClass::Other,
+        }
+    }
+
+    pub fn action(self) -> Action {
+        match self {
+            ErrorClass::Overrun | ErrorClass::Suspended => Action::Recover,
+            ErrorClass::Again => Action::Retry,
+            ErrorClass::NoDevice | ErrorClass::Io | ErrorClass::BadState | ErrorClass::Stalled | ErrorClass::Other => {
+                Action::Reopen
+            }
+        }
+    }
+}
 
 /// A capture error, already classified by the source.
 #[derive(Debug, thiserror::Error)]
 pub enum CaptureError {
     #[error("cannot open capture device {device:?}: {reason}")]
     Open { device: String, reason: String },
-    /// Data was lost (xrun); the source has recovered and reading goes on.
-    #[error("overrun on capture device {device:?}; recovered")]
-    Overrun { device: String },
+    /// An overrun or suspend: audio was lost, the source has recovered the
+    /// stream and reading goes on.
+    #[error("{class:?} on capture device {device:?}; recovered")]
+    Recovered { device: String, class: ErrorClass },
+    /// Nothing to read now (EAGAIN).
+    #[error("capture device {device:?} has nothing to read (EAGAIN)")]
+    Again { device: String },
     /// The device failed; it must be closed and opened again.
-    #[error("capture device {device:?} failed: {reason}")]
-    Failed { device: String, reason: String },
+    #[error("capture device {device:?} failed ({class:?}): {reason}")]
+    Failed {
+        device: String,
+        class: ErrorClass,
+        reason: String,
+    },
 }
 
 /// A source of interleaved s16le, 48 kHz, stereo audio.
@@ -47,6 +129,32 @@ pub trait CaptureSource: Send {
     /// most `timeout`; `Ok(0)` when nothing came.
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, CaptureError>;
     fn close(&mut self);
+}
+
+/// Waits between attempts to open a device: 100 ms, doubling, at most 1 s.
+#[derive(Debug, Clone)]
+pub struct ReopenBackoff {
+    next: Duration,
+}
+
+impl Default for ReopenBackoff {
+    fn default() -> Self {
+        ReopenBackoff { next: REOPEN_FIRST }
+    }
+}
+
+impl ReopenBackoff {
+    /// The wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(REOPEN_MAX);
+        d
+    }
+
+    /// Audio flows again: the next failure starts from the shortest wait.
+    pub fn reset(&mut self) {
+        self.next = REOPEN_FIRST;
+    }
 }
 
 /// Cuts a byte stream into canonical frames, whatever the read sizes.
@@ -100,25 +208,69 @@ pub enum DeviceState {
     Unavailable,
 }
 
+/// Errors seen, by class.
+#[derive(Default)]
+struct ErrorCounters {
+    overrun: AtomicU64,
+    suspended: AtomicU64,
+    again: AtomicU64,
+    no_device: AtomicU64,
+    io: AtomicU64,
+    bad_state: AtomicU64,
+    stalled: AtomicU64,
+    other: AtomicU64,
+}
+
+impl ErrorCounters {
+    fn count(&self, class: ErrorClass) -> u64 {
+        let c = match class {
+            ErrorClass::Overrun => &self.overrun,
+            ErrorClass::Suspended => &self.suspended,
+            ErrorClass::Again => &self.again,
+            ErrorClass::NoDevice => &self.no_device,
+            ErrorClass::Io => &self.io,
+            ErrorClass::BadState => &self.bad_state,
+            ErrorClass::Stalled => &self.stalled,
+            ErrorClass::Other => &self.other,
+        };
+        c.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// [`ErrorCounters`] as `/status` shows them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ErrorCounts {
+    pub overrun: u64,
+    pub suspended: u64,
+    pub again: u64,
+    pub no_device: u64,
+    pub io: u64,
+    pub bad_state: u64,
+    pub stalled: u64,
+    pub other: u64,
+}
+
 #[derive(Default)]
 pub struct CaptureStats {
     state: AtomicU8,
     frames: AtomicU64,
     opens: AtomicU64,
     open_failures: AtomicU64,
-    overruns: AtomicU64,
-    failures: AtomicU64,
+    errors: ErrorCounters,
+    levels: LevelBoard,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CaptureSnapshot {
     pub device: String,
     pub state: DeviceState,
+    /// Frames read from the device.
     pub frames: u64,
+    /// Successful opens (the first, and every re-open after a failure).
     pub opens: u64,
     pub open_failures: u64,
-    pub overruns: u64,
-    pub failures: u64,
+    /// Errors while reading, by class.
+    pub errors: ErrorCounts,
 }
 
 impl CaptureStats {
@@ -151,24 +303,53 @@ impl CaptureHandle {
     pub fn snapshot(&self) -> CaptureSnapshot {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let e = &s.errors;
         CaptureSnapshot {
             device: self.device.clone(),
             state: s.state(),
             frames: l(&s.frames),
             opens: l(&s.opens),
             open_failures: l(&s.open_failures),
-            overruns: l(&s.overruns),
-            failures: l(&s.failures),
+            errors: ErrorCounts {
+                overrun: l(&e.overrun),
+                suspended: l(&e.suspended),
+                again: l(&e.again),
+                no_device: l(&e.no_device),
+                io: l(&e.io),
+                bad_state: l(&e.bad_state),
+                stalled: l(&e.stalled),
+                other: l(&e.other),
+            },
         }
+    }
+
+    /// The input level over the last ~100 ms (silence when no input).
+    pub fn levels(&self, now: Instant) -> LevelReading {
+        self.stats.levels.read(now)
     }
 }
 
+/// Capture settings from the configuration.
+#[derive(Debug, Clone)]
+pub struct CaptureConfig {
+    /// Digital silence on a live input this long is reported; zero never.
+    pub silence_warn: Duration,
+}
+
 impl Capture {
-    pub fn start(source: Box<dyn CaptureSource>, router: Arc<AudioInputRouter>) -> std::io::Result<Capture> {
+    pub fn start(
+        source: Box<dyn CaptureSource>,
+        router: Arc<AudioInputRouter>,
+        config: CaptureConfig,
+        hooks: Arc<TestHooks>,
+    ) -> std::io::Result<Capture> {
         let stats = Arc::new(CaptureStats::default());
         let device = source.device().to_string();
         let thread_stats = stats.clone();
-        let worker = Worker::spawn("capture", move |stop| run(&stop, source, &router, &thread_stats))?;
+        let worker = Worker::spawn("capture", move |stop| {
+            let mut c = CaptureLoop::new(source, &router, &thread_stats, &config, &hooks);
+            c.run(&stop);
+        })?;
         Ok(Capture {
             worker,
             handle: CaptureHandle { stats, device },
@@ -188,77 +369,213 @@ impl Capture {
     }
 }
 
-fn run(stop: &StopSignal, mut source: Box<dyn CaptureSource>, router: &AudioInputRouter, stats: &CaptureStats) {
-    let mut buf = vec![0u8; PCM_FRAME_BYTES];
-    let mut reblocker = Reblocker::new();
-    let mut unavailable_logged = false;
-    let overrun_log = LogGate::new(Duration::from_secs(10));
-    while !stop.is_stopped() {
-        stats.set_state(DeviceState::Opening);
-        match source.open() {
-            Ok(()) => {
-                stats.opens.fetch_add(1, Ordering::Relaxed);
-                stats.set_state(DeviceState::Open);
-                tracing::info!(
-                    component = "capture",
-                    device = source.device(),
-                    state = "open",
-                    "capture device open: s16le 48000 Hz stereo"
-                );
-                unavailable_logged = false;
-            }
-            Err(e) => {
-                stats.open_failures.fetch_add(1, Ordering::Relaxed);
-                stats.set_state(DeviceState::Unavailable);
-                if !unavailable_logged {
-                    tracing::error!(
+/// A time the device was not delivering, logged when it starts and ends.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    failed_opens: u64,
+}
+
+struct CaptureLoop<'a> {
+    source: Box<dyn CaptureSource>,
+    router: &'a AudioInputRouter,
+    stats: &'a CaptureStats,
+    hooks: &'a TestHooks,
+    reblocker: Reblocker,
+    meter: LevelMeter,
+    silence: SilenceWatch,
+    backoff: ReopenBackoff,
+    outage: Option<Outage>,
+    recovered_log: LogGate,
+}
+
+impl<'a> CaptureLoop<'a> {
+    fn new(
+        source: Box<dyn CaptureSource>,
+        router: &'a AudioInputRouter,
+        stats: &'a CaptureStats,
+        config: &CaptureConfig,
+        hooks: &'a TestHooks,
+    ) -> Self {
+        CaptureLoop {
+            source,
+            router,
+            stats,
+            hooks,
+            reblocker: Reblocker::new(),
+            meter: LevelMeter::default(),
+            silence: SilenceWatch::new(config.silence_warn),
+            backoff: ReopenBackoff::default(),
+            outage: None,
+            recovered_log: LogGate::new(Duration::from_secs(60)),
+        }
+    }
+
+    fn device(&self) -> String {
+        self.source.device().to_string()
+    }
+
+    fn run(&mut self, stop: &StopSignal) {
+        while !stop.is_stopped() {
+            self.stats.set_state(DeviceState::Opening);
+            match self.source.open() {
+                Ok(()) => {
+                    self.stats.opens.fetch_add(1, Ordering::Relaxed);
+                    self.stats.set_state(DeviceState::Open);
+                    tracing::info!(
                         component = "capture",
-                        device = source.device(),
-                        state = "unavailable",
-                        reason = "cannot open the device",
-                        "{e}. Listeners hear silence, then the fallback, until it works; retrying every {} s. List capture devices with `arecord -L` and set `device` in the configuration",
-                        REOPEN_EVERY.as_secs()
+                        device = self.source.device(),
+                        state = "open",
+                        "capture device open: s16le 48000 Hz stereo"
                     );
-                    unavailable_logged = true;
+                    self.read_until_failure(stop);
+                    self.source.close();
                 }
-                stop.sleep(REOPEN_EVERY);
-                continue;
+                Err(e) => self.open_failed(&e),
+            }
+            self.stats.set_state(DeviceState::Unavailable);
+            self.meter.reset();
+            self.silence.reset();
+            stop.sleep(self.backoff.next_delay());
+        }
+        self.source.close();
+    }
+
+    fn open_failed(&mut self, e: &CaptureError) {
+        self.stats.open_failures.fetch_add(1, Ordering::Relaxed);
+        match &mut self.outage {
+            Some(outage) => outage.failed_opens += 1,
+            None => {
+                tracing::error!(
+                    component = "capture",
+                    device = self.source.device(),
+                    state = "unavailable",
+                    reason = "cannot open the device",
+                    "{e}. Listeners hear silence, then the fallback, until it opens; retrying every {} s. \
+                     Run `tower devices` to list capture devices and set `device` in the configuration",
+                    REOPEN_MAX.as_secs()
+                );
+                self.outage = Some(Outage {
+                    since: Instant::now(),
+                    failed_opens: 1,
+                });
             }
         }
-        reblocker.reset();
+    }
+
+    /// Reads until the device must be re-opened (or the thread stops).
+    fn read_until_failure(&mut self, stop: &StopSignal) {
+        let mut buf = vec![0u8; PCM_FRAME_BYTES];
+        self.reblocker.reset();
+        let mut last_data = Instant::now();
         while !stop.is_stopped() {
-            match source.read(&mut buf, READ_TIMEOUT) {
-                Ok(0) => {}
-                Ok(n) => reblocker.push(&buf[..n], |frame| {
-                    stats.frames.fetch_add(1, Ordering::Relaxed);
-                    router.push(frame);
-                }),
-                Err(CaptureError::Overrun { device }) => {
-                    let n = stats.overruns.fetch_add(1, Ordering::Relaxed) + 1;
-                    reblocker.reset();
-                    if let Some(suppressed) = overrun_log.allow(Instant::now()) {
-                        tracing::warn!(component = "capture", device = %device, overruns = n, suppressed, "capture overrun (audio was lost); recovered");
+            self.hooks.capture_stall(stop);
+            let result = self.source.read(&mut buf, READ_TIMEOUT);
+            let now = Instant::now();
+            match result {
+                Ok(0) => {
+                    if now.saturating_duration_since(last_data) >= STALL_AFTER {
+                        let reason = format!("no audio for {} ms", STALL_AFTER.as_millis());
+                        self.failed(ErrorClass::Stalled, &reason);
+                        return;
                     }
                 }
-                Err(e) => {
-                    stats.failures.fetch_add(1, Ordering::Relaxed);
-                    stats.set_state(DeviceState::Unavailable);
-                    tracing::error!(
-                        component = "capture",
-                        device = source.device(),
-                        state = "unavailable",
-                        reason = "device failed",
-                        "{e}; re-opening"
-                    );
-                    unavailable_logged = true;
-                    source.close();
-                    stop.sleep(REOPEN_EVERY);
-                    break;
+                Ok(n) => {
+                    last_data = now;
+                    self.delivering(now);
+                    self.accept(&buf[..n], now);
+                }
+                Err(CaptureError::Again { .. }) => {
+                    self.stats.errors.count(ErrorClass::Again);
+                }
+                Err(CaptureError::Recovered { device, class }) => {
+                    let n = self.stats.errors.count(class);
+                    self.reblocker.reset();
+                    if let Some(suppressed) = self.recovered_log.allow(now) {
+                        tracing::warn!(component = "capture", device = %device, class = ?class, total = n, suppressed, "capture {class:?}: audio was lost; recovered");
+                    }
+                }
+                Err(CaptureError::Failed { class, reason, .. }) => {
+                    self.failed(class, &reason);
+                    return;
+                }
+                Err(CaptureError::Open { reason, .. }) => {
+                    self.failed(ErrorClass::Other, &reason);
+                    return;
                 }
             }
         }
     }
-    source.close();
+
+    /// Cuts, meters and queues delivered bytes.
+    fn accept(&mut self, bytes: &[u8], now: Instant) {
+        let (meter, silence, stats, router) = (&mut self.meter, &mut self.silence, self.stats, self.router);
+        let device = self.source.device();
+        self.reblocker.push(bytes, |frame| {
+            stats.frames.fetch_add(1, Ordering::Relaxed);
+            let (levels, silent) = meter.add(&frame);
+            match silence.observe(silent, now) {
+                Some(SilenceEvent::Began) => tracing::warn!(
+                    component = "capture",
+                    device,
+                    reason = "digital silence",
+                    "the input carries only digital silence for {:.0} s: is it muted, or the wrong input? \
+                     (still broadcasting it; the fallback is only for a missing input)",
+                    silence.silent_for(now).as_secs_f64()
+                ),
+                Some(SilenceEvent::Ended(d)) => tracing::info!(
+                    component = "capture",
+                    device,
+                    "sound on the input again after {:.0} s of digital silence",
+                    d.as_secs_f64()
+                ),
+                None => {}
+            }
+            stats.levels.publish(
+                LevelReading {
+                    levels,
+                    silent_for_s: silence.silent_for(now).as_secs_f64(),
+                },
+                now,
+            );
+            router.push(frame);
+        });
+    }
+
+    /// The device delivers: an outage, if any, is over.
+    fn delivering(&mut self, now: Instant) {
+        self.backoff.reset();
+        if let Some(outage) = self.outage.take() {
+            tracing::info!(
+                component = "capture",
+                device = self.source.device(),
+                state = "open",
+                reason = "audio flows again",
+                "capture device back after {:.1} s ({} failed open attempts)",
+                now.saturating_duration_since(outage.since).as_secs_f64(),
+                outage.failed_opens
+            );
+        }
+    }
+
+    fn failed(&mut self, class: ErrorClass, reason: &str) {
+        self.stats.errors.count(class);
+        self.stats.set_state(DeviceState::Unavailable);
+        if self.outage.is_none() {
+            tracing::error!(
+                component = "capture",
+                device = %self.device(),
+                state = "unavailable",
+                reason = ?class,
+                "capture device {:?} failed: {reason}. Listeners hear silence, then the fallback; re-opening it",
+                self.device()
+            );
+            self.outage = Some(Outage {
+                since: Instant::now(),
+                failed_opens: 0,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -303,35 +620,71 @@ mod tests {
         false
     }
 
+    fn start(script: FakeCaptureScript, router: &Arc<AudioInputRouter>) -> Capture {
+        let config = CaptureConfig {
+            silence_warn: Duration::from_secs(30),
+        };
+        let source = FakeCapture::new("fake", script);
+        Capture::start(
+            Box::new(source),
+            router.clone(),
+            config,
+            Arc::new(TestHooks::disabled()),
+        )
+        .expect("start")
+    }
+
+    #[test]
+    fn errors_are_classified_by_errno_into_recover_retry_or_reopen() {
+        let cases = [
+            (libc::EPIPE, ErrorClass::Overrun, Action::Recover),
+            (libc::ESTRPIPE, ErrorClass::Suspended, Action::Recover),
+            (libc::EAGAIN, ErrorClass::Again, Action::Retry),
+            (libc::ENODEV, ErrorClass::NoDevice, Action::Reopen),
+            (libc::EIO, ErrorClass::Io, Action::Reopen),
+            (libc::EBADFD, ErrorClass::BadState, Action::Reopen),
+            (libc::EINVAL, ErrorClass::Other, Action::Reopen),
+        ];
+        for (errno, class, action) in cases {
+            assert_eq!(ErrorClass::from_errno(errno), class, "errno {errno}");
+            assert_eq!(class.action(), action, "{class:?}");
+        }
+        assert_eq!(ErrorClass::Stalled.action(), Action::Reopen);
+    }
+
+    #[test]
+    fn reopen_backoff_doubles_to_one_second_and_resets() {
+        let mut b = ReopenBackoff::default();
+        let ms: Vec<u128> = (0..7).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000, 1000]);
+        b.reset();
+        assert_eq!(b.next_delay(), REOPEN_FIRST);
+    }
+
     #[test]
     fn frames_flow_to_the_router_and_overruns_are_counted() {
         let router = Arc::new(AudioInputRouter::new(1000));
-        let source = FakeCapture::new(
-            "fake",
-            FakeCaptureScript {
-                overrun_every: Some(10),
-                ..FakeCaptureScript::default()
-            },
-        );
-        let cap = Capture::start(Box::new(source), router.clone()).expect("start");
+        let script = FakeCaptureScript {
+            overrun_every: Some(10),
+            ..FakeCaptureScript::default()
+        };
+        let cap = start(script, &router);
         assert!(wait_for(|| router.fill() >= 30));
         let snap = cap.snapshot();
         assert_eq!(snap.state, DeviceState::Open);
-        assert!(snap.overruns >= 2, "{snap:?}");
+        assert!(snap.errors.overrun >= 2, "{snap:?}");
+        assert_eq!(snap.opens, 1, "an overrun is recovered in place");
         cap.stop(Duration::from_secs(2)).expect("stop");
     }
 
     #[test]
     fn a_missing_device_is_retried_until_it_appears() {
         let router = Arc::new(AudioInputRouter::new(1000));
-        let source = FakeCapture::new(
-            "fake",
-            FakeCaptureScript {
-                fail_opens: 2,
-                ..FakeCaptureScript::default()
-            },
-        );
-        let cap = Capture::start(Box::new(source), router.clone()).expect("start");
+        let script = FakeCaptureScript {
+            fail_opens: 2,
+            ..FakeCaptureScript::default()
+        };
+        let cap = start(script, &router);
         assert!(wait_for(|| cap.snapshot().open_failures >= 1));
         assert_eq!(cap.snapshot().state, DeviceState::Unavailable);
         assert!(wait_for(|| router.fill() > 0));
@@ -343,16 +696,45 @@ mod tests {
     #[test]
     fn a_failing_device_is_closed_and_opened_again() {
         let router = Arc::new(AudioInputRouter::new(1000));
-        let source = FakeCapture::new(
-            "fake",
-            FakeCaptureScript {
-                fail_after_frames: Some(5),
-                ..FakeCaptureScript::default()
-            },
-        );
-        let cap = Capture::start(Box::new(source), router.clone()).expect("start");
+        let script = FakeCaptureScript {
+            fail_after_frames: Some(5),
+            ..FakeCaptureScript::default()
+        };
+        let cap = start(script, &router);
         assert!(wait_for(|| cap.snapshot().opens >= 2));
-        assert!(cap.snapshot().failures >= 1);
+        assert!(cap.snapshot().errors.no_device >= 1);
         cap.stop(Duration::from_secs(3)).expect("stop");
+    }
+
+    #[test]
+    fn an_open_device_that_delivers_nothing_is_reopened() {
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let script = FakeCaptureScript {
+            mute_after_frames: Some(3),
+            ..FakeCaptureScript::default()
+        };
+        let cap = start(script, &router);
+        assert!(wait_for(|| cap.snapshot().opens >= 2));
+        let snap = cap.snapshot();
+        assert!(snap.errors.stalled >= 1, "{snap:?}");
+        cap.stop(Duration::from_secs(3)).expect("stop");
+    }
+
+    #[test]
+    fn the_input_level_is_published_while_frames_flow() {
+        let router = Arc::new(AudioInputRouter::new(100_000));
+        let script = FakeCaptureScript {
+            amplitude: 0.5,
+            paced: true,
+            ..FakeCaptureScript::default()
+        };
+        let cap = start(script, &router);
+        let handle = cap.handle();
+        assert!(wait_for(|| handle.levels(Instant::now()).levels.peak_dbfs[0] > -7.0));
+        let l = handle.levels(Instant::now());
+        assert!((l.levels.peak_dbfs[1] - -6.0).abs() < 0.2, "{l:?}");
+        assert!((l.levels.rms_dbfs[1] - -9.0).abs() < 0.2, "{l:?}");
+        assert_eq!(l.silent_for_s, 0.0);
+        cap.stop(Duration::from_secs(2)).expect("stop");
     }
 }

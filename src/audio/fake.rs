@@ -7,7 +7,7 @@
 use std::f64::consts::TAU;
 use std::time::{Duration, Instant};
 
-use super::capture::{CaptureError, CaptureSource};
+use super::capture::{CaptureError, CaptureSource, ErrorClass};
 use super::{CHANNELS, FRAME_DURATION, PCM_FRAME_BYTES, SAMPLE_RATE};
 
 /// What the fake device does.
@@ -23,6 +23,9 @@ pub struct FakeCaptureScript {
     pub overrun_every: Option<u32>,
     /// After this many frames in one open session, reads fail.
     pub fail_after_frames: Option<u32>,
+    /// After this many frames in one open session, reads return nothing
+    /// (like a JACK server that died, or a wedged USB card).
+    pub mute_after_frames: Option<u32>,
     /// Deliver in real time (one frame per 24 ms).
     pub paced: bool,
 }
@@ -35,6 +38,7 @@ impl Default for FakeCaptureScript {
             fail_opens: 0,
             overrun_every: None,
             fail_after_frames: None,
+            mute_after_frames: None,
             paced: false,
         }
     }
@@ -89,13 +93,15 @@ impl CaptureSource for FakeCapture {
         if !self.open {
             return Err(CaptureError::Failed {
                 device: self.device.clone(),
+                class: ErrorClass::BadState,
                 reason: "not open".into(),
             });
         }
         self.reads += 1;
         if self.script.overrun_every.is_some_and(|n| self.reads.is_multiple_of(n)) {
-            return Err(CaptureError::Overrun {
+            return Err(CaptureError::Recovered {
                 device: self.device.clone(),
+                class: ErrorClass::Overrun,
             });
         }
         if self
@@ -105,8 +111,17 @@ impl CaptureSource for FakeCapture {
         {
             return Err(CaptureError::Failed {
                 device: self.device.clone(),
+                class: ErrorClass::NoDevice,
                 reason: "device disappeared (scripted)".into(),
             });
+        }
+        if self
+            .script
+            .mute_after_frames
+            .is_some_and(|n| self.frames_this_session >= n)
+        {
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+            return Ok(0);
         }
         if self.script.paced {
             let now = Instant::now();

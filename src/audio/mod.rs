@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod fake;
+pub mod level;
 
 #[cfg(feature = "alsa-backend")]
 pub mod alsa;

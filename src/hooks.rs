@@ -1,0 +1,111 @@
+//! Test hooks: faults a test can inject into a running Tower.
+//!
+//! Off unless the process was started with `TOWER_TEST_HOOKS=1`; then
+//! `POST /test/stall?thread=capture|pump&ms=N` makes that thread stop
+//! working for N ms at its next turn, the way a slow SD card or a starved
+//! CPU would. Integration tests use it to cause real overruns (the sound
+//! card's buffer fills while capture sleeps) and a hung pump (the watchdog
+//! must notice). A production unit never sets the variable; without it the
+//! routes answer 404 like any unknown path.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::worker::StopSignal;
+
+/// The environment variable that enables the hooks.
+pub const ENV: &str = "TOWER_TEST_HOOKS";
+/// The longest stall a hook may ask for.
+pub const MAX_STALL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Default)]
+pub struct TestHooks {
+    enabled: bool,
+    capture_stall_ms: AtomicU64,
+    pump_stall_ms: AtomicU64,
+}
+
+impl TestHooks {
+    /// Hooks that can never fire.
+    pub fn disabled() -> Self {
+        TestHooks::default()
+    }
+
+    /// Enabled when `TOWER_TEST_HOOKS=1`.
+    pub fn from_env() -> Self {
+        TestHooks {
+            enabled: std::env::var(ENV).is_ok_and(|v| v == "1"),
+            ..TestHooks::default()
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// Asks `thread` ("capture" or "pump") to stall for `ms` at its next turn.
+    pub fn request_stall(&self, thread: &str, ms: u64) -> Result<(), String> {
+        if !self.enabled {
+            return Err("test hooks are disabled".into());
+        }
+        if ms == 0 || ms > MAX_STALL.as_millis() as u64 {
+            return Err(format!("ms must be 1..={}", MAX_STALL.as_millis()));
+        }
+        let slot = match thread {
+            "capture" => &self.capture_stall_ms,
+            "pump" => &self.pump_stall_ms,
+            other => return Err(format!("unknown thread {other:?}; use capture or pump")),
+        };
+        slot.store(ms, Ordering::Relaxed);
+        tracing::warn!(component = "hooks", thread, ms, "test hook: stalling a thread");
+        Ok(())
+    }
+
+    /// Called by the capture thread each turn: sleeps if a stall was asked
+    /// for (waking early on stop).
+    pub fn capture_stall(&self, stop: &StopSignal) {
+        let ms = self.capture_stall_ms.swap(0, Ordering::Relaxed);
+        if ms > 0 {
+            stop.sleep(Duration::from_millis(ms));
+        }
+    }
+
+    /// Called by the pump each tick: blocks it if a stall was asked for,
+    /// deaf to everything, as a hung pump would be.
+    pub fn pump_stall(&self) {
+        let ms = self.pump_stall_ms.swap(0, Ordering::Relaxed);
+        if ms > 0 {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_hooks_refuse_and_never_stall() {
+        let h = TestHooks::disabled();
+        assert!(h.request_stall("capture", 100).is_err());
+        assert_eq!(h.capture_stall_ms.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_stall_fires_once_and_bad_requests_are_named() {
+        let h = TestHooks {
+            enabled: true,
+            ..TestHooks::default()
+        };
+        assert!(h.request_stall("encoder", 10).unwrap_err().contains("encoder"));
+        assert!(h.request_stall("pump", 0).is_err());
+        assert!(h.request_stall("pump", 61_000).is_err());
+        assert_eq!(h.pump_stall_ms.load(Ordering::Relaxed), 0);
+        h.request_stall("capture", 30).expect("stall");
+        let stop = StopSignal::new();
+        let t = std::time::Instant::now();
+        h.capture_stall(&stop);
+        assert!(t.elapsed() >= Duration::from_millis(30));
+        assert_eq!(h.capture_stall_ms.load(Ordering::Relaxed), 0, "only once");
+    }
+}
