@@ -20,7 +20,7 @@ use toml::{Table, Value};
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
 /// Environment variables that are not configuration keys.
-const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG"];
+const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG", crate::hooks::ENV];
 /// The historic name of the fallback WAV path variable.
 const HISTORIC_WAV_VAR: &str = "TOWER_SILENCE_MP3_PATH";
 /// MP3 bitrates (kbit/s) valid at 48 kHz.

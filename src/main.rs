@@ -32,6 +32,15 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// List the capture devices on this machine, with the exact name to
+    /// put in `device`, and exit.
+    Devices,
 }
 
 /// Lets Tower use as many descriptors as the system allows (each listener
@@ -75,6 +84,11 @@ fn main() -> ExitCode {
     };
     if cli.print_config {
         print!("{}", loaded.config.to_toml());
+        return ExitCode::SUCCESS;
+    }
+    if let Some(Command::Devices) = cli.command {
+        let list = tower::audio::devices::list();
+        print!("{}", tower::audio::devices::render(&list, &loaded.config.device));
         return ExitCode::SUCCESS;
     }
     let mut cfg = loaded.config;

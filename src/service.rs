@@ -223,7 +223,7 @@ impl Service {
             http: Arc::new(HttpStats::default()),
         });
         let addr = config.listen_addr();
-        let http = HttpServer::start(addr, hub.clone(), board.clone(), board.http.clone())
+        let http = HttpServer::start(addr, hub.clone(), board.clone(), board.http.clone(), backends.hooks)
             .map_err(|source| ServiceError::Bind { addr, source })?;
         let bound = http.local_addr();
 

@@ -6,6 +6,7 @@
 //! logs it) and the rest of the pipeline never checks again.
 
 pub mod capture;
+pub mod devices;
 pub mod fake;
 pub mod level;
 

@@ -31,6 +31,7 @@ use tiny_http::{Header, Method, Request, Response, Server, StatusCode};
 
 pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink};
 
+use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
@@ -118,6 +119,7 @@ struct Shared {
     hub: Arc<Hub>,
     status: Arc<dyn StatusSource>,
     counters: Arc<HttpStats>,
+    hooks: Arc<TestHooks>,
     bad_log: LogGate,
     /// While descriptors stay exhausted the accept loop fails at every new
     /// connection: one line a minute.
@@ -150,6 +152,7 @@ impl HttpServer {
         hub: Arc<Hub>,
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
+        hooks: Arc<TestHooks>,
     ) -> std::io::Result<HttpServer> {
         let live = start_server(addr)?;
         let bound = live
@@ -163,6 +166,7 @@ impl HttpServer {
             hub,
             status,
             counters,
+            hooks,
             bad_log: LogGate::new(Duration::from_secs(1)),
             accept_log: LogGate::new(Duration::from_secs(60)),
             rebuilt_log: LogGate::new(Duration::from_secs(60)),
@@ -347,7 +351,34 @@ fn handle(shared: &Shared, rq: Request) {
                 &serde_json::json!({ "fill": fill, "capacity": capacity }),
             ));
         }
+        "/test/stall" if shared.hooks.enabled() => test_stall(shared, rq),
         _ => reply_error(shared, rq, 404, &format!("no such resource: {path}"), &[]),
+    }
+}
+
+/// `POST /test/stall?thread=capture&ms=600` (test hooks only).
+fn test_stall(shared: &Shared, rq: Request) {
+    if *rq.method() != Method::Post {
+        return reply_error(shared, rq, 405, "use POST", &[("Allow", "POST")]);
+    }
+    let query = rq.url().split_once('?').map_or("", |(_, q)| q).to_string();
+    let param = |name: &str| {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let thread = param("thread").unwrap_or_default();
+    let result = param("ms")
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| "ms must be a whole number of milliseconds".to_string())
+        .and_then(|ms| shared.hooks.request_stall(&thread, ms));
+    match result {
+        Ok(()) => {
+            let _ = rq.respond(Response::from_string("stalling\n"));
+        }
+        Err(e) => reply_error(shared, rq, 400, &e, &[]),
     }
 }
 
