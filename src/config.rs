@@ -17,6 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
+/// Default burst on connect, in ms (see `http.burst_ms`).
+pub const DEFAULT_BURST_MS: u64 = 500;
+
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
 /// Environment variables that are not configuration keys.
@@ -43,6 +46,7 @@ pub struct Config {
     pub encoder: Encoder,
     pub http: Http,
     pub pump: PumpSection,
+    pub station: Station,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +89,21 @@ pub struct Encoder {
 pub struct Http {
     pub slow_listener_timeout_ms: u64,
     pub max_listeners: u64,
+    pub burst_ms: u64,
+    pub icy_metaint: u64,
+}
+
+/// How players and smart speakers name the station (ICY headers, the
+/// playlist, the status page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Station {
+    pub name: String,
+    pub description: String,
+    pub genre: String,
+    pub url: String,
+    /// What players show as the current title (ICY `StreamTitle`).
+    pub title: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +125,7 @@ impl Default for Config {
             encoder: Encoder::default(),
             http: Http::default(),
             pump: PumpSection::default(),
+            station: Station::default(),
         }
     }
 }
@@ -159,6 +179,20 @@ impl Default for Http {
         Http {
             slow_listener_timeout_ms: 250,
             max_listeners: 500,
+            burst_ms: DEFAULT_BURST_MS,
+            icy_metaint: 16_000,
+        }
+    }
+}
+
+impl Default for Station {
+    fn default() -> Self {
+        Station {
+            name: "Tower".into(),
+            description: "Live from the Tower".into(),
+            genre: "Various".into(),
+            url: String::new(),
+            title: "Live".into(),
         }
     }
 }
@@ -611,6 +645,21 @@ impl Loaded {
             " ms",
         )?;
         self.range("http.max_listeners", c.http.max_listeners, 1, 10_000, "")?;
+        self.range("http.burst_ms", c.http.burst_ms, 0, 5_000, " ms")?;
+        self.range("http.icy_metaint", c.http.icy_metaint, 256, 65_536, " bytes")?;
+        let station = [
+            ("station.name", &c.station.name),
+            ("station.description", &c.station.description),
+            ("station.genre", &c.station.genre),
+            ("station.url", &c.station.url),
+            ("station.title", &c.station.title),
+        ];
+        for (key, value) in station {
+            // These go into HTTP headers, a playlist and metadata blocks.
+            if value.chars().count() > 200 || value.chars().any(char::is_control) {
+                return Err(self.invalid(key, format!("{value:?}"), "one line of text, at most 200 characters"));
+            }
+        }
         self.range(
             "pump.realtime_priority",
             c.pump.realtime_priority,

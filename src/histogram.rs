@@ -17,6 +17,7 @@ const BUCKETS: usize = (FINE + MEDIUM + COARSE + 1) as usize;
 pub struct Histogram {
     buckets: Box<[AtomicU64]>,
     count: AtomicU64,
+    sum_us: AtomicU64,
     max_us: AtomicU64,
 }
 
@@ -68,6 +69,7 @@ impl Histogram {
         Histogram {
             buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
             count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
             max_us: AtomicU64::new(0),
         }
     }
@@ -76,6 +78,7 @@ impl Histogram {
         let us = u64::try_from(value.as_micros()).unwrap_or(u64::MAX);
         self.buckets[bucket_of(us)].fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
         self.max_us.fetch_max(us, Ordering::Relaxed);
     }
 
@@ -108,6 +111,19 @@ impl Histogram {
         }
     }
 
+    /// Samples recorded, and their sum in microseconds.
+    pub fn count_and_sum_us(&self) -> (u64, u64) {
+        (self.count.load(Ordering::Relaxed), self.sum_us.load(Ordering::Relaxed))
+    }
+
+    /// Samples at or below `us` microseconds, exact where `us` is the upper
+    /// bound of a bucket (every whole µs below 1 ms, and every 10 µs / 1 ms
+    /// step above): what a Prometheus `le` bucket counts.
+    pub fn count_at_most_us(&self, us: u64) -> u64 {
+        let last = bucket_of(us);
+        self.buckets[..=last].iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
     /// Samples at or above `us` microseconds.
     pub fn count_at_least_us(&self, us: u64) -> u64 {
         let first = bucket_of(us);
@@ -118,6 +134,18 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cumulative_counts_and_sum_for_prometheus() {
+        let h = Histogram::new();
+        for us in [50, 100, 999, 1_009, 5_000, 250_000] {
+            h.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.count_at_most_us(100), 2);
+        assert_eq!(h.count_at_most_us(1_009), 4);
+        assert_eq!(h.count_at_most_us(5_009), 5);
+        assert_eq!(h.count_and_sum_us(), (6, 257_158));
+    }
 
     #[test]
     fn percentiles_of_a_known_distribution() {

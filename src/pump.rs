@@ -125,6 +125,16 @@ pub struct PumpStats {
     realtime: AtomicBool,
     memory_locked: AtomicBool,
     tick_error: Histogram,
+    /// When the last tick ran, in ms on [`mono_ms`]'s clock; 0 before the first.
+    last_tick_ms: AtomicU64,
+}
+
+/// Milliseconds on a monotonic clock that starts with the process (at
+/// least 1, so 0 can mean "never").
+pub fn mono_ms(now: Instant) -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| now - Duration::from_millis(1));
+    now.saturating_duration_since(base).as_millis() as u64
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -157,6 +167,14 @@ impl PumpStats {
     /// Total ticks so far; a watchdog sees the pump alive while it grows.
     pub fn ticks(&self) -> u64 {
         self.ticks.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the last tick ran; `None` before the first.
+    pub fn since_last_tick(&self, now: Instant) -> Option<Duration> {
+        match self.last_tick_ms.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(Duration::from_millis(mono_ms(now).saturating_sub(at))),
+        }
     }
 
     pub fn tick_error(&self) -> &Histogram {
@@ -280,6 +298,7 @@ fn run(
             }
         }
         stats.ticks.fetch_add(1, Ordering::Relaxed);
+        stats.last_tick_ms.store(mono_ms(started), Ordering::Relaxed);
 
         if state != shown {
             stats.input_state.store(state.to_u8(), Ordering::Relaxed);

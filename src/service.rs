@@ -21,7 +21,7 @@ use crate::encoder::supervisor::SupervisorConfig;
 use crate::encoder::{EncoderManager, ManagerConfig};
 use crate::fallback::{Fallback, FallbackKind};
 use crate::hooks::TestHooks;
-use crate::http::{HttpServer, HttpStats, Hub, HubConfig, StatusSource};
+use crate::http::{HttpServer, HttpStats, Hub, HubConfig, Site, StatusSource};
 use crate::pump::{Pump, PumpConfig, PumpStats};
 use crate::ring::FrameRing;
 use crate::router::AudioInputRouter;
@@ -82,7 +82,11 @@ struct Board {
     hub: Arc<Hub>,
     fallback: FallbackKind,
     http: Arc<HttpStats>,
+    station: crate::config::Station,
 }
+
+/// A pump that has not ticked for this long is stalled (it ticks every 24 ms).
+const PUMP_STALLED_AFTER: Duration = Duration::from_secs(1);
 
 impl StatusSource for Board {
     fn status(&self) -> serde_json::Value {
@@ -97,6 +101,13 @@ impl StatusSource for Board {
             "version": env!("CARGO_PKG_VERSION"),
             "started_at": humantime::format_rfc3339_seconds(self.started_wall).to_string(),
             "uptime_s": self.started.elapsed().as_secs_f64(),
+            "station": {
+                "name": self.station.name,
+                "description": self.station.description,
+                "genre": self.station.genre,
+                "url": self.station.url,
+                "title": self.station.title,
+            },
             "encoder": enc,
             "input": {
                 "state": self.pump.input_state(),
@@ -135,6 +146,46 @@ impl StatusSource for Board {
 
     fn buffer(&self) -> (usize, usize) {
         (self.router.fill(), self.router.capacity())
+    }
+
+    fn metrics(&self) -> String {
+        crate::http::metrics::render(&self.status(), self.pump.tick_error())
+    }
+
+    fn level(&self) -> serde_json::Value {
+        let reading = self.capture.levels(Instant::now());
+        json!({
+            "peak_dbfs": reading.levels.peak_dbfs,
+            "rms_dbfs": reading.levels.rms_dbfs,
+            "silent_for_s": reading.silent_for_s,
+            "state": self.pump.input_state(),
+        })
+    }
+
+    fn health(&self) -> Vec<String> {
+        let now = Instant::now();
+        let mut reasons = Vec::new();
+        let enc = self.encoder.snapshot();
+        if enc.supervisor.state == crate::encoder::state::EncoderState::Failed {
+            let why = enc
+                .supervisor
+                .history
+                .last()
+                .map(|t| t.reason.clone())
+                .unwrap_or_default();
+            reasons.push(format!("encoder FAILED: {why}"));
+        }
+        let stalled = match self.pump.since_last_tick(now) {
+            Some(d) => (d >= PUMP_STALLED_AFTER).then_some(d),
+            None => {
+                let up = now.saturating_duration_since(self.started);
+                (up >= PUMP_STALLED_AFTER).then_some(up)
+            }
+        };
+        if let Some(d) = stalled {
+            reasons.push(format!("audio pump stalled: no tick for {} ms", d.as_millis()));
+        }
+        reasons
     }
 }
 
@@ -210,6 +261,7 @@ impl Service {
         let hub = Arc::new(Hub::new(HubConfig {
             slow_timeout: Duration::from_millis(config.http.slow_listener_timeout_ms),
             max_listeners: config.http.max_listeners as usize,
+            burst_frames: HubConfig::frames_for(config.http.burst_ms),
         }));
         let board = Arc::new(Board {
             started,
@@ -221,10 +273,23 @@ impl Service {
             hub: hub.clone(),
             fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
+            station: config.station.clone(),
         });
         let addr = config.listen_addr();
-        let http = HttpServer::start(addr, hub.clone(), board.clone(), board.http.clone(), backends.hooks)
-            .map_err(|source| ServiceError::Bind { addr, source })?;
+        let site = Site {
+            station: config.station.clone(),
+            bitrate_kbps: config.encoder.bitrate_kbps,
+            icy_metaint: config.http.icy_metaint as usize,
+        };
+        let http = HttpServer::start(
+            addr,
+            site,
+            hub.clone(),
+            board.clone(),
+            board.http.clone(),
+            backends.hooks,
+        )
+        .map_err(|source| ServiceError::Bind { addr, source })?;
         let bound = http.local_addr();
 
         // 5. Broadcast loop.

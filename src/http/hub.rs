@@ -31,13 +31,20 @@ pub trait ListenerSink: Send {
 pub struct HubConfig {
     pub slow_timeout: Duration,
     pub max_listeners: usize,
+    /// Recent frames a new listener gets at once (at least 1).
+    pub burst_frames: usize,
 }
 
 impl HubConfig {
-    /// Frames a listener may have queued: what the timeout spans, plus
-    /// room for the frame that catches it.
+    /// Frames a listener may have queued: the burst, what the timeout
+    /// spans, plus room for the frame that catches it.
     fn max_queue(&self) -> usize {
-        (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+        self.burst_frames + (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+    }
+
+    /// Whole frames for a burst of `ms` milliseconds, at least one.
+    pub fn frames_for(ms: u64) -> usize {
+        ((ms as f64 / FRAME_DURATION.as_secs_f64() / 1000.0).round() as usize).max(1)
     }
 }
 
@@ -115,7 +122,8 @@ pub struct HubSnapshot {
 
 struct Inner {
     listeners: Vec<Listener>,
-    latest: Option<Mp3Frame>,
+    /// The last `burst_frames` frames, oldest first.
+    recent: VecDeque<Mp3Frame>,
     next_id: u64,
 }
 
@@ -147,7 +155,7 @@ impl Hub {
             config,
             inner: Mutex::new(Inner {
                 listeners: Vec::new(),
-                latest: None,
+                recent: VecDeque::new(),
                 next_id: 1,
             }),
             admitted: AtomicUsize::new(0),
@@ -174,8 +182,9 @@ impl Hub {
         }
     }
 
-    /// Adds a listener. After the first frame ever it gets the most recent
-    /// frame at once, so it hears audio without waiting for the next one.
+    /// Adds a listener. It first gets the most recent frames at once (the
+    /// burst), so a player fills its buffer and starts without waiting;
+    /// then live frames. The burst is also how far behind live it plays.
     pub fn add(&self, mut admission: Admission<'_>, peer: String, sink: Box<dyn ListenerSink>, now: Instant) -> u64 {
         admission.used = true;
         let mut inner = self.lock();
@@ -191,9 +200,7 @@ impl Hub {
             connected_at: now,
             bytes: 0,
         };
-        if let Some(latest) = inner.latest.clone() {
-            listener.queue.push_back(latest);
-        }
+        listener.queue.extend(inner.recent.iter().cloned());
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
         let count = inner.listeners.len() + 1;
@@ -251,7 +258,10 @@ impl Hub {
         let mut leaving = Vec::new();
         {
             let mut inner = self.lock();
-            inner.latest = Some(frame.clone());
+            if inner.recent.len() >= self.config.burst_frames.max(1) {
+                inner.recent.pop_front();
+            }
+            inner.recent.push_back(frame.clone());
             let mut i = 0;
             while i < inner.listeners.len() {
                 let l = &mut inner.listeners[i];
@@ -352,9 +362,14 @@ mod tests {
     }
 
     fn hub() -> Hub {
+        hub_with_burst(1)
+    }
+
+    fn hub_with_burst(burst_frames: usize) -> Hub {
         Hub::new(HubConfig {
             slow_timeout: Duration::from_millis(250),
             max_listeners: 3,
+            burst_frames,
         })
     }
 
@@ -394,6 +409,28 @@ mod tests {
         let a = FakeSink::open(usize::MAX);
         join(&h, &a, t0);
         assert_eq!(a.get().data, vec![7; 384]);
+    }
+
+    #[test]
+    fn a_new_listener_gets_the_burst_then_live_frames_in_order() {
+        let h = hub_with_burst(5);
+        let t0 = Instant::now();
+        for t in 0..30u8 {
+            h.broadcast(&frame(t), t0 + P * u32::from(t));
+        }
+        // A client whose socket takes 2 frames now: the rest of the burst
+        // waits in its queue, and it is not taken for slow.
+        let a = FakeSink::open(384 * 2);
+        join(&h, &a, t0 + P * 30);
+        assert_eq!(a.get().data, [vec![25; 384], vec![26; 384]].concat());
+        a.get().room = usize::MAX;
+        h.broadcast(&frame(30), t0 + P * 31);
+        let expected: Vec<u8> = (25..=30u8).flat_map(|t| vec![t; 384]).collect();
+        assert_eq!(a.get().data, expected);
+        assert_eq!(h.snapshot().slow_dropped, 0);
+        assert_eq!(HubConfig::frames_for(500), 21);
+        assert_eq!(HubConfig::frames_for(0), 1);
+        assert_eq!(HubConfig::frames_for(250), 10);
     }
 
     #[test]

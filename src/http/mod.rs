@@ -1,11 +1,18 @@
-//! The HTTP server: `/stream`, `/status`, `/tower/buffer` [H1]–[H5].
+//! The HTTP server [H1]–[H5]: `/stream` for listeners (with ICY headers
+//! and, on request, ICY metadata), `/stream.m3u` and `/listen.m3u`
+//! playlists, the owner's status page `/` with its live updates
+//! (`/events`, Server-Sent Events), `/status`, `/metrics`, `/health` and
+//! `/tower/buffer`.
 //!
 //! tiny_http accepts connections and parses requests (its own accept thread
 //! and connection pool). Tower's "http-N" worker threads, owned by
-//! [`HttpServer`], take requests from it and answer. For `/stream` the
-//! worker writes the response head through tiny_http (which keeps responses
-//! on one connection in order), then takes the socket over (see `socket`)
-//! and hands it to the [`Hub`], where the broadcast thread feeds it.
+//! [`HttpServer`], take requests from it and answer. For `/stream` and
+//! `/events` the worker writes the response head through tiny_http (which
+//! keeps responses on one connection in order), then takes the socket over
+//! (see `socket`) and hands it to a [`Hub`]: the listeners' hub, fed by the
+//! broadcast thread, or the status pages' hub, fed by the "events" thread
+//! also owned here (a level event every 100 ms, the status every second,
+//! built once for all pages, so pages cost listeners nothing).
 //!
 //! tiny_http's accept thread can die two ways: it returns an accept error
 //! (EMFILE, for one) and ends, or it panics (tiny_http unwraps the clone of
@@ -18,6 +25,8 @@
 //! descriptors stay exhausted the new server fails again at once.
 
 pub mod hub;
+pub mod icy;
+pub mod metrics;
 pub mod socket;
 
 use std::io::Write;
@@ -68,13 +77,40 @@ impl AcceptWatch {
     }
 }
 
-/// What `/status` and `/tower/buffer` report; the service implements it.
+/// What `/status`, `/metrics`, `/health`, `/events` and `/tower/buffer`
+/// report; the service implements it.
 pub trait StatusSource: Send + Sync {
     /// The `/status` document.
     fn status(&self) -> serde_json::Value;
     /// The PCM input queue's fill and capacity.
     fn buffer(&self) -> (usize, usize);
+    /// The `/metrics` page.
+    fn metrics(&self) -> String;
+    /// The input level and state, for the status page's meter.
+    fn level(&self) -> serde_json::Value;
+    /// Why the station is not healthy; empty when it is (streaming live, or
+    /// the fallback by design).
+    fn health(&self) -> Vec<String>;
 }
+
+/// What the server says about the station.
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub station: crate::config::Station,
+    pub bitrate_kbps: u64,
+    /// Audio bytes between ICY metadata blocks.
+    pub icy_metaint: usize,
+}
+
+/// The owner's status page, served as is.
+const STATUS_PAGE: &str = include_str!("status.html");
+/// Status pages (`/events`) open at once: each costs a socket and a little
+/// CPU every 100 ms, and a handful is all an owner needs.
+pub const MAX_EVENT_CLIENTS: usize = 32;
+/// How often the status pages get a level event.
+const LEVEL_EVERY: Duration = Duration::from_millis(100);
+/// Level events between two status events.
+const STATUS_EVERY: u32 = 10;
 
 /// Request counters, shared with whoever reports them.
 #[derive(Default)]
@@ -117,6 +153,8 @@ struct Shared {
     addr: SocketAddr,
     live: Mutex<Live>,
     hub: Arc<Hub>,
+    events: Arc<Hub>,
+    site: Site,
     status: Arc<dyn StatusSource>,
     counters: Arc<HttpStats>,
     hooks: Arc<TestHooks>,
@@ -130,6 +168,35 @@ struct Shared {
 pub struct HttpServer {
     shared: Arc<Shared>,
     workers: Vec<Worker<()>>,
+}
+
+/// The "events" thread: feeds the status pages.
+fn feed_events(stop: &StopSignal, shared: &Shared) {
+    let mut turn = 0u32;
+    let mut seen = 0u64;
+    while !stop.is_stopped() {
+        stop.sleep(LEVEL_EVERY);
+        if shared.events.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        // A page that just connected gets the status at once.
+        let connected = shared.events.snapshot().connected_total;
+        if turn.is_multiple_of(STATUS_EVERY) || connected != seen {
+            seen = connected;
+            let status = serde_json::to_string(&shared.status.status()).unwrap_or_default();
+            shared.events.broadcast(&sse("status", &status), now);
+        }
+        let level = serde_json::to_string(&shared.status.level()).unwrap_or_default();
+        shared.events.broadcast(&sse("level", &level), now);
+        turn = turn.wrapping_add(1);
+    }
+    shared.events.close_all();
+}
+
+/// One Server-Sent Event (`data` is one line of JSON).
+fn sse(event: &str, data: &str) -> crate::encoder::Mp3Frame {
+    crate::encoder::Mp3Frame::from(format!("event: {event}\ndata: {data}\n\n").into_bytes())
 }
 
 /// Binds `addr` and starts a tiny_http server on it.
@@ -149,6 +216,7 @@ impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and starts the workers.
     pub fn start(
         addr: SocketAddr,
+        site: Site,
         hub: Arc<Hub>,
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
@@ -164,6 +232,12 @@ impl HttpServer {
             addr: bound,
             live: Mutex::new(live),
             hub,
+            events: Arc::new(Hub::new(HubConfig {
+                slow_timeout: Duration::from_secs(5),
+                max_listeners: MAX_EVENT_CLIENTS,
+                burst_frames: 1,
+            })),
+            site,
             status,
             counters,
             hooks,
@@ -176,6 +250,8 @@ impl HttpServer {
             let s = shared.clone();
             workers.push(Worker::spawn(&format!("http-{i}"), move |stop| serve(&stop, &s))?);
         }
+        let s = shared.clone();
+        workers.push(Worker::spawn("events", move |stop| feed_events(&stop, &s))?);
         Ok(HttpServer { shared, workers })
     }
 
@@ -331,19 +407,57 @@ fn handle(shared: &Shared, rq: Request) {
     let method = rq.method().clone();
     let readable = matches!(method, Method::Get | Method::Head);
     let allow = [("Allow", "GET, HEAD")];
+    let known = [
+        "/",
+        "/stream",
+        "/stream.m3u",
+        "/listen.m3u",
+        "/events",
+        "/status",
+        "/metrics",
+        "/health",
+        "/tower/buffer",
+    ];
+    if known.contains(&path.as_str()) && !readable {
+        return reply_error(
+            shared,
+            rq,
+            405,
+            &format!("method {method} not allowed; use GET"),
+            &allow,
+        );
+    }
     match path.as_str() {
-        "/stream" | "/status" | "/tower/buffer" if !readable => {
-            reply_error(
-                shared,
-                rq,
-                405,
-                &format!("method {method} not allowed; use GET"),
-                &allow,
+        "/" | "/index.html" => {
+            let resp = with(
+                Response::from_string(STATUS_PAGE),
+                "Content-Type",
+                "text/html; charset=utf-8",
             );
+            let _ = rq.respond(with(resp, "Cache-Control", "no-cache"));
         }
         "/stream" => stream(shared, rq),
+        "/stream.m3u" | "/listen.m3u" => playlist(shared, rq),
+        "/events" => events(shared, rq),
         "/status" => {
             let _ = rq.respond(json_response(&shared.status.status()));
+        }
+        "/metrics" => {
+            let resp = with(
+                Response::from_string(shared.status.metrics()),
+                "Content-Type",
+                "text/plain; version=0.0.4; charset=utf-8",
+            );
+            let _ = rq.respond(with(resp, "Cache-Control", "no-store"));
+        }
+        "/health" => {
+            let reasons = shared.status.health();
+            let (code, body) = if reasons.is_empty() {
+                (200, serde_json::json!({ "status": "ok" }))
+            } else {
+                (503, serde_json::json!({ "status": "unhealthy", "reasons": reasons }))
+            };
+            let _ = rq.respond(json_response(&body).with_status_code(StatusCode(code)));
         }
         "/tower/buffer" => {
             let (fill, capacity) = shared.status.buffer();
@@ -353,6 +467,58 @@ fn handle(shared: &Shared, rq: Request) {
         }
         "/test/stall" if shared.hooks.enabled() => test_stall(shared, rq),
         _ => reply_error(shared, rq, 404, &format!("no such resource: {path}"), &[]),
+    }
+}
+
+/// A request header's value (names compare without case).
+fn header<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
+    rq.headers()
+        .iter()
+        .find(|h| h.field.as_str().as_str().eq_ignore_ascii_case(name))
+        .map(|h| h.value.as_str())
+}
+
+/// The `Host` the client used, if it is a plain host[:port]; anything else
+/// (absent, or characters that have no place in a host) is not echoed.
+fn client_host(rq: &Request) -> Option<&str> {
+    let host = header(rq, "Host")?.trim();
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']' | b'_'));
+    ok.then_some(host)
+}
+
+/// `/stream.m3u`: a playlist pointing at the stream as the client reached
+/// the server, so opening it starts the user's player.
+fn playlist(shared: &Shared, rq: Request) {
+    let host = client_host(&rq).map_or_else(|| shared.addr.to_string(), str::to_string);
+    let body = format!(
+        "#EXTM3U\n#EXTINF:-1,{}\nhttp://{host}/stream\n",
+        shared.site.station.name
+    );
+    let resp = with(Response::from_string(body), "Content-Type", "audio/x-mpegurl");
+    let resp = with(resp, "Content-Disposition", "inline; filename=\"tower.m3u\"");
+    let _ = rq.respond(with(resp, "Cache-Control", "no-cache"));
+}
+
+/// `/events`: Server-Sent Events for the status page.
+fn events(shared: &Shared, rq: Request) {
+    let Some(admission) = shared.events.admit() else {
+        let resp =
+            Response::from_string("too many status pages open; try again later\n").with_status_code(StatusCode(503));
+        let _ = rq.respond(with(resp, "Retry-After", &RETRY_AFTER_S.to_string()));
+        return;
+    };
+    let head = "HTTP/1.1 200 OK\r\n\
+                Content-Type: text/event-stream\r\n\
+                Cache-Control: no-cache\r\n\
+                X-Accel-Buffering: no\r\n\
+                Connection: close\r\n\r\n\
+                retry: 2000\n\n";
+    if let Some((peer, sink)) = take_over(shared, rq, head) {
+        shared.events.add(admission, peer, sink, Instant::now());
     }
 }
 
@@ -382,19 +548,59 @@ fn test_stall(shared: &Shared, rq: Request) {
     }
 }
 
-/// The response head for `/stream`, written by hand (see module docs).
-fn stream_head(rq: &Request) -> String {
+/// The response head for `/stream`, written by hand (see module docs),
+/// with the headers players and smart speakers read as a radio station.
+fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
     let version = if rq.http_version().1 == 0 { "1.0" } else { "1.1" };
-    format!(
+    let st = &site.station;
+    let mut head = format!(
         "HTTP/{version} 200 OK\r\n\
          Content-Type: audio/mpeg\r\n\
          Cache-Control: no-cache, no-store\r\n\
          Pragma: no-cache\r\n\
          Access-Control-Allow-Origin: *\r\n\
          Connection: close\r\n\
-         Server: Tower/{}\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
-    )
+         Server: Tower/{}\r\n\
+         icy-name: {}\r\n\
+         icy-description: {}\r\n\
+         icy-genre: {}\r\n\
+         icy-br: {}\r\n\
+         icy-sr: 48000\r\n\
+         icy-pub: 0\r\n\
+         ice-audio-info: ice-samplerate=48000;ice-bitrate={};ice-channels=2\r\n",
+        env!("CARGO_PKG_VERSION"),
+        st.name,
+        st.description,
+        st.genre,
+        site.bitrate_kbps,
+        site.bitrate_kbps,
+    );
+    if !st.url.is_empty() {
+        head.push_str(&format!("icy-url: {}\r\n", st.url));
+    }
+    if let Some(n) = metaint {
+        head.push_str(&format!("icy-metaint: {n}\r\n"));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+/// Writes `head` through tiny_http, then takes the connection over for a
+/// hub (see module docs). `None` if the client went away (or for `HEAD`).
+fn take_over(shared: &Shared, rq: Request, head: &str) -> Option<(String, Box<dyn ListenerSink>)> {
+    let is_head = *rq.method() == Method::Head;
+    let peer = rq.remote_addr().copied()?;
+    let mut writer = rq.into_writer();
+    if writer.write_all(head.as_bytes()).and_then(|()| writer.flush()).is_err() || is_head {
+        return None;
+    }
+    match socket::find_connection(peer, shared.addr.port()).and_then(|s| socket::SocketSink::new(s, writer)) {
+        Ok(sink) => Some((peer.to_string(), Box::new(sink))),
+        Err(e) => {
+            tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the connection");
+            None
+        }
+    }
 }
 
 fn stream(shared: &Shared, rq: Request) {
@@ -407,25 +613,14 @@ fn stream(shared: &Shared, rq: Request) {
         let _ = rq.respond(with(resp, "Content-Type", "text/plain; charset=utf-8"));
         return;
     };
-    let head = stream_head(&rq);
-    let is_head = *rq.method() == Method::Head;
-    let Some(peer) = rq.remote_addr().copied() else {
-        return;
-    };
-    let mut writer = rq.into_writer();
-    if writer.write_all(head.as_bytes()).and_then(|()| writer.flush()).is_err() || is_head {
-        return;
-    }
-    let sink = socket::find_connection(peer, shared.addr.port()).and_then(|s| socket::SocketSink::new(s, writer));
-    match sink {
-        Ok(sink) => {
-            shared
-                .hub
-                .add(admission, peer.to_string(), Box::new(sink), Instant::now());
-        }
-        Err(e) => {
-            tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the listener's connection");
-        }
+    let metaint = icy::wants_metadata(header(&rq, "Icy-MetaData")).then_some(shared.site.icy_metaint);
+    let head = stream_head(&rq, &shared.site, metaint);
+    if let Some((peer, sink)) = take_over(shared, rq, &head) {
+        let sink: Box<dyn ListenerSink> = match metaint {
+            Some(n) => Box::new(icy::IcySink::new(sink, n, &shared.site.station.title)),
+            None => sink,
+        };
+        shared.hub.add(admission, peer, sink, Instant::now());
     }
 }
 
