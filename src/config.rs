@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use toml::{Table, Value};
 
 /// Default burst on connect, in ms (see `http.burst_ms`).
-pub const DEFAULT_BURST_MS: u64 = 500;
+pub const DEFAULT_BURST_MS: u64 = 200;
 
 /// The configuration file read when `--config` is not given, if it exists.
 pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";

@@ -8,59 +8,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Arrival, Jack, Listener, Tower, http_raw, tone_of, wait_for, write_alsa_conf, write_tone_raw};
+use common::{Arrival, Listener, Tower, http_raw, rig, rig_with_input, tone_of, wait_for};
 
 /// When `freq` was first heard among `frames`: the arrival of the last of
 /// the first four consecutive frames that carry it (a frame decoded alone
 /// is blurred by the decoder's overlap, so four are judged together).
 fn first_tone_at(frames: &[Arrival], freq: f64) -> Option<Instant> {
     frames.windows(4).find(|w| tone_of(w, freq) > 0.9).map(|w| w[3].at)
-}
-
-/// JACK-based tests run one at a time: each has a JACK server, Tower and
-/// ffmpeg, and two cores shared by several of them starve the listener
-/// threads that measure gaps.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Rig {
-    _serial: std::sync::MutexGuard<'static, ()>,
-    _dir: tempfile::TempDir,
-    jack: Jack,
-    tower: Tower,
-}
-
-/// Tower capturing `jackfile` (a 1 kHz tone, JACK-paced), with a short
-/// grace period, plus `extra` environment.
-fn rig(extra: &[(&str, &str)]) -> Rig {
-    rig_with_input(1000.0, extra)
-}
-
-fn rig_with_input(freq: f64, extra: &[(&str, &str)]) -> Rig {
-    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let dir = tempfile::tempdir().expect("tmp");
-    let input = dir.path().join("input.raw");
-    if freq > 0.0 {
-        write_tone_raw(&input, freq, 120.0);
-    } else {
-        std::fs::write(&input, vec![0u8; 48_000 * 4 * 120]).expect("silence");
-    }
-    let conf = write_alsa_conf(dir.path(), &input);
-    let jack = Jack::start();
-    let conf = conf.to_str().expect("utf8").to_string();
-    let mut env = vec![
-        ("ALSA_CONFIG_PATH", conf.as_str()),
-        ("JACK_DEFAULT_SERVER", jack.name.as_str()),
-        ("JACK_NO_START_SERVER", "1"),
-        ("TOWER_PCM_GRACE_SEC", "0.5"),
-    ];
-    env.extend_from_slice(extra);
-    let tower = Tower::start(&["--device", "jackfile"], &env);
-    Rig {
-        _serial: serial,
-        _dir: dir,
-        jack,
-        tower,
-    }
 }
 
 #[test]

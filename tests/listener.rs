@@ -147,6 +147,16 @@ fn a_new_listener_gets_the_burst_at_once_then_real_time() {
     let later = l.frames_since(t + Duration::from_millis(500));
     let per_s = later.len() as f64 / (t.elapsed().as_secs_f64() - 0.5);
     assert!((35.0..50.0).contains(&per_s), "{per_s} frames/s");
+
+    // A listener may ask for its own burst (a browser, to start at once).
+    let asked = Instant::now();
+    let (_, body) = read_raw(tower.addr, "GET /stream?burst_ms=1200 HTTP/1.0\r\n\r\n", 49 * 384);
+    assert!(frames_of(&body).0.len() >= 48);
+    // 1.2 s of audio in far less than 1.2 s: it came as a burst.
+    assert!(asked.elapsed() < Duration::from_millis(600), "{:?}", asked.elapsed());
+    let r = http_raw(tower.addr, "GET /stream?burst_ms=9000 HTTP/1.0\r\n\r\n");
+    assert_eq!(r.status, 400);
+    assert!(r.body_text().contains("burst_ms"), "{}", r.body_text());
 }
 
 #[test]

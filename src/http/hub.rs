@@ -35,11 +35,15 @@ pub struct HubConfig {
     pub burst_frames: usize,
 }
 
+/// The largest burst a listener can ask for: 5 s.
+pub const MAX_BURST_FRAMES: usize = 209;
+
 impl HubConfig {
-    /// Frames a listener may have queued: the burst, what the timeout
-    /// spans, plus room for the frame that catches it.
-    fn max_queue(&self) -> usize {
-        self.burst_frames + (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+    /// Frames a listener with a burst of `burst` frames may have queued:
+    /// the burst, what the timeout spans, plus room for the frame that
+    /// catches it.
+    fn max_queue(&self, burst: usize) -> usize {
+        burst + (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
     }
 
     /// Whole frames for a burst of `ms` milliseconds, at least one.
@@ -53,6 +57,8 @@ struct Listener {
     peer: String,
     sink: Box<dyn ListenerSink>,
     queue: VecDeque<Mp3Frame>,
+    /// Frames it may have queued before it counts as slow.
+    max_queue: usize,
     /// Bytes of the front frame already written.
     offset: usize,
     stuck_since: Option<Instant>,
@@ -122,7 +128,7 @@ pub struct HubSnapshot {
 
 struct Inner {
     listeners: Vec<Listener>,
-    /// The last `burst_frames` frames, oldest first.
+    /// The last [`MAX_BURST_FRAMES`] frames, oldest first.
     recent: VecDeque<Mp3Frame>,
     next_id: u64,
 }
@@ -183,9 +189,18 @@ impl Hub {
     }
 
     /// Adds a listener. It first gets the most recent frames at once (the
-    /// burst), so a player fills its buffer and starts without waiting;
-    /// then live frames. The burst is also how far behind live it plays.
-    pub fn add(&self, mut admission: Admission<'_>, peer: String, sink: Box<dyn ListenerSink>, now: Instant) -> u64 {
+    /// burst: `burst` frames, else the configured number), so a player
+    /// fills its buffer and starts without waiting; then live frames. The
+    /// burst is also how far behind live it plays.
+    pub fn add(
+        &self,
+        mut admission: Admission<'_>,
+        peer: String,
+        sink: Box<dyn ListenerSink>,
+        burst: Option<usize>,
+        now: Instant,
+    ) -> u64 {
+        let burst = burst.unwrap_or(self.config.burst_frames).clamp(1, MAX_BURST_FRAMES);
         admission.used = true;
         let mut inner = self.lock();
         let id = inner.next_id;
@@ -195,12 +210,14 @@ impl Hub {
             peer,
             sink,
             queue: VecDeque::new(),
+            max_queue: self.config.max_queue(burst),
             offset: 0,
             stuck_since: None,
             connected_at: now,
             bytes: 0,
         };
-        listener.queue.extend(inner.recent.iter().cloned());
+        let skip = inner.recent.len().saturating_sub(burst);
+        listener.queue.extend(inner.recent.iter().skip(skip).cloned());
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
         let count = inner.listeners.len() + 1;
@@ -218,7 +235,7 @@ impl Hub {
 
     /// Decides a listener's fate after a flush: `None` keeps it.
     fn step(&self, l: &mut Listener, now: Instant) -> Option<Leave> {
-        if l.queue.len() > self.config.max_queue() {
+        if l.queue.len() > l.max_queue {
             return Some(Leave::Slow);
         }
         match l.flush() {
@@ -258,7 +275,7 @@ impl Hub {
         let mut leaving = Vec::new();
         {
             let mut inner = self.lock();
-            if inner.recent.len() >= self.config.burst_frames.max(1) {
+            if inner.recent.len() >= self.config.burst_frames.max(MAX_BURST_FRAMES) {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(frame.clone());
@@ -375,7 +392,13 @@ mod tests {
 
     /// Admits and adds a listener backed by `sink`.
     fn join(h: &Hub, sink: &FakeSink, now: Instant) {
-        h.add(h.admit().expect("room"), "test".into(), Box::new(sink.clone()), now);
+        h.add(
+            h.admit().expect("room"),
+            "test".into(),
+            Box::new(sink.clone()),
+            None,
+            now,
+        );
     }
 
     fn frame(tag: u8) -> Mp3Frame {
@@ -428,6 +451,16 @@ mod tests {
         let expected: Vec<u8> = (25..=30u8).flat_map(|t| vec![t; 384]).collect();
         assert_eq!(a.get().data, expected);
         assert_eq!(h.snapshot().slow_dropped, 0);
+        // A listener may ask for its own burst.
+        let b = FakeSink::open(usize::MAX);
+        h.add(
+            h.admit().expect("room"),
+            "b".into(),
+            Box::new(b.clone()),
+            Some(2),
+            t0 + P * 31,
+        );
+        assert_eq!(b.get().data, [vec![29; 384], vec![30; 384]].concat());
         assert_eq!(HubConfig::frames_for(500), 21);
         assert_eq!(HubConfig::frames_for(0), 1);
         assert_eq!(HubConfig::frames_for(250), 10);

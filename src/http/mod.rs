@@ -470,6 +470,16 @@ fn handle(shared: &Shared, rq: Request) {
     }
 }
 
+/// The value of query parameter `name` in `url`.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
 /// A request header's value (names compare without case).
 fn header<'a>(rq: &'a Request, name: &str) -> Option<&'a str> {
     rq.headers()
@@ -518,7 +528,7 @@ fn events(shared: &Shared, rq: Request) {
                 Connection: close\r\n\r\n\
                 retry: 2000\n\n";
     if let Some((peer, sink)) = take_over(shared, rq, head) {
-        shared.events.add(admission, peer, sink, Instant::now());
+        shared.events.add(admission, peer, sink, None, Instant::now());
     }
 }
 
@@ -527,14 +537,7 @@ fn test_stall(shared: &Shared, rq: Request) {
     if *rq.method() != Method::Post {
         return reply_error(shared, rq, 405, "use POST", &[("Allow", "POST")]);
     }
-    let query = rq.url().split_once('?').map_or("", |(_, q)| q).to_string();
-    let param = |name: &str| {
-        query
-            .split('&')
-            .filter_map(|kv| kv.split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.to_string())
-    };
+    let param = |name: &str| query_param(rq.url(), name);
     let thread = param("thread").unwrap_or_default();
     let result = param("ms")
         .and_then(|v| v.parse::<u64>().ok())
@@ -613,6 +616,14 @@ fn stream(shared: &Shared, rq: Request) {
         let _ = rq.respond(with(resp, "Content-Type", "text/plain; charset=utf-8"));
         return;
     };
+    let burst = match query_param(rq.url(), "burst_ms").map(|v| v.parse::<u64>()) {
+        None => None,
+        Some(Ok(ms)) if ms <= 5_000 => Some(HubConfig::frames_for(ms)),
+        Some(_) => {
+            drop(admission);
+            return reply_error(shared, rq, 400, "burst_ms must be 0 to 5000 (milliseconds)", &[]);
+        }
+    };
     let metaint = icy::wants_metadata(header(&rq, "Icy-MetaData")).then_some(shared.site.icy_metaint);
     let head = stream_head(&rq, &shared.site, metaint);
     if let Some((peer, sink)) = take_over(shared, rq, &head) {
@@ -620,7 +631,7 @@ fn stream(shared: &Shared, rq: Request) {
             Some(n) => Box::new(icy::IcySink::new(sink, n, &shared.site.station.title)),
             None => sink,
         };
-        shared.hub.add(admission, peer, sink, Instant::now());
+        shared.hub.add(admission, peer, sink, burst, Instant::now());
     }
 }
 

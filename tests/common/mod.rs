@@ -7,6 +7,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this
 
 pub mod audio;
+pub mod browser;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -612,4 +613,50 @@ pub fn write_alsa_conf(dir: &Path, input: &Path) -> PathBuf {
     );
     std::fs::write(&conf, text).expect("write alsa conf");
     conf
+}
+
+/// JACK-based tests run one at a time: each has a JACK server, Tower and
+/// ffmpeg, and two cores shared by several of them starve the listener
+/// threads that measure gaps.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+pub struct Rig {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    _dir: tempfile::TempDir,
+    pub jack: Jack,
+    pub tower: Tower,
+}
+
+/// Tower capturing `jackfile` (a 1 kHz tone, JACK-paced), with a short
+/// grace period, plus `extra` environment.
+pub fn rig(extra: &[(&str, &str)]) -> Rig {
+    rig_with_input(1000.0, extra)
+}
+
+pub fn rig_with_input(freq: f64, extra: &[(&str, &str)]) -> Rig {
+    let serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let dir = tempfile::tempdir().expect("tmp");
+    let input = dir.path().join("input.raw");
+    if freq > 0.0 {
+        write_tone_raw(&input, freq, 120.0);
+    } else {
+        std::fs::write(&input, vec![0u8; 48_000 * 4 * 120]).expect("silence");
+    }
+    let conf = write_alsa_conf(dir.path(), &input);
+    let jack = Jack::start();
+    let conf = conf.to_str().expect("utf8").to_string();
+    let mut env = vec![
+        ("ALSA_CONFIG_PATH", conf.as_str()),
+        ("JACK_DEFAULT_SERVER", jack.name.as_str()),
+        ("JACK_NO_START_SERVER", "1"),
+        ("TOWER_PCM_GRACE_SEC", "0.5"),
+    ];
+    env.extend_from_slice(extra);
+    let tower = Tower::start(&["--device", "jackfile"], &env);
+    Rig {
+        _serial: serial,
+        _dir: dir,
+        jack,
+        tower,
+    }
 }
