@@ -10,6 +10,8 @@
 //! 3. Pump tick error p50/p99/max over that same run.
 //! 4. RSS and CPU of the real `tower` binary serving 100 listeners
 //!    (ffmpeg, a separate process, excluded).
+//! 5. Tower's CPU serving 10 listeners, without and with 5 status pages
+//!    open (`/events`: a level event every 100 ms, the status every second).
 //!
 //! Needs jackd (jackd2), libasound2-plugins and ffmpeg, as the tests do.
 //! `cargo bench --bench tower_bench -- --seconds 20` shortens parts 2–4.
@@ -330,6 +332,70 @@ fn hundred_listeners(seconds: u64) {
     );
 }
 
+/// Readers of `path` that read and discard until `stop`.
+fn readers(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    n: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<thread::JoinHandle<u64>> {
+    (0..n)
+        .map(|_| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).expect("connect");
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+                    .expect("request");
+                s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+                let mut buf = [0u8; 8192];
+                let mut total = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    match s.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(n) => total += n as u64,
+                        Err(_) => {}
+                    }
+                }
+                total
+            })
+        })
+        .collect()
+}
+
+/// Tower's CPU (% of one core) over `seconds`.
+fn cpu_over(pid: u32, seconds: u64) -> f64 {
+    let (cpu0, _) = proc_stat(pid);
+    let t0 = Instant::now();
+    thread::sleep(Duration::from_secs(seconds));
+    let (cpu1, _) = proc_stat(pid);
+    (cpu1 - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0
+}
+
+/// 5. What status pages cost: CPU with 10 listeners, then with 10 listeners
+/// and 5 pages.
+fn status_pages(seconds: u64) {
+    let tower = Tower::start(&[], NO_DEVICE);
+    let (addr, pid) = (tower.addr, tower.pid() as u32);
+    let stop = Arc::new(AtomicBool::new(false));
+    let listeners = readers(addr, "/stream", 10, &stop);
+    thread::sleep(Duration::from_secs(2));
+    let without = cpu_over(pid, seconds);
+    let pages = readers(addr, "/events", 5, &stop);
+    thread::sleep(Duration::from_secs(1));
+    let with = cpu_over(pid, seconds);
+    let status = tower.status();
+    stop.store(true, Ordering::Relaxed);
+    let page_bytes: u64 = pages.into_iter().map(|p| p.join().unwrap_or(0)).sum();
+    for l in listeners {
+        let _ = l.join();
+    }
+    println!(
+        "status pages: tower CPU {without:.2} % of one core with 10 listeners, {with:.2} % with 10 listeners and 5 status pages ({:.1} kB/s of events per page); slow listeners dropped {}",
+        page_bytes as f64 / 5.0 / 1024.0 / (seconds as f64 + 1.0),
+        status["listeners"]["slow_dropped"]
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo bench` passes --bench; under `cargo test` this is a no-op.
@@ -350,4 +416,5 @@ fn main() {
     first_byte();
     click_latency(seconds);
     hundred_listeners(seconds / 2);
+    status_pages((seconds / 3).max(5));
 }
