@@ -371,8 +371,8 @@ fn cpu_over(pid: u32, seconds: u64) -> f64 {
     (cpu1 - cpu0) as f64 / 100.0 / t0.elapsed().as_secs_f64() * 100.0
 }
 
-/// 5. What status pages cost: CPU with 10 listeners, then with 10 listeners
-/// and 5 pages.
+/// Part 5, what status pages cost: CPU with 10 listeners, then with 10
+/// listeners and 5 pages.
 fn status_pages(seconds: u64) {
     let tower = Tower::start(&[], NO_DEVICE);
     let (addr, pid) = (tower.addr, tower.pid() as u32);
