@@ -225,6 +225,7 @@ fn click_latency(seconds: u64) {
             capture: Box::new(probe),
             encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
             hooks: Arc::new(tower::hooks::TestHooks::disabled()),
+            leds: Box::new(tower::leds::NullLeds),
         },
     )
     .expect("service");

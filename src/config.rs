@@ -47,6 +47,28 @@ pub struct Config {
     pub http: Http,
     pub pump: PumpSection,
     pub station: Station,
+    pub gpio: GpioSection,
+}
+
+/// Status LEDs (BCM pin numbers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpioSection {
+    pub enabled: bool,
+    pub encoder_pin: u64,
+    pub input_pin: u64,
+    pub active_low: bool,
+}
+
+impl Default for GpioSection {
+    fn default() -> Self {
+        GpioSection {
+            enabled: true,
+            encoder_pin: 17,
+            input_pin: 27,
+            active_low: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +148,7 @@ impl Default for Config {
             http: Http::default(),
             pump: PumpSection::default(),
             station: Station::default(),
+            gpio: GpioSection::default(),
         }
     }
 }
@@ -647,6 +670,15 @@ impl Loaded {
         self.range("http.max_listeners", c.http.max_listeners, 1, 10_000, "")?;
         self.range("http.burst_ms", c.http.burst_ms, 0, 5_000, " ms")?;
         self.range("http.icy_metaint", c.http.icy_metaint, 256, 65_536, " bytes")?;
+        self.range("gpio.encoder_pin", c.gpio.encoder_pin, 0, 27, " (a BCM GPIO number)")?;
+        self.range("gpio.input_pin", c.gpio.input_pin, 0, 27, " (a BCM GPIO number)")?;
+        if c.gpio.enabled && c.gpio.encoder_pin == c.gpio.input_pin {
+            return Err(self.invalid(
+                "gpio.input_pin",
+                c.gpio.input_pin.to_string(),
+                "a different pin from gpio.encoder_pin",
+            ));
+        }
         let station = [
             ("station.name", &c.station.name),
             ("station.description", &c.station.description),
@@ -678,6 +710,15 @@ impl Config {
         self.listen
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8000)))
+    }
+
+    pub fn leds(&self) -> crate::leds::LedConfig {
+        crate::leds::LedConfig {
+            enabled: self.gpio.enabled,
+            encoder_pin: self.gpio.encoder_pin as u8,
+            input_pin: self.gpio.input_pin as u8,
+            active_low: self.gpio.active_low,
+        }
     }
 
     pub fn grace(&self) -> Duration {

@@ -142,7 +142,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    tower::watchdog::ready(&format!("streaming on http://{}/stream", service.local_addr()));
     let signal = signals.forever().next();
+    tower::watchdog::stopping();
     tracing::info!(component = "service", signal = ?signal, "stopping");
     let started = std::time::Instant::now();
     let problems = service.stop();

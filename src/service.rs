@@ -1,10 +1,10 @@
 //! The service: wires the pipeline and owns every worker [T1].
 //!
-//! Start order: encoder (supervisor and drains) → pump → capture → HTTP
-//! server → broadcast loop. Stop is the reverse, each step bounded in time,
-//! so a SIGTERM completes well within 2 s. The broadcast loop ("broadcast")
-//! is the service's own thread: it moves frames from the encoder manager to
-//! the listener hub.
+//! Start order: encoder (supervisor and drains) → pump → capture → status
+//! LEDs → HTTP server → broadcast loop → systemd watchdog. Stop is the
+//! reverse, each step bounded in time, so a SIGTERM completes well within
+//! 2 s. The broadcast loop ("broadcast") is the service's own thread: it
+//! moves frames from the encoder manager to the listener hub.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +36,8 @@ pub struct Backends {
     pub encoder: Box<dyn EncoderLauncher>,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
+    /// The status LEDs.
+    pub leds: Box<dyn crate::leds::Leds>,
 }
 
 impl Backends {
@@ -55,6 +57,7 @@ impl Backends {
                 capture: crate::audio::system_capture(&config.device),
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
+                leds: crate::leds::open(&config.leds()),
             },
             notes,
         ))
@@ -194,6 +197,8 @@ pub struct Service {
     encoder: Arc<EncoderManager>,
     pump: Option<Pump>,
     capture: Option<Capture>,
+    leds: Option<Worker<()>>,
+    watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
     broadcast: Option<Worker<()>>,
     hub: Arc<Hub>,
@@ -257,6 +262,15 @@ impl Service {
         )
         .map_err(thread("capture"))?;
 
+        // LEDs show the encoder's and the input's states.
+        let leds = {
+            let (enc, pump) = (encoder.clone(), pump_stats.clone());
+            crate::leds::start(backends.leds, move || {
+                (enc.snapshot().supervisor.state, pump.input_state())
+            })
+            .map_err(thread("leds"))?
+        };
+
         // 4. HTTP server.
         let hub = Arc::new(Hub::new(HubConfig {
             slow_timeout: Duration::from_millis(config.http.slow_listener_timeout_ms),
@@ -294,8 +308,11 @@ impl Service {
 
         // 5. Broadcast loop.
         let (enc, h) = (encoder.clone(), hub.clone());
+        let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = turns.clone();
         let broadcast = Worker::spawn("broadcast", move |stop| {
             while !stop.is_stopped() {
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let now = Instant::now();
                 while let Some(frame) = enc.get_frame(now) {
                     h.broadcast(&frame, now);
@@ -305,11 +322,21 @@ impl Service {
         })
         .map_err(thread("broadcast"))?;
 
+        // 6. The systemd watchdog, if asked for.
+        let pump_stats = board.pump.clone();
+        let watchdog = crate::watchdog::start(move || crate::watchdog::Progress {
+            pump_ticks: pump_stats.ticks(),
+            broadcast_turns: turns.load(std::sync::atomic::Ordering::Relaxed),
+        })
+        .map_err(thread("watchdog"))?;
+
         tracing::info!(component = "http", "listening on http://{bound}/stream");
         Ok(Service {
             encoder,
             pump: Some(pump),
             capture: Some(capture),
+            leds: Some(leds),
+            watchdog,
             http: Some(http),
             broadcast: Some(broadcast),
             hub,
@@ -337,6 +364,9 @@ impl Service {
                 problems.push(e);
             }
         };
+        if let Some(w) = self.watchdog.take() {
+            note(w.stop(STEP_TIMEOUT));
+        }
         if let Some(b) = self.broadcast.take() {
             b.stop_signal().stop();
             self.encoder.wake();
@@ -348,6 +378,9 @@ impl Service {
         self.hub.close_all();
         if let Some(c) = self.capture.take() {
             note(c.stop(STEP_TIMEOUT));
+        }
+        if let Some(l) = self.leds.take() {
+            note(crate::leds::stop(l, STEP_TIMEOUT));
         }
         if let Some(p) = self.pump.take() {
             note(p.stop(STEP_TIMEOUT));

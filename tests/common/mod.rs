@@ -119,7 +119,12 @@ impl Tower {
         }
         cmd.args(["--listen", "127.0.0.1:0"]).args(args);
         for (k, _) in std::env::vars() {
-            if k.starts_with("TOWER_") || k == "ALSA_CONFIG_PATH" || k == "JACK_DEFAULT_SERVER" {
+            let systemd = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
+            if k.starts_with("TOWER_")
+                || k == "ALSA_CONFIG_PATH"
+                || k == "JACK_DEFAULT_SERVER"
+                || systemd.contains(&k.as_str())
+            {
                 cmd.env_remove(k);
             }
         }

@@ -1,0 +1,74 @@
+//! Tower under systemd's notify protocol, with the test standing in for
+//! systemd: a datagram socket named by `NOTIFY_SOCKET`, and `WATCHDOG_USEC`.
+//! READY=1 once the HTTP server listens; WATCHDOG=1 only while the pump
+//! ticks (a pump stalled through the test hook stops the pings, so systemd
+//! would restart Tower); STOPPING=1 on SIGTERM. Clause: [T1].
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+
+use common::{Tower, http_raw};
+
+/// Messages received on `sock` until `until`, with their arrival times.
+fn receive(sock: &UnixDatagram, until: Instant) -> Vec<(Instant, String)> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("timeout");
+        if let Ok(n) = sock.recv(&mut buf) {
+            out.push((Instant::now(), String::from_utf8_lossy(&buf[..n]).into_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).expect("bind");
+    let path = path.to_str().expect("utf8").to_string();
+    let mut tower = Tower::start(
+        &[],
+        &[
+            ("TOWER_DEVICE", "tower_test_no_such_device"),
+            ("TOWER_TEST_HOOKS", "1"),
+            ("NOTIFY_SOCKET", &path),
+            // Pings every 200 ms.
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let first = receive(&sock, Instant::now() + Duration::from_secs(2));
+    let ready = first.iter().position(|(_, m)| m.contains("READY=1")).expect("READY=1");
+    assert!(first[ready].1.contains("STATUS=streaming on http://"), "{first:?}");
+    let pings = first.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count();
+    assert!(pings >= 5, "{pings} pings in 2 s: {first:?}");
+
+    // A hung pump: no pings while it hangs, pings again after.
+    let r = http_raw(
+        tower.addr,
+        "POST /test/stall?thread=pump&ms=2000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(r.status, 200);
+    let stalled = Instant::now();
+    let during = receive(&sock, stalled + Duration::from_millis(1900));
+    let late_pings: Vec<_> = during
+        .iter()
+        .filter(|(at, m)| m.contains("WATCHDOG=1") && *at > stalled + Duration::from_millis(500))
+        .collect();
+    assert!(late_pings.is_empty(), "pinged while the pump hung: {late_pings:?}");
+    assert!(tower.log_text().contains("withholding watchdog pings"));
+    let after = receive(&sock, Instant::now() + Duration::from_secs(2));
+    assert!(
+        after.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count() >= 3,
+        "no pings after the pump came back: {after:?}"
+    );
+
+    let (status, _) = tower.terminate();
+    assert!(status.success());
+    let last = receive(&sock, Instant::now() + Duration::from_millis(300));
+    assert!(last.iter().any(|(_, m)| m.contains("STOPPING=1")), "{last:?}");
+}
