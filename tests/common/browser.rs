@@ -20,6 +20,7 @@ pub const CHROMIUM_ARGS: &[&str] = &[
     "--no-sandbox",
     "--disable-gpu",
     "--autoplay-policy=no-user-gesture-required",
+    "--mute-audio",
     "--window-size=1024,900",
 ];
 
