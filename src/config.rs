@@ -48,7 +48,46 @@ pub struct Config {
     pub pump: PumpSection,
     pub station: Station,
     pub gpio: GpioSection,
+    /// Icecast servers to push the stream to (`[[icecast]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub icecast: Vec<IcecastTarget>,
 }
+
+/// One Icecast server Tower feeds as a source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcecastTarget {
+    /// `http://host:port/mount`.
+    pub url: String,
+    #[serde(default = "IcecastTarget::default_user")]
+    pub user: String,
+    pub password: String,
+    /// Defaults to the station's.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub genre: Option<String>,
+    /// Listed in public directories (`ice-public`).
+    #[serde(default)]
+    pub public: bool,
+    /// `put` (Icecast 2.4) or `source` (older servers).
+    #[serde(default = "IcecastTarget::default_method")]
+    pub method: String,
+}
+
+impl IcecastTarget {
+    fn default_user() -> String {
+        "source".into()
+    }
+    fn default_method() -> String {
+        "put".into()
+    }
+}
+
+/// Shown instead of a password.
+pub const HIDDEN: &str = "(hidden)";
 
 /// Status LEDs (BCM pin numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +188,7 @@ impl Default for Config {
             pump: PumpSection::default(),
             station: Station::default(),
             gpio: GpioSection::default(),
+            icecast: Vec::new(),
         }
     }
 }
@@ -303,6 +343,8 @@ fn schema() -> Vec<(String, Value)> {
                         out.push((format!("{k}.{sk}"), sv));
                     }
                 }
+                // A list of tables, from the file only (see `load`).
+                _ if k == "icecast" => {}
                 other => out.push((k, other)),
             }
         }
@@ -458,12 +500,38 @@ pub fn default_file() -> Option<PathBuf> {
 
 /// Loads the configuration: the file at `path` (if any), then `env`
 /// (`TOWER_*` pairs), then `flags`.
+/// The `[[icecast]]` tables of the file at `file`.
+fn icecast_targets(value: Value, file: &Path) -> Result<Vec<IcecastTarget>, ConfigError> {
+    let origin = Origin::File(file.to_path_buf());
+    let Value::Array(items) = value else {
+        return Err(ConfigError::Invalid {
+            key: "icecast".into(),
+            value: value.to_string(),
+            origin,
+            accepted: "[[icecast]] tables with url and password".into(),
+        });
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            IcecastTarget::deserialize(item).map_err(|e| ConfigError::Invalid {
+                key: format!("icecast[{i}]"),
+                value: String::new(),
+                origin: origin.clone(),
+                accepted: e.to_string().trim().to_string(),
+            })
+        })
+        .collect()
+}
+
 pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigError> {
     let schema = schema();
     let defaults: BTreeMap<&str, &Value> = schema.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let known: Vec<String> = schema.iter().map(|(k, _)| k.clone()).collect();
     let mut table = Table::new();
     let mut origins = BTreeMap::new();
+    let mut icecast = Vec::new();
 
     let file = path.map(Path::to_path_buf);
     if let Some(file) = &file {
@@ -477,6 +545,10 @@ pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) ->
         })?;
         let origin = Origin::File(file.clone());
         for (k, v) in parsed {
+            if k == "icecast" {
+                icecast = icecast_targets(v, file)?;
+                continue;
+            }
             let entries: Vec<(String, Value)> = match v {
                 Value::Table(section) if defaults.keys().any(|d| d.starts_with(&format!("{k}."))) => {
                     section.into_iter().map(|(sk, sv)| (format!("{k}.{sk}"), sv)).collect()
@@ -532,12 +604,13 @@ pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) ->
     }
 
     // Types were checked above, so this only fails on a bug in this module.
-    let config = Config::deserialize(Value::Table(table)).map_err(|e| ConfigError::Invalid {
+    let mut config = Config::deserialize(Value::Table(table)).map_err(|e| ConfigError::Invalid {
         key: "(configuration)".into(),
         value: String::new(),
         origin: Origin::Default,
         accepted: e.to_string(),
     })?;
+    config.icecast = icecast;
     let loaded = Loaded { config, origins, file };
     loaded.validate()?;
     Ok(loaded)
@@ -679,6 +752,29 @@ impl Loaded {
                 "a different pin from gpio.encoder_pin",
             ));
         }
+        for (i, t) in c.icecast.iter().enumerate() {
+            if let Err(e) = crate::icecast::Endpoint::parse(&t.url) {
+                return Err(self.invalid(
+                    &format!("icecast[{i}].url"),
+                    format!("{:?}", t.url),
+                    format!("a URL that {e}"),
+                ));
+            }
+            if !["put", "source"].contains(&t.method.as_str()) {
+                return Err(self.invalid(
+                    &format!("icecast[{i}].method"),
+                    format!("{:?}", t.method),
+                    "put (Icecast 2.4 and later) or source (older servers)",
+                ));
+            }
+            if t.password.is_empty() || t.user.is_empty() {
+                return Err(self.invalid(
+                    &format!("icecast[{i}].password"),
+                    "\"\"",
+                    "the source user and password",
+                ));
+            }
+        }
         let station = [
             ("station.name", &c.station.name),
             ("station.description", &c.station.description),
@@ -730,8 +826,14 @@ impl Config {
     }
 
     /// The effective configuration as TOML.
+    /// The configuration as TOML, passwords replaced by [`HIDDEN`]: what
+    /// `--print-config` prints and the start-up line logs.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        let mut shown = self.clone();
+        for t in &mut shown.icecast {
+            t.password = HIDDEN.into();
+        }
+        toml::to_string(&shown).unwrap_or_default()
     }
 }
 
@@ -920,6 +1022,32 @@ mod tests {
             &Overrides::default(),
         ));
         assert!(t.contains("encoder.args") && t.contains("only one input"), "{t}");
+    }
+
+    #[test]
+    fn icecast_targets_load_from_the_file_are_checked_and_hide_their_password() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(
+            &dir,
+            "[[icecast]]\nurl = \"http://a:8000/live\"\npassword = \"s3cret\"\n\n\
+             [[icecast]]\nurl = \"http://b/x\"\npassword = \"p\"\nmethod = \"source\"\npublic = true\n",
+        );
+        let l = load(Some(&p), &[], &Overrides::default()).expect("loads");
+        assert_eq!(l.config.icecast.len(), 2);
+        assert_eq!(l.config.icecast[0].user, "source");
+        assert_eq!(l.config.icecast[1].method, "source");
+        let shown = l.config.to_toml();
+        assert!(!shown.contains("s3cret") && shown.contains(HIDDEN), "{shown}");
+        let bad = write(
+            &dir,
+            "[[icecast]]\nurl = \"http://a/m\"\npassword = \"p\"\nmethod = \"post\"\n",
+        );
+        assert!(err_text(load(Some(&bad), &[], &Overrides::default())).contains("icecast[0].method"));
+        let bad = write(&dir, "[[icecast]]\nurl = \"https://a/m\"\npassword = \"p\"\n");
+        assert!(err_text(load(Some(&bad), &[], &Overrides::default())).contains("icecast[0].url"));
+        let bad = write(&dir, "[[icecast]]\nurl = \"http://a/m\"\npasword = \"p\"\n");
+        let t = err_text(load(Some(&bad), &[], &Overrides::default()));
+        assert!(t.contains("icecast[0]") && t.contains("pasword"), "{t}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod fallback;
 pub mod histogram;
 pub mod hooks;
 pub mod http;
+pub mod icecast;
 pub mod leds;
 pub mod logging;
 pub mod mp3;

@@ -83,6 +83,7 @@ struct Board {
     pump: Arc<PumpStats>,
     capture: CaptureHandle,
     hub: Arc<Hub>,
+    outputs: Arc<crate::icecast::Outputs>,
     fallback: FallbackKind,
     http: Arc<HttpStats>,
     station: crate::config::Station,
@@ -121,6 +122,7 @@ impl StatusSource for Board {
                 "capture": capture,
             },
             "listeners": hub,
+            "outputs": self.outputs.snapshot(),
             "pcm_buffer": router,
             "mp3_buffer": ring,
             "pump": pump,
@@ -235,6 +237,16 @@ impl Service {
         let encoder =
             Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
 
+        // Icecast outputs, fed by the broadcast loop.
+        let outputs = Arc::new(
+            crate::icecast::Outputs::start(&config.icecast, &config.station, config.encoder.bitrate_kbps).map_err(
+                |source| ServiceError::Thread {
+                    what: "icecast",
+                    source,
+                },
+            )?,
+        );
+
         // 2. Pump.
         let fallback = Fallback::new(config.fallback_wav().as_deref(), config.fallback.tone);
         let fallback_kind = fallback.kind();
@@ -285,6 +297,7 @@ impl Service {
             pump: pump_stats,
             capture: capture.handle(),
             hub: hub.clone(),
+            outputs: outputs.clone(),
             fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
             station: config.station.clone(),
@@ -307,7 +320,7 @@ impl Service {
         let bound = http.local_addr();
 
         // 5. Broadcast loop.
-        let (enc, h) = (encoder.clone(), hub.clone());
+        let (enc, h, out) = (encoder.clone(), hub.clone(), outputs.clone());
         let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = turns.clone();
         let broadcast = Worker::spawn("broadcast", move |stop| {
@@ -316,6 +329,7 @@ impl Service {
                 let now = Instant::now();
                 while let Some(frame) = enc.get_frame(now) {
                     h.broadcast(&frame, now);
+                    out.offer(&frame);
                 }
                 enc.wait(Instant::now());
             }
@@ -376,6 +390,9 @@ impl Service {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
+        for e in self.board.outputs.stop(STEP_TIMEOUT) {
+            note(Err(e));
+        }
         if let Some(c) = self.capture.take() {
             note(c.stop(STEP_TIMEOUT));
         }

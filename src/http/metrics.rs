@@ -223,6 +223,48 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
         "Listeners refused with 503 at the limit.",
         f(status, &["listeners", "rejected_full"]),
     );
+    let outputs = status["outputs"].as_array().cloned().unwrap_or_default();
+    let per_output: [(&str, &str, &str, &str); 4] = [
+        (
+            "output_bytes_sent_total",
+            "counter",
+            "Bytes pushed to each Icecast target.",
+            "bytes_sent",
+        ),
+        (
+            "output_reconnects_total",
+            "counter",
+            "Reconnections to each Icecast target.",
+            "reconnects",
+        ),
+        (
+            "output_refusals_total",
+            "counter",
+            "Times each Icecast target refused Tower.",
+            "refusals",
+        ),
+        (
+            "output_dropped_total",
+            "counter",
+            "Frames dropped because an Icecast target fell behind.",
+            "dropped_full",
+        ),
+    ];
+    for (name, kind, help, field) in per_output {
+        o.family(name, kind, help);
+        for out in &outputs {
+            o.sample(name, &[("target", s(out, &["target"]))], f(out, &[field]));
+        }
+    }
+    o.family(
+        "output_streaming",
+        "gauge",
+        "1 while Tower streams to the Icecast target.",
+    );
+    for out in &outputs {
+        let up = f64::from(u8::from(s(out, &["state"]) == "streaming"));
+        o.sample("output_streaming", &[("target", s(out, &["target"]))], up);
+    }
     o.one(
         "http_requests_total",
         "counter",

@@ -328,9 +328,14 @@ pub struct Listener {
 
 impl Listener {
     pub fn connect(addr: SocketAddr) -> Listener {
+        Self::connect_to(addr, "/stream")
+    }
+
+    /// A listener of `path` on `addr` (Tower's, or another server's).
+    pub fn connect_to(addr: SocketAddr, path: &str) -> Listener {
         let mut stream = TcpStream::connect(addr).expect("connect");
         stream
-            .write_all(b"GET /stream HTTP/1.1\r\nHost: test\r\nUser-Agent: tower-test\r\n\r\n")
+            .write_all(format!("GET {path} HTTP/1.1\r\nHost: test\r\nUser-Agent: tower-test\r\n\r\n").as_bytes())
             .expect("request");
         let local = stream.local_addr().expect("local");
         let rx = Arc::new(Mutex::new(Received::default()));

@@ -1,0 +1,315 @@
+//! Pushing to a real Icecast server (Debian's icecast2, started here on
+//! 127.0.0.1 with a generated configuration): the stream arrives and
+//! decodes; Icecast going away and coming back is healed without touching
+//! local listeners; a wrong password and a closed port are reported and
+//! retried, and local streaming goes on. Passwords appear nowhere.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Arrival, Listener, Tower, wait_for};
+
+const PASSWORD: &str = "tower-test-secret";
+
+/// An icecast2 process on 127.0.0.1.
+struct Icecast {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+impl Icecast {
+    fn start() -> Icecast {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut ice = Icecast {
+            port: free_port(),
+            dir,
+            child: None,
+        };
+        ice.spawn();
+        ice
+    }
+
+    fn config(&self) -> PathBuf {
+        let d = self.dir.path();
+        let log = d.join("log");
+        std::fs::create_dir_all(&log).expect("log dir");
+        // icecast2 refuses to run as root: it changes to nobody, who must
+        // be able to write its logs.
+        Command::new("chmod")
+            .args(["-R", "777"])
+            .arg(d)
+            .status()
+            .expect("chmod");
+        let xml = format!(
+            "<icecast>\n\
+             <limits><clients>100</clients><sources>4</sources><burst-size>0</burst-size>\
+             <source-timeout>10</source-timeout></limits>\n\
+             <authentication><source-password>{PASSWORD}</source-password>\
+             <admin-user>admin</admin-user><admin-password>{PASSWORD}-admin</admin-password></authentication>\n\
+             <hostname>127.0.0.1</hostname>\n\
+             <listen-socket><port>{}</port><bind-address>127.0.0.1</bind-address></listen-socket>\n\
+             <fileserve>0</fileserve>\n\
+             <paths><basedir>{d}</basedir><logdir>{log}</logdir>\
+             <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>\n\
+             <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>\n\
+             <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>\n\
+             </icecast>\n",
+            self.port,
+            d = d.display(),
+            log = log.display(),
+        );
+        let path = d.join("icecast.xml");
+        std::fs::write(&path, xml).expect("icecast.xml");
+        path
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.config();
+        let child = Command::new("icecast2")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("icecast2 (apt-get install icecast2)");
+        self.child = Some(child);
+        let addr = self.addr();
+        assert!(
+            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()),
+            "icecast2 did not come up"
+        );
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Icecast {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fallback WAV whose every frame differs (a slow sweep), so frames can
+/// be matched between two listeners.
+fn sweep_wav(dir: &Path) -> PathBuf {
+    let path = dir.join("sweep.wav");
+    let spec = hound::WavSpec {
+        channels: 2,
+        sample_rate: 48_000,
+        bits_per_sample: 16,
+        sample_format: hound::SampleFormat::Int,
+    };
+    let mut w = hound::WavWriter::create(&path, spec).expect("wav");
+    let mut phase = 0.0f64;
+    for i in 0..48_000 * 30 {
+        let f = 300.0 + 1200.0 * (i as f64 / (48_000.0 * 30.0));
+        phase += std::f64::consts::TAU * f / 48_000.0;
+        let v = (phase.sin() * 8_000.0) as i16;
+        w.write_sample(v).expect("sample");
+        w.write_sample(v).expect("sample");
+    }
+    w.finalize().expect("finalize");
+    path
+}
+
+fn tower_pushing(dir: &Path, url: &str, password: &str, extra: &[(&str, &str)]) -> Tower {
+    let conf = dir.join("tower.toml");
+    std::fs::write(
+        &conf,
+        format!("[[icecast]]\nurl = \"{url}\"\npassword = \"{password}\"\nname = \"Tower test\"\n"),
+    )
+    .expect("tower.toml");
+    let conf = conf.to_str().expect("utf8").to_string();
+    let mut env = vec![
+        ("TOWER_DEVICE", "tower_test_no_such_device"),
+        ("TOWER_PCM_GRACE_SEC", "0.2"),
+    ];
+    env.extend_from_slice(extra);
+    Tower::start(&["--config", &conf], &env)
+}
+
+fn output(tower: &Tower) -> serde_json::Value {
+    tower.status()["outputs"][0].clone()
+}
+
+/// Median delay of frames seen by `late` after `early` saw the same bytes.
+fn added_lag(early: &[Arrival], late: &[Arrival]) -> Option<Duration> {
+    let mut lags: Vec<Duration> = late
+        .iter()
+        .filter_map(|l| {
+            early
+                .iter()
+                .find(|e| e.frame == l.frame)
+                .map(|e| l.at.saturating_duration_since(e.at))
+        })
+        .collect();
+    lags.sort();
+    lags.get(lags.len() / 2).copied()
+}
+
+#[test]
+fn tower_feeds_icecast_and_heals_when_icecast_restarts_without_touching_local_listeners() {
+    let mut ice = Icecast::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let wav = sweep_wav(dir.path());
+    let url = format!("http://127.0.0.1:{}/tower", ice.port);
+    let tower = tower_pushing(
+        dir.path(),
+        &url,
+        PASSWORD,
+        &[("TOWER_FALLBACK_WAV_PATH", wav.to_str().expect("utf8"))],
+    );
+    let local = Listener::connect(tower.addr);
+    let connected = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || output(&tower)["state"] == "streaming"),
+        "{}",
+        output(&tower)
+    );
+    let remote = Listener::connect_to(ice.addr(), "/tower");
+    assert!(remote.wait_frames(100, Duration::from_secs(15)), "nothing from Icecast");
+    assert!(remote.head().contains("200 OK"), "{}", remote.head());
+    let heard = remote.frames();
+    let tail: Vec<&[u8]> = heard[heard.len() - 40..].iter().map(|a| &a.frame[..]).collect();
+    let decoded = common::audio::decode_frames(&tail);
+    assert_eq!(decoded.errors, 0, "the stream through Icecast does not decode");
+    let samples: Vec<f32> = decoded.frames.iter().skip(1).flatten().copied().collect();
+    assert!(common::audio::dbfs(&samples) > -30.0, "silence through Icecast");
+    let lag = added_lag(&local.frames(), &heard[10..]).expect("the same frames through Icecast");
+    eprintln!("added lag through Icecast (burst-size 0): {lag:?}");
+
+    // Icecast goes away for 5 s and comes back.
+    ice.kill();
+    let down = Instant::now();
+    std::thread::sleep(Duration::from_secs(5));
+    ice.spawn();
+    let up = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(35), || output(&tower)["state"] == "streaming"),
+        "not back within the 30 s backoff cap: {}",
+        output(&tower)
+    );
+    eprintln!(
+        "Tower streaming to Icecast again {:?} after it restarted ({:?} after it went away)",
+        up.elapsed(),
+        down.elapsed()
+    );
+    let again = Listener::connect_to(ice.addr(), "/tower");
+    assert!(
+        again.wait_frames(50, Duration::from_secs(10)),
+        "Icecast listeners hear nothing again"
+    );
+    let o = output(&tower);
+    assert!(o["reconnects"].as_u64() >= Some(1), "{o}");
+
+    // Local listeners never noticed.
+    assert!(local.ended().is_none(), "the local listener was disconnected");
+    let gap = local.max_gap_since(connected + Duration::from_secs(1));
+    assert!(gap < Duration::from_millis(300), "{gap:?} without data locally");
+    assert_eq!(tower.status()["listeners"]["slow_dropped"], 0);
+    let everything = format!(
+        "{}{}{}",
+        tower.status(),
+        tower.get("/metrics").body_text(),
+        tower.log_text()
+    );
+    assert!(!everything.contains(PASSWORD), "the password leaked");
+}
+
+#[test]
+fn a_wrong_password_is_reported_and_retried_slowly_and_local_streaming_goes_on() {
+    let ice = Icecast::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("http://127.0.0.1:{}/tower", ice.port);
+    let tower = tower_pushing(dir.path(), &url, "not-the-password", &[]);
+    let local = Listener::connect(tower.addr);
+    assert!(
+        wait_for(Duration::from_secs(10), || output(&tower)["refusals"].as_u64()
+            >= Some(1)),
+        "{}",
+        output(&tower)
+    );
+    let o = output(&tower);
+    assert_eq!(o["state"], "waiting", "{o}");
+    assert!(
+        o["last_error"]
+            .as_str()
+            .expect("error")
+            .contains("wrong user or password"),
+        "{o}"
+    );
+    assert!(tower.log_text().contains("wrong user or password"));
+    // Slowly: no second attempt within seconds.
+    assert!(
+        local.wait_tone(440.0, Duration::from_secs(10)),
+        "local streaming stopped"
+    );
+    assert_eq!(output(&tower)["connects"], 1, "{}", output(&tower));
+    let metrics = tower.get("/metrics").body_text();
+    assert!(metrics.contains(&format!(
+        "tower_output_refusals_total{{target=\"127.0.0.1:{}/tower\"}} 1",
+        ice.port
+    )));
+    let everything = format!("{}{metrics}{}", tower.status(), tower.log_text());
+    assert!(!everything.contains("not-the-password"), "the password leaked");
+    let printed = Command::new(env!("CARGO_BIN_EXE_tower"))
+        .args([
+            "--config",
+            dir.path().join("tower.toml").to_str().expect("utf8"),
+            "--print-config",
+        ])
+        .output()
+        .expect("print-config");
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(
+        printed.contains("password = \"(hidden)\"") && !printed.contains("not-the-password"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn a_closed_port_is_reported_and_retried_and_local_streaming_goes_on() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("http://127.0.0.1:{}/tower", free_port());
+    let tower = tower_pushing(dir.path(), &url, PASSWORD, &[]);
+    let local = Listener::connect(tower.addr);
+    assert!(
+        wait_for(Duration::from_secs(10), || output(&tower)["reconnects"].as_u64()
+            >= Some(2)),
+        "{}",
+        output(&tower)
+    );
+    let o = output(&tower);
+    assert!(
+        o["last_error"].as_str().expect("error").contains("cannot connect"),
+        "{o}"
+    );
+    assert_eq!(o["connects"], 0, "{o}");
+    assert!(
+        local.wait_tone(440.0, Duration::from_secs(10)),
+        "local streaming stopped"
+    );
+    assert!(local.ended().is_none());
+}
