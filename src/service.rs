@@ -277,10 +277,7 @@ impl Service {
         // LEDs show the encoder's and the input's states.
         let leds = {
             let (enc, pump) = (encoder.clone(), pump_stats.clone());
-            crate::leds::start(backends.leds, move || {
-                (enc.snapshot().supervisor.state, pump.input_state())
-            })
-            .map_err(thread("leds"))?
+            crate::leds::start(backends.leds, move || (enc.state(), pump.input_state())).map_err(thread("leds"))?
         };
 
         // 4. HTTP server.
