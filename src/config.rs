@@ -152,6 +152,9 @@ pub struct Http {
     pub max_listeners: u64,
     pub burst_ms: u64,
     pub icy_metaint: u64,
+    pub header_timeout_ms: u64,
+    pub max_connections_per_address: u64,
+    pub max_other_connections: u64,
 }
 
 /// How players and smart speakers name the station (ICY headers, the
@@ -244,6 +247,9 @@ impl Default for Http {
             max_listeners: 500,
             burst_ms: DEFAULT_BURST_MS,
             icy_metaint: 16_000,
+            header_timeout_ms: 10_000,
+            max_connections_per_address: 32,
+            max_other_connections: 256,
         }
     }
 }
@@ -743,6 +749,21 @@ impl Loaded {
         self.range("http.max_listeners", c.http.max_listeners, 1, 10_000, "")?;
         self.range("http.burst_ms", c.http.burst_ms, 0, 5_000, " ms")?;
         self.range("http.icy_metaint", c.http.icy_metaint, 256, 65_536, " bytes")?;
+        self.range("http.header_timeout_ms", c.http.header_timeout_ms, 500, 120_000, " ms")?;
+        self.range(
+            "http.max_connections_per_address",
+            c.http.max_connections_per_address,
+            1,
+            10_000,
+            "",
+        )?;
+        self.range(
+            "http.max_other_connections",
+            c.http.max_other_connections,
+            1,
+            10_000,
+            "",
+        )?;
         self.range("gpio.encoder_pin", c.gpio.encoder_pin, 0, 27, " (a BCM GPIO number)")?;
         self.range("gpio.input_pin", c.gpio.input_pin, 0, 27, " (a BCM GPIO number)")?;
         if c.gpio.enabled && c.gpio.encoder_pin == c.gpio.input_pin {

@@ -304,6 +304,11 @@ impl Service {
             station: config.station.clone(),
             bitrate_kbps: config.encoder.bitrate_kbps,
             icy_metaint: config.http.icy_metaint as usize,
+            guard: crate::http::guard::Limits {
+                header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+                per_address: config.http.max_connections_per_address as usize,
+                total: config.http.max_other_connections as usize,
+            },
         };
         let http = HttpServer::start(
             addr,

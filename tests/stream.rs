@@ -522,3 +522,102 @@ fn without_the_right_to_real_time_priority_the_pump_warns_once_and_streams() {
         "the warning names what was refused: {log}"
     );
 }
+
+#[test]
+fn idle_and_trickling_connections_are_closed_and_listeners_keep_coming_in() {
+    // tiny_http has no header timeout: Tower's guard closes what sends no
+    // complete request in time.
+    let mut env = NO_DEVICE.to_vec();
+    env.extend([
+        ("TOWER_HTTP_HEADER_TIMEOUT_MS", "1500"),
+        ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "1000"),
+        ("TOWER_HTTP_MAX_OTHER_CONNECTIONS", "1000"),
+    ]);
+    let tower = Tower::start(&[], &env);
+    let mut idle: Vec<TcpStream> = (0..150)
+        .map(|_| TcpStream::connect(tower.addr).expect("connect"))
+        .collect();
+    // Some send a request one byte at a time, never finishing it.
+    for s in idle.iter_mut().take(50) {
+        s.write_all(b"GET /sta").expect("trickle");
+    }
+    // A real listener gets in and hears audio meanwhile.
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_frames(20, Duration::from_secs(5)), "a listener could not get in");
+    // All of them are closed within the timeout plus the guard's second.
+    for s in &mut idle {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut b = [0u8; 64];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Ok(_) => panic!("an idle connection got data"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "not closed: {e}"),
+        }
+    }
+    let s = tower.status();
+    assert!(
+        s["http"]["cut_header_timeout"].as_u64().expect("n") >= 150,
+        "{}",
+        s["http"]
+    );
+    assert!(l.ended().is_none(), "the listener was cut");
+    assert!(l.wait_frames(20, Duration::from_secs(5)));
+}
+
+/// `GET path` from the local address `src` (another loopback address is
+/// another host to Tower); the body, or `None` if the request failed.
+fn get_from(src: [u8; 4], addr: std::net::SocketAddr, path: &str) -> Option<String> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, socket};
+    let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).ok()?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(src[0], src[1], src[2], src[3], 0)).ok()?;
+    let std::net::SocketAddr::V4(v4) = addr else {
+        return None;
+    };
+    connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).ok()?;
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+#[test]
+fn one_address_cannot_hold_more_than_its_share_of_connections() {
+    let mut env = NO_DEVICE.to_vec();
+    env.extend([
+        ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "5"),
+        ("TOWER_HTTP_HEADER_TIMEOUT_MS", "2000"),
+    ]);
+    let tower = Tower::start(&[], &env);
+    let status = || -> serde_json::Value {
+        get_from([127, 0, 0, 2], tower.addr, "/status")
+            .and_then(|b| serde_json::from_str(&b).ok())
+            .unwrap_or_default()
+    };
+    // 20 idle connections from 127.0.0.1: all but the oldest five are cut
+    // at once.
+    let idle: Vec<TcpStream> = (0..20)
+        .map(|_| TcpStream::connect(tower.addr).expect("connect"))
+        .collect();
+    // Another address is answered. (tiny_http's thread pool can queue its
+    // request behind idle connections; the header timeout bounds that.)
+    let started = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || status()["http"]["cut_per_address"].as_u64()
+            >= Some(15)),
+        "{}",
+        status()["http"]
+    );
+    eprintln!(
+        "another address answered {:?} after 20 idle connections",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // Listeners from the busy address are not counted against its share.
+    let listeners: Vec<Listener> = (0..8).map(|_| Listener::connect(tower.addr)).collect();
+    for l in &listeners {
+        assert!(l.wait_frames(10, Duration::from_secs(8)), "a listener was cut");
+    }
+    drop(idle);
+}

@@ -24,6 +24,7 @@
 //! the box keeps answering. Rebuilds are at most one a second: while
 //! descriptors stay exhausted the new server fails again at once.
 
+pub mod guard;
 pub mod hub;
 pub mod icy;
 pub mod metrics;
@@ -100,6 +101,8 @@ pub struct Site {
     pub bitrate_kbps: u64,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,
+    /// The connection guard's limits.
+    pub guard: guard::Limits,
 }
 
 /// The owner's status page, served as is.
@@ -118,6 +121,9 @@ pub struct HttpStats {
     requests: AtomicU64,
     bad_requests: AtomicU64,
     server_restarts: AtomicU64,
+    cut_timeout: AtomicU64,
+    cut_per_address: AtomicU64,
+    cut_total: AtomicU64,
 }
 
 impl HttpStats {
@@ -126,6 +132,9 @@ impl HttpStats {
             requests: self.requests.load(Ordering::Relaxed),
             bad_requests: self.bad_requests.load(Ordering::Relaxed),
             server_restarts: self.server_restarts.load(Ordering::Relaxed),
+            cut_header_timeout: self.cut_timeout.load(Ordering::Relaxed),
+            cut_per_address: self.cut_per_address.load(Ordering::Relaxed),
+            cut_total: self.cut_total.load(Ordering::Relaxed),
         }
     }
 }
@@ -136,6 +145,11 @@ pub struct HttpSnapshot {
     pub bad_requests: u64,
     /// Times the listening socket had to be rebuilt.
     pub server_restarts: u64,
+    /// Non-listener connections shut by the guard: open past the header
+    /// timeout, beyond the per-address cap, beyond the total cap.
+    pub cut_header_timeout: u64,
+    pub cut_per_address: u64,
+    pub cut_total: u64,
 }
 
 /// The tiny_http server in use, with what is needed to watch and replace it.
@@ -192,6 +206,42 @@ fn feed_events(stop: &StopSignal, shared: &Shared) {
         turn = turn.wrapping_add(1);
     }
     shared.events.close_all();
+}
+
+/// The "http-guard" thread (see `guard`).
+fn watch_connections(stop: &StopSignal, shared: &Shared) {
+    let mut g = guard::Guard::default();
+    let log = LogGate::new(Duration::from_secs(60));
+    let port = shared.addr.port();
+    while !stop.is_stopped() {
+        stop.sleep(Duration::from_secs(1));
+        let Ok(conns) = socket::connections(port) else { continue };
+        let held: std::collections::HashSet<String> =
+            shared.hub.peers().into_iter().chain(shared.events.peers()).collect();
+        let mut others: Vec<SocketAddr> = conns
+            .iter()
+            .map(|(_, p)| *p)
+            .filter(|p| !held.contains(&p.to_string()))
+            .collect();
+        others.sort();
+        others.dedup();
+        for (peer, why) in g.check(&others, Instant::now(), shared.site.guard) {
+            let counter = match why {
+                guard::Cut::Timeout => &shared.counters.cut_timeout,
+                guard::Cut::PerAddress => &shared.counters.cut_per_address,
+                guard::Cut::Total => &shared.counters.cut_total,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Some(suppressed) = log.allow(Instant::now()) {
+                tracing::info!(component = "http", peer = %peer, reason = ?why, suppressed, "closing a connection that sent no complete request in time, or one too many");
+            }
+            for (fd, p) in &conns {
+                if *p == peer {
+                    socket::shut(*fd, peer, port);
+                }
+            }
+        }
+    }
 }
 
 /// One Server-Sent Event (`data` is one line of JSON).
@@ -252,6 +302,8 @@ impl HttpServer {
         }
         let s = shared.clone();
         workers.push(Worker::spawn("events", move |stop| feed_events(&stop, &s))?);
+        let s = shared.clone();
+        workers.push(Worker::spawn("http-guard", move |stop| watch_connections(&stop, &s))?);
         Ok(HttpServer { shared, workers })
     }
 

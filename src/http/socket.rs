@@ -88,6 +88,37 @@ fn matches(fd: RawFd, peer: SocketAddr, local_port: u16) -> bool {
         .is_some_and(|l| l.port() == local_port)
 }
 
+/// Every connected socket to our `local_port`, with its peer (a connection
+/// tiny_http holds may appear under two descriptors).
+pub fn connections(local_port: u16) -> io::Result<Vec<(RawFd, SocketAddr)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir("/proc/self/fd")? {
+        let Some(fd) = entry
+            .ok()
+            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()))
+        else {
+            continue;
+        };
+        let local = getsockname::<SockaddrStorage>(fd).ok().and_then(|l| to_socket_addr(&l));
+        if local.is_none_or(|l| l.port() != local_port) {
+            continue;
+        }
+        if let Some(peer) = getpeername::<SockaddrStorage>(fd).ok().and_then(|p| to_socket_addr(&p)) {
+            out.push((fd, peer));
+        }
+    }
+    Ok(out)
+}
+
+/// Shuts a connection down both ways without closing the descriptor (its
+/// owner sees the end and closes it). Checked against `peer` first, as the
+/// number could have been reused.
+pub fn shut(fd: RawFd, peer: SocketAddr, local_port: u16) {
+    if matches(fd, peer, local_port) {
+        let _ = nix::sys::socket::shutdown(fd, nix::sys::socket::Shutdown::Both);
+    }
+}
+
 /// Finds the connected socket from `peer` to our `local_port` and returns
 /// a duplicate of it (close-on-exec).
 pub fn find_connection(peer: SocketAddr, local_port: u16) -> io::Result<TcpStream> {
