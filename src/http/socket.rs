@@ -88,17 +88,16 @@ fn matches(fd: RawFd, peer: SocketAddr, local_port: u16) -> bool {
         .is_some_and(|l| l.port() == local_port)
 }
 
+/// The process's open descriptors (from /proc/self/fd).
+fn open_fds() -> io::Result<impl Iterator<Item = RawFd>> {
+    Ok(fs::read_dir("/proc/self/fd")?.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<RawFd>().ok()))
+}
+
 /// Every connected socket to our `local_port`, with its peer (a connection
 /// tiny_http holds may appear under two descriptors).
 pub fn connections(local_port: u16) -> io::Result<Vec<(RawFd, SocketAddr)>> {
     let mut out = Vec::new();
-    for entry in fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry
-            .ok()
-            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()))
-        else {
-            continue;
-        };
+    for fd in open_fds()? {
         let local = getsockname::<SockaddrStorage>(fd).ok().and_then(|l| to_socket_addr(&l));
         if local.is_none_or(|l| l.port() != local_port) {
             continue;
@@ -122,13 +121,7 @@ pub fn shut(fd: RawFd, peer: SocketAddr, local_port: u16) {
 /// Finds the connected socket from `peer` to our `local_port` and returns
 /// a duplicate of it (close-on-exec).
 pub fn find_connection(peer: SocketAddr, local_port: u16) -> io::Result<TcpStream> {
-    for entry in fs::read_dir("/proc/self/fd")? {
-        let Some(fd) = entry
-            .ok()
-            .and_then(|e| e.file_name().to_str().and_then(|n| n.parse::<RawFd>().ok()))
-        else {
-            continue;
-        };
+    for fd in open_fds()? {
         if !matches(fd, peer, local_port) {
             continue;
         }
