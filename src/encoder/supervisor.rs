@@ -585,9 +585,11 @@ mod tests {
 
     fn config() -> SupervisorConfig {
         SupervisorConfig {
+            // Short enough for quick tests, long enough for a loaded CI
+            // machine and for qemu-emulated aarch64 runs.
             liveness: Liveness {
-                startup_timeout: Duration::from_millis(300),
-                stall_timeout: Duration::from_millis(300),
+                startup_timeout: Duration::from_millis(1500),
+                stall_timeout: Duration::from_millis(1500),
             },
             policy: RestartPolicy {
                 backoff: vec![Duration::from_millis(10), Duration::from_millis(20)],
