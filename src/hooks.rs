@@ -64,6 +64,10 @@ impl TestHooks {
     /// Called by the capture thread each turn: sleeps if a stall was asked
     /// for (waking early on stop).
     pub fn capture_stall(&self, stop: &StopSignal) {
+        // A plain read on the usual path: no write to a shared line.
+        if self.capture_stall_ms.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let ms = self.capture_stall_ms.swap(0, Ordering::Relaxed);
         if ms > 0 {
             stop.sleep(Duration::from_millis(ms));
@@ -73,6 +77,10 @@ impl TestHooks {
     /// Called by the pump each tick: blocks it if a stall was asked for,
     /// deaf to everything, as a hung pump would be.
     pub fn pump_stall(&self) {
+        // A plain read on the pump's every tick; the swap only when asked.
+        if self.pump_stall_ms.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let ms = self.pump_stall_ms.swap(0, Ordering::Relaxed);
         if ms > 0 {
             std::thread::sleep(Duration::from_millis(ms));

@@ -208,32 +208,17 @@ pub enum DeviceState {
     Unavailable,
 }
 
-/// Errors seen, by class.
+/// Errors seen, by class (indexed by `ErrorClass as usize`).
 #[derive(Default)]
-struct ErrorCounters {
-    overrun: AtomicU64,
-    suspended: AtomicU64,
-    again: AtomicU64,
-    no_device: AtomicU64,
-    io: AtomicU64,
-    bad_state: AtomicU64,
-    stalled: AtomicU64,
-    other: AtomicU64,
-}
+struct ErrorCounters([AtomicU64; 8]);
 
 impl ErrorCounters {
     fn count(&self, class: ErrorClass) -> u64 {
-        let c = match class {
-            ErrorClass::Overrun => &self.overrun,
-            ErrorClass::Suspended => &self.suspended,
-            ErrorClass::Again => &self.again,
-            ErrorClass::NoDevice => &self.no_device,
-            ErrorClass::Io => &self.io,
-            ErrorClass::BadState => &self.bad_state,
-            ErrorClass::Stalled => &self.stalled,
-            ErrorClass::Other => &self.other,
-        };
-        c.fetch_add(1, Ordering::Relaxed) + 1
+        self.0[class as usize].fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn get(&self, class: ErrorClass) -> u64 {
+        self.0[class as usize].load(Ordering::Relaxed)
     }
 }
 
@@ -311,14 +296,14 @@ impl CaptureHandle {
             opens: l(&s.opens),
             open_failures: l(&s.open_failures),
             errors: ErrorCounts {
-                overrun: l(&e.overrun),
-                suspended: l(&e.suspended),
-                again: l(&e.again),
-                no_device: l(&e.no_device),
-                io: l(&e.io),
-                bad_state: l(&e.bad_state),
-                stalled: l(&e.stalled),
-                other: l(&e.other),
+                overrun: e.get(ErrorClass::Overrun),
+                suspended: e.get(ErrorClass::Suspended),
+                again: e.get(ErrorClass::Again),
+                no_device: e.get(ErrorClass::NoDevice),
+                io: e.get(ErrorClass::Io),
+                bad_state: e.get(ErrorClass::BadState),
+                stalled: e.get(ErrorClass::Stalled),
+                other: e.get(ErrorClass::Other),
             },
         }
     }

@@ -275,7 +275,7 @@ impl Hub {
         let mut leaving = Vec::new();
         {
             let mut inner = self.lock();
-            if inner.recent.len() >= self.config.burst_frames.max(MAX_BURST_FRAMES) {
+            if inner.recent.len() >= MAX_BURST_FRAMES {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(frame.clone());

@@ -51,14 +51,14 @@ fn main() {
         }
     }
     let rate = frames as f64 / start.elapsed().as_secs_f64();
-    let status = get(&host, "/status").unwrap_or_default();
-    let input = status
-        .split("\"input\"")
-        .nth(1)
-        .and_then(|s| s.split("\"state\": \"").nth(1))
-        .and_then(|s| s.split('"').next())
-        .unwrap_or("?")
-        .to_string();
+    let status: serde_json::Value = get(&host, "/status")
+        .ok()
+        .and_then(|r| {
+            r.split_once("\r\n\r\n")
+                .and_then(|(_, body)| serde_json::from_str(body).ok())
+        })
+        .unwrap_or_default();
+    let input = status["input"]["state"].as_str().unwrap_or("?").to_string();
     println!(
         "{frames} MP3 frames in 10 s ({rate:.1}/s, expected ~41.7); garbage bytes {}; input {input}",
         p.stats().garbage_bytes
