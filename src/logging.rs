@@ -69,10 +69,7 @@ fn install_panic_hook() {
 /// `RUST_LOG`, when set, takes precedence (for debugging).
 pub fn init(level: &str) -> LogTarget {
     install_panic_hook();
-    let filter =
-        // tiny_http's only error line (a failed accept) is reported by Tower
-        // itself, with what it does about it.
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("{level},tiny_http=off")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {

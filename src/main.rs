@@ -43,8 +43,10 @@ enum Command {
     Devices,
 }
 
-/// Lets Tower use as many descriptors as the system allows (each listener
-/// holds two), and keeps the listener limit below that.
+/// Lets Tower use as many descriptors as the system allows, and keeps the
+/// listener limit below that: each listener holds one, pending connections
+/// up to `http.max_other_connections`, and 64 cover the rest (ffmpeg's
+/// pipes, the sound card, logs).
 fn raise_fd_limit(config: &mut config::Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -55,7 +57,8 @@ fn raise_fd_limit(config: &mut config::Config) {
     } else {
         soft
     };
-    let affordable = (limit.saturating_sub(64) / 3).max(1);
+    let others = config.http.max_other_connections.saturating_add(64);
+    let affordable = limit.saturating_sub(others).max(1);
     if config.http.max_listeners > affordable {
         tracing::warn!(
             component = "service",

@@ -271,6 +271,35 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
         "HTTP requests answered.",
         f(status, &["http", "requests"]),
     );
+    o.one(
+        "http_bad_requests_total",
+        "counter",
+        "HTTP requests refused with 4xx or 5xx.",
+        f(status, &["http", "bad_requests"]),
+    );
+    o.one(
+        "http_pending_connections",
+        "gauge",
+        "Connections whose request is being read or answered.",
+        f(status, &["http", "pending"]),
+    );
+    o.family(
+        "http_connections_cut_total",
+        "counter",
+        "Connections closed by the guard, by reason.",
+    );
+    for (reason, field) in [
+        ("header_timeout", "cut_header_timeout"),
+        ("per_address", "cut_per_address"),
+        ("total", "cut_total"),
+        ("no_descriptors", "shed_no_descriptors"),
+    ] {
+        o.sample(
+            "http_connections_cut_total",
+            &[("reason", reason)],
+            f(status, &["http", field]),
+        );
+    }
 
     o.one(
         "pump_ticks_total",
