@@ -532,6 +532,27 @@ fn icecast_targets(value: Value, file: &Path) -> Result<Vec<IcecastTarget>, Conf
 }
 
 pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigError> {
+    let file = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            Some((p, text))
+        }
+        None => None,
+    };
+    load_text(file.as_ref().map(|(p, t)| (*p, t.as_str())), env, flags)
+}
+
+/// Like [`load`], with the file's text already read (`file` is its path
+/// and text). Never panics, whatever the text (fuzzed:
+/// `fuzz/fuzz_targets/config.rs`).
+pub fn load_text(
+    file: Option<(&Path, &str)>,
+    env: &[(String, String)],
+    flags: &Overrides,
+) -> Result<Loaded, ConfigError> {
     let schema = schema();
     let defaults: BTreeMap<&str, &Value> = schema.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let known: Vec<String> = schema.iter().map(|(k, _)| k.clone()).collect();
@@ -539,13 +560,10 @@ pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) ->
     let mut origins = BTreeMap::new();
     let mut icecast = Vec::new();
 
-    let file = path.map(Path::to_path_buf);
-    if let Some(file) = &file {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        let parsed: Table = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+    let text = file.map(|(_, t)| t);
+    let file = file.map(|(p, _)| p.to_path_buf());
+    if let (Some(file), Some(text)) = (&file, text) {
+        let parsed: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: file.clone(),
             message: e.to_string().trim().to_string(),
         })?;

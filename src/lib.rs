@@ -10,6 +10,7 @@ pub mod audio;
 pub mod config;
 pub mod encoder;
 pub mod fallback;
+pub mod fuzzing;
 pub mod histogram;
 pub mod hooks;
 pub mod http;
