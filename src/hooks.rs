@@ -1,12 +1,14 @@
 //! Test hooks: faults a test can inject into a running Tower.
 //!
-//! Off unless the process was started with `TOWER_TEST_HOOKS=1`; then
-//! `POST /test/stall?thread=capture|pump&ms=N` makes that thread stop
-//! working for N ms at its next turn, the way a slow SD card or a starved
-//! CPU would. Integration tests use it to cause real overruns (the sound
-//! card's buffer fills while capture sleeps) and a hung pump (the watchdog
-//! must notice). A production unit never sets the variable; without it the
-//! routes answer 404 like any unknown path.
+//! Off unless the process was started with `TOWER_TEST_HOOKS=<token>` (a
+//! token of at least [`MIN_TOKEN`] characters); then
+//! `POST /test/stall?thread=capture|pump&ms=N` with `Authorization: Bearer
+//! <token>` makes that thread stop working for N ms at its next turn, the
+//! way a slow SD card or a starved CPU would. Integration tests use it to
+//! cause real overruns (the sound card's buffer fills while capture sleeps)
+//! and a hung pump (the watchdog must notice). It is the only route that
+//! changes state, hence the token. A production unit never sets the
+//! variable; without it the route answers 404 like any unknown path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,12 +17,15 @@ use crate::worker::StopSignal;
 
 /// The environment variable that enables the hooks.
 pub const ENV: &str = "TOWER_TEST_HOOKS";
+/// The shortest token that enables the hooks.
+pub const MIN_TOKEN: usize = 16;
 /// The longest stall a hook may ask for.
 pub const MAX_STALL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Default)]
 pub struct TestHooks {
-    enabled: bool,
+    /// The token requests must carry; `None`: hooks off.
+    token: Option<String>,
     capture_stall_ms: AtomicU64,
     pump_stall_ms: AtomicU64,
 }
@@ -31,21 +36,45 @@ impl TestHooks {
         TestHooks::default()
     }
 
-    /// Enabled when `TOWER_TEST_HOOKS=1`.
-    pub fn from_env() -> Self {
+    /// Enabled with `token`, if it is long enough (else off, and said so).
+    pub fn with_token(token: &str) -> Self {
+        if token.chars().count() < MIN_TOKEN {
+            tracing::warn!(
+                component = "hooks",
+                "{ENV} is set but shorter than {MIN_TOKEN} characters: test hooks stay off"
+            );
+            return TestHooks::disabled();
+        }
+        tracing::warn!(component = "hooks", "test hooks are on ({ENV}): never in production");
         TestHooks {
-            enabled: std::env::var(ENV).is_ok_and(|v| v == "1"),
+            token: Some(token.to_string()),
             ..TestHooks::default()
         }
     }
 
+    /// Enabled when `TOWER_TEST_HOOKS` holds a token.
+    pub fn from_env() -> Self {
+        match std::env::var(ENV) {
+            Ok(t) => TestHooks::with_token(&t),
+            Err(_) => TestHooks::disabled(),
+        }
+    }
+
     pub fn enabled(&self) -> bool {
-        self.enabled
+        self.token.is_some()
+    }
+
+    /// Whether an `Authorization` header value carries the token.
+    pub fn authorized(&self, authorization: Option<&str>) -> bool {
+        let Some(token) = &self.token else { return false };
+        let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        // Compare every byte, so timing does not tell how much matched.
+        given.len() == token.len() && given.bytes().zip(token.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
     }
 
     /// Asks `thread` ("capture" or "pump") to stall for `ms` at its next turn.
     pub fn request_stall(&self, thread: &str, ms: u64) -> Result<(), String> {
-        if !self.enabled {
+        if !self.enabled() {
             return Err("test hooks are disabled".into());
         }
         if ms == 0 || ms > MAX_STALL.as_millis() as u64 {
@@ -100,11 +129,21 @@ mod tests {
     }
 
     #[test]
+    fn only_a_long_enough_token_enables_and_only_that_token_authorizes() {
+        assert!(!TestHooks::with_token("1").enabled());
+        let h = TestHooks::with_token("0123456789abcdef");
+        assert!(h.enabled());
+        assert!(h.authorized(Some("Bearer 0123456789abcdef")));
+        assert!(!h.authorized(Some("Bearer 0123456789abcdeF")));
+        assert!(!h.authorized(Some("Bearer 0123456789abcde")));
+        assert!(!h.authorized(Some("0123456789abcdef")));
+        assert!(!h.authorized(None));
+        assert!(!TestHooks::disabled().authorized(Some("Bearer ")));
+    }
+
+    #[test]
     fn a_stall_fires_once_and_bad_requests_are_named() {
-        let h = TestHooks {
-            enabled: true,
-            ..TestHooks::default()
-        };
+        let h = TestHooks::with_token("0123456789abcdef");
         assert!(h.request_stall("encoder", 10).unwrap_err().contains("encoder"));
         assert!(h.request_stall("pump", 0).is_err());
         assert!(h.request_stall("pump", 61_000).is_err());

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Arrival, Listener, Tower, http_raw, rig, rig_with_input, tone_of, wait_for};
+use common::{Arrival, Listener, Tower, rig, rig_with_input, tone_of, wait_for};
 
 /// When `freq` was first heard among `frames`: the arrival of the last of
 /// the first four consecutive frames that carry it (a frame decoded alone
@@ -69,16 +69,13 @@ fn killing_the_device_five_times_keeps_the_listener_and_live_audio_returns_withi
 
 #[test]
 fn a_capture_stall_overruns_and_is_recovered_counted_and_heard_through() {
-    let r = rig(&[("TOWER_TEST_HOOKS", "1")]);
+    let r = rig(&[common::HOOKS]);
     let tower = &r.tower;
     let l = Listener::connect(tower.addr);
     assert!(l.wait_tone(1000.0, Duration::from_secs(15)), "no live input");
     // The ALSA buffer holds 8 periods (192 ms): 600 ms without reading
     // overruns it.
-    let resp = http_raw(
-        tower.addr,
-        "POST /test/stall?thread=capture&ms=600 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
+    let resp = common::stall(tower.addr, "capture", 600);
     assert_eq!(resp.status, 200, "{}", resp.body_text());
     assert!(
         wait_for(Duration::from_secs(5), || {

@@ -350,7 +350,7 @@ fn metrics_parse_with_promtool_and_move_as_the_stream_runs() {
 #[test]
 fn health_is_ok_when_streaming_and_503_with_reasons_when_the_pump_stalls_or_the_encoder_fails() {
     let mut env = NO_DEVICE.to_vec();
-    env.push(("TOWER_TEST_HOOKS", "1"));
+    env.push(common::HOOKS);
     let tower = Tower::start(&[], &env);
     assert!(wait_for(Duration::from_secs(5), || tower.get("/health").status == 200));
     // The fallback is streaming by design: healthy.
@@ -358,10 +358,14 @@ fn health_is_ok_when_streaming_and_503_with_reasons_when_the_pump_stalls_or_the_
         == "fallback"));
     assert_eq!(tower.get("/health").status, 200);
 
-    let r = http_raw(
+    // The hook changes state: without the token it is refused.
+    let unauthorized = http_raw(
         tower.addr,
-        "POST /test/stall?thread=pump&ms=2500 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        "POST /test/stall?thread=pump&ms=2500 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\n\r\n",
     );
+    assert_eq!(unauthorized.status, 401);
+    assert_eq!(tower.get("/health").status, 200);
+    let r = common::stall(tower.addr, "pump", 2500);
     assert_eq!(r.status, 200);
     assert!(
         wait_for(Duration::from_secs(3), || tower.get("/health").status == 503),

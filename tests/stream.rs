@@ -240,6 +240,9 @@ fn buffer_and_status_return_the_documented_json_and_bad_requests_get_4xx() {
     assert_eq!(tower.get("/status?x=1").status, 200);
     // Unknown paths: 404; other methods: 405 with Allow.
     assert_eq!(tower.get("/nope").status, 404);
+    // Test hooks are off unless enabled: the route does not exist.
+    let r = http_raw(tower.addr, "POST /test/stall?thread=pump&ms=10 HTTP/1.1\r\n\r\n");
+    assert_eq!(r.status, 404);
     assert_eq!(tower.get("/stream/../status").status, 404);
     let r = http_raw(
         tower.addr,
@@ -271,7 +274,7 @@ fn buffer_and_status_return_the_documented_json_and_bad_requests_get_4xx() {
     }
     assert!(l.ended().is_none());
     // Every refusal is counted, the unparseable request too.
-    assert_eq!(tower.status()["http"]["bad_requests"], 5);
+    assert_eq!(tower.status()["http"]["bad_requests"], 6);
 }
 
 #[test]

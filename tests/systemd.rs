@@ -9,7 +9,7 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
-use common::{Tower, http_raw};
+use common::Tower;
 
 /// Messages received on `sock` until `until`, with their arrival times.
 fn receive(sock: &UnixDatagram, until: Instant) -> Vec<(Instant, String)> {
@@ -35,7 +35,7 @@ fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
         &[],
         &[
             ("TOWER_DEVICE", "tower_test_no_such_device"),
-            ("TOWER_TEST_HOOKS", "1"),
+            common::HOOKS,
             ("NOTIFY_SOCKET", &path),
             // Pings every 200 ms.
             ("WATCHDOG_USEC", "400000"),
@@ -48,10 +48,7 @@ fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
     assert!(pings >= 5, "{pings} pings in 2 s: {first:?}");
 
     // A hung pump: no pings while it hangs, pings again after.
-    let r = http_raw(
-        tower.addr,
-        "POST /test/stall?thread=pump&ms=2000 HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
+    let r = common::stall(tower.addr, "pump", 2000);
     assert_eq!(r.status, 200);
     let stalled = Instant::now();
     let during = receive(&sock, stalled + Duration::from_millis(1900));

@@ -241,6 +241,7 @@ fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         431 => "Request Header Fields Too Large",
@@ -403,6 +404,16 @@ impl Shared {
     fn test_stall(&self, rq: &Request, peer: SocketAddr) -> Response {
         if rq.method != "POST" {
             return self.bad(rq, peer, 405, "use POST").with("Allow", "POST");
+        }
+        if !self.hooks.authorized(rq.header("Authorization")) {
+            return self
+                .bad(
+                    rq,
+                    peer,
+                    401,
+                    "test hooks need Authorization: Bearer <TOWER_TEST_HOOKS token>",
+                )
+                .with("WWW-Authenticate", "Bearer");
         }
         let thread = rq.query_param("thread").unwrap_or_default();
         let result = rq

@@ -297,6 +297,21 @@ pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
     HttpResponse { status, head, body }
 }
 
+/// The variable and token that enable Tower's test hooks.
+pub const HOOKS: (&str, &str) = ("TOWER_TEST_HOOKS", "tower-integration-tests");
+
+/// Asks Tower's test hooks (enabled with [`HOOKS`]) to stall `thread`
+/// ("capture" or "pump") for `ms` milliseconds.
+pub fn stall(addr: SocketAddr, thread: &str, ms: u64) -> HttpResponse {
+    http_raw(
+        addr,
+        &format!(
+            "POST /test/stall?thread={thread}&ms={ms} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+            HOOKS.1
+        ),
+    )
+}
+
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_raw(
         addr,
