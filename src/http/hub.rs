@@ -295,11 +295,6 @@ impl Hub {
         }
     }
 
-    /// The peers (`ip:port`) of the connections this hub holds.
-    pub fn peers(&self) -> Vec<String> {
-        self.lock().listeners.iter().map(|l| l.peer.clone()).collect()
-    }
-
     pub fn len(&self) -> usize {
         self.lock().listeners.len()
     }
