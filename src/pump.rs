@@ -323,17 +323,18 @@ fn run(
     }
 }
 
-/// One tick's input: trims a frame if the governor says the queue holds
-/// more than it needs [R6], then takes the oldest frame, waiting at most
-/// `wait` [A2].
+/// One tick's input: trims what the governor says the queue holds beyond
+/// its need [R6], then takes the oldest frame, waiting at most `wait` [A2].
 fn next_input(
     router: &AudioInputRouter,
     governor: &mut FillGovernor,
     now: Instant,
     wait: Option<Duration>,
 ) -> Option<PcmFrame> {
-    if governor.observe(router.fill(), now) {
-        router.trim_oldest();
+    for _ in 0..governor.observe(router.fill(), now) {
+        if !router.trim_oldest() {
+            break;
+        }
     }
     router.pop(wait)
 }

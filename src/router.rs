@@ -11,9 +11,10 @@
 //! and the pump's differ by tens of ppm, so a faster card adds a frame to
 //! the queue every few minutes. The pump feeds a [`FillGovernor`] the fill
 //! it sees each tick; when even the lowest fill over a whole window stays
-//! above a small high-water mark, the excess is real (not jitter) and the
-//! pump trims one frame with [`AudioInputRouter::trim_oldest`], counted as
-//! `drift_trimmed`. A slower card empties the queue now and then instead;
+//! above a small high-water mark, that excess is real (not jitter) and the
+//! pump trims it with [`AudioInputRouter::trim_oldest`], counted as
+//! `drift_trimmed`: one frame for drift, the whole backlog at once after a
+//! stalled pump (which let capture queue up to a full buffer of latency). A slower card empties the queue now and then instead;
 //! the pump covers that tick with one frame of grace silence [A2].
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -55,16 +56,16 @@ impl FillGovernor {
         }
     }
 
-    /// Records the `fill` seen before a pop at `now`; true when one frame
-    /// should be trimmed (the lowest fill over the window that just ended
-    /// stayed above the high-water mark).
-    pub fn observe(&mut self, fill: usize, now: Instant) -> bool {
+    /// Records the `fill` seen before a pop at `now`; returns how many
+    /// frames to trim: when a window ends, what the lowest fill over it
+    /// had above the high-water mark (0 for a window that touched it).
+    pub fn observe(&mut self, fill: usize, now: Instant) -> usize {
         let start = *self.window_start.get_or_insert(now);
         self.lowest = self.lowest.min(fill);
         if now.saturating_duration_since(start) < self.window {
-            return false;
+            return 0;
         }
-        let trim = self.lowest > self.high_water;
+        let trim = self.lowest.saturating_sub(self.high_water);
         self.window_start = Some(now);
         self.lowest = usize::MAX;
         trim
@@ -278,16 +279,30 @@ mod tests {
         let at = |ms| t0 + Duration::from_millis(ms);
         let mut g = FillGovernor::new(Duration::from_secs(2), 2);
         // Jitter: high most of the time, but touching the mark once.
-        assert!(!g.observe(5, at(0)));
-        assert!(!g.observe(2, at(1_000)));
-        assert!(!g.observe(6, at(2_000)), "the window saw 2: no trim");
-        // A whole window above the mark.
-        assert!(!g.observe(3, at(3_000)));
-        assert!(g.observe(4, at(4_000)));
+        assert_eq!(g.observe(5, at(0)), 0);
+        assert_eq!(g.observe(2, at(1_000)), 0);
+        assert_eq!(g.observe(6, at(2_000)), 0, "the window saw 2: no trim");
+        // A whole window one above the mark (drift): one frame.
+        assert_eq!(g.observe(3, at(3_000)), 0);
+        assert_eq!(g.observe(4, at(4_000)), 1);
         // The next window starts afresh.
-        assert!(!g.observe(3, at(4_100)));
-        assert!(!g.observe(1, at(5_000)));
-        assert!(!g.observe(3, at(6_100)));
+        assert_eq!(g.observe(3, at(4_100)), 0);
+        assert_eq!(g.observe(1, at(5_000)), 0);
+        assert_eq!(g.observe(3, at(6_100)), 0);
+    }
+
+    #[test]
+    fn a_backlog_that_stays_a_whole_window_is_trimmed_at_once() {
+        // The pump hung 1.5 s while capture went on: 63 frames queued. One
+        // frame per window would keep 1.5 s of extra latency for two
+        // minutes.
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let mut g = FillGovernor::new(Duration::from_secs(2), 2);
+        assert_eq!(g.observe(2, at(0)), 0);
+        assert_eq!(g.observe(63, at(2_000)), 0, "the window saw 2");
+        assert_eq!(g.observe(63, at(3_000)), 0);
+        assert_eq!(g.observe(62, at(4_000)), 60);
     }
 
     #[test]

@@ -60,6 +60,8 @@ fn killing_the_device_five_times_keeps_the_listener_and_live_audio_returns_withi
     assert!(capture["opens"].as_u64().expect("opens") >= 6, "{capture}");
     assert!(capture["errors"]["stalled"].as_u64().expect("n") >= 5, "{capture}");
     assert_eq!(s["listeners"]["disconnected"], 0, "{s}");
+    // Not dropped as slow either, and all it got decodes [H3].
+    common::faults::assert_intact(&r.tower, &[&l]);
     // One line when the device went, one when it came back: not one per try.
     let log = r.tower.log_text();
     let failed = log.matches("capture device \"jackfile\" failed").count();

@@ -47,6 +47,10 @@ fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
     let pings = first.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count();
     assert!(pings >= 5, "{pings} pings in 2 s: {first:?}");
 
+    // A listener rides it out [H3].
+    let listener = common::Listener::connect(tower.addr);
+    assert!(listener.wait_frames(20, Duration::from_secs(5)), "no audio");
+
     // A hung pump: no pings while it hangs, pings again after.
     let r = common::stall(tower.addr, "pump", 2000);
     assert_eq!(r.status, 200);
@@ -63,6 +67,12 @@ fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
         after.iter().filter(|(_, m)| m.contains("WATCHDOG=1")).count() >= 3,
         "no pings after the pump came back: {after:?}"
     );
+    // Silence filled the hang; the listener is still there and all it got
+    // decodes.
+    let gap = listener.max_gap_since(stalled - Duration::from_millis(500));
+    eprintln!("listener through a 2 s pump hang: largest gap between frames {gap:?}");
+    assert!(gap < Duration::from_millis(150), "{gap:?} without a frame");
+    common::faults::assert_intact(&tower, &[&listener]);
 
     let (status, _) = tower.terminate();
     assert!(status.success());

@@ -17,6 +17,12 @@
 //!   (stalled, restarting); silence frames are sent to bring the lead back to
 //!   zero and keep it there until real frames return, so listeners stay
 //!   connected and their players' buffers stay full.
+//! - When real frames return after silence (a restarted encoder), they
+//!   come in a burst: the PCM that queued in the new ffmpeg's stdin while
+//!   it started. For a short while the lead is capped at two periods, not
+//!   `max_lead`, so the stale part of the burst is dropped: otherwise each
+//!   restart would leave listeners up to `max_lead` further behind live,
+//!   and the next gap would reach them that much later.
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +31,9 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SILENCE_AFTER: Duration = Duration::from_millis(60);
 /// Default: the most audio listeners may be sent ahead of real time.
 pub const DEFAULT_MAX_LEAD: Duration = Duration::from_millis(120);
+/// After silence, how long (in periods) the tighter cap on the lead holds:
+/// long enough for a new encoder's first burst.
+const SETTLE_PERIODS: u32 = 4;
 
 #[derive(Debug, Clone)]
 pub struct Pacer {
@@ -34,6 +43,9 @@ pub struct Pacer {
     anchor: Option<Instant>,
     sent: u64,
     in_silence: bool,
+    /// Until when real frames returning after silence are held to a lead
+    /// of two periods.
+    settle_until: Option<Instant>,
 }
 
 /// What to do with the real frames that are waiting.
@@ -54,6 +66,7 @@ impl Pacer {
             anchor: None,
             sent: 0,
             in_silence: false,
+            settle_until: None,
         }
     }
 
@@ -91,8 +104,15 @@ impl Pacer {
         if self.anchor.is_none() {
             self.anchor = Some(now);
         }
+        if self.in_silence {
+            self.settle_until = Some(now + self.period * SETTLE_PERIODS);
+        }
         self.in_silence = false;
-        let room = self.max_lead.as_nanos() as i128 - self.lead_ns(now);
+        let cap = match self.settle_until {
+            Some(until) if now < until => self.max_lead.min(self.period * 2),
+            _ => self.max_lead,
+        };
+        let room = cap.as_nanos() as i128 - self.lead_ns(now);
         let fits = (room / self.period.as_nanos() as i128).max(0) as usize;
         let decision = if fits == 0 {
             RealDecision {
@@ -231,6 +251,42 @@ mod tests {
             max_lead = max_lead.max(p.lead(now));
         }
         assert!(max_lead <= P * 2, "lead grew to {max_lead:?}");
+    }
+
+    #[test]
+    fn a_burst_after_silence_is_trimmed_so_the_delay_does_not_grow() {
+        // A restarted encoder's first frames come at once: what sat in its
+        // stdin while it started. Taking them all would put listeners that
+        // much further behind live after every restart.
+        let t0 = Instant::now();
+        let mut p = pacer();
+        let mut now = t0;
+        for _ in 0..50 {
+            now += P;
+            assert!(p.on_real(1, now).send);
+        }
+        let before = p.lead(now);
+        // 300 ms without frames: silence.
+        let resume = now + ms(300);
+        while now < resume {
+            now += ms(4);
+            while p.silence_due(now) {}
+        }
+        // The burst: 1 frame, then 3 more a few ms later.
+        let d = p.on_real(1, now);
+        assert_eq!(d, RealDecision { trim: 0, send: true });
+        let d = p.on_real(3, now + ms(3));
+        assert!(!d.send && d.trim == 2, "{d:?}");
+        // Then the cadence: every frame is sent, none trimmed.
+        for _ in 0..100 {
+            now += P;
+            assert_eq!(p.on_real(1, now), RealDecision { trim: 0, send: true });
+        }
+        assert!(
+            p.lead(now) <= before.max(P) + P,
+            "lead {:?}, was {before:?}",
+            p.lead(now)
+        );
     }
 
     #[test]
