@@ -14,8 +14,9 @@
 //! above a small high-water mark, that excess is real (not jitter) and the
 //! pump trims it with [`AudioInputRouter::trim_oldest`], counted as
 //! `drift_trimmed`: one frame for drift, the whole backlog at once after a
-//! stalled pump (which let capture queue up to a full buffer of latency). A slower card empties the queue now and then instead;
-//! the pump covers that tick with one frame of grace silence [A2].
+//! stalled pump (which let capture queue up to a full buffer of latency).
+//! A slower card empties the queue now and then instead; the pump covers
+//! that tick with one frame of grace silence [A2].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};

@@ -454,7 +454,7 @@ fn a_blocked_pump_with_live_input_keeps_listeners_fed_and_the_input_latency_come
     // [A1]: the pump resynchronises after a hang instead of bursting; the
     // capture thread kept filling the PCM queue meanwhile, and [R6] says
     // the queue must not stay long: that backlog is latency from live.
-    let r = rig(&[("TOWER_TEST_HOOKS", "1")]);
+    let r = rig(&[common::HOOKS]);
     let tower = &r.tower;
     let a = Listener::connect(tower.addr);
     let b = Listener::connect(tower.addr);

@@ -169,7 +169,7 @@ fn soak_with_50_listeners_and_a_fault_every_2_minutes() {
     let duration = env_duration("TOWER_SOAK_DURATION", "3m");
     let every = env_duration("TOWER_SOAK_FAULT_EVERY", "2m");
     assert!(duration >= WARM_UP + Duration::from_secs(60), "at least 90 s");
-    let mut r = rig(&[("TOWER_TEST_HOOKS", "1")]);
+    let mut r = rig(&[common::HOOKS]);
     let pid = r.tower.pid();
     let status = |r: &common::Rig| r.tower.status();
     assert!(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::{Arrival, Listener, Tower, http_raw};
+use super::{Arrival, Listener, Tower};
 
 /// The normal interval between frames at a listener.
 pub const CADENCE: Duration = Duration::from_millis(24);
@@ -48,14 +48,9 @@ impl Drop for Stopped {
 }
 
 /// Asks Tower's pump to hang for `ms` through the test hook (needs
-/// `TOWER_TEST_HOOKS=1`).
+/// [`super::HOOKS`]).
 pub fn stall_pump(tower: &Tower, ms: u64) {
-    let r = http_raw(
-        tower.addr,
-        &format!(
-            "POST /test/stall?thread=pump&ms={ms} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        ),
-    );
+    let r = super::stall(tower.addr, "pump", ms);
     assert_eq!(r.status, 200, "stall hook: {}", r.body_text());
 }
 
