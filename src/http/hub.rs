@@ -220,15 +220,15 @@ impl Hub {
         listener.queue.extend(inner.recent.iter().skip(skip).cloned());
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
-        let count = inner.listeners.len() + 1;
-        tracing::info!(component = "http", listener = id, peer = %listener.peer, listeners = count, "listener connected");
+        let peer = listener.peer.clone();
         inner.listeners.push(listener);
-        if let Some(leave) = verdict {
-            let l = inner.listeners.pop();
-            drop(inner);
-            if let Some(l) = l {
-                self.remove(l, leave, now);
-            }
+        let count = inner.listeners.len();
+        let left = verdict.and_then(|leave| Some((inner.listeners.pop()?, leave)));
+        // Log (and close) outside the lock: the broadcast thread waits on it.
+        drop(inner);
+        tracing::info!(component = "http", listener = id, peer = %peer, listeners = count, "listener connected");
+        if let Some((l, leave)) = left {
+            self.remove(l, leave, now);
         }
         id
     }

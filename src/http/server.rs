@@ -101,11 +101,16 @@ impl Conn {
         loop {
             match &mut self.state {
                 State::Reading(buf) => {
-                    if !read_head(&mut self.stream, buf) {
-                        return Next::Close; // left, or reset
-                    }
+                    let open = match read_head(&mut self.stream, buf) {
+                        Got::Open => true,
+                        // A client may send its request and then shut its
+                        // side: it still gets the answer.
+                        Got::Ended => false,
+                        Got::Failed => return Next::Close,
+                    };
                     let out = match request::parse(buf) {
-                        Parse::Partial => return Next::Keep,
+                        Parse::Partial if open => return Next::Keep,
+                        Parse::Partial => return Next::Close, // left half way
                         Parse::Refused(r) => handler.refuse(&r, self.peer),
                         Parse::Complete(rq) => match handler.answer(&rq, self.peer) {
                             Answer::Bytes(b) => b,
@@ -144,24 +149,33 @@ impl Conn {
     }
 }
 
+/// What reading a socket found.
+enum Got {
+    /// Everything there was read; more may come.
+    Open,
+    /// The client shut its side (end of stream).
+    Ended,
+    /// Reset, or another socket error.
+    Failed,
+}
+
 /// Reads what is there into `buf`, keeping at most [`MAX_HEAD`] bytes (the
-/// parser refuses a head that fills it). `false` at end of stream or on a
-/// socket error.
-fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> bool {
+/// parser refuses a head that fills it).
+fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Got {
     let mut chunk = [0u8; READ_CHUNK];
     while buf.len() < MAX_HEAD {
         match stream.read(&mut chunk) {
-            Ok(0) => return false,
+            Ok(0) => return Got::Ended,
             Ok(n) => {
                 let room = (MAX_HEAD - buf.len()).min(n);
                 buf.extend_from_slice(&chunk[..room]);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Got::Open,
+            Err(_) => return Got::Failed,
         }
     }
-    true
+    Got::Open
 }
 
 /// The accept loop's state.
@@ -448,6 +462,13 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).expect("read");
         assert!(out.ends_with("/slow"), "{out}");
+        // A client that shuts its side after the request is still answered.
+        let mut h = TcpStream::connect(addr).expect("connect");
+        h.write_all(b"GET /half HTTP/1.0\r\n\r\n").expect("write");
+        h.shutdown(Shutdown::Write).expect("shutdown");
+        let mut out = String::new();
+        h.read_to_string(&mut out).expect("read");
+        assert!(out.ends_with("/half"), "{out}");
         // Joined connections stay open, with what the handler wrote.
         let mut j = TcpStream::connect(addr).expect("connect");
         j.write_all(b"GET /join HTTP/1.1\r\n\r\n").expect("write");
