@@ -8,6 +8,7 @@
 
 pub mod audio;
 pub mod browser;
+pub mod icecast;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
