@@ -350,7 +350,9 @@ impl ClickRig {
         let input = dir.path().join("clicks.raw");
         std::fs::write(&input, clicks_raw(seconds)).expect("write input");
         let conf = write_alsa_conf(dir.path(), &input);
-        let jack = Jack::start();
+        // Not a test server's name: tests may run meanwhile, and a second
+        // server under the same name takes the first one's clients away.
+        let jack = Jack::start_named("tower-bench-0");
         // SAFETY: the caller starts this before any thread that reads the
         // environment (the service's capture thread starts after).
         unsafe {
