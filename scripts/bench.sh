@@ -4,7 +4,7 @@
 # libasound2-plugins for Tower's real ALSA capture path), then runs it.
 # Prints a Markdown table; the same figures go to target/bench/compare.json.
 # Everything runs on 127.0.0.1, stops by itself (about 8 minutes; --quick,
-# 100 listeners for 5 s, about 1.5 minutes) and ends every process it
+# 100 listeners for 5 s, about 2 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
 # figure needs root (otherwise both pump rows are without real time).
 # Arguments go to the bench: --quick, --only first,lag,held,pump,
