@@ -328,11 +328,10 @@ impl Service {
         let broadcast = Worker::spawn("broadcast", move |stop| {
             while !stop.is_stopped() {
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let now = Instant::now();
-                while let Some(frame) = enc.get_frame(now) {
-                    h.broadcast(&frame, now);
-                    out.offer(&frame);
-                }
+                enc.drain(Instant::now, |frame, now| {
+                    h.broadcast(frame, now);
+                    out.offer(frame);
+                });
                 enc.wait(Instant::now());
             }
         })

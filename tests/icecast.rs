@@ -6,109 +6,43 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::icecast::{Icecast, free_port};
 use common::{Arrival, Listener, Tower, wait_for};
 
 const PASSWORD: &str = "tower-test-secret";
 
-/// An icecast2 process on 127.0.0.1.
-struct Icecast {
-    dir: tempfile::TempDir,
-    port: u16,
-    child: Option<Child>,
+/// Icecast as these tests want it: no burst, room for 100 listeners.
+fn test_config(port: u16, d: &Path, log: &Path) -> String {
+    let owner = if common::icecast::is_root() {
+        "<changeowner><user>nobody</user><group>nogroup</group></changeowner>"
+    } else {
+        ""
+    };
+    format!(
+        "<icecast>\n\
+         <limits><clients>100</clients><sources>4</sources><burst-size>0</burst-size>\
+         <source-timeout>10</source-timeout></limits>\n\
+         <authentication><source-password>{PASSWORD}</source-password>\
+         <admin-user>admin</admin-user><admin-password>{PASSWORD}-admin</admin-password></authentication>\n\
+         <hostname>127.0.0.1</hostname>\n\
+         <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>\n\
+         <fileserve>0</fileserve>\n\
+         <paths><basedir>{d}</basedir><logdir>{log}</logdir>\
+         <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>\n\
+         <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>\n\
+         <security><chroot>0</chroot>{owner}</security>\n\
+         </icecast>\n",
+        d = d.display(),
+        log = log.display(),
+    )
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
-
-impl Icecast {
-    fn start() -> Icecast {
-        let dir = tempfile::tempdir().expect("tmp");
-        let mut ice = Icecast {
-            port: free_port(),
-            dir,
-            child: None,
-        };
-        ice.spawn();
-        ice
-    }
-
-    fn config(&self) -> PathBuf {
-        let d = self.dir.path();
-        let log = d.join("log");
-        std::fs::create_dir_all(&log).expect("log dir");
-        // icecast2 refuses to run as root: it changes to nobody, who must
-        // be able to write its logs.
-        Command::new("chmod")
-            .args(["-R", "777"])
-            .arg(d)
-            .status()
-            .expect("chmod");
-        let xml = format!(
-            "<icecast>\n\
-             <limits><clients>100</clients><sources>4</sources><burst-size>0</burst-size>\
-             <source-timeout>10</source-timeout></limits>\n\
-             <authentication><source-password>{PASSWORD}</source-password>\
-             <admin-user>admin</admin-user><admin-password>{PASSWORD}-admin</admin-password></authentication>\n\
-             <hostname>127.0.0.1</hostname>\n\
-             <listen-socket><port>{}</port><bind-address>127.0.0.1</bind-address></listen-socket>\n\
-             <fileserve>0</fileserve>\n\
-             <paths><basedir>{d}</basedir><logdir>{log}</logdir>\
-             <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>\n\
-             <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>\n\
-             <security><chroot>0</chroot><changeowner><user>nobody</user><group>nogroup</group></changeowner></security>\n\
-             </icecast>\n",
-            self.port,
-            d = d.display(),
-            log = log.display(),
-        );
-        let path = d.join("icecast.xml");
-        std::fs::write(&path, xml).expect("icecast.xml");
-        path
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn spawn(&mut self) {
-        let conf = self.config();
-        let child = Command::new("icecast2")
-            .arg("-c")
-            .arg(&conf)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("icecast2 (apt-get install icecast2)");
-        self.child = Some(child);
-        let addr = self.addr();
-        assert!(
-            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()),
-            "icecast2 did not come up"
-        );
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Icecast {
-    fn drop(&mut self) {
-        self.kill();
-    }
+fn start_icecast() -> Icecast {
+    Icecast::start(Box::new(test_config))
 }
 
 /// A fallback WAV whose every frame differs (a slow sweep), so frames can
@@ -171,7 +105,7 @@ fn added_lag(early: &[Arrival], late: &[Arrival]) -> Option<Duration> {
 
 #[test]
 fn tower_feeds_icecast_and_heals_when_icecast_restarts_without_touching_local_listeners() {
-    let mut ice = Icecast::start();
+    let mut ice = start_icecast();
     let dir = tempfile::tempdir().expect("tmp");
     let wav = sweep_wav(dir.path());
     let url = format!("http://127.0.0.1:{}/tower", ice.port);
@@ -240,7 +174,7 @@ fn tower_feeds_icecast_and_heals_when_icecast_restarts_without_touching_local_li
 
 #[test]
 fn a_wrong_password_is_reported_and_retried_slowly_and_local_streaming_goes_on() {
-    let ice = Icecast::start();
+    let ice = start_icecast();
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("http://127.0.0.1:{}/tower", ice.port);
     let tower = tower_pushing(dir.path(), &url, "not-the-password", &[]);

@@ -152,6 +152,19 @@ impl EncoderManager {
         None
     }
 
+    /// Hands every frame that is ready to `send`, reading `clock` before
+    /// each. Sending to thousands of listeners takes a while: with one time
+    /// for a whole backlog, the pacer would count each frame sent as 24 ms
+    /// ahead of that stale time and soon drop real frames as too far
+    /// ahead, though listeners were in fact behind.
+    pub fn drain(&self, mut clock: impl FnMut() -> Instant, mut send: impl FnMut(&Mp3Frame, Instant)) {
+        loop {
+            let now = clock();
+            let Some(frame) = self.get_frame(now) else { break };
+            send(&frame, now);
+        }
+    }
+
     /// Sleeps until a frame arrives, silence becomes due, or 100 ms pass.
     pub fn wait(&self, now: Instant) {
         let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
@@ -272,6 +285,61 @@ mod tests {
         // Frames come out in the order PCM went in.
         let tagged: Vec<u8> = got.iter().copied().filter(|&t| t > 1).collect();
         assert_eq!(tagged, vec![2, 3, 4, 5]);
+        assert_eq!(m.snapshot().mp3_frames_trimmed, 0);
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn a_backlog_sent_slowly_is_not_taken_for_frames_too_far_ahead() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        let mut f = PcmFrame::silent();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.state() != EncoderState::Running && Instant::now() < deadline {
+            m.write_pcm(&f);
+            std::thread::sleep(Duration::from_millis(24));
+            m.drain(Instant::now, |_, _| {});
+        }
+        assert_eq!(m.state(), EncoderState::Running);
+        // The broadcast loop was busy for 240 ms: ten frames wait. Each
+        // then takes it 30 ms to send, longer than a frame lasts, and a new
+        // frame arrives meanwhile. Listeners fall further behind, never
+        // ahead: no frame may be dropped as too far ahead.
+        for tag in 10..20u8 {
+            f.as_bytes_mut()[0] = tag;
+            m.write_pcm(&f);
+        }
+        let arrived = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while m.ring().len() < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        arrived(10);
+        let now = std::cell::Cell::new(Instant::now() + Duration::from_millis(240));
+        let next = std::cell::Cell::new(20u8);
+        let mut got = Vec::new();
+        m.drain(
+            || {
+                // Once the last frame is in, the clock stands still and the
+                // silence that brings listeners back to live ends.
+                if next.get() < 50 {
+                    now.set(now.get() + Duration::from_millis(30));
+                }
+                now.get()
+            },
+            |frame, _| {
+                got.push(frame[4]);
+                if next.get() < 50 {
+                    let waiting = m.ring().len();
+                    f.as_bytes_mut()[0] = next.get();
+                    m.write_pcm(&f);
+                    arrived(waiting + 1);
+                    next.set(next.get() + 1);
+                }
+            },
+        );
+        let tagged: Vec<u8> = got.into_iter().filter(|&t| t >= 10).collect();
+        assert_eq!(tagged, (10..50).collect::<Vec<u8>>());
         assert_eq!(m.snapshot().mp3_frames_trimmed, 0);
         m.stop(Duration::from_secs(2)).expect("stop");
     }

@@ -9,6 +9,7 @@
 pub mod audio;
 pub mod browser;
 pub mod faults;
+pub mod icecast;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -521,8 +522,16 @@ static JACK_SEQ: AtomicU32 = AtomicU32::new(0);
 
 impl Jack {
     pub fn start() -> Jack {
-        let name = format!("tower-test-{}", JACK_SEQ.fetch_add(1, Ordering::SeqCst));
-        let mut j = Jack { name, child: None };
+        Self::start_named(&format!("tower-test-{}", JACK_SEQ.fetch_add(1, Ordering::SeqCst)))
+    }
+
+    /// A server under `name`, for runs that must not share a name with
+    /// test servers that may be running at the same time (the benches).
+    pub fn start_named(name: &str) -> Jack {
+        let mut j = Jack {
+            name: name.to_string(),
+            child: None,
+        };
         j.spawn();
         j
     }

@@ -1,0 +1,114 @@
+//! A Debian `icecast2` process on 127.0.0.1, for the Icecast tests and the
+//! comparison bench. Icecast refuses to run as root: under root the
+//! configuration must change the owner to nobody, who then needs to write
+//! the logs, so the temporary directory is opened to all.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::wait_for;
+
+/// Writes an `icecast.xml` for `port`, with `dir` as its base and `dir/log`
+/// as its log directory, and returns its text.
+pub type ConfigFn = Box<dyn Fn(u16, &Path, &Path) -> String>;
+
+/// An icecast2 process on 127.0.0.1, killed on drop.
+pub struct Icecast {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    config: ConfigFn,
+    child: Option<Child>,
+}
+
+/// A free TCP port on 127.0.0.1 (free now; nothing holds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Whether this process runs as root (and icecast2 must change owner).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Icecast {
+    /// Starts icecast2 with the configuration `config(port, dir, logdir)`
+    /// and waits until it accepts connections.
+    pub fn start(config: ConfigFn) -> Icecast {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut ice = Icecast {
+            port: free_port(),
+            dir,
+            config,
+            child: None,
+        };
+        ice.spawn();
+        ice
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let d = self.dir.path();
+        let log = d.join("log");
+        std::fs::create_dir_all(&log).expect("log dir");
+        // Under root icecast2 runs as nobody, who must write its logs.
+        Command::new("chmod")
+            .args(["-R", "777"])
+            .arg(d)
+            .status()
+            .expect("chmod");
+        let path = d.join("icecast.xml");
+        std::fs::write(&path, (self.config)(self.port, d, &log)).expect("icecast.xml");
+        path
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map_or(0, |c| c.id() as i32)
+    }
+
+    /// The error log, for messages when something goes wrong.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log").join("error.log")).unwrap_or_default()
+    }
+
+    /// (Re)starts the process and waits until it accepts connections.
+    pub fn spawn(&mut self) {
+        let conf = self.write_config();
+        let child = Command::new("icecast2")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("icecast2 (apt-get install icecast2)");
+        self.child = Some(child);
+        let addr = self.addr();
+        assert!(
+            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()),
+            "icecast2 did not come up:\n{}",
+            self.error_log()
+        );
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Icecast {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
