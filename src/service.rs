@@ -143,6 +143,7 @@ impl StatusSource for Board {
                     "pcm_drift_trimmed": router.drift_trimmed,
                     "mp3_ring_full": ring.dropped_oldest,
                     "mp3_late_trimmed": enc.mp3_frames_trimmed,
+                    "mp3_broadcast_behind": enc.mp3_frames_skipped_behind,
                     "slow_listeners": hub.slow_dropped,
                 },
             },

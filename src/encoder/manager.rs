@@ -27,6 +27,11 @@ use crate::worker::WorkerError;
 /// Longest the broadcast loop sleeps with nothing to do (bounds how fast it
 /// notices a stop).
 const MAX_WAIT: Duration = Duration::from_millis(100);
+/// The most MP3 frames that may wait for the broadcast loop: about 0.5 s.
+/// A loop that falls further behind (an overloaded box, thousands of
+/// listeners) skips the oldest, so listeners' lag behind live is bounded
+/// instead of growing with every slow turn [M5].
+pub const MAX_BACKLOG: usize = 21;
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
@@ -48,6 +53,7 @@ struct Counters {
     real_out: AtomicU64,
     silence_out: AtomicU64,
     trimmed: AtomicU64,
+    behind: AtomicU64,
 }
 
 /// The manager's view for `/status`.
@@ -61,6 +67,9 @@ pub struct EncoderSnapshot {
     pub silence_frames_out: u64,
     /// Late MP3 frames dropped to keep listener delay bounded.
     pub mp3_frames_trimmed: u64,
+    /// Skipped because the broadcast loop fell more than [`MAX_BACKLOG`]
+    /// frames behind.
+    pub mp3_frames_skipped_behind: u64,
 }
 
 pub struct EncoderManager {
@@ -125,6 +134,9 @@ impl EncoderManager {
     /// really behind, a frame of silence [M5].
     pub fn get_frame(&self, now: Instant) -> Option<Mp3Frame> {
         let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+        while self.ring.len() > MAX_BACKLOG && self.ring.pop().is_some() {
+            self.counters.behind.fetch_add(1, Ordering::Relaxed);
+        }
         loop {
             let waiting = self.ring.len();
             if waiting == 0 {
@@ -187,6 +199,7 @@ impl EncoderManager {
             mp3_frames_out: l(&self.counters.real_out),
             silence_frames_out: l(&self.counters.silence_out),
             mp3_frames_trimmed: l(&self.counters.trimmed),
+            mp3_frames_skipped_behind: l(&self.counters.behind),
         }
     }
 
@@ -286,6 +299,19 @@ mod tests {
         let tagged: Vec<u8> = got.iter().copied().filter(|&t| t > 1).collect();
         assert_eq!(tagged, vec![2, 3, 4, 5]);
         assert_eq!(m.snapshot().mp3_frames_trimmed, 0);
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn a_broadcast_loop_far_behind_skips_the_oldest_frames_so_lag_stays_bounded() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        let frame: Mp3Frame = crate::mp3::canonical_silent_frame().into();
+        for _ in 0..MAX_BACKLOG + 30 {
+            m.ring().push(frame.clone());
+        }
+        assert!(m.get_frame(Instant::now()).is_some());
+        assert!(m.ring().len() < MAX_BACKLOG);
+        assert_eq!(m.snapshot().mp3_frames_skipped_behind, 30);
         m.stop(Duration::from_secs(2)).expect("stop");
     }
 
