@@ -51,6 +51,10 @@ impl ListenerSink for SocketSink {
         (&self.stream).write(buf)
     }
 
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&self.stream).write_vectored(bufs)
+    }
+
     fn close(&mut self, abort: bool) {
         if abort {
             // A stuck listener: reset at once rather than leave the kernel
