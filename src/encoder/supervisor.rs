@@ -347,7 +347,16 @@ impl Loop {
                 }
             }
             Event::StdinBroken { generation, error } if self.current_generation(generation) => {
-                self.fail(FailureKind::StdinBroken, format!("writing PCM failed: {error}"));
+                // A pipe usually breaks because ffmpeg exited: then that
+                // is the failure, with its exit code.
+                let exit = self
+                    .current
+                    .as_mut()
+                    .and_then(|c| wait_for_exit(c.process.as_mut(), EXIT_GRACE));
+                match exit {
+                    Some(info) => self.fail(FailureKind::ProcessExit, info.to_string()),
+                    None => self.fail(FailureKind::StdinBroken, format!("writing PCM failed: {error}")),
+                }
             }
             _ => {} // from an instance already replaced
         }
