@@ -466,7 +466,7 @@ fn held(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
             tower.status()
         });
         drop(tower);
-        eprintln!("Tower, {n} listeners: {:?}", t.to_json());
+        eprintln!("Tower, {n} listeners: {} dropped, {:.1} % CPU", t.dropped, t.cpu_pct);
 
         let (ice, source) = icecast_with_source(stock, n, support::tone_raw());
         thread::sleep(Duration::from_secs(2));
@@ -474,7 +474,7 @@ fn held(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
             Value::Null
         });
         drop((source, ice));
-        eprintln!("Icecast, {n} listeners: {:?}", i.to_json());
+        eprintln!("Icecast, {n} listeners: {} dropped, {:.1} % CPU", i.dropped, i.cpu_pct);
 
         let w = window.as_secs();
         report.row(
