@@ -343,30 +343,34 @@ impl Handler for Shared {
     }
 
     fn refuse(&self, refusal: &request::Refusal, peer: SocketAddr) -> Vec<u8> {
-        self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
-        if let Some(suppressed) = self.bad_log.allow(Instant::now()) {
-            tracing::info!(component = "http", status = refusal.status, peer = %peer, suppressed, "bad request: {}", refusal.message);
-        }
+        self.note_bad(None, peer, refusal.status, &refusal.message);
         Response::text(refusal.status, &refusal.message).into_bytes(false)
     }
 }
 
 impl Shared {
-    /// A 4xx answer to `rq`, counted and logged (at most once a second).
+    /// A 4xx answer to `rq`, counted and logged.
     fn bad(&self, rq: &Request, peer: SocketAddr, code: u16, message: &str) -> Response {
+        self.note_bad(Some(rq), peer, code, message);
+        Response::text(code, message)
+    }
+
+    /// Counts a refused request and logs it (at most once a second), with
+    /// its method and path when it could be read.
+    fn note_bad(&self, rq: Option<&Request>, peer: SocketAddr, code: u16, message: &str) {
         self.counters.bad_requests.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.bad_log.allow(Instant::now()) {
+            let (method, path) = rq.map_or(("", ""), |r| (r.method.as_str(), r.path.as_str()));
             tracing::info!(
                 component = "http",
                 status = code,
-                method = %rq.method,
-                path = %format_args!("{:.200}", rq.path),
+                method,
+                path = %format_args!("{path:.200}"),
                 peer = %peer,
                 suppressed,
                 "bad request: {message}"
             );
         }
-        Response::text(code, message)
     }
 
     /// `/stream.m3u`: a playlist pointing at the stream as the client
