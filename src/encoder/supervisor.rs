@@ -337,28 +337,26 @@ impl Loop {
                 }
             }
             Event::Eof { generation } if self.current_generation(generation) => {
-                let exit = self
-                    .current
-                    .as_mut()
-                    .and_then(|c| wait_for_exit(c.process.as_mut(), EXIT_GRACE));
-                match exit {
-                    Some(info) => self.fail(FailureKind::ProcessExit, info.to_string()),
-                    None => self.fail(FailureKind::Eof, "ffmpeg closed its output".into()),
-                }
+                self.fail_unless_exited(FailureKind::Eof, "ffmpeg closed its output".into());
             }
             Event::StdinBroken { generation, error } if self.current_generation(generation) => {
-                // A pipe usually breaks because ffmpeg exited: then that
-                // is the failure, with its exit code.
-                let exit = self
-                    .current
-                    .as_mut()
-                    .and_then(|c| wait_for_exit(c.process.as_mut(), EXIT_GRACE));
-                match exit {
-                    Some(info) => self.fail(FailureKind::ProcessExit, info.to_string()),
-                    None => self.fail(FailureKind::StdinBroken, format!("writing PCM failed: {error}")),
-                }
+                self.fail_unless_exited(FailureKind::StdinBroken, format!("writing PCM failed: {error}"));
             }
             _ => {} // from an instance already replaced
+        }
+    }
+
+    /// A closed pipe usually means ffmpeg exited: if it has within
+    /// [`EXIT_GRACE`], that is the failure, with its exit code; otherwise
+    /// `kind`.
+    fn fail_unless_exited(&mut self, kind: FailureKind, detail: String) {
+        let exit = self
+            .current
+            .as_mut()
+            .and_then(|c| wait_for_exit(c.process.as_mut(), EXIT_GRACE));
+        match exit {
+            Some(info) => self.fail(FailureKind::ProcessExit, info.to_string()),
+            None => self.fail(kind, detail),
         }
     }
 
