@@ -199,7 +199,7 @@ impl Default for Config {
 impl Default for Pcm {
     fn default() -> Self {
         Pcm {
-            buffer_size: crate::router::DEFAULT_CAPACITY as u64,
+            buffer_size: crate::audio::router::DEFAULT_CAPACITY as u64,
             grace_sec: 5.0,
             silence_warn_sec: 30.0,
         }
@@ -218,7 +218,7 @@ impl Default for FallbackSection {
 impl Default for Mp3 {
     fn default() -> Self {
         Mp3 {
-            buffer_capacity_frames: crate::ring::DEFAULT_CAPACITY as u64,
+            buffer_capacity_frames: crate::encoder::ring::DEFAULT_CAPACITY as u64,
         }
     }
 }
@@ -792,7 +792,7 @@ impl Loaded {
             ));
         }
         for (i, t) in c.icecast.iter().enumerate() {
-            if let Err(e) = crate::icecast::Endpoint::parse(&t.url) {
+            if let Err(e) = crate::broadcast::icecast::Endpoint::parse(&t.url) {
                 return Err(self.invalid(
                     &format!("icecast[{i}].url"),
                     format!("{:?}", t.url),

@@ -16,8 +16,8 @@ use crate::common::{Jack, audio, write_alsa_conf};
 use tower::audio::capture::{CaptureError, CaptureSource};
 use tower::config::Config;
 use tower::encoder::command::default_command;
+use tower::encoder::mp3::Packetizer;
 use tower::encoder::process::FfmpegLauncher;
-use tower::mp3::Packetizer;
 use tower::service::{Backends, Service};
 
 /// A click every this many seconds…

@@ -25,9 +25,9 @@ use serde::Serialize;
 
 use super::level::{LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::{PCM_FRAME_BYTES, PcmFrame};
+use crate::audio::router::AudioInputRouter;
 use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
-use crate::router::AudioInputRouter;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// How long one read may wait for data, bounding how fast a stop is seen.

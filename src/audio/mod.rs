@@ -9,6 +9,7 @@ pub mod capture;
 pub mod devices;
 pub mod fake;
 pub mod level;
+pub mod router;
 
 #[cfg(feature = "alsa-backend")]
 pub mod alsa;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tower::audio::capture::{Capture, CaptureConfig};
+use tower::audio::router::AudioInputRouter;
 use tower::hooks::TestHooks;
-use tower::router::AudioInputRouter;
 
 fn main() {
     tower_hw_tests::logging();
