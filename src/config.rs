@@ -34,12 +34,13 @@ pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 19
 pub struct Config {
     /// HTTP address and port.
     pub listen: String,
-    /// ALSA capture device.
+    /// ALSA capture device; `auto` chooses a sound card with capture.
     pub device: String,
     /// The ffmpeg program.
     pub ffmpeg: String,
     /// Log level: error, warn, info, debug, trace.
     pub log_level: String,
+    pub capture: CaptureSection,
     pub pcm: Pcm,
     pub fallback: FallbackSection,
     pub mp3: Mp3,
@@ -88,6 +89,14 @@ impl IcecastTarget {
 
 /// Shown instead of a password.
 pub const HIDDEN: &str = "(hidden)";
+
+/// The capture card's level.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
+    pub level: String,
+}
 
 /// Status LEDs (BCM pin numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,9 +189,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "0.0.0.0:8000".into(),
-            device: "default".into(),
+            device: crate::audio::auto::AUTO.into(),
             ffmpeg: "ffmpeg".into(),
             log_level: "info".into(),
+            capture: CaptureSection::default(),
             pcm: Pcm::default(),
             fallback: FallbackSection::default(),
             mp3: Mp3::default(),
@@ -682,7 +692,7 @@ impl Loaded {
             return Err(self.invalid(
                 "device",
                 "\"\"",
-                "an ALSA device name such as default or hw:CARD=Device,DEV=0",
+                "auto (Tower chooses a sound card with capture, USB first) or an ALSA device name such as plughw:CARD=Device,DEV=0 (see `tower devices`)",
             ));
         }
         if c.ffmpeg.trim().is_empty() {
@@ -697,6 +707,13 @@ impl Loaded {
         }
         self.range("pcm.buffer_size", c.pcm.buffer_size, 2, 10_000, " frames")?;
         self.range("pcm.grace_sec", c.pcm.grace_sec, 0.05, 3600.0, " seconds")?;
+        if let Err(e) = crate::audio::mixer::Level::parse(&c.capture.level) {
+            return Err(self.invalid(
+                "capture.level",
+                format!("{:?}", c.capture.level),
+                format!("{} ({e})", crate::audio::mixer::LEVEL_FORMS),
+            ));
+        }
         self.range(
             "pcm.silence_warn_sec",
             c.pcm.silence_warn_sec,
@@ -854,6 +871,12 @@ impl Config {
             input_pin: self.gpio.input_pin as u8,
             active_low: self.gpio.active_low,
         }
+    }
+
+    /// `capture.level`, validated in `load` (hand-built configs in tests
+    /// with a bad value leave the card as found).
+    pub fn capture_level(&self) -> crate::audio::mixer::Level {
+        crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
     }
 
     pub fn grace(&self) -> Duration {
@@ -1106,5 +1129,25 @@ mod tests {
                 assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn capture_level_is_checked_at_start_with_the_key_named() {
+        let flags = Overrides::default();
+        let l = load_text(None, &env(&[("TOWER_CAPTURE_LEVEL", "-6dB")]), &flags).expect("valid");
+        assert_eq!(l.config.capture_level(), crate::audio::mixer::Level::Db(-6.0));
+        let l = load_text(Some((Path::new("t.toml"), "[capture]\nlevel = \"75%\"\n")), &[], &flags).expect("valid");
+        assert_eq!(l.config.capture_level(), crate::audio::mixer::Level::Percent(75.0));
+        assert_eq!(Config::default().capture_level(), crate::audio::mixer::Level::Keep);
+        assert_eq!(Config::default().device, "auto");
+        let t = err_text(load_text(None, &env(&[("TOWER_CAPTURE_LEVEL", "loud")]), &flags));
+        assert!(t.contains("`capture.level` = \"loud\""), "{t}");
+        assert!(t.contains("TOWER_CAPTURE_LEVEL") && t.contains("no unit"), "{t}");
+        let t = err_text(load_text(
+            Some((Path::new("t.toml"), "[capture]\nlevel = \"55dB\"\n")),
+            &[],
+            &flags,
+        ));
+        assert!(t.contains("capture.level") && t.contains("out of range"), "{t}");
     }
 }

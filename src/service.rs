@@ -33,6 +33,8 @@ const STEP_TIMEOUT: Duration = Duration::from_millis(400);
 /// The hardware behind the pipeline.
 pub struct Backends {
     pub capture: Box<dyn CaptureSource>,
+    /// The capture card's mixer, for `capture.level`.
+    pub mixer: Box<dyn crate::audio::mixer::Mixer>,
     pub encoder: Box<dyn EncoderLauncher>,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
@@ -55,6 +57,7 @@ impl Backends {
         Ok((
             Backends {
                 capture: crate::audio::system_capture(&config.device),
+                mixer: crate::audio::mixer::system_mixer(),
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
                 leds: crate::leds::open(&config.leds()),
@@ -145,9 +148,11 @@ impl Service {
         // 3. Capture.
         let capture = Capture::start(
             backends.capture,
+            backends.mixer,
             router.clone(),
             CaptureConfig {
                 silence_warn: Duration::from_secs_f64(config.pcm.silence_warn_sec),
+                level: config.capture_level(),
             },
             backends.hooks.clone(),
         )

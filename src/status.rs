@@ -55,8 +55,11 @@ impl StatusSource for Board {
             "encoder": enc,
             "input": {
                 "state": self.pump.input_state(),
-                "device": capture.device,
+                "device": capture.selection,
                 "device_state": capture.state,
+                "gain": capture.gain,
+                "clipped_samples": capture.clipped_samples,
+                "level_hint": capture.level_hint,
                 "fallback_source": self.fallback,
                 "level": self.capture.levels(Instant::now()),
                 "capture": capture,

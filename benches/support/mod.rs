@@ -375,6 +375,7 @@ impl ClickRig {
             &config,
             Backends {
                 capture: Box::new(probe),
+                mixer: Box::new(tower::audio::mixer::NoMixer),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
                 leds: Box::new(tower::leds::NullLeds),
