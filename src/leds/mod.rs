@@ -13,12 +13,19 @@
 //! Pi, no permission, pins busy) is one warning; the stream never depends
 //! on the LEDs.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::audio::InputState;
 use crate::encoder::state::EncoderState;
 use crate::worker::{StopSignal, Worker, WorkerError};
+
+mod fake;
+mod pattern;
+#[cfg(all(feature = "gpio", any(target_arch = "aarch64", target_arch = "arm")))]
+mod rppal;
+
+pub use fake::{NullLeds, RecordingLeds};
+pub use pattern::{Pattern, encoder_pattern, input_pattern};
 
 /// How often the LED thread updates the pins.
 pub const UPDATE_EVERY: Duration = Duration::from_millis(25);
@@ -30,80 +37,11 @@ pub enum Led {
     Input,
 }
 
-/// What an LED shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pattern {
-    Off,
-    On,
-    /// On for half of each period, starting on.
-    Blink {
-        period: Duration,
-    },
-}
-
-impl Pattern {
-    pub const FAST: Pattern = Pattern::Blink {
-        period: Duration::from_millis(125),
-    };
-    pub const MEDIUM: Pattern = Pattern::Blink {
-        period: Duration::from_millis(500),
-    };
-    pub const SLOW: Pattern = Pattern::Blink {
-        period: Duration::from_millis(2000),
-    };
-
-    /// Whether the LED is lit `elapsed` after the pattern's clock started.
-    pub fn level(self, elapsed: Duration) -> bool {
-        match self {
-            Pattern::Off => false,
-            Pattern::On => true,
-            Pattern::Blink { period } => {
-                let p = period.as_micros().max(1);
-                elapsed.as_micros() % p < p / 2
-            }
-        }
-    }
-}
-
-pub fn encoder_pattern(state: EncoderState) -> Pattern {
-    match state {
-        EncoderState::Running => Pattern::On,
-        EncoderState::Starting | EncoderState::Restarting => Pattern::MEDIUM,
-        EncoderState::Failed => Pattern::FAST,
-        EncoderState::Stopped => Pattern::Off,
-    }
-}
-
-pub fn input_pattern(state: InputState) -> Pattern {
-    match state {
-        InputState::Live => Pattern::On,
-        InputState::Grace => Pattern::SLOW,
-        InputState::Fallback => Pattern::Off,
-    }
-}
-
 /// The LED hardware.
 pub trait Leds: Send {
     fn set(&mut self, led: Led, on: bool);
     /// Turns both off and gives the pins back.
     fn release(&mut self) {}
-}
-
-/// No LEDs.
-pub struct NullLeds;
-
-impl Leds for NullLeds {
-    fn set(&mut self, _: Led, _: bool) {}
-}
-
-/// Records what was set, for tests.
-#[derive(Clone, Default)]
-pub struct RecordingLeds(pub Arc<Mutex<Vec<(Led, bool)>>>);
-
-impl Leds for RecordingLeds {
-    fn set(&mut self, led: Led, on: bool) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push((led, on));
-    }
 }
 
 /// Pins from the configuration.
@@ -146,55 +84,7 @@ pub fn open(config: &LedConfig) -> Box<dyn Leds> {
 
 #[cfg(all(feature = "gpio", any(target_arch = "aarch64", target_arch = "arm")))]
 mod gpio {
-    use super::{Led, LedConfig, Leds};
-    use rppal::gpio::{Gpio, OutputPin};
-
-    struct GpioLeds {
-        encoder: OutputPin,
-        input: OutputPin,
-        active_low: bool,
-    }
-
-    impl Leds for GpioLeds {
-        fn set(&mut self, led: Led, on: bool) {
-            let pin = match led {
-                Led::Encoder => &mut self.encoder,
-                Led::Input => &mut self.input,
-            };
-            if on != self.active_low {
-                pin.set_high();
-            } else {
-                pin.set_low();
-            }
-        }
-
-        fn release(&mut self) {
-            self.set(Led::Encoder, false);
-            self.set(Led::Input, false);
-        }
-    }
-
-    pub fn open(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
-        let gpio = Gpio::new()
-            .map_err(|e| format!("no GPIO here ({e}); is this a Raspberry Pi, and is the user in group gpio?"))?;
-        let pin = |n: u8| {
-            gpio.get(n)
-                .map(|p| {
-                    let mut out = p.into_output_low();
-                    // Pins go back to inputs when Tower stops.
-                    out.set_reset_on_drop(true);
-                    out
-                })
-                .map_err(|e| format!("GPIO {n}: {e}"))
-        };
-        let mut leds = GpioLeds {
-            encoder: pin(config.encoder_pin)?,
-            input: pin(config.input_pin)?,
-            active_low: config.active_low,
-        };
-        leds.release();
-        Ok(Box::new(leds))
-    }
+    pub use super::rppal::open;
 }
 
 #[cfg(not(all(feature = "gpio", any(target_arch = "aarch64", target_arch = "arm"))))]
@@ -269,31 +159,6 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn states_map_to_the_documented_patterns() {
-        assert_eq!(encoder_pattern(EncoderState::Running), Pattern::On);
-        assert_eq!(encoder_pattern(EncoderState::Starting), Pattern::MEDIUM);
-        assert_eq!(encoder_pattern(EncoderState::Restarting), Pattern::MEDIUM);
-        assert_eq!(encoder_pattern(EncoderState::Failed), Pattern::FAST);
-        assert_eq!(encoder_pattern(EncoderState::Stopped), Pattern::Off);
-        assert_eq!(input_pattern(InputState::Live), Pattern::On);
-        assert_eq!(input_pattern(InputState::Grace), Pattern::SLOW);
-        assert_eq!(input_pattern(InputState::Fallback), Pattern::Off);
-    }
-
-    #[test]
-    fn blinking_is_on_for_the_first_half_of_each_period() {
-        let two_hz = Pattern::MEDIUM;
-        let levels: Vec<bool> = [0, 249, 250, 499, 500, 749]
-            .iter()
-            .map(|&t| two_hz.level(MS(t)))
-            .collect();
-        assert_eq!(levels, [true, true, false, false, true, true]);
-        assert!(Pattern::FAST.level(MS(0)) && !Pattern::FAST.level(MS(70)));
-        assert!(!Pattern::SLOW.level(MS(1500)));
-        assert!(Pattern::On.level(MS(12_345)) && !Pattern::Off.level(MS(0)));
-    }
 
     #[test]
     fn the_driver_writes_pins_only_on_changes() {
