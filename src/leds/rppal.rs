@@ -6,12 +6,13 @@
 
 use ::rppal::gpio::{Gpio, OutputPin};
 
-use super::{Led, LedConfig, Leds};
+use super::{Led, LedConfig, LedStatus, Leds};
 
 pub struct RppalLeds {
     encoder: OutputPin,
     input: OutputPin,
     active_low: bool,
+    pins: [u32; 2],
 }
 
 impl Leds for RppalLeds {
@@ -31,11 +32,20 @@ impl Leds for RppalLeds {
         self.set(Led::Encoder, false);
         self.set(Led::Input, false);
     }
+
+    fn status(&self) -> LedStatus {
+        LedStatus {
+            backend: "rppal",
+            chip: Some("/dev/gpiomem".into()),
+            lines: Some(self.pins),
+            off_because: None,
+        }
+    }
 }
 
+/// Both pins as outputs, off; the error is rppal's, with what to check.
 pub fn open(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
-    let gpio = Gpio::new()
-        .map_err(|e| format!("no GPIO here ({e}); is this a Raspberry Pi, and is the user in group gpio?"))?;
+    let gpio = Gpio::new().map_err(|e| format!("{e} (is the user in group gpio?)"))?;
     let pin = |n: u8| {
         gpio.get(n)
             .map(|p| {
@@ -50,6 +60,7 @@ pub fn open(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
         encoder: pin(config.encoder_pin)?,
         input: pin(config.input_pin)?,
         active_low: config.active_low,
+        pins: [config.encoder_pin.into(), config.input_pin.into()],
     };
     leds.release();
     Ok(Box::new(leds))
