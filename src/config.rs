@@ -106,6 +106,9 @@ pub struct GpioSection {
     pub encoder_pin: u64,
     pub input_pin: u64,
     pub active_low: bool,
+    /// The GPIO chip: "" finds it by its line names; else a path, a chip
+    /// name or a chip label (see `leds::select::ChipSpec`).
+    pub chip: String,
 }
 
 impl Default for GpioSection {
@@ -115,6 +118,7 @@ impl Default for GpioSection {
             encoder_pin: 17,
             input_pin: 27,
             active_low: false,
+            chip: String::new(),
         }
     }
 }
@@ -808,6 +812,9 @@ impl Loaded {
                 "a different pin from gpio.encoder_pin",
             ));
         }
+        if let Err(accepted) = crate::leds::select::ChipSpec::parse(&c.gpio.chip) {
+            return Err(self.invalid("gpio.chip", format!("{:?}", c.gpio.chip), accepted));
+        }
         for (i, t) in c.icecast.iter().enumerate() {
             if let Err(e) = crate::broadcast::icecast::Endpoint::parse(&t.url) {
                 return Err(self.invalid(
@@ -870,6 +877,7 @@ impl Config {
             encoder_pin: self.gpio.encoder_pin as u8,
             input_pin: self.gpio.input_pin as u8,
             active_low: self.gpio.active_low,
+            chip: self.gpio.chip.clone(),
         }
     }
 
@@ -1110,6 +1118,30 @@ mod tests {
         let bad = write(&dir, "[[icecast]]\nurl = \"http://a/m\"\npasword = \"p\"\n");
         let t = err_text(load(Some(&bad), &[], &Overrides::default()));
         assert!(t.contains("icecast[0]") && t.contains("pasword"), "{t}");
+    }
+
+    #[test]
+    fn gpio_chip_accepts_a_path_name_or_label_and_refuses_the_rest_by_name() {
+        for ok in ["", "/dev/gpiochip4", "gpiochip0", "pinctrl-rp1"] {
+            let c = load(None, &env(&[("TOWER_GPIO_CHIP", ok)]), &Overrides::default()).expect(ok);
+            assert_eq!(c.config.leds().chip, ok);
+        }
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_GPIO_CHIP", "dev/gpiochip0")]),
+            &Overrides::default(),
+        ));
+        assert!(
+            t.contains("gpio.chip")
+                && t.contains("TOWER_GPIO_CHIP")
+                && t.contains("/dev/gpiochip0")
+                && t.contains("label"),
+            "{t}"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, &format!("[gpio]\nchip = \"{}\"\n", "x".repeat(40)));
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(t.contains("gpio.chip") && t.contains("tower.toml"), "{t}");
     }
 
     #[test]
