@@ -159,6 +159,7 @@ impl Service {
         .map_err(thread("capture"))?;
 
         // LEDs show the encoder's and the input's states.
+        let led_status = backends.leds.status();
         let leds = {
             let (enc, pump) = (encoder.clone(), pump_stats.clone());
             crate::leds::start(backends.leds, move || (enc.state(), pump.input_state())).map_err(thread("leds"))?
@@ -182,6 +183,7 @@ impl Service {
             fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
             station: config.station.clone(),
+            leds: led_status,
         });
         let addr = config.listen_addr();
         let site = Site {

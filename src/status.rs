@@ -27,6 +27,7 @@ pub(crate) struct Board {
     pub(crate) fallback: FallbackKind,
     pub(crate) http: Arc<HttpStats>,
     pub(crate) station: crate::config::Station,
+    pub(crate) leds: crate::leds::LedStatus,
 }
 
 /// A pump that has not ticked for this long is stalled (it ticks every 24 ms).
@@ -64,6 +65,7 @@ impl StatusSource for Board {
                 "level": self.capture.levels(Instant::now()),
                 "capture": capture,
             },
+            "leds": self.leds,
             "listeners": hub,
             "outputs": self.outputs.snapshot(),
             "pcm_buffer": router,

@@ -40,6 +40,8 @@ pub struct AutoCapture {
     cards: Box<dyn CardLister>,
     opener: Opener,
     current: Option<(Choice, Box<dyn CaptureSource>)>,
+    /// Why no card was chosen at the last look.
+    nothing: String,
 }
 
 impl AutoCapture {
@@ -48,6 +50,7 @@ impl AutoCapture {
             cards,
             opener,
             current: None,
+            nothing: "no card chosen yet".into(),
         }
     }
 }
@@ -66,6 +69,7 @@ impl CaptureSource for AutoCapture {
             Ok(c) => c,
             Err(why) => {
                 self.current = None;
+                self.nothing.clone_from(&why);
                 return Err(CaptureError::Open {
                     device: AUTO.into(),
                     reason: why,
@@ -108,7 +112,7 @@ impl CaptureSource for AutoCapture {
             None => Selection {
                 name: AUTO.into(),
                 auto: true,
-                reason: "no card chosen yet".into(),
+                reason: self.nothing.clone(),
                 card: None,
             },
         }
@@ -171,6 +175,7 @@ mod tests {
         assert!(e.to_string().contains("playback only: vc4-hdmi-0"), "{e}");
         assert_eq!(a.device(), AUTO);
         assert_eq!(a.selection().card, None);
+        assert!(a.selection().reason.starts_with("no sound card with a capture device"));
 
         cards.set(vec![usb(1, "Device")]);
         a.open().expect("the USB card");

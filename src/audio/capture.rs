@@ -511,6 +511,7 @@ impl<'a> CaptureLoop<'a> {
     }
 
     fn run(&mut self, stop: &StopSignal) {
+        self.publish_selection();
         while !stop.is_stopped() {
             self.stats.set_state(DeviceState::Opening);
             match self.source.open() {
@@ -529,13 +530,14 @@ impl<'a> CaptureLoop<'a> {
                         if selection.auto { "chosen automatically: " } else { "" },
                         selection.reason
                     );
-                    if let Ok(mut info) = self.stats.info.lock() {
-                        info.selection = Some(selection);
-                    }
+                    self.publish_selection();
                     self.read_until_failure(stop);
                     self.source.close();
                 }
-                Err(e) => self.open_failed(&e),
+                Err(e) => {
+                    self.open_failed(&e);
+                    self.publish_selection();
+                }
             }
             self.stats.set_state(DeviceState::Unavailable);
             self.meter.reset();
@@ -663,6 +665,16 @@ impl<'a> CaptureLoop<'a> {
         };
         if let Ok(mut info) = self.stats.info.lock() {
             info.gain = gain;
+        }
+    }
+
+    /// Which device is in use (or being looked for), for `/status`.
+    fn publish_selection(&self) {
+        let selection = self.source.selection();
+        if let Ok(mut info) = self.stats.info.lock()
+            && info.selection.as_ref() != Some(&selection)
+        {
+            info.selection = Some(selection);
         }
     }
 
@@ -1053,5 +1065,82 @@ mod tests {
         assert!((l.levels.rms_dbfs[1] - -9.0).abs() < 0.2, "{l:?}");
         assert_eq!(l.silent_for_s, 0.0);
         cap.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    /// Cards a test plugs in and out.
+    #[derive(Clone, Default)]
+    struct Cards(Arc<std::sync::Mutex<Vec<crate::audio::devices::CardDevice>>>);
+
+    impl crate::audio::auto::CardLister for Cards {
+        fn list(&mut self) -> crate::audio::devices::DeviceList {
+            crate::audio::devices::DeviceList {
+                cards: self.0.lock().expect("cards").clone(),
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn with_auto_a_card_plugged_in_after_start_is_live_within_2_s_and_its_level_is_set() {
+        let cards = Cards::default();
+        let auto = crate::audio::auto::AutoCapture::new(
+            Box::new(cards.clone()),
+            Box::new(|name: &str| {
+                Box::new(FakeCapture::new(
+                    name,
+                    FakeCaptureScript {
+                        paced: true,
+                        ..FakeCaptureScript::default()
+                    },
+                )) as Box<dyn CaptureSource>
+            }),
+        );
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let mixer = FakeMixer {
+            controls: vec![("Device".into(), -20.0, 30.0)],
+            ..FakeMixer::default()
+        };
+        let calls = mixer.calls.clone();
+        let config = CaptureConfig {
+            silence_warn: Duration::from_secs(30),
+            level: Level::Percent(80.0),
+        };
+        let c = Capture::start(
+            Box::new(auto),
+            Box::new(mixer),
+            router.clone(),
+            config,
+            Arc::new(TestHooks::disabled()),
+        )
+        .expect("start");
+        // Long enough for the re-open backoff to reach its 1 s cap.
+        assert!(wait_for(|| c.snapshot().open_failures >= 4));
+        assert_eq!(c.snapshot().selection.name, "auto");
+        assert!(router.pop(None).is_none());
+        let plugged = Instant::now();
+        cards.0.lock().expect("cards").push(crate::audio::devices::CardDevice {
+            card_id: "Device".into(),
+            card_index: 3,
+            card_name: "USB Audio Device".into(),
+            device: 0,
+            device_name: "USB Audio".into(),
+            usb: true,
+        });
+        let frame = router.pop(Some(Duration::from_secs(3)));
+        let took = plugged.elapsed();
+        assert!(frame.is_some(), "no audio after the card was plugged in");
+        assert!(took <= Duration::from_secs(2), "live {took:?} after plugging in");
+        let snap = c.snapshot();
+        assert_eq!(snap.selection.name, "plughw:CARD=Device,DEV=0");
+        assert!(snap.selection.auto);
+        assert_eq!(
+            snap.selection.reason,
+            "USB, the only card with capture (USB Audio Device)"
+        );
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [("Device".to_string(), Level::Percent(80.0))]
+        );
+        c.stop(Duration::from_secs(2)).expect("stop");
     }
 }
