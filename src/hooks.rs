@@ -6,11 +6,13 @@
 //! <token>` makes that thread stop working for N ms at its next turn, the
 //! way a slow SD card or a starved CPU would. Integration tests use it to
 //! cause real overruns (the sound card's buffer fills while capture sleeps)
-//! and a hung pump (the watchdog must notice). It is the only route that
-//! changes state, hence the token. A production unit never sets the
+//! and a hung pump (the watchdog must notice). `POST
+//! /test/panic?worker=capture|pump|broadcast|http|leds|icecast` makes that
+//! worker panic at its next turn, to prove the service notices a dead
+//! thread. These are the only routes that change state, hence the token. A production unit never sets the
 //! variable; without it the route answers 404 like any unknown path.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::worker::StopSignal;
@@ -28,7 +30,24 @@ pub struct TestHooks {
     token: Option<String>,
     capture_stall_ms: AtomicU64,
     pump_stall_ms: AtomicU64,
+    /// One flag per worker in [`PANIC_TARGETS`] order.
+    panic: [AtomicBool; 6],
 }
+
+/// A worker `POST /test/panic?worker=` can make panic (index into
+/// [`PANIC_TARGETS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PanicTarget {
+    Capture,
+    Pump,
+    Broadcast,
+    Http,
+    Leds,
+    Icecast,
+}
+
+/// The workers `POST /test/panic?worker=` can make panic.
+pub const PANIC_TARGETS: [&str; 6] = ["capture", "pump", "broadcast", "http", "leds", "icecast"];
 
 impl TestHooks {
     /// Hooks that can never fire.
@@ -88,6 +107,31 @@ impl TestHooks {
         slot.store(ms, Ordering::Relaxed);
         tracing::warn!(component = "hooks", thread, ms, "test hook: stalling a thread");
         Ok(())
+    }
+
+    /// Asks `worker` (one of [`PANIC_TARGETS`]) to panic at its next turn.
+    pub fn request_panic(&self, worker: &str) -> Result<(), String> {
+        if !self.enabled() {
+            return Err("test hooks are disabled".into());
+        }
+        let Some(i) = PANIC_TARGETS.iter().position(|w| *w == worker) else {
+            return Err(format!(
+                "unknown worker {worker:?}; use one of {}",
+                PANIC_TARGETS.join(", ")
+            ));
+        };
+        self.panic[i].store(true, Ordering::Relaxed);
+        tracing::warn!(component = "hooks", worker, "test hook: a worker will panic");
+        Ok(())
+    }
+
+    /// Called by each worker every turn: panics if asked to (once).
+    pub fn panic_point(&self, worker: PanicTarget) {
+        let flag = &self.panic[worker as usize];
+        // A plain read on the usual path; the swap only when asked.
+        if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed) {
+            panic!("test hook: {} made to panic", PANIC_TARGETS[worker as usize]);
+        }
     }
 
     /// Called by the capture thread each turn: sleeps if a stall was asked
@@ -154,5 +198,17 @@ mod tests {
         h.capture_stall(&stop);
         assert!(t.elapsed() >= Duration::from_millis(30));
         assert_eq!(h.capture_stall_ms.load(Ordering::Relaxed), 0, "only once");
+    }
+
+    #[test]
+    fn a_panic_fires_once_in_the_named_worker_only() {
+        let h = TestHooks::with_token("0123456789abcdef");
+        assert!(TestHooks::disabled().request_panic("pump").is_err());
+        assert!(h.request_panic("encoder").unwrap_err().contains("capture, pump"));
+        h.request_panic("leds").expect("asked");
+        h.panic_point(PanicTarget::Capture);
+        let r = std::panic::catch_unwind(|| h.panic_point(PanicTarget::Leds));
+        assert!(r.is_err(), "leds must panic");
+        h.panic_point(PanicTarget::Leds);
     }
 }

@@ -2,6 +2,7 @@
 //! `/health` report, read from every stage's snapshot on request (the
 //! HTTP thread calls it; nothing here runs on its own).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -28,6 +29,49 @@ pub(crate) struct Board {
     pub(crate) http: Arc<HttpStats>,
     pub(crate) station: crate::config::Station,
     pub(crate) leds: crate::leds::LedStatus,
+    /// Workers that ended, by thread name.
+    pub(crate) workers: std::sync::Mutex<BTreeMap<String, WorkerRecord>>,
+}
+
+/// A worker's ends and restarts, as `/status` shows them.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerRecord {
+    pub ends: u64,
+    pub restarts: u64,
+    /// How it last ended (a panic's message, or "ended on its own").
+    pub last_end: String,
+    pub last_end_at: String,
+    /// Set when the worker cannot be rebuilt and Tower is exiting.
+    pub fatal: bool,
+}
+
+impl Board {
+    pub(crate) fn worker_ended(&self, ended: &crate::worker::Ended) {
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let r = w.entry(ended.name.clone()).or_default();
+        r.ends += 1;
+        r.last_end = ended.to_string();
+        r.last_end_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    }
+
+    pub(crate) fn worker_restarted(&self, name: &str) {
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(name.to_string()).or_default().restarts += 1;
+    }
+
+    /// A worker that cannot be rebuilt ended: `/health` says so.
+    pub(crate) fn set_fatal(&self, name: &str) {
+        let mut w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(name.to_string()).or_default().fatal = true;
+    }
+
+    fn fatal_reasons(&self) -> Vec<String> {
+        let w = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        w.iter()
+            .filter(|(_, r)| r.fatal)
+            .map(|(name, r)| format!("worker {name} died and cannot be restarted in place: {}", r.last_end))
+            .collect()
+    }
 }
 
 /// A pump that has not ticked for this long is stalled (it ticks every 24 ms).
@@ -66,6 +110,7 @@ impl StatusSource for Board {
                 "capture": capture,
             },
             "leds": self.leds,
+            "workers": *self.workers.lock().unwrap_or_else(|p| p.into_inner()),
             "listeners": hub,
             "outputs": self.outputs.snapshot(),
             "pcm_buffer": router,
@@ -115,7 +160,7 @@ impl StatusSource for Board {
 
     fn health(&self) -> Vec<String> {
         let now = Instant::now();
-        let mut reasons = Vec::new();
+        let mut reasons = self.fatal_reasons();
         let enc = self.encoder.snapshot();
         if enc.supervisor.state == crate::encoder::state::EncoderState::Failed {
             let why = enc

@@ -366,19 +366,21 @@ impl ClickRig {
             ..Config::default()
         };
         let clicks = Arc::new(Mutex::new(Vec::new()));
-        let probe = Probe {
-            inner: tower::audio::system_capture("jackfile"),
-            clicks: clicks.clone(),
-            onsets: Onsets::default(),
-        };
+        let probe_clicks = clicks.clone();
         let service = Service::start(
             &config,
             Backends {
-                capture: Box::new(probe),
-                mixer: Box::new(tower::audio::mixer::NoMixer),
+                capture: Box::new(move || {
+                    Box::new(Probe {
+                        inner: tower::audio::system_capture("jackfile"),
+                        clicks: probe_clicks.clone(),
+                        onsets: Onsets::default(),
+                    }) as Box<dyn CaptureSource>
+                }),
+                mixer: Box::new(|| Box::new(tower::audio::mixer::NoMixer) as Box<dyn tower::audio::mixer::Mixer>),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
-                leds: Box::new(tower::leds::NullLeds),
+                leds: Box::new(|| Box::new(tower::leds::NullLeds) as Box<dyn tower::leds::Leds>),
             },
         )
         .expect("service");

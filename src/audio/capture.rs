@@ -32,9 +32,9 @@ use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, Sil
 use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
 use super::{PCM_FRAME_BYTES, PcmFrame};
 use crate::audio::router::AudioInputRouter;
-use crate::hooks::TestHooks;
+use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// How long one read may wait for data, bounding how fast a stop is seen.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -364,6 +364,14 @@ pub struct CaptureHandle {
 }
 
 impl CaptureHandle {
+    /// Fresh counters for a capture of `device`.
+    pub fn new(device: &str) -> CaptureHandle {
+        CaptureHandle {
+            stats: Arc::new(CaptureStats::default()),
+            device: device.to_string(),
+        }
+    }
+
     pub fn snapshot(&self) -> CaptureSnapshot {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -416,17 +424,28 @@ impl Capture {
         config: CaptureConfig,
         hooks: Arc<TestHooks>,
     ) -> std::io::Result<Capture> {
-        let stats = Arc::new(CaptureStats::default());
-        let device = source.device().to_string();
-        let thread_stats = stats.clone();
-        let worker = Worker::spawn("capture", move |stop| {
+        let handle = CaptureHandle::new(source.device());
+        Capture::start_on(handle, source, mixer, router, config, hooks, &Supervisor::none())
+    }
+
+    /// Starts the capture thread publishing into `handle` (a new one, or
+    /// the one of a capture thread that died, whose counters carry on);
+    /// its end is reported to `supervisor`.
+    pub fn start_on(
+        handle: CaptureHandle,
+        source: Box<dyn CaptureSource>,
+        mixer: Box<dyn Mixer>,
+        router: Arc<AudioInputRouter>,
+        config: CaptureConfig,
+        hooks: Arc<TestHooks>,
+        supervisor: &Supervisor,
+    ) -> std::io::Result<Capture> {
+        let thread_stats = handle.stats.clone();
+        let worker = Worker::spawn_supervised("capture", supervisor, move |stop| {
             let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, &config, &hooks);
             c.run(&stop);
         })?;
-        Ok(Capture {
-            worker,
-            handle: CaptureHandle { stats, device },
-        })
+        Ok(Capture { worker, handle })
     }
 
     pub fn handle(&self) -> CaptureHandle {
@@ -578,6 +597,7 @@ impl<'a> CaptureLoop<'a> {
         let mut last_data = Instant::now();
         while !stop.is_stopped() {
             self.hooks.capture_stall(stop);
+            self.hooks.panic_point(PanicTarget::Capture);
             let result = self.source.read(&mut buf, READ_TIMEOUT);
             let now = Instant::now();
             match result {

@@ -27,8 +27,9 @@ use serde::Serialize;
 
 use crate::config::{IcecastTarget, Station};
 use crate::encoder::Mp3Frame;
+use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// Frames a target may fall behind before frames are dropped: 2.4 s.
 pub const QUEUE_FRAMES: usize = 100;
@@ -242,9 +243,27 @@ pub struct OutputSnapshot {
 
 struct Output {
     tx: Sender<Mp3Frame>,
+    /// The worker's end of the queue, kept to start a new worker on it.
+    rx: Receiver<Mp3Frame>,
+    request: String,
+    name: String,
     shared: Arc<Shared>,
     /// Taken by [`Outputs::stop`].
     worker: Mutex<Option<Worker<()>>>,
+}
+
+impl Output {
+    fn spawn(&self, supervisor: &Supervisor, hooks: &Arc<TestHooks>) -> io::Result<Worker<()>> {
+        let (s, request, rx, hooks) = (
+            self.shared.clone(),
+            self.request.clone(),
+            self.rx.clone(),
+            hooks.clone(),
+        );
+        Worker::spawn_supervised(&self.name, supervisor, move |stop| {
+            run(&stop, &s, &request, &rx, &hooks)
+        })
+    }
 }
 
 /// Every Icecast target's worker and queue.
@@ -255,7 +274,13 @@ pub struct Outputs {
 impl Outputs {
     /// Starts a worker per target (targets were validated with the
     /// configuration).
-    pub fn start(targets: &[IcecastTarget], station: &Station, bitrate_kbps: u64) -> io::Result<Outputs> {
+    pub fn start(
+        targets: &[IcecastTarget],
+        station: &Station,
+        bitrate_kbps: u64,
+        supervisor: &Supervisor,
+        hooks: &Arc<TestHooks>,
+    ) -> io::Result<Outputs> {
         let mut outputs = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let endpoint =
@@ -271,17 +296,35 @@ impl Outputs {
                 refusals: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
             });
-            let request = source_request(target, &endpoint, station, bitrate_kbps);
-            let s = shared.clone();
-            let worker = Worker::spawn(&format!("icecast-{i}"), move |stop| run(&stop, &s, &request, &rx))?;
-            tracing::info!(component = "icecast", target = %endpoint, method = %target.method, "pushing the stream to Icecast at {endpoint}");
-            outputs.push(Output {
+            let output = Output {
                 tx,
+                rx,
+                request: source_request(target, &endpoint, station, bitrate_kbps),
+                name: format!("icecast-{i}"),
                 shared,
-                worker: Mutex::new(Some(worker)),
-            });
+                worker: Mutex::new(None),
+            };
+            let worker = output.spawn(supervisor, hooks)?;
+            *output.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker);
+            tracing::info!(component = "icecast", target = %endpoint, method = %target.method, "pushing the stream to Icecast at {endpoint}");
+            outputs.push(output);
         }
         Ok(Outputs { outputs })
+    }
+
+    /// Starts a new worker for the output whose thread `name` ended (its
+    /// queue and counters carry on). False when no output has that name.
+    pub fn restart(&self, name: &str, supervisor: &Supervisor, hooks: &Arc<TestHooks>) -> io::Result<bool> {
+        let Some(output) = self.outputs.iter().find(|o| o.name == name) else {
+            return Ok(false);
+        };
+        let mut slot = output.worker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dead) = slot.take() {
+            // It has ended; this only collects it.
+            let _ = dead.stop(Duration::from_millis(100));
+        }
+        *slot = Some(output.spawn(supervisor, hooks)?);
+        Ok(true)
     }
 
     /// Queues `frame` for every target without blocking; a full queue drops
@@ -341,13 +384,14 @@ enum Ended {
     Stopped,
 }
 
-fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame>) {
+fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame>, hooks: &TestHooks) {
     let mut backoff = BACKOFF_FIRST;
     let log = LogGate::new(Duration::from_secs(600));
     let mut failing_since: Option<Instant> = None;
     while !stop.is_stopped() {
+        hooks.panic_point(PanicTarget::Icecast);
         set_state(shared, OutputState::Connecting, "");
-        let ended = attempt(stop, shared, request, rx, &mut || {
+        let ended = attempt(stop, shared, request, rx, hooks, &mut || {
             // Connected and accepted: the episode, if any, is over.
             if let Some(since) = failing_since.take() {
                 tracing::info!(component = "icecast", target = %shared.endpoint, "streaming to {} again after {:.1} s", shared.endpoint, since.elapsed().as_secs_f64());
@@ -392,6 +436,7 @@ fn attempt(
     shared: &Shared,
     request: &str,
     rx: &Receiver<Mp3Frame>,
+    hooks: &TestHooks,
     on_accepted: &mut dyn FnMut(),
 ) -> Ended {
     let ep = &shared.endpoint;
@@ -457,6 +502,7 @@ fn attempt(
         if stop.is_stopped() {
             return Ended::Stopped;
         }
+        hooks.panic_point(PanicTarget::Icecast);
         let frame = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => continue,

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::encoder::{EncoderManager, Mp3Frame};
-use crate::worker::{Worker, WorkerError};
+use crate::hooks::{PanicTarget, TestHooks};
+use crate::worker::{Supervisor, Worker, WorkerError};
 use icecast::Outputs;
 
 /// Whoever listens on this box. The HTTP listener hub implements it;
@@ -38,11 +39,14 @@ impl Broadcast {
         encoder: Arc<EncoderManager>,
         listeners: Arc<dyn Listeners>,
         outputs: Arc<Outputs>,
+        supervisor: &Supervisor,
+        hooks: Arc<TestHooks>,
     ) -> std::io::Result<Broadcast> {
         let turns = Arc::new(AtomicU64::new(0));
         let (enc, counter) = (encoder.clone(), turns.clone());
-        let worker = Worker::spawn("broadcast", move |stop| {
+        let worker = Worker::spawn_supervised("broadcast", supervisor, move |stop| {
             while !stop.is_stopped() {
+                hooks.panic_point(PanicTarget::Broadcast);
                 counter.fetch_add(1, Ordering::Relaxed);
                 enc.drain(Instant::now, |frame, now| {
                     listeners.broadcast(frame, now);

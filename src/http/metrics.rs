@@ -189,6 +189,20 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
             0.0
         },
     );
+    o.family(
+        "worker_restarts_total",
+        "counter",
+        "Worker threads started again after they died, by thread.",
+    );
+    if let Some(workers) = status["workers"].as_object() {
+        for (name, w) in workers {
+            o.sample(
+                "worker_restarts_total",
+                &[("worker", name)],
+                w["restarts"].as_f64().unwrap_or(0.0),
+            );
+        }
+    }
     o.by(
         "capture_errors_total",
         "counter",

@@ -34,7 +34,7 @@ pub use request::Request;
 
 use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
 
 /// Seconds a refused listener is asked to wait before retrying.
@@ -184,6 +184,7 @@ impl HttpServer {
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
         hooks: Arc<TestHooks>,
+        supervisor: &Supervisor,
     ) -> std::io::Result<HttpServer> {
         let listener = socket::bind(addr)?;
         let bound = listener.local_addr()?;
@@ -202,7 +203,7 @@ impl HttpServer {
             bad_log: LogGate::new(Duration::from_secs(1)),
         });
         let s = shared.clone();
-        let mut workers = vec![Worker::spawn("http", move |stop| {
+        let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             server::Server::new(listener, s.site.guard, &s.counters.conns).run(&stop, &*s);
         })?];
         workers.push(Worker::spawn("events", move |stop| feed_events(&stop, &shared))?);
@@ -301,6 +302,10 @@ impl Response {
 }
 
 impl Handler for Shared {
+    fn turn(&self) {
+        self.hooks.panic_point(crate::hooks::PanicTarget::Http);
+    }
+
     fn answer(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let reply = |r: Response| Answer::Bytes(r.into_bytes(rq.is_head()));
@@ -338,6 +343,7 @@ impl Handler for Shared {
                 ))
             }
             "/test/stall" if self.hooks.enabled() => reply(self.test_stall(rq, peer)),
+            "/test/panic" if self.hooks.enabled() => reply(self.test_panic(rq, peer)),
             _ => reply(self.bad(rq, peer, 404, &format!("no such resource: {path:.200}"))),
         }
     }
@@ -404,20 +410,40 @@ impl Shared {
         }))
     }
 
-    /// `POST /test/stall?thread=capture&ms=600` (test hooks only).
-    fn test_stall(&self, rq: &Request, peer: SocketAddr) -> Response {
+    /// Refuses a test-hook request that is not an authorized POST.
+    fn hook_refusal(&self, rq: &Request, peer: SocketAddr) -> Option<Response> {
         if rq.method != "POST" {
-            return self.bad(rq, peer, 405, "use POST").with("Allow", "POST");
+            return Some(self.bad(rq, peer, 405, "use POST").with("Allow", "POST"));
         }
         if !self.hooks.authorized(rq.header("Authorization")) {
-            return self
-                .bad(
+            return Some(
+                self.bad(
                     rq,
                     peer,
                     401,
                     "test hooks need Authorization: Bearer <TOWER_TEST_HOOKS token>",
                 )
-                .with("WWW-Authenticate", "Bearer");
+                .with("WWW-Authenticate", "Bearer"),
+            );
+        }
+        None
+    }
+
+    /// `POST /test/panic?worker=capture` (test hooks only).
+    fn test_panic(&self, rq: &Request, peer: SocketAddr) -> Response {
+        if let Some(refused) = self.hook_refusal(rq, peer) {
+            return refused;
+        }
+        match self.hooks.request_panic(rq.query_param("worker").unwrap_or_default()) {
+            Ok(()) => Response::text(200, "panicking"),
+            Err(e) => self.bad(rq, peer, 400, &e),
+        }
+    }
+
+    /// `POST /test/stall?thread=capture&ms=600` (test hooks only).
+    fn test_stall(&self, rq: &Request, peer: SocketAddr) -> Response {
+        if let Some(refused) = self.hook_refusal(rq, peer) {
+            return refused;
         }
         let thread = rq.query_param("thread").unwrap_or_default();
         let result = rq
