@@ -35,7 +35,7 @@ use crate::encoder::state::{Liveness, RestartPolicy};
 use crate::encoder::supervisor::SupervisorConfig;
 use crate::encoder::{EncoderManager, ManagerConfig};
 use crate::hooks::TestHooks;
-use crate::http::{HttpServer, HttpStats, Hub, HubConfig, Site, StatusSource};
+use crate::http::{HttpServer, HttpStats, Hub, HubConfig, Site};
 use crate::leds::Leds;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpConfig};
@@ -343,7 +343,7 @@ impl Service {
     }
 
     /// The `/status` document.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> crate::status::Status {
         self.board.status()
     }
 

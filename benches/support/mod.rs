@@ -403,7 +403,7 @@ impl ClickRig {
 
     /// Stops the service (then JACK, on drop); returns its last status.
     pub fn stop(self) -> serde_json::Value {
-        let status = self.service.status();
+        let status = serde_json::to_value(self.service.status()).expect("status is JSON");
         let _ = self.service.stop();
         status
     }

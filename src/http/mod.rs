@@ -15,7 +15,6 @@
 pub mod guard;
 pub mod hub;
 pub mod icy;
-pub mod metrics;
 pub mod request;
 pub mod server;
 pub mod socket;
@@ -44,13 +43,13 @@ const RETRY_AFTER_S: u32 = 10;
 /// report; the service implements it.
 pub trait StatusSource: Send + Sync {
     /// The `/status` document.
-    fn status(&self) -> serde_json::Value;
+    fn status_json(&self) -> String;
     /// The PCM input queue's fill and capacity.
     fn buffer(&self) -> (usize, usize);
     /// The `/metrics` page.
     fn metrics(&self) -> String;
     /// The input level and state, for the status page's meter.
-    fn level(&self) -> serde_json::Value;
+    fn level_json(&self) -> String;
     /// Why the station is not healthy; empty when it is (streaming live, or
     /// the fallback by design).
     fn health(&self) -> Vec<String>;
@@ -160,10 +159,10 @@ fn feed_events(stop: &StopSignal, shared: &Shared) {
         let connected = shared.events.snapshot().connected_total;
         if turn.is_multiple_of(STATUS_EVERY) || connected != seen {
             seen = connected;
-            let status = serde_json::to_string(&shared.status.status()).unwrap_or_default();
+            let status = shared.status.status_json();
             shared.events.broadcast(&sse("status", &status), now);
         }
-        let level = serde_json::to_string(&shared.status.level()).unwrap_or_default();
+        let level = shared.status.level_json();
         shared.events.broadcast(&sse("level", &level), now);
         turn = turn.wrapping_add(1);
     }
@@ -322,7 +321,7 @@ impl Handler for Shared {
             "/stream" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
             "/events" => self.events(rq),
-            "/status" => reply(Response::json(&self.status.status())),
+            "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
             "/metrics" => reply(
                 Response::new(200, "text/plain; version=0.0.4; charset=utf-8", self.status.metrics())
                     .with("Cache-Control", "no-store"),
