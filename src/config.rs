@@ -15,6 +15,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::broadcast::Station;
+pub use crate::broadcast::icecast::IcecastTarget;
 use toml::{Table, Value};
 
 /// Default burst on connect, in ms (see `http.burst_ms`).
@@ -52,39 +55,6 @@ pub struct Config {
     /// Icecast servers to push the stream to (`[[icecast]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub icecast: Vec<IcecastTarget>,
-}
-
-/// One Icecast server Tower feeds as a source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IcecastTarget {
-    /// `http://host:port/mount`.
-    pub url: String,
-    #[serde(default = "IcecastTarget::default_user")]
-    pub user: String,
-    pub password: String,
-    /// Defaults to the station's.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub genre: Option<String>,
-    /// Listed in public directories (`ice-public`).
-    #[serde(default)]
-    pub public: bool,
-    /// `put` (Icecast 2.4) or `source` (older servers).
-    #[serde(default = "IcecastTarget::default_method")]
-    pub method: String,
-}
-
-impl IcecastTarget {
-    fn default_user() -> String {
-        "source".into()
-    }
-    fn default_method() -> String {
-        "put".into()
-    }
 }
 
 /// Shown instead of a password.
@@ -170,19 +140,6 @@ pub struct Http {
     pub max_other_connections: u64,
 }
 
-/// How players and smart speakers name the station (ICY headers, the
-/// playlist, the status page).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Station {
-    pub name: String,
-    pub description: String,
-    pub genre: String,
-    pub url: String,
-    /// What players show as the current title (ICY `StreamTitle`).
-    pub title: String,
-}
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PumpSection {
@@ -264,18 +221,6 @@ impl Default for Http {
             header_timeout_ms: 10_000,
             max_connections_per_address: 32,
             max_other_connections: 256,
-        }
-    }
-}
-
-impl Default for Station {
-    fn default() -> Self {
-        Station {
-            name: "Tower".into(),
-            description: "Live from the Tower".into(),
-            genre: "Various".into(),
-            url: String::new(),
-            title: "Live".into(),
         }
     }
 }

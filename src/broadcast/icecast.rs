@@ -23,9 +23,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Serialize;
 
-use crate::config::{IcecastTarget, Station};
+use serde::{Deserialize, Serialize};
+
+use super::Station;
 use crate::encoder::Mp3Frame;
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
@@ -38,6 +39,39 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts, and the wait after a refusal.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// One Icecast server Tower feeds as a source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcecastTarget {
+    /// `http://host:port/mount`.
+    pub url: String,
+    #[serde(default = "IcecastTarget::default_user")]
+    pub user: String,
+    pub password: String,
+    /// Defaults to the station's.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub genre: Option<String>,
+    /// Listed in public directories (`ice-public`).
+    #[serde(default)]
+    pub public: bool,
+    /// `put` (Icecast 2.4) or `source` (older servers).
+    #[serde(default = "IcecastTarget::default_method")]
+    pub method: String,
+}
+
+impl IcecastTarget {
+    fn default_user() -> String {
+        "source".into()
+    }
+    fn default_method() -> String {
+        "put".into()
+    }
+}
 
 /// Where a target is, parsed from its `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]

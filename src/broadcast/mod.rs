@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::encoder::{EncoderManager, Mp3Frame};
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::worker::{Supervisor, Worker, WorkerError};
@@ -68,5 +70,30 @@ impl Broadcast {
         self.worker.stop_signal().stop();
         self.encoder.wake();
         self.worker.stop(timeout)
+    }
+}
+
+/// How players and smart speakers name the station (ICY headers, the
+/// playlist, the status page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Station {
+    pub name: String,
+    pub description: String,
+    pub genre: String,
+    pub url: String,
+    /// What players show as the current title (ICY `StreamTitle`).
+    pub title: String,
+}
+
+impl Default for Station {
+    fn default() -> Self {
+        Station {
+            name: "Tower".into(),
+            description: "Live from the Tower".into(),
+            genre: "Various".into(),
+            url: String::new(),
+            title: "Live".into(),
+        }
     }
 }

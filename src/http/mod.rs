@@ -58,7 +58,7 @@ pub trait StatusSource: Send + Sync {
 /// What the server says about the station.
 #[derive(Debug, Clone)]
 pub struct Site {
-    pub station: crate::config::Station,
+    pub station: crate::broadcast::Station,
     pub bitrate_kbps: u64,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,

@@ -38,7 +38,7 @@ pub(crate) struct Board {
     pub(crate) outputs: Arc<crate::broadcast::icecast::Outputs>,
     pub(crate) fallback: FallbackKind,
     pub(crate) http: Arc<HttpStats>,
-    pub(crate) station: crate::config::Station,
+    pub(crate) station: crate::broadcast::Station,
     pub(crate) leds: crate::leds::LedStatus,
     /// Workers that ended, by thread name.
     pub(crate) workers: std::sync::Mutex<BTreeMap<String, WorkerRecord>>,
@@ -156,7 +156,7 @@ pub struct Status {
     pub version: &'static str,
     pub started_at: String,
     pub uptime_s: f64,
-    pub station: crate::config::Station,
+    pub station: crate::broadcast::Station,
     pub encoder: EncoderSnapshot,
     pub input: InputStatus,
     pub leds: crate::leds::LedStatus,
