@@ -24,6 +24,19 @@ pub const MIN_TOKEN: usize = 16;
 /// The longest stall a hook may ask for.
 pub const MAX_STALL: Duration = Duration::from_secs(60);
 
+/// A hook request that cannot be carried out (the HTTP answer's text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HookError {
+    #[error("test hooks are disabled")]
+    Disabled,
+    #[error("ms must be 1..={0}")]
+    StallLength(u64),
+    #[error("unknown thread {0:?}; use capture or pump")]
+    UnknownThread(String),
+    #[error("unknown worker {0:?}; use one of capture, pump, broadcast, http, leds, icecast")]
+    UnknownWorker(String),
+}
+
 #[derive(Debug, Default)]
 pub struct TestHooks {
     /// The token requests must carry; `None`: hooks off.
@@ -92,17 +105,17 @@ impl TestHooks {
     }
 
     /// Asks `thread` ("capture" or "pump") to stall for `ms` at its next turn.
-    pub fn request_stall(&self, thread: &str, ms: u64) -> Result<(), String> {
+    pub fn request_stall(&self, thread: &str, ms: u64) -> Result<(), HookError> {
         if !self.enabled() {
-            return Err("test hooks are disabled".into());
+            return Err(HookError::Disabled);
         }
         if ms == 0 || ms > MAX_STALL.as_millis() as u64 {
-            return Err(format!("ms must be 1..={}", MAX_STALL.as_millis()));
+            return Err(HookError::StallLength(MAX_STALL.as_millis() as u64));
         }
         let slot = match thread {
             "capture" => &self.capture_stall_ms,
             "pump" => &self.pump_stall_ms,
-            other => return Err(format!("unknown thread {other:?}; use capture or pump")),
+            other => return Err(HookError::UnknownThread(other.to_string())),
         };
         slot.store(ms, Ordering::Relaxed);
         tracing::warn!(component = "hooks", thread, ms, "test hook: stalling a thread");
@@ -110,15 +123,12 @@ impl TestHooks {
     }
 
     /// Asks `worker` (one of [`PANIC_TARGETS`]) to panic at its next turn.
-    pub fn request_panic(&self, worker: &str) -> Result<(), String> {
+    pub fn request_panic(&self, worker: &str) -> Result<(), HookError> {
         if !self.enabled() {
-            return Err("test hooks are disabled".into());
+            return Err(HookError::Disabled);
         }
         let Some(i) = PANIC_TARGETS.iter().position(|w| *w == worker) else {
-            return Err(format!(
-                "unknown worker {worker:?}; use one of {}",
-                PANIC_TARGETS.join(", ")
-            ));
+            return Err(HookError::UnknownWorker(worker.to_string()));
         };
         self.panic[i].store(true, Ordering::Relaxed);
         tracing::warn!(component = "hooks", worker, "test hook: a worker will panic");
@@ -188,7 +198,12 @@ mod tests {
     #[test]
     fn a_stall_fires_once_and_bad_requests_are_named() {
         let h = TestHooks::with_token("0123456789abcdef");
-        assert!(h.request_stall("encoder", 10).unwrap_err().contains("encoder"));
+        assert!(
+            h.request_stall("encoder", 10)
+                .unwrap_err()
+                .to_string()
+                .contains("encoder")
+        );
         assert!(h.request_stall("pump", 0).is_err());
         assert!(h.request_stall("pump", 61_000).is_err());
         assert_eq!(h.pump_stall_ms.load(Ordering::Relaxed), 0);
@@ -204,7 +219,12 @@ mod tests {
     fn a_panic_fires_once_in_the_named_worker_only() {
         let h = TestHooks::with_token("0123456789abcdef");
         assert!(TestHooks::disabled().request_panic("pump").is_err());
-        assert!(h.request_panic("encoder").unwrap_err().contains("capture, pump"));
+        assert!(
+            h.request_panic("encoder")
+                .unwrap_err()
+                .to_string()
+                .contains("capture, pump")
+        );
         h.request_panic("leds").expect("asked");
         h.panic_point(PanicTarget::Capture);
         let r = std::panic::catch_unwind(|| h.panic_point(PanicTarget::Leds));

@@ -69,10 +69,10 @@ impl CaptureSource for AutoCapture {
             Ok(c) => c,
             Err(why) => {
                 self.current = None;
-                self.nothing.clone_from(&why);
+                self.nothing = why.to_string();
                 return Err(CaptureError::Open {
                     device: AUTO.into(),
-                    reason: why,
+                    reason: self.nothing.clone(),
                 });
             }
         };

@@ -81,28 +81,39 @@ pub struct Endpoint {
     pub mount: String,
 }
 
+/// Why an Icecast URL was refused (read after "a URL that").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("must start with http:// (Icecast source connections are plain HTTP)")]
+    NotHttp,
+    #[error("has no mount point (http://host:8000/live)")]
+    NoMount,
+    #[error("must not carry a user or password; use the user and password keys")]
+    Credentials,
+    #[error("has a bad port {0:?}")]
+    BadPort(String),
+    #[error("needs a host and a mount point (http://host:8000/live)")]
+    Incomplete,
+}
+
 impl Endpoint {
     /// Parses `http://host[:port]/mount` (port 8000 by default). Credentials
     /// in the URL are refused: they belong in `user` and `password`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| "must start with http:// (Icecast source connections are plain HTTP)".to_string())?;
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or("has no mount point (http://host:8000/live)")?;
+    pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
+        let rest = url.strip_prefix("http://").ok_or(EndpointError::NotHttp)?;
+        let (authority, path) = rest.split_once('/').ok_or(EndpointError::NoMount)?;
         if authority.contains('@') {
-            return Err("must not carry a user or password; use the user and password keys".into());
+            return Err(EndpointError::Credentials);
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("has a bad port {p:?}"))?)
+                (h, p.parse::<u16>().map_err(|_| EndpointError::BadPort(p.to_string()))?)
             }
             _ => (authority, 8000),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("needs a host and a mount point (http://host:8000/live)".into());
+            return Err(EndpointError::Incomplete);
         }
         Ok(Endpoint {
             host: host.to_string(),
@@ -572,6 +583,7 @@ mod tests {
         assert!(
             Endpoint::parse("http://source:hackme@x/m")
                 .unwrap_err()
+                .to_string()
                 .contains("password")
         );
         assert_eq!(

@@ -435,7 +435,7 @@ impl Shared {
         }
         match self.hooks.request_panic(rq.query_param("worker").unwrap_or_default()) {
             Ok(()) => Response::text(200, "panicking"),
-            Err(e) => self.bad(rq, peer, 400, &e),
+            Err(e) => self.bad(rq, peer, 400, &e.to_string()),
         }
     }
 
@@ -449,7 +449,7 @@ impl Shared {
             .query_param("ms")
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| "ms must be a whole number of milliseconds".to_string())
-            .and_then(|ms| self.hooks.request_stall(thread, ms));
+            .and_then(|ms| self.hooks.request_stall(thread, ms).map_err(|e| e.to_string()));
         match result {
             Ok(()) => Response::text(200, "stalling"),
             Err(e) => self.bad(rq, peer, 400, &e),
