@@ -9,8 +9,14 @@
 //! and a hung pump (the watchdog must notice). `POST
 //! /test/panic?worker=capture|pump|broadcast|http|leds|icecast` makes that
 //! worker panic at its next turn, to prove the service notices a dead
-//! thread. These are the only routes that change state, hence the token. A production unit never sets the
-//! variable; without it the route answers 404 like any unknown path.
+//! thread. These are the only routes that change state, hence the token. A
+//! production unit never sets the variable; without it the routes answer
+//! 404 like any unknown path.
+//!
+//! The hooks exist only in builds with the Cargo feature `test-hooks` (on
+//! by default, so `cargo test` drives them; the `.deb` and the SD image
+//! are built without it): there, a token is refused with one warning and
+//! the points where the threads would stall or panic compile to nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -70,6 +76,13 @@ impl TestHooks {
 
     /// Enabled with `token`, if it is long enough (else off, and said so).
     pub fn with_token(token: &str) -> Self {
+        if !cfg!(feature = "test-hooks") {
+            tracing::warn!(
+                component = "hooks",
+                "{ENV} is set but this build has no test hooks (Cargo feature test-hooks): ignored"
+            );
+            return TestHooks::disabled();
+        }
         if token.chars().count() < MIN_TOKEN {
             tracing::warn!(
                 component = "hooks",
@@ -136,42 +149,58 @@ impl TestHooks {
     }
 
     /// Called by each worker every turn: panics if asked to (once).
+    #[inline]
     pub fn panic_point(&self, worker: PanicTarget) {
-        let flag = &self.panic[worker as usize];
-        // A plain read on the usual path; the swap only when asked.
-        if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed) {
-            panic!("test hook: {} made to panic", PANIC_TARGETS[worker as usize]);
+        #[cfg(feature = "test-hooks")]
+        {
+            let flag = &self.panic[worker as usize];
+            // A plain read on the usual path; the swap only when asked.
+            if flag.load(Ordering::Relaxed) && flag.swap(false, Ordering::Relaxed) {
+                panic!("test hook: {} made to panic", PANIC_TARGETS[worker as usize]);
+            }
         }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = worker;
     }
 
     /// Called by the capture thread each turn: sleeps if a stall was asked
     /// for (waking early on stop).
+    #[inline]
     pub fn capture_stall(&self, stop: &StopSignal) {
-        // A plain read on the usual path: no write to a shared line.
-        if self.capture_stall_ms.load(Ordering::Relaxed) == 0 {
-            return;
+        #[cfg(feature = "test-hooks")]
+        {
+            // A plain read on the usual path: no write to a shared line.
+            if self.capture_stall_ms.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let ms = self.capture_stall_ms.swap(0, Ordering::Relaxed);
+            if ms > 0 {
+                stop.sleep(Duration::from_millis(ms));
+            }
         }
-        let ms = self.capture_stall_ms.swap(0, Ordering::Relaxed);
-        if ms > 0 {
-            stop.sleep(Duration::from_millis(ms));
-        }
+        #[cfg(not(feature = "test-hooks"))]
+        let _ = stop;
     }
 
     /// Called by the pump each tick: blocks it if a stall was asked for,
     /// deaf to everything, as a hung pump would be.
+    #[inline]
     pub fn pump_stall(&self) {
-        // A plain read on the pump's every tick; the swap only when asked.
-        if self.pump_stall_ms.load(Ordering::Relaxed) == 0 {
-            return;
-        }
-        let ms = self.pump_stall_ms.swap(0, Ordering::Relaxed);
-        if ms > 0 {
-            std::thread::sleep(Duration::from_millis(ms));
+        #[cfg(feature = "test-hooks")]
+        {
+            // A plain read on the pump's every tick; the swap only when asked.
+            if self.pump_stall_ms.load(Ordering::Relaxed) == 0 {
+                return;
+            }
+            let ms = self.pump_stall_ms.swap(0, Ordering::Relaxed);
+            if ms > 0 {
+                std::thread::sleep(Duration::from_millis(ms));
+            }
         }
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "test-hooks"))]
 mod tests {
     use super::*;
 

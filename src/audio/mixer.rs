@@ -17,6 +17,7 @@
 //! simple mixer API) on the appliance, [`FakeMixer`] in tests.
 
 use std::fmt;
+#[cfg(any(test, feature = "test-hooks"))]
 use std::sync::{Arc, Mutex};
 
 use super::PcmFrame;
@@ -280,6 +281,7 @@ impl Mixer for AlsaMixer {
 
 /// A mixer for tests: cards with or without a capture control, or one
 /// that refuses; records what was asked.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Clone, Default)]
 pub struct FakeMixer {
     /// Cards that have a capture control, by id, with its dB range.
@@ -289,6 +291,7 @@ pub struct FakeMixer {
     pub calls: Arc<Mutex<Vec<(String, Level)>>>,
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl Mixer for FakeMixer {
     fn set_capture(&mut self, card: &str, level: Level) -> Result<Applied, MixerError> {
         if let Ok(mut calls) = self.calls.lock() {

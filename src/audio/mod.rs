@@ -8,6 +8,7 @@
 pub mod auto;
 pub mod capture;
 pub mod devices;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod fake;
 pub mod level;
 pub mod mixer;

@@ -36,7 +36,9 @@ mod rppal;
 pub mod select;
 
 pub use error::LedError;
-pub use fake::{NullLeds, RecordingLeds};
+pub use fake::NullLeds;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use fake::RecordingLeds;
 pub use pattern::{Pattern, encoder_pattern, input_pattern};
 use select::{Backend, ChipSpec};
 
