@@ -807,7 +807,90 @@ impl Loaded {
     }
 }
 
+/// Every stage's settings in the stage's own types: made from a validated
+/// [`Config`] by [`Config::settings`], the one place where the file's
+/// numbers (TOML integers) become durations, counts and priorities.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Frames in the PCM input queue.
+    pub pcm_queue_frames: usize,
+    /// Frames in the MP3 ring.
+    pub mp3_ring_frames: usize,
+    pub capture: crate::audio::capture::CaptureConfig,
+    /// The pump's settings (its test hooks are the service's to add).
+    pub pump: crate::pump::PumpConfig,
+    pub fallback_wav: Option<PathBuf>,
+    pub fallback_tone: bool,
+    pub manager: crate::encoder::ManagerConfig,
+    pub bitrate_kbps: u32,
+    pub station: Station,
+    pub icecast: Vec<IcecastTarget>,
+    pub hub: crate::http::HubConfig,
+    pub site: crate::http::Site,
+    pub leds: crate::leds::LedConfig,
+}
+
 impl Config {
+    /// The stages' settings. Call on a configuration `load` accepted: the
+    /// ranges checked there make every conversion here lossless.
+    pub fn settings(&self) -> Settings {
+        use crate::encoder::state::{Liveness, RestartPolicy};
+        let e = &self.encoder;
+        let ms = Duration::from_millis;
+        Settings {
+            listen: self.listen_addr(),
+            pcm_queue_frames: self.pcm.buffer_size as usize,
+            mp3_ring_frames: self.mp3.buffer_capacity_frames as usize,
+            capture: crate::audio::capture::CaptureConfig {
+                silence_warn: Duration::from_secs_f64(self.pcm.silence_warn_sec),
+                level: self.capture_level(),
+            },
+            pump: crate::pump::PumpConfig {
+                grace: self.grace(),
+                realtime_priority: self.pump.realtime_priority as u8,
+                hooks: Default::default(),
+            },
+            fallback_wav: self.fallback_wav(),
+            fallback_tone: self.fallback.tone,
+            manager: crate::encoder::ManagerConfig {
+                supervisor: crate::encoder::supervisor::SupervisorConfig {
+                    liveness: Liveness {
+                        startup_timeout: ms(e.startup_timeout_ms),
+                        stall_timeout: ms(e.stall_timeout_ms),
+                    },
+                    policy: RestartPolicy {
+                        backoff: e.backoff_ms.iter().map(|&d| ms(d)).collect(),
+                        max_restarts: e.max_restarts as u32,
+                        failed_retry: Duration::from_secs(e.failed_retry_sec),
+                        ..RestartPolicy::default()
+                    },
+                },
+                silence_after: ms(e.silence_after_ms),
+                max_lead: ms(e.max_lead_ms),
+            },
+            bitrate_kbps: e.bitrate_kbps as u32,
+            station: self.station.clone(),
+            icecast: self.icecast.clone(),
+            hub: crate::http::HubConfig {
+                slow_timeout: ms(self.http.slow_listener_timeout_ms),
+                max_listeners: self.http.max_listeners as usize,
+                burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
+            },
+            site: crate::http::Site {
+                station: self.station.clone(),
+                bitrate_kbps: e.bitrate_kbps,
+                icy_metaint: self.http.icy_metaint as usize,
+                guard: crate::http::guard::Limits {
+                    header_timeout: ms(self.http.header_timeout_ms),
+                    per_address: self.http.max_connections_per_address as usize,
+                    total: self.http.max_other_connections as usize,
+                },
+            },
+            leds: self.leds(),
+        }
+    }
+
     pub fn listen_addr(&self) -> SocketAddr {
         // Validated in `load`; the default is the fallback for hand-built
         // configs in tests.

@@ -28,14 +28,12 @@ use crate::audio::mixer::Mixer;
 use crate::audio::router::AudioInputRouter;
 use crate::broadcast::Broadcast;
 use crate::config::Config;
+use crate::encoder::EncoderManager;
 use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
-use crate::encoder::state::{Liveness, RestartPolicy};
-use crate::encoder::supervisor::SupervisorConfig;
-use crate::encoder::{EncoderManager, ManagerConfig};
 use crate::hooks::TestHooks;
-use crate::http::{HttpServer, HttpStats, Hub, HubConfig, Site};
+use crate::http::{HttpServer, HttpStats, Hub, Site};
 use crate::leds::Leds;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpConfig};
@@ -66,7 +64,7 @@ impl Backends {
     pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
         let (command, notes) = if config.encoder.args.is_empty() {
             (
-                default_command(&config.ffmpeg, config.encoder.bitrate_kbps as u32),
+                default_command(&config.ffmpeg, config.settings().bitrate_kbps),
                 Vec::new(),
             )
         } else {
@@ -82,7 +80,7 @@ impl Backends {
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
                 leds: {
-                    let leds = config.leds();
+                    let leds = config.settings().leds;
                     Box::new(move || crate::leds::open(&leds))
                 },
             },
@@ -172,29 +170,14 @@ impl Service {
     pub fn start(config: &Config, backends: Backends) -> Result<Service, ServiceError> {
         let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
         let started = Instant::now();
+        let settings = config.settings();
         let (supervisor, ends) = Supervisor::channel();
         let hooks = backends.hooks;
-        let router = Arc::new(AudioInputRouter::new(config.pcm.buffer_size as usize));
-        let ring = Arc::new(FrameRing::new(config.mp3.buffer_capacity_frames as usize));
+        let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
+        let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
 
         // 1. Encoder: supervisor and its drains.
-        let e = &config.encoder;
-        let manager_config = ManagerConfig {
-            supervisor: SupervisorConfig {
-                liveness: Liveness {
-                    startup_timeout: Duration::from_millis(e.startup_timeout_ms),
-                    stall_timeout: Duration::from_millis(e.stall_timeout_ms),
-                },
-                policy: RestartPolicy {
-                    backoff: e.backoff_ms.iter().map(|&ms| Duration::from_millis(ms)).collect(),
-                    max_restarts: e.max_restarts as u32,
-                    failed_retry: Duration::from_secs(e.failed_retry_sec),
-                    ..RestartPolicy::default()
-                },
-            },
-            silence_after: Duration::from_millis(e.silence_after_ms),
-            max_lead: Duration::from_millis(e.max_lead_ms),
-        };
+        let manager_config = settings.manager;
         tracing::info!(component = "encoder", command = %backends.encoder.describe(), "starting encoder");
         let encoder =
             Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
@@ -202,9 +185,9 @@ impl Service {
         // Icecast outputs, fed by the broadcast loop.
         let outputs = Arc::new(
             crate::broadcast::icecast::Outputs::start(
-                &config.icecast,
-                &config.station,
-                config.encoder.bitrate_kbps,
+                &settings.icecast,
+                &settings.station,
+                u64::from(settings.bitrate_kbps),
                 &supervisor,
                 &hooks,
             )
@@ -212,13 +195,12 @@ impl Service {
         );
 
         // 2. Pump.
-        let fallback = Fallback::new(config.fallback_wav().as_deref(), config.fallback.tone);
+        let fallback = Fallback::new(settings.fallback_wav.as_deref(), settings.fallback_tone);
         let fallback_kind = fallback.kind();
         let pump = Pump::start(
             PumpConfig {
-                grace: config.grace(),
-                realtime_priority: config.pump.realtime_priority as u8,
                 hooks: hooks.clone(),
+                ..settings.pump
             },
             router.clone(),
             encoder.clone(),
@@ -229,10 +211,7 @@ impl Service {
         let pump_stats = pump.stats();
 
         // 3. Capture.
-        let capture_config = CaptureConfig {
-            silence_warn: Duration::from_secs_f64(config.pcm.silence_warn_sec),
-            level: config.capture_level(),
-        };
+        let capture_config = settings.capture;
         let first_source = (backends.capture)();
         let capture_handle = CaptureHandle::new(first_source.device());
         let capture = Capture::start_on(
@@ -252,11 +231,7 @@ impl Service {
         let leds = start_leds(first_leds, &encoder, &pump_stats, &supervisor, &hooks).map_err(thread("leds"))?;
 
         // 4. HTTP server.
-        let hub = Arc::new(Hub::new(HubConfig {
-            slow_timeout: Duration::from_millis(config.http.slow_listener_timeout_ms),
-            max_listeners: config.http.max_listeners as usize,
-            burst_frames: HubConfig::frames_for(config.http.burst_ms),
-        }));
+        let hub = Arc::new(Hub::new(settings.hub));
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -268,21 +243,12 @@ impl Service {
             outputs: outputs.clone(),
             fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
-            station: config.station.clone(),
+            station: settings.station.clone(),
             leds: led_status,
             workers: Default::default(),
         });
-        let addr = config.listen_addr();
-        let site = Site {
-            station: config.station.clone(),
-            bitrate_kbps: config.encoder.bitrate_kbps,
-            icy_metaint: config.http.icy_metaint as usize,
-            guard: crate::http::guard::Limits {
-                header_timeout: Duration::from_millis(config.http.header_timeout_ms),
-                per_address: config.http.max_connections_per_address as usize,
-                total: config.http.max_other_connections as usize,
-            },
-        };
+        let addr = settings.listen;
+        let site = settings.site;
         let http = HttpServer::start(
             addr,
             site.clone(),
