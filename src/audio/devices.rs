@@ -413,6 +413,21 @@ mod tests {
                 reason: "USB, the only card with capture (Device card)",
             },
             Case {
+                what: "USB first (card 0), then HDMI and headphones",
+                list: pi(vec![card(0, "Device", 0, true)]),
+                device: Some("plughw:CARD=Device,DEV=0"),
+                reason: "USB, the only card with capture (Device card)",
+            },
+            Case {
+                what: "a USB speaker (no capture) is the only USB card",
+                list: DeviceList {
+                    playback_only: vec!["vc4-hdmi-0 (vc4hdmi0)".into(), "USB Speaker (Speaker)".into()],
+                    ..DeviceList::default()
+                },
+                device: None,
+                reason: "no sound card with a capture device (playback only: vc4-hdmi-0 (vc4hdmi0), USB Speaker (Speaker)); plug in a USB sound card",
+            },
+            Case {
                 what: "USB first, then a HAT",
                 list: pi(vec![card(0, "Device", 0, true), card(1, "sndrpihifiberry", 0, false)]),
                 device: Some("plughw:CARD=Device,DEV=0"),
