@@ -1149,6 +1149,7 @@ mod tests {
         let frame = router.pop(Some(Duration::from_secs(3)));
         let took = plugged.elapsed();
         assert!(frame.is_some(), "no audio after the card was plugged in");
+        eprintln!("auto: a card plugged in was delivering audio {took:?} later");
         assert!(took <= Duration::from_secs(2), "live {took:?} after plugging in");
         let snap = c.snapshot();
         assert_eq!(snap.selection.name, "plughw:CARD=Device,DEV=0");
