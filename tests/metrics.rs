@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{HOOKS, Tower, panic_worker, wait_for};
+use common::{panic_worker, wait_for};
 
 /// One sample line: name, labels, value.
 fn parse(line: &str) -> (String, Vec<(String, String)>, f64) {
@@ -140,19 +140,7 @@ fn expected(s: &Value, name: &str, labels: &[(String, String)]) -> Option<f64> {
 #[test]
 fn every_metric_equals_its_status_value_on_a_running_tower() {
     let dir = tempfile::tempdir().expect("tmp");
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = closed.local_addr().expect("addr").port();
-    drop(closed);
-    let conf = dir.path().join("tower.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "device = \"tower_test_no_such_device\"\n\
-             [[icecast]]\nurl = \"http://127.0.0.1:{port}/live\"\npassword = \"p\"\n"
-        ),
-    )
-    .expect("write");
-    let tower = Tower::start(&["--config", conf.to_str().expect("utf8")], &[HOOKS]);
+    let tower = common::tower_with_unreachable_icecast(dir.path());
     let l = common::Listener::connect(tower.addr);
     assert!(l.wait_frames(10, Duration::from_secs(10)));
     // A worker that was restarted, so the per-worker family has a sample.

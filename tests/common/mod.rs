@@ -334,6 +334,24 @@ pub fn stall(addr: SocketAddr, thread: &str, ms: u64) -> HttpResponse {
     )
 }
 
+/// A Tower that streams the fallback (no capture device) and pushes to an
+/// Icecast server that is not there (a port nobody listens on), with hooks.
+pub fn tower_with_unreachable_icecast(dir: &Path) -> Tower {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let conf = dir.join("tower.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "device = \"tower_test_no_such_device\"\n\
+             [[icecast]]\nurl = \"http://127.0.0.1:{port}/live\"\npassword = \"p\"\n"
+        ),
+    )
+    .expect("write");
+    Tower::start(&["--config", conf.to_str().expect("utf8")], &[HOOKS])
+}
+
 /// Asks Tower's test hooks (enabled with [`HOOKS`]) to make `worker` panic.
 pub fn panic_worker(addr: SocketAddr, worker: &str) -> HttpResponse {
     http_raw(
