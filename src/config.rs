@@ -36,11 +36,15 @@ pub struct Config {
     pub listen: String,
     /// ALSA capture device; `auto` chooses a sound card with capture.
     pub device: String,
+    /// Where the audio comes from: `alsa` (the sound card `device`), or
+    /// `unix:PATH`, a socket a program on this machine writes PCM into.
+    pub input: String,
     /// The ffmpeg program.
     pub ffmpeg: String,
     /// Log level: error, warn, info, debug, trace.
     pub log_level: String,
     pub capture: CaptureSection,
+    pub socket: SocketSection,
     pub pcm: Pcm,
     pub fallback: FallbackSection,
     pub mp3: Mp3,
@@ -96,6 +100,25 @@ pub const HIDDEN: &str = "(hidden)";
 pub struct CaptureSection {
     /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
     pub level: String,
+}
+
+/// The socket file of `input = "unix:PATH"`: who may connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSection {
+    /// Permission bits, octal: "0660" lets the owner and the group connect.
+    pub mode: String,
+    /// The group given the socket; "" keeps Tower's own.
+    pub group: String,
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        SocketSection {
+            mode: "0660".into(),
+            group: "audio".into(),
+        }
+    }
 }
 
 /// Status LEDs (BCM pin numbers).
@@ -194,9 +217,11 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:8000".into(),
             device: crate::audio::auto::AUTO.into(),
+            input: crate::audio::socket::ALSA.into(),
             ffmpeg: "ffmpeg".into(),
             log_level: "info".into(),
             capture: CaptureSection::default(),
+            socket: SocketSection::default(),
             pcm: Pcm::default(),
             fallback: FallbackSection::default(),
             mp3: Mp3::default(),
@@ -699,6 +724,15 @@ impl Loaded {
                 "auto (Tower chooses a sound card with capture, USB first) or an ALSA device name such as plughw:CARD=Device,DEV=0 (see `tower devices`)",
             ));
         }
+        if let Err(accepted) = crate::audio::socket::Input::parse(&c.input) {
+            return Err(self.invalid("input", format!("{:?}", c.input), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::parse_mode(&c.socket.mode) {
+            return Err(self.invalid("socket.mode", format!("{:?}", c.socket.mode), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::check_group(&c.socket.group) {
+            return Err(self.invalid("socket.group", format!("{:?}", c.socket.group), accepted));
+        }
         if c.ffmpeg.trim().is_empty() {
             return Err(self.invalid("ffmpeg", "\"\"", "the ffmpeg program name or path"));
         }
@@ -885,6 +919,21 @@ impl Config {
     /// with a bad value leave the card as found).
     pub fn capture_level(&self) -> crate::audio::mixer::Level {
         crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
+    }
+
+    /// `input` with the `socket` settings, validated in `load` (hand-built
+    /// configs in tests with a bad value capture from `device`).
+    pub fn input(&self) -> crate::audio::socket::Input {
+        use crate::audio::socket::{Input, check_group, parse_mode};
+        match Input::parse(&self.input) {
+            Ok(Input::Socket(mut s)) => {
+                s.mode = parse_mode(&self.socket.mode).unwrap_or(s.mode);
+                let group = self.socket.group.trim();
+                s.group = (!group.is_empty() && check_group(group).is_ok()).then(|| group.to_string());
+                Input::Socket(s)
+            }
+            _ => Input::Alsa,
+        }
     }
 
     pub fn grace(&self) -> Duration {
@@ -1160,6 +1209,44 @@ mod tests {
             if is_key {
                 assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_socket_input_is_chosen_with_input_and_checked_with_its_keys_named() {
+        use crate::audio::socket::{Input, SocketSettings};
+        let flags = Overrides::default();
+        assert_eq!(Config::default().input(), Input::Alsa);
+        let e = env(&[
+            ("TOWER_INPUT", "unix:/run/tower/pcm.sock"),
+            ("TOWER_SOCKET_MODE", "0600"),
+            ("TOWER_SOCKET_GROUP", ""),
+        ]);
+        let c = load_text(None, &e, &flags).expect("valid").config;
+        assert_eq!(
+            c.input(),
+            Input::Socket(SocketSettings {
+                path: PathBuf::from("/run/tower/pcm.sock"),
+                mode: 0o600,
+                group: None,
+            })
+        );
+        let c = load_text(None, &env(&[("TOWER_INPUT", "unix:/tmp/x.sock")]), &flags)
+            .expect("valid")
+            .config;
+        let Input::Socket(s) = c.input() else {
+            panic!("a socket")
+        };
+        assert_eq!((s.mode, s.group.as_deref()), (0o660, Some("audio")));
+        for (var, value, key) in [
+            ("TOWER_INPUT", "unix:relative.sock", "`input`"),
+            ("TOWER_INPUT", "jack", "`input`"),
+            ("TOWER_SOCKET_MODE", "rw-rw----", "`socket.mode`"),
+            ("TOWER_SOCKET_MODE", "0444", "`socket.mode`"),
+            ("TOWER_SOCKET_GROUP", "a b", "`socket.group`"),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(var), "{t}");
         }
     }
 

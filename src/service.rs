@@ -43,7 +43,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// ALSA capture from `config.device` and the configured ffmpeg command.
+    /// Capture from `config.input` (ALSA from `config.device`, or the
+    /// socket, bound here) and the configured ffmpeg command.
     /// Returns notes about replaced custom-command flags, to log once.
     pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
         let (command, notes) = if config.encoder.args.is_empty() {
@@ -56,7 +57,8 @@ impl Backends {
         };
         Ok((
             Backends {
-                capture: crate::audio::system_capture(&config.device),
+                capture: crate::audio::input_capture(&config.input(), &config.device)
+                    .map_err(|e| ServiceError::Config(e.to_string()))?,
                 mixer: crate::audio::mixer::system_mixer(),
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
