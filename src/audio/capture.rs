@@ -2,16 +2,18 @@
 //!
 //! One thread ("capture"), started by the service after the pump and
 //! stopped before it. It opens a [`CaptureSource`] (ALSA on the appliance,
-//! a generator in tests), cuts whatever the device delivers into 4608-byte
-//! frames, meters them and pushes them into the router, which never blocks
-//! it.
+//! the socket input a program writes into, a generator in tests), cuts
+//! whatever the device delivers into 4608-byte frames, meters them and
+//! pushes them into the router, which never blocks it.
 //!
 //! It never gives up on the device. Errors are classified in one place
 //! ([`ErrorClass::from_errno`]): overruns and suspends are recovered by the
 //! source and reading goes on; EAGAIN is retried; anything else, a device
 //! that cannot be opened, and an open device that delivers nothing for
 //! [`STALL_AFTER`] (a JACK server that died, a wedged USB card) close it
-//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]).
+//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]);
+//! a source that is only waiting when nothing comes (the socket input
+//! without a producer) is kept open instead and read on.
 //! Each class is counted; each episode (from the first failure until audio
 //! flows again) is logged once when it starts and once when it ends, with
 //! the device name. Meanwhile the pump keeps listeners fed with grace
