@@ -48,7 +48,7 @@ pub type Factory<T> = Box<dyn Fn() -> T + Send>;
 
 /// The hardware behind the pipeline.
 pub struct Backends {
-    pub capture: Factory<Box<dyn CaptureSource>>,
+    pub capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
     /// The capture card's mixer, for `capture.level`.
     pub mixer: Factory<Box<dyn Mixer>>,
     pub encoder: Box<dyn EncoderLauncher>,
@@ -59,7 +59,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// ALSA capture from `config.device` and the configured ffmpeg command.
+    /// Capture from `config.input` (ALSA from `config.device`, or the
+    /// socket, bound here) and the configured ffmpeg command.
     /// Returns notes about replaced custom-command flags, to log once.
     pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
         let (command, notes) = if config.encoder.args.is_empty() {
@@ -73,8 +74,20 @@ impl Backends {
         Ok((
             Backends {
                 capture: {
-                    let device = config.device.clone();
-                    Box::new(move || crate::audio::system_capture(&device))
+                    // Bound now, so that a socket path that cannot be used
+                    // stops start-up naming the key; made again only when
+                    // the capture thread died.
+                    let settings = config.settings();
+                    let (input, device) = (settings.input, settings.device);
+                    let first = crate::audio::input_capture(&input, &device)
+                        .map_err(|e| ServiceError::Config(e.to_string()))?;
+                    let first = std::sync::Mutex::new(Some(first));
+                    Box::new(move || {
+                        if let Some(source) = first.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                            return Ok(source);
+                        }
+                        crate::audio::input_capture(&input, &device).map_err(std::io::Error::other)
+                    })
                 },
                 mixer: Box::new(crate::audio::mixer::system_mixer),
                 encoder: Box::new(FfmpegLauncher::new(command)),
@@ -139,7 +152,7 @@ impl RestartBook {
 struct Rebuild {
     supervisor: Supervisor,
     ends: crossbeam::channel::Receiver<Ended>,
-    capture: Factory<Box<dyn CaptureSource>>,
+    capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
     mixer: Factory<Box<dyn Mixer>>,
     leds: Factory<Box<dyn Leds>>,
     capture_config: CaptureConfig,
@@ -212,7 +225,7 @@ impl Service {
 
         // 3. Capture.
         let capture_config = settings.capture;
-        let first_source = (backends.capture)();
+        let first_source = (backends.capture)().map_err(thread("capture"))?;
         let capture_handle = CaptureHandle::new(first_source.device());
         let capture = Capture::start_on(
             capture_handle,
@@ -382,7 +395,7 @@ impl Service {
                 let _ = dead.stop(STEP_TIMEOUT);
                 self.capture = Some(Capture::start_on(
                     handle,
-                    (r.capture)(),
+                    (r.capture)()?,
                     (r.mixer)(),
                     r.router.clone(),
                     r.capture_config.clone(),

@@ -371,11 +371,11 @@ impl ClickRig {
             &config,
             Backends {
                 capture: Box::new(move || {
-                    Box::new(Probe {
+                    Ok(Box::new(Probe {
                         inner: tower::audio::system_capture("jackfile"),
                         clicks: probe_clicks.clone(),
                         onsets: Onsets::default(),
-                    }) as Box<dyn CaptureSource>
+                    }) as Box<dyn CaptureSource>)
                 }),
                 mixer: Box::new(|| Box::new(tower::audio::mixer::NoMixer) as Box<dyn tower::audio::mixer::Mixer>),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),

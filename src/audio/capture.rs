@@ -2,16 +2,18 @@
 //!
 //! One thread ("capture"), started by the service after the pump and
 //! stopped before it. It opens a [`CaptureSource`] (ALSA on the appliance,
-//! a generator in tests), cuts whatever the device delivers into 4608-byte
-//! frames, meters them and pushes them into the router, which never blocks
-//! it.
+//! the socket input a program writes into, a generator in tests), cuts
+//! whatever the device delivers into 4608-byte frames, meters them and
+//! pushes them into the router, which never blocks it.
 //!
 //! It never gives up on the device. Errors are classified in one place
 //! ([`ErrorClass::from_errno`]): overruns and suspends are recovered by the
 //! source and reading goes on; EAGAIN is retried; anything else, a device
 //! that cannot be opened, and an open device that delivers nothing for
 //! [`STALL_AFTER`] (a JACK server that died, a wedged USB card) close it
-//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]).
+//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]);
+//! a source that is only waiting when nothing comes (the socket input
+//! without a producer) is kept open instead and read on.
 //! Each class is counted; each episode (from the first failure until audio
 //! flows again) is logged once when it starts and once when it ends, with
 //! the device name. Meanwhile the pump keeps listeners fed with grace
@@ -30,8 +32,9 @@ use serde::Serialize;
 
 use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
+use super::socket::{SocketBoard, SocketSnapshot};
 use super::{PCM_FRAME_BYTES, PcmFrame};
-use crate::audio::router::AudioInputRouter;
+use crate::audio::router::{AudioInputRouter, HIGH_WATER};
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
@@ -178,6 +181,25 @@ pub trait CaptureSource: Send {
     /// most `timeout`; `Ok(0)` when nothing came.
     fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, CaptureError>;
     fn close(&mut self);
+    /// Whether an open source that delivers nothing for [`STALL_AFTER`] is
+    /// closed and opened again. A sound card that stops is wedged and a
+    /// re-open helps; a socket whose producer stopped is only waiting, and
+    /// stays open so that the next producer is heard at once.
+    fn reopen_when_stalled(&self) -> bool {
+        true
+    }
+    /// The fill the input queue may keep through a whole drift window
+    /// before the pump trims it [R6]. A sound card runs on its own clock,
+    /// so its queue is kept near [`HIGH_WATER`]; a producer on Tower's own
+    /// clock that paces itself from `/tower/buffer` needs room for the
+    /// target it keeps.
+    fn queue_high_water(&self, _capacity: usize) -> usize {
+        HIGH_WATER
+    }
+    /// The socket input's own state, for `/status`; `None` for a sound card.
+    fn socket(&self) -> Option<Arc<SocketBoard>> {
+        None
+    }
 }
 
 /// Waits between attempts to open a device: 100 ms, doubling, at most 1 s.
@@ -295,6 +317,8 @@ pub struct CaptureStats {
     levels: LevelBoard,
     /// Written on open and when the hint changes, never per frame.
     info: std::sync::Mutex<CaptureInfo>,
+    /// The socket input's own board (set when the source starts).
+    socket: std::sync::Mutex<Option<Arc<SocketBoard>>>,
 }
 
 /// The capture level as `/status` shows it.
@@ -335,6 +359,9 @@ pub struct CaptureSnapshot {
     pub clipped_samples: u64,
     /// A plain suggestion when the level is far off.
     pub level_hint: Option<String>,
+    /// The socket input's producer, when `input` is a socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketSnapshot>,
 }
 
 impl CaptureStats {
@@ -377,8 +404,15 @@ impl CaptureHandle {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let e = &s.errors;
         let info = s.info.lock().map(|i| i.clone()).unwrap_or_default();
-        let selection = info.selection.unwrap_or_else(|| Selection::configured(&self.device));
+        let mut selection = info.selection.unwrap_or_else(|| Selection::configured(&self.device));
+        let board = s.socket.lock().map(|b| b.clone()).unwrap_or_default();
+        let socket = board.map(|b| b.snapshot(Instant::now()));
+        if let Some(s) = &socket {
+            // The producer comes and goes while the source stays open.
+            selection.reason = s.state.reason().into();
+        }
         CaptureSnapshot {
+            socket,
             device: selection.name.clone(),
             selection,
             gain: info.gain,
@@ -440,6 +474,8 @@ impl Capture {
         hooks: Arc<TestHooks>,
         supervisor: &Supervisor,
     ) -> std::io::Result<Capture> {
+        router.set_high_water(source.queue_high_water(router.capacity()));
+        *handle.stats.socket.lock().unwrap_or_else(|p| p.into_inner()) = source.socket();
         let thread_stats = handle.stats.clone();
         let worker = Worker::spawn_supervised("capture", supervisor, move |stop| {
             let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, &config, &hooks);
@@ -604,8 +640,16 @@ impl<'a> CaptureLoop<'a> {
                 Ok(0) => {
                     if now.saturating_duration_since(last_data) >= STALL_AFTER {
                         let reason = format!("no audio for {} ms", STALL_AFTER.as_millis());
-                        self.failed(ErrorClass::Stalled, &reason);
-                        return;
+                        if self.source.reopen_when_stalled() {
+                            self.failed(ErrorClass::Stalled, &reason);
+                            return;
+                        }
+                        // Kept open: the outage is reported once, and
+                        // reading goes on.
+                        if self.outage.is_none() {
+                            let reason = format!("{reason} ({})", self.source.selection().reason);
+                            self.failed(ErrorClass::Stalled, &reason);
+                        }
                     }
                 }
                 Ok(n) => {
@@ -778,6 +822,8 @@ impl<'a> CaptureLoop<'a> {
     fn delivering(&mut self, now: Instant) {
         self.backoff.reset();
         if let Some(outage) = self.outage.take() {
+            // A source kept open through its outage delivers again.
+            self.stats.set_state(DeviceState::Open);
             tracing::info!(
                 component = "capture",
                 device = self.source.device(),
@@ -794,12 +840,17 @@ impl<'a> CaptureLoop<'a> {
         self.stats.errors.count(class);
         self.stats.set_state(DeviceState::Unavailable);
         if self.outage.is_none() {
+            let next = if self.source.reopen_when_stalled() {
+                "re-opening it"
+            } else {
+                "waiting for it"
+            };
             tracing::error!(
                 component = "capture",
                 device = %self.device(),
                 state = "unavailable",
                 reason = ?class,
-                "capture device {:?} failed: {reason}. Listeners hear silence, then the fallback; re-opening it",
+                "capture device {:?} failed: {reason}. Listeners hear silence, then the fallback; {next}",
                 self.device()
             );
             self.outage = Some(Outage {

@@ -13,6 +13,7 @@ pub mod fake;
 pub mod level;
 pub mod mixer;
 pub mod router;
+pub mod socket;
 
 #[cfg(feature = "alsa-backend")]
 pub mod alsa;
@@ -87,6 +88,19 @@ pub fn system_capture(device: &str) -> Box<dyn capture::CaptureSource> {
         ));
     }
     named_capture(device)
+}
+
+/// The capture source `input` names: the sound card `device` (see
+/// [`system_capture`]), or the socket input, bound here so that a path
+/// that cannot be used stops start-up with the key named.
+pub fn input_capture(
+    input: &socket::Input,
+    device: &str,
+) -> Result<Box<dyn capture::CaptureSource>, socket::SocketError> {
+    match input {
+        socket::Input::Alsa => Ok(system_capture(device)),
+        socket::Input::Socket(settings) => Ok(Box::new(socket::SocketCapture::bind(settings)?)),
+    }
 }
 
 /// The capture source for one device name: ALSA, or (built without the

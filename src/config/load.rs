@@ -424,6 +424,15 @@ impl Loaded {
                 "auto (Tower chooses a sound card with capture, USB first) or an ALSA device name such as plughw:CARD=Device,DEV=0 (see `tower devices`)",
             ));
         }
+        if let Err(accepted) = crate::audio::socket::Input::parse(&c.input) {
+            return Err(self.invalid("input", format!("{:?}", c.input), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::parse_mode(&c.socket.mode) {
+            return Err(self.invalid("socket.mode", format!("{:?}", c.socket.mode), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::check_group(&c.socket.group) {
+            return Err(self.invalid("socket.group", format!("{:?}", c.socket.group), accepted));
+        }
         if c.ffmpeg.trim().is_empty() {
             return Err(self.invalid("ffmpeg", "\"\"", "the ffmpeg program name or path"));
         }
@@ -840,6 +849,44 @@ mod tests {
             if is_key {
                 assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_socket_input_is_chosen_with_input_and_checked_with_its_keys_named() {
+        use crate::audio::socket::{Input, SocketSettings};
+        let flags = Overrides::default();
+        assert_eq!(Config::default().input(), Input::Alsa);
+        let e = env(&[
+            ("TOWER_INPUT", "unix:/run/tower/pcm.sock"),
+            ("TOWER_SOCKET_MODE", "0600"),
+            ("TOWER_SOCKET_GROUP", ""),
+        ]);
+        let c = load_text(None, &e, &flags).expect("valid").config;
+        assert_eq!(
+            c.input(),
+            Input::Socket(SocketSettings {
+                path: PathBuf::from("/run/tower/pcm.sock"),
+                mode: 0o600,
+                group: None,
+            })
+        );
+        let c = load_text(None, &env(&[("TOWER_INPUT", "unix:/tmp/x.sock")]), &flags)
+            .expect("valid")
+            .config;
+        let Input::Socket(s) = c.input() else {
+            panic!("a socket")
+        };
+        assert_eq!((s.mode, s.group.as_deref()), (0o660, Some("audio")));
+        for (var, value, key) in [
+            ("TOWER_INPUT", "unix:relative.sock", "`input`"),
+            ("TOWER_INPUT", "jack", "`input`"),
+            ("TOWER_SOCKET_MODE", "rw-rw----", "`socket.mode`"),
+            ("TOWER_SOCKET_MODE", "0444", "`socket.mode`"),
+            ("TOWER_SOCKET_GROUP", "a b", "`socket.group`"),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(var), "{t}");
         }
     }
 

@@ -43,11 +43,15 @@ pub struct Config {
     pub listen: String,
     /// ALSA capture device; `auto` chooses a sound card with capture.
     pub device: String,
+    /// Where the audio comes from: `alsa` (the sound card `device`), or
+    /// `unix:PATH`, a socket a program on this machine writes PCM into.
+    pub input: String,
     /// The ffmpeg program.
     pub ffmpeg: String,
     /// Log level: error, warn, info, debug, trace.
     pub log_level: String,
     pub capture: CaptureSection,
+    pub socket: SocketSection,
     pub pcm: Pcm,
     pub fallback: FallbackSection,
     pub mp3: Mp3,
@@ -70,6 +74,25 @@ pub const HIDDEN: &str = "(hidden)";
 pub struct CaptureSection {
     /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
     pub level: String,
+}
+
+/// The socket file of `input = "unix:PATH"`: who may connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSection {
+    /// Permission bits, octal: "0660" lets the owner and the group connect.
+    pub mode: String,
+    /// The group given the socket; "" keeps Tower's own.
+    pub group: String,
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        SocketSection {
+            mode: "0660".into(),
+            group: "audio".into(),
+        }
+    }
 }
 
 /// Status LEDs (BCM pin numbers).
@@ -155,9 +178,11 @@ impl Default for Config {
         Config {
             listen: "0.0.0.0:8000".into(),
             device: crate::audio::auto::AUTO.into(),
+            input: crate::audio::socket::ALSA.into(),
             ffmpeg: "ffmpeg".into(),
             log_level: "info".into(),
             capture: CaptureSection::default(),
+            socket: SocketSection::default(),
             pcm: Pcm::default(),
             fallback: FallbackSection::default(),
             mp3: Mp3::default(),
@@ -241,6 +266,9 @@ impl Default for PumpSection {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where the audio comes from: the sound card, or the socket input.
+    pub input: crate::audio::socket::Input,
+    pub device: String,
     /// Frames in the PCM input queue.
     pub pcm_queue_frames: usize,
     /// Frames in the MP3 ring.
@@ -268,6 +296,8 @@ impl Config {
         let ms = Duration::from_millis;
         Settings {
             listen: self.listen_addr(),
+            input: self.input(),
+            device: self.device.clone(),
             pcm_queue_frames: self.pcm.buffer_size as usize,
             mp3_ring_frames: self.mp3.buffer_capacity_frames as usize,
             capture: crate::audio::capture::CaptureConfig {
@@ -341,6 +371,21 @@ impl Config {
     /// with a bad value leave the card as found).
     pub fn capture_level(&self) -> crate::audio::mixer::Level {
         crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
+    }
+
+    /// `input` with the `socket` settings, validated in `load` (hand-built
+    /// configs in tests with a bad value capture from `device`).
+    pub fn input(&self) -> crate::audio::socket::Input {
+        use crate::audio::socket::{Input, check_group, parse_mode};
+        match Input::parse(&self.input) {
+            Ok(Input::Socket(mut s)) => {
+                s.mode = parse_mode(&self.socket.mode).unwrap_or(s.mode);
+                let group = self.socket.group.trim();
+                s.group = (!group.is_empty() && check_group(group).is_ok()).then(|| group.to_string());
+                Input::Socket(s)
+            }
+            _ => Input::Alsa,
+        }
     }
 
     pub fn grace(&self) -> Duration {

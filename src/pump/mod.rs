@@ -335,6 +335,7 @@ fn next_input(
     now: Instant,
     wait: Option<Duration>,
 ) -> Option<PcmFrame> {
+    governor.set_high_water(router.high_water());
     for _ in 0..governor.observe(router.fill(), now) {
         if !router.trim_oldest() {
             break;
