@@ -376,3 +376,40 @@ fn a_socket_path_that_cannot_be_used_stops_start_up_naming_the_key() {
     assert!(UnixStream::connect(dir.path().join("pcm.sock")).is_ok());
     drop(r);
 }
+
+#[test]
+fn after_a_capture_panic_the_socket_is_bound_again_and_a_producer_is_heard() {
+    let r = rig(&[common::HOOKS]);
+    let l = Listener::connect(r.tower.addr);
+    let producer = Ffmpeg::start(&r.socket, 1000.0);
+    assert!(l.wait_tone(1000.0, Duration::from_secs(10)), "{}", r.tower.log_text());
+    producer.kill();
+    // The producer's last audio has played out: the fallback is on.
+    assert!(l.wait_tone(440.0, Duration::from_secs(5)), "{}", r.tower.log_text());
+    let asked = Instant::now();
+    assert_eq!(common::panic_worker(r.tower.addr, "capture").status, 200);
+    assert!(
+        wait_for(
+            Duration::from_secs(3),
+            || r.tower.status()["workers"]["capture"]["restarts"] == 1
+        ),
+        "{}",
+        r.tower.log_text()
+    );
+    // The restarted capture bound the socket again: a new producer is heard.
+    let _again = Ffmpeg::start(&r.socket, 1000.0);
+    let mut live = None;
+    assert!(
+        wait_for(Duration::from_secs(5), || {
+            live = first_tone_at(&l.frames_since(asked), 1000.0);
+            live.is_some()
+        }),
+        "{}",
+        r.tower.log_text()
+    );
+    eprintln!(
+        "socket input: capture panic to a new producer heard: {:?}",
+        live.map(|at| at.saturating_duration_since(asked))
+    );
+    assert!(l.ended().is_none(), "the listener was disconnected");
+}
