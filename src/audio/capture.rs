@@ -32,9 +32,10 @@ use serde::Serialize;
 
 use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
-use super::socket::{SocketBoard, SocketSnapshot};
+pub use super::source::{Action, CaptureError, CaptureSource, ErrorClass, Selection, card_of};
+use super::source::{SocketSnapshot, SocketStatus};
 use super::{PCM_FRAME_BYTES, PcmFrame};
-use crate::audio::router::{AudioInputRouter, HIGH_WATER};
+use crate::audio::router::AudioInputRouter;
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
@@ -48,159 +49,6 @@ pub const STALL_AFTER: Duration = Duration::from_secs(1);
 pub const REOPEN_MAX: Duration = Duration::from_secs(1);
 /// The first wait after a failure.
 pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
-
-/// What went wrong with a capture device, and so what to do about it. The
-/// one place where errors are classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// EPIPE: the reader was late and audio was lost. Recover and go on.
-    Overrun,
-    /// ESTRPIPE: the system suspended the device. Resume (or prepare).
-    Suspended,
-    /// EAGAIN: nothing to read yet. Retry.
-    Again,
-    /// ENODEV: the device is gone (USB unplugged). Close, re-open.
-    NoDevice,
-    /// EIO: the driver failed. Close, re-open.
-    Io,
-    /// EBADFD: the PCM is in a state it cannot read from. Close, re-open.
-    BadState,
-    /// Open, but nothing delivered for [`STALL_AFTER`]. Close, re-open.
-    Stalled,
-    /// Anything else. Close, re-open.
-    Other,
-}
-
-/// What the capture loop does about an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// The source recovers the stream in place and reading goes on.
-    Recover,
-    /// Read again.
-    Retry,
-    /// Close the device and open it again after a backoff.
-    Reopen,
-}
-
-impl ErrorClass {
-    pub fn from_errno(errno: i32) -> Self {
-        match errno {
-            libc::EPIPE => ErrorClass::Overrun,
-            libc::ESTRPIPE => ErrorClass::Suspended,
-            libc::EAGAIN => ErrorClass::Again,
-            libc::ENODEV => ErrorClass::NoDevice,
-            libc::EIO => ErrorClass::Io,
-            libc::EBADFD => ErrorClass::BadState,
-            _ => ErrorClass::Other,
-        }
-    }
-
-    pub fn action(self) -> Action {
-        match self {
-            ErrorClass::Overrun | ErrorClass::Suspended => Action::Recover,
-            ErrorClass::Again => Action::Retry,
-            ErrorClass::NoDevice | ErrorClass::Io | ErrorClass::BadState | ErrorClass::Stalled | ErrorClass::Other => {
-                Action::Reopen
-            }
-        }
-    }
-}
-
-/// A capture error, already classified by the source.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("cannot open capture device {device:?}: {reason}")]
-    Open { device: String, reason: String },
-    /// An overrun or suspend: audio was lost, the source has recovered the
-    /// stream and reading goes on.
-    #[error("{class:?} on capture device {device:?}; recovered")]
-    Recovered { device: String, class: ErrorClass },
-    /// Nothing to read now (EAGAIN).
-    #[error("capture device {device:?} has nothing to read (EAGAIN)")]
-    Again { device: String },
-    /// The device failed; it must be closed and opened again.
-    #[error("capture device {device:?} failed ({class:?}): {reason}")]
-    Failed {
-        device: String,
-        class: ErrorClass,
-        reason: String,
-    },
-}
-
-/// Which device is in use, whether Tower chose it, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Selection {
-    /// The ALSA device name in use (or `auto` before a card is found).
-    pub name: String,
-    /// Chosen by `device = "auto"`.
-    pub auto: bool,
-    pub reason: String,
-    /// The card whose mixer holds the capture level, if known.
-    #[serde(skip)]
-    pub card: Option<String>,
-}
-
-impl Selection {
-    /// A device named in the configuration.
-    pub fn configured(name: &str) -> Selection {
-        Selection {
-            name: name.to_string(),
-            auto: false,
-            reason: "set in the configuration (device)".into(),
-            card: card_of(name),
-        }
-    }
-}
-
-/// The card an ALSA device name refers to: `plughw:CARD=Device,DEV=0`
-/// and `hw:CARD=Device` give `Device`, `hw:1,0` gives `1`; plugin names
-/// (`default`, `dsnoop`, `jack`) name no card.
-pub fn card_of(name: &str) -> Option<String> {
-    let (kind, args) = name.split_once(':')?;
-    if !["hw", "plughw", "sysdefault", "dsnoop", "front"].contains(&kind) {
-        return None;
-    }
-    let first = args.split(',').next()?.trim();
-    let card = first.strip_prefix("CARD=").unwrap_or(first);
-    (!card.is_empty() && !card.contains('=')).then(|| card.to_string())
-}
-
-/// A source of interleaved s16le, 48 kHz, stereo audio.
-pub trait CaptureSource: Send {
-    /// The device name in use.
-    fn device(&self) -> &str;
-    /// The device in use and why; a configured name unless the source
-    /// chooses for itself.
-    fn selection(&self) -> Selection {
-        Selection::configured(self.device())
-    }
-    /// Opens (or re-opens) the device in the canonical format.
-    fn open(&mut self) -> Result<(), CaptureError>;
-    /// Reads what is available into `buf` (whole sample frames), waiting at
-    /// most `timeout`; `Ok(0)` when nothing came.
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, CaptureError>;
-    fn close(&mut self);
-    /// Whether an open source that delivers nothing for [`STALL_AFTER`] is
-    /// closed and opened again. A sound card that stops is wedged and a
-    /// re-open helps; a socket whose producer stopped is only waiting, and
-    /// stays open so that the next producer is heard at once.
-    fn reopen_when_stalled(&self) -> bool {
-        true
-    }
-    /// The fill the input queue may keep through a whole drift window
-    /// before the pump trims it [R6]. A sound card runs on its own clock,
-    /// so its queue is kept near [`HIGH_WATER`]; a producer on Tower's own
-    /// clock that paces itself from `/tower/buffer` needs room for the
-    /// target it keeps.
-    fn queue_high_water(&self, _capacity: usize) -> usize {
-        HIGH_WATER
-    }
-    /// The socket input's own state, for `/status`; `None` for a sound card.
-    fn socket(&self) -> Option<Arc<SocketBoard>> {
-        None
-    }
-}
 
 /// Waits between attempts to open a device: 100 ms, doubling, at most 1 s.
 #[derive(Debug, Clone)]
@@ -318,7 +166,7 @@ pub struct CaptureStats {
     /// Written on open and when the hint changes, never per frame.
     info: std::sync::Mutex<CaptureInfo>,
     /// The socket input's own board (set when the source starts).
-    socket: std::sync::Mutex<Option<Arc<SocketBoard>>>,
+    socket: std::sync::Mutex<Option<Arc<dyn SocketStatus>>>,
 }
 
 /// The capture level as `/status` shows it.

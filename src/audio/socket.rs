@@ -33,11 +33,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use serde::Serialize;
 
 use super::PCM_FRAME_BYTES;
-use super::capture::{CaptureError, CaptureSource, ErrorClass, Selection};
 use super::router::HIGH_WATER;
+use super::source::{
+    CaptureError, CaptureSource, ErrorClass, Peer, Selection, SocketSnapshot, SocketState, SocketStatus,
+};
 use crate::ratelog::LogGate;
 
 /// How `input` names a socket: `unix:` and an absolute path.
@@ -164,37 +165,6 @@ pub enum SocketError {
     },
 }
 
-/// What the socket input is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SocketState {
-    /// No producer is connected.
-    Waiting,
-    /// A producer is connected and sent audio within [`IDLE_AFTER`].
-    Receiving,
-    /// A producer is connected but has sent nothing for [`IDLE_AFTER`].
-    Idle,
-}
-
-impl SocketState {
-    /// What `input.device.reason` says (no numbers: it is a metric label).
-    pub fn reason(self) -> &'static str {
-        match self {
-            SocketState::Waiting => "set in the configuration (input); waiting for a producer to connect",
-            SocketState::Receiving => "set in the configuration (input); a producer is connected and sending",
-            SocketState::Idle => "set in the configuration (input); a producer is connected but sends nothing",
-        }
-    }
-}
-
-/// The connected producer, as the kernel identifies it (`SO_PEERCRED`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Peer {
-    pub pid: i32,
-    pub uid: u32,
-    pub gid: u32,
-}
-
 fn peer_of(stream: &UnixStream) -> Option<Peer> {
     let cred = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     Some(Peer {
@@ -233,26 +203,6 @@ pub struct SocketBoard {
     refused: AtomicU64,
     partial_frames_dropped: AtomicU64,
     frames: AtomicU64,
-}
-
-/// The socket input as `/status` shows it (`input.capture.socket`).
-#[derive(Debug, Clone, Serialize)]
-pub struct SocketSnapshot {
-    pub path: String,
-    pub state: SocketState,
-    pub producer: Option<Peer>,
-    /// How long the producer has been connected.
-    pub connected_s: Option<f64>,
-    /// How long since the producer's last whole frame.
-    pub since_audio_s: Option<f64>,
-    /// Producers accepted since start.
-    pub producers_accepted: u64,
-    /// Producers refused because another was connected.
-    pub producers_refused: u64,
-    /// Partial frames lost when a producer left mid-frame.
-    pub partial_frames_dropped: u64,
-    /// Whole frames received.
-    pub frames: u64,
 }
 
 impl SocketBoard {
@@ -301,7 +251,7 @@ impl SocketBoard {
         }
     }
 
-    pub fn snapshot(&self, now: Instant) -> SocketSnapshot {
+    fn snapshot_at(&self, now: Instant) -> SocketSnapshot {
         let producer = self.producer.lock().ok().and_then(|p| *p);
         let last = self.last_frame_ms.load(Ordering::Relaxed);
         let since_audio_s = (producer.is_some() && last > 0)
@@ -317,6 +267,12 @@ impl SocketBoard {
             partial_frames_dropped: self.partial_frames_dropped.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
         }
+    }
+}
+
+impl SocketStatus for SocketBoard {
+    fn snapshot(&self, now: Instant) -> SocketSnapshot {
+        self.snapshot_at(now)
     }
 }
 
@@ -675,7 +631,7 @@ impl CaptureSource for SocketCapture {
         (capacity / 2).max(HIGH_WATER)
     }
 
-    fn socket(&self) -> Option<Arc<SocketBoard>> {
+    fn socket(&self) -> Option<Arc<dyn SocketStatus>> {
         Some(self.board())
     }
 }
