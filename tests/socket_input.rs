@@ -229,9 +229,11 @@ fn check_paced(seconds: u64) {
     );
     // The pump takes 2 frames per 48 ms poll: the fill reads 6 in the
     // steady state; a slow poll or tick on a busy machine moves it by a
-    // few frames, never near empty or the trim mark.
+    // few frames (1..11 seen with a QEMU guest busy on both cores), never
+    // to empty or near the trim mark. How tight the band is on a quiet
+    // machine is the bench's figure (benches/socket_bench.rs).
     let target = pacer::Pace::default().target;
-    assert!(lo >= Some(2) && hi <= Some(target + 2), "fill {lo:?}..{hi:?}");
+    assert!(lo >= Some(1) && hi <= Some(2 * target), "fill {lo:?}..{hi:?}");
     let drops = &s["counters"]["drops"];
     assert_eq!(drops["pcm_queue_full"], 0, "{drops}");
     assert_eq!(drops["pcm_drift_trimmed"], 0, "{drops}");
