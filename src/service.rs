@@ -415,7 +415,9 @@ impl Service {
                     &r.hooks,
                 )?);
             }
-            "http" => {
+            // The front end's two threads (the accept loop and the status
+            // pages' feed) start and stop together.
+            "http" | "events" => {
                 if let Some(dead) = self.http.take() {
                     let _ = dead.stop(STEP_TIMEOUT);
                 }

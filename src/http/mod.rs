@@ -205,7 +205,9 @@ impl HttpServer {
         let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             server::Server::new(listener, s.site.guard, &s.counters.conns).run(&stop, &*s);
         })?];
-        workers.push(Worker::spawn("events", move |stop| feed_events(&stop, &shared))?);
+        workers.push(Worker::spawn_supervised("events", supervisor, move |stop| {
+            feed_events(&stop, &shared)
+        })?);
         Ok(HttpServer { addr: bound, workers })
     }
 
