@@ -73,7 +73,9 @@ pub fn init(level: &str) -> LogTarget {
     if stderr_is_journal()
         && let Ok(journald) = tracing_journald::layer()
     {
-        let layer = journald.with_syslog_identifier("tower".into());
+        // tracing-journald prefixes field names with "F_" unless told not to;
+        // the journal fields are COMPONENT, STATE and REASON.
+        let layer = journald.with_syslog_identifier("tower".into()).with_field_prefix(None);
         if tracing_subscriber::registry()
             .with(filter)
             .with(layer)
