@@ -34,12 +34,13 @@ pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 19
 pub struct Config {
     /// HTTP address and port.
     pub listen: String,
-    /// ALSA capture device.
+    /// ALSA capture device; `auto` chooses a sound card with capture.
     pub device: String,
     /// The ffmpeg program.
     pub ffmpeg: String,
     /// Log level: error, warn, info, debug, trace.
     pub log_level: String,
+    pub capture: CaptureSection,
     pub pcm: Pcm,
     pub fallback: FallbackSection,
     pub mp3: Mp3,
@@ -89,6 +90,14 @@ impl IcecastTarget {
 /// Shown instead of a password.
 pub const HIDDEN: &str = "(hidden)";
 
+/// The capture card's level.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
+    pub level: String,
+}
+
 /// Status LEDs (BCM pin numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -97,6 +106,9 @@ pub struct GpioSection {
     pub encoder_pin: u64,
     pub input_pin: u64,
     pub active_low: bool,
+    /// The GPIO chip: "" finds it by its line names; else a path, a chip
+    /// name or a chip label (see `leds::select::ChipSpec`).
+    pub chip: String,
 }
 
 impl Default for GpioSection {
@@ -106,6 +118,7 @@ impl Default for GpioSection {
             encoder_pin: 17,
             input_pin: 27,
             active_low: false,
+            chip: String::new(),
         }
     }
 }
@@ -180,9 +193,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "0.0.0.0:8000".into(),
-            device: "default".into(),
+            device: crate::audio::auto::AUTO.into(),
             ffmpeg: "ffmpeg".into(),
             log_level: "info".into(),
+            capture: CaptureSection::default(),
             pcm: Pcm::default(),
             fallback: FallbackSection::default(),
             mp3: Mp3::default(),
@@ -199,7 +213,7 @@ impl Default for Config {
 impl Default for Pcm {
     fn default() -> Self {
         Pcm {
-            buffer_size: crate::router::DEFAULT_CAPACITY as u64,
+            buffer_size: crate::audio::router::DEFAULT_CAPACITY as u64,
             grace_sec: 5.0,
             silence_warn_sec: 30.0,
         }
@@ -218,7 +232,7 @@ impl Default for FallbackSection {
 impl Default for Mp3 {
     fn default() -> Self {
         Mp3 {
-            buffer_capacity_frames: crate::ring::DEFAULT_CAPACITY as u64,
+            buffer_capacity_frames: crate::encoder::ring::DEFAULT_CAPACITY as u64,
         }
     }
 }
@@ -682,7 +696,7 @@ impl Loaded {
             return Err(self.invalid(
                 "device",
                 "\"\"",
-                "an ALSA device name such as default or hw:CARD=Device,DEV=0",
+                "auto (Tower chooses a sound card with capture, USB first) or an ALSA device name such as plughw:CARD=Device,DEV=0 (see `tower devices`)",
             ));
         }
         if c.ffmpeg.trim().is_empty() {
@@ -697,6 +711,13 @@ impl Loaded {
         }
         self.range("pcm.buffer_size", c.pcm.buffer_size, 2, 10_000, " frames")?;
         self.range("pcm.grace_sec", c.pcm.grace_sec, 0.05, 3600.0, " seconds")?;
+        if let Err(e) = crate::audio::mixer::Level::parse(&c.capture.level) {
+            return Err(self.invalid(
+                "capture.level",
+                format!("{:?}", c.capture.level),
+                format!("{} ({e})", crate::audio::mixer::LEVEL_FORMS),
+            ));
+        }
         self.range(
             "pcm.silence_warn_sec",
             c.pcm.silence_warn_sec,
@@ -791,8 +812,11 @@ impl Loaded {
                 "a different pin from gpio.encoder_pin",
             ));
         }
+        if let Err(accepted) = crate::leds::select::ChipSpec::parse(&c.gpio.chip) {
+            return Err(self.invalid("gpio.chip", format!("{:?}", c.gpio.chip), accepted));
+        }
         for (i, t) in c.icecast.iter().enumerate() {
-            if let Err(e) = crate::icecast::Endpoint::parse(&t.url) {
+            if let Err(e) = crate::broadcast::icecast::Endpoint::parse(&t.url) {
                 return Err(self.invalid(
                     &format!("icecast[{i}].url"),
                     format!("{:?}", t.url),
@@ -853,7 +877,14 @@ impl Config {
             encoder_pin: self.gpio.encoder_pin as u8,
             input_pin: self.gpio.input_pin as u8,
             active_low: self.gpio.active_low,
+            chip: self.gpio.chip.clone(),
         }
+    }
+
+    /// `capture.level`, validated in `load` (hand-built configs in tests
+    /// with a bad value leave the card as found).
+    pub fn capture_level(&self) -> crate::audio::mixer::Level {
+        crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
     }
 
     pub fn grace(&self) -> Duration {
@@ -1090,6 +1121,30 @@ mod tests {
     }
 
     #[test]
+    fn gpio_chip_accepts_a_path_name_or_label_and_refuses_the_rest_by_name() {
+        for ok in ["", "/dev/gpiochip4", "gpiochip0", "pinctrl-rp1"] {
+            let c = load(None, &env(&[("TOWER_GPIO_CHIP", ok)]), &Overrides::default()).expect(ok);
+            assert_eq!(c.config.leds().chip, ok);
+        }
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_GPIO_CHIP", "dev/gpiochip0")]),
+            &Overrides::default(),
+        ));
+        assert!(
+            t.contains("gpio.chip")
+                && t.contains("TOWER_GPIO_CHIP")
+                && t.contains("/dev/gpiochip0")
+                && t.contains("label"),
+            "{t}"
+        );
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = write(&dir, &format!("[gpio]\nchip = \"{}\"\n", "x".repeat(40)));
+        let t = err_text(load(Some(&p), &[], &Overrides::default()));
+        assert!(t.contains("gpio.chip") && t.contains("tower.toml"), "{t}");
+    }
+
+    #[test]
     fn the_example_file_lists_every_key_at_its_default() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tower.example.toml");
         let text = std::fs::read_to_string(&path).expect("tower.example.toml");
@@ -1106,5 +1161,25 @@ mod tests {
                 assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
             }
         }
+    }
+
+    #[test]
+    fn capture_level_is_checked_at_start_with_the_key_named() {
+        let flags = Overrides::default();
+        let l = load_text(None, &env(&[("TOWER_CAPTURE_LEVEL", "-6dB")]), &flags).expect("valid");
+        assert_eq!(l.config.capture_level(), crate::audio::mixer::Level::Db(-6.0));
+        let l = load_text(Some((Path::new("t.toml"), "[capture]\nlevel = \"75%\"\n")), &[], &flags).expect("valid");
+        assert_eq!(l.config.capture_level(), crate::audio::mixer::Level::Percent(75.0));
+        assert_eq!(Config::default().capture_level(), crate::audio::mixer::Level::Keep);
+        assert_eq!(Config::default().device, "auto");
+        let t = err_text(load_text(None, &env(&[("TOWER_CAPTURE_LEVEL", "loud")]), &flags));
+        assert!(t.contains("`capture.level` = \"loud\""), "{t}");
+        assert!(t.contains("TOWER_CAPTURE_LEVEL") && t.contains("no unit"), "{t}");
+        let t = err_text(load_text(
+            Some((Path::new("t.toml"), "[capture]\nlevel = \"55dB\"\n")),
+            &[],
+            &flags,
+        ));
+        assert!(t.contains("capture.level") && t.contains("out of range"), "{t}");
     }
 }

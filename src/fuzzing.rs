@@ -6,8 +6,8 @@
 
 use std::path::Path;
 
+use crate::encoder::mp3::{FrameHeader, Packetizer};
 use crate::http::request::{self, MAX_HEAD, Parse};
-use crate::mp3::{FrameHeader, Packetizer};
 
 /// The MP3 packetizer [P1]: fed `data` in pieces whose sizes come from the
 /// data itself, it emits only whole frames whose header gives their length.

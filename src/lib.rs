@@ -7,21 +7,18 @@
 //! module docs.
 
 pub mod audio;
+pub mod broadcast;
 pub mod config;
 pub mod encoder;
-pub mod fallback;
 pub mod fuzzing;
 pub mod histogram;
 pub mod hooks;
 pub mod http;
-pub mod icecast;
 pub mod leds;
 pub mod logging;
-pub mod mp3;
 pub mod pump;
 pub mod ratelog;
-pub mod ring;
-pub mod router;
 pub mod service;
+pub mod status;
 pub mod watchdog;
 pub mod worker;

@@ -23,7 +23,7 @@ struct Cli {
     /// HTTP address and port [default: 0.0.0.0:8000].
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<String>,
-    /// ALSA capture device [default: default].
+    /// Capture device: auto (a sound card with capture, USB first), or an ALSA name [default: auto].
     #[arg(long, value_name = "PCM")]
     device: Option<String>,
     /// The ffmpeg program [default: ffmpeg].

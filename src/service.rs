@@ -10,21 +10,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::json;
-
-use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource};
+use crate::audio::capture::{Capture, CaptureConfig, CaptureSource};
+use crate::audio::router::AudioInputRouter;
+use crate::broadcast::Broadcast;
 use crate::config::Config;
 use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
+use crate::encoder::ring::FrameRing;
 use crate::encoder::state::{Liveness, RestartPolicy};
 use crate::encoder::supervisor::SupervisorConfig;
 use crate::encoder::{EncoderManager, ManagerConfig};
-use crate::fallback::{Fallback, FallbackKind};
 use crate::hooks::TestHooks;
 use crate::http::{HttpServer, HttpStats, Hub, HubConfig, Site, StatusSource};
-use crate::pump::{Pump, PumpConfig, PumpStats};
-use crate::ring::FrameRing;
-use crate::router::AudioInputRouter;
+use crate::pump::fallback::Fallback;
+use crate::pump::{Pump, PumpConfig};
+use crate::status::Board;
 use crate::worker::{Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
@@ -33,6 +33,8 @@ const STEP_TIMEOUT: Duration = Duration::from_millis(400);
 /// The hardware behind the pipeline.
 pub struct Backends {
     pub capture: Box<dyn CaptureSource>,
+    /// The capture card's mixer, for `capture.level`.
+    pub mixer: Box<dyn crate::audio::mixer::Mixer>,
     pub encoder: Box<dyn EncoderLauncher>,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
@@ -55,6 +57,7 @@ impl Backends {
         Ok((
             Backends {
                 capture: crate::audio::system_capture(&config.device),
+                mixer: crate::audio::mixer::system_mixer(),
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
                 leds: crate::leds::open(&config.leds()),
@@ -74,127 +77,6 @@ pub enum ServiceError {
     Thread { what: &'static str, source: std::io::Error },
 }
 
-/// Everything `/status` reads.
-struct Board {
-    started: Instant,
-    started_wall: SystemTime,
-    router: Arc<AudioInputRouter>,
-    encoder: Arc<EncoderManager>,
-    pump: Arc<PumpStats>,
-    capture: CaptureHandle,
-    hub: Arc<Hub>,
-    outputs: Arc<crate::icecast::Outputs>,
-    fallback: FallbackKind,
-    http: Arc<HttpStats>,
-    station: crate::config::Station,
-}
-
-/// A pump that has not ticked for this long is stalled (it ticks every 24 ms).
-const PUMP_STALLED_AFTER: Duration = Duration::from_secs(1);
-
-impl StatusSource for Board {
-    fn status(&self) -> serde_json::Value {
-        let router = self.router.stats();
-        let ring = self.encoder.ring().stats();
-        let enc = self.encoder.snapshot();
-        let pump = self.pump.snapshot();
-        let capture = self.capture.snapshot();
-        let hub = self.hub.snapshot();
-        let http = self.http.snapshot();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "started_at": humantime::format_rfc3339_seconds(self.started_wall).to_string(),
-            "uptime_s": self.started.elapsed().as_secs_f64(),
-            "station": {
-                "name": self.station.name,
-                "description": self.station.description,
-                "genre": self.station.genre,
-                "url": self.station.url,
-                "title": self.station.title,
-            },
-            "encoder": enc,
-            "input": {
-                "state": self.pump.input_state(),
-                "device": capture.device,
-                "device_state": capture.state,
-                "fallback_source": self.fallback,
-                "level": self.capture.levels(Instant::now()),
-                "capture": capture,
-            },
-            "listeners": hub,
-            "outputs": self.outputs.snapshot(),
-            "pcm_buffer": router,
-            "mp3_buffer": ring,
-            "pump": pump,
-            "http": http,
-            "counters": {
-                "pcm_frames_in": router.pushed,
-                "mp3_frames_out": enc.mp3_frames_out,
-                "silence_frames_out": enc.silence_frames_out,
-                "encoder_restarts": enc.supervisor.restarts,
-                "slow_listeners_dropped": hub.slow_dropped,
-                "drops": {
-                    "pcm_queue_full": router.dropped_full,
-                    "pcm_malformed": router.rejected_malformed,
-                    "pcm_encoder_down": enc.pcm_dropped_encoder_down + enc.supervisor.pcm_dropped_not_running,
-                    "pcm_encoder_pipe_full": enc.supervisor.pcm_dropped_pipe_full,
-                    "pcm_encoder_busy": enc.supervisor.pcm_dropped_busy,
-                    "capture_overruns": capture.errors.overrun,
-                    "pcm_drift_trimmed": router.drift_trimmed,
-                    "mp3_ring_full": ring.dropped_oldest,
-                    "mp3_late_trimmed": enc.mp3_frames_trimmed,
-                    "mp3_broadcast_behind": enc.mp3_frames_skipped_behind,
-                    "slow_listeners": hub.slow_dropped,
-                },
-            },
-        })
-    }
-
-    fn buffer(&self) -> (usize, usize) {
-        (self.router.fill(), self.router.capacity())
-    }
-
-    fn metrics(&self) -> String {
-        crate::http::metrics::render(&self.status(), self.pump.tick_error())
-    }
-
-    fn level(&self) -> serde_json::Value {
-        let reading = self.capture.levels(Instant::now());
-        json!({
-            "peak_dbfs": reading.levels.peak_dbfs,
-            "rms_dbfs": reading.levels.rms_dbfs,
-            "silent_for_s": reading.silent_for_s,
-            "state": self.pump.input_state(),
-        })
-    }
-
-    fn health(&self) -> Vec<String> {
-        let now = Instant::now();
-        let mut reasons = Vec::new();
-        let enc = self.encoder.snapshot();
-        if enc.supervisor.state == crate::encoder::state::EncoderState::Failed {
-            let why = enc
-                .supervisor
-                .history
-                .last()
-                .map(|t| t.reason.clone())
-                .unwrap_or_default();
-            reasons.push(format!("encoder FAILED: {why}"));
-        }
-        let stalled = match self.pump.since_last_tick(now) {
-            Some(d) => (d >= PUMP_STALLED_AFTER).then_some(d),
-            None => {
-                let up = now.saturating_duration_since(self.started);
-                (up >= PUMP_STALLED_AFTER).then_some(up)
-            }
-        };
-        if let Some(d) = stalled {
-            reasons.push(format!("audio pump stalled: no tick for {} ms", d.as_millis()));
-        }
-        reasons
-    }
-}
-
 /// A running Tower.
 pub struct Service {
     encoder: Arc<EncoderManager>,
@@ -203,7 +85,7 @@ pub struct Service {
     leds: Option<Worker<()>>,
     watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
-    broadcast: Option<Worker<()>>,
+    broadcast: Option<Broadcast>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     addr: SocketAddr,
@@ -240,12 +122,11 @@ impl Service {
 
         // Icecast outputs, fed by the broadcast loop.
         let outputs = Arc::new(
-            crate::icecast::Outputs::start(&config.icecast, &config.station, config.encoder.bitrate_kbps).map_err(
-                |source| ServiceError::Thread {
+            crate::broadcast::icecast::Outputs::start(&config.icecast, &config.station, config.encoder.bitrate_kbps)
+                .map_err(|source| ServiceError::Thread {
                     what: "icecast",
                     source,
-                },
-            )?,
+                })?,
         );
 
         // 2. Pump.
@@ -267,15 +148,18 @@ impl Service {
         // 3. Capture.
         let capture = Capture::start(
             backends.capture,
+            backends.mixer,
             router.clone(),
             CaptureConfig {
                 silence_warn: Duration::from_secs_f64(config.pcm.silence_warn_sec),
+                level: config.capture_level(),
             },
             backends.hooks.clone(),
         )
         .map_err(thread("capture"))?;
 
         // LEDs show the encoder's and the input's states.
+        let led_status = backends.leds.status();
         let leds = {
             let (enc, pump) = (encoder.clone(), pump_stats.clone());
             crate::leds::start(backends.leds, move || (enc.state(), pump.input_state())).map_err(thread("leds"))?
@@ -299,6 +183,7 @@ impl Service {
             fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
             station: config.station.clone(),
+            leds: led_status,
         });
         let addr = config.listen_addr();
         let site = Site {
@@ -323,20 +208,8 @@ impl Service {
         let bound = http.local_addr();
 
         // 5. Broadcast loop.
-        let (enc, h, out) = (encoder.clone(), hub.clone(), outputs.clone());
-        let turns = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counter = turns.clone();
-        let broadcast = Worker::spawn("broadcast", move |stop| {
-            while !stop.is_stopped() {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                enc.drain(Instant::now, |frame, now| {
-                    h.broadcast(frame, now);
-                    out.offer(frame);
-                });
-                enc.wait(Instant::now());
-            }
-        })
-        .map_err(thread("broadcast"))?;
+        let broadcast = Broadcast::start(encoder.clone(), hub.clone(), outputs.clone()).map_err(thread("broadcast"))?;
+        let turns = broadcast.turns();
 
         // 6. The systemd watchdog, if asked for.
         let pump_stats = board.pump.clone();
@@ -384,8 +257,6 @@ impl Service {
             note(w.stop(STEP_TIMEOUT));
         }
         if let Some(b) = self.broadcast.take() {
-            b.stop_signal().stop();
-            self.encoder.wake();
             note(b.stop(STEP_TIMEOUT));
         }
         if let Some(h) = self.http.take() {

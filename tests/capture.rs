@@ -188,3 +188,68 @@ fn tower_devices_lists_capture_pcms_with_the_name_to_configure() {
     assert!(text.contains("Configured now: \"towermixer\""), "{text}");
     assert!(text.contains("\"default\""), "{text}");
 }
+
+#[test]
+fn with_device_auto_and_no_sound_card_tower_says_why_and_streams_the_fallback() {
+    // This machine has no sound card: what a Pi shows with only HDMI.
+    let tower = Tower::start(&[], &[("TOWER_PCM_GRACE_SEC", "0.5")]);
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_tone(440.0, Duration::from_secs(10)), "{}", tower.log_text());
+    let s = tower.status();
+    let device = &s["input"]["device"];
+    assert_eq!(device["name"], "auto", "{s}");
+    assert_eq!(device["auto"], true, "{s}");
+    assert_eq!(s["input"]["device_state"], "unavailable");
+    let log = tower.log_text();
+    assert!(
+        log.contains("cannot open capture device \"auto\": no sound card with a capture device"),
+        "{log}"
+    );
+    // It keeps looking (about once a second), and says so once.
+    assert!(wait_for(Duration::from_secs(5), || {
+        tower.status()["input"]["capture"]["open_failures"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 3
+    }));
+    assert_eq!(
+        tower.log_text().matches("no sound card with a capture device").count(),
+        1
+    );
+    let metrics = tower.get("/metrics").body_text();
+    assert!(
+        metrics.contains("tower_input_device_info{device=\"auto\",auto=\"true\",reason=\"no sound card with a capture device; plug in a USB sound card\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn capture_level_on_a_device_without_a_mixer_is_a_software_gain_the_listener_hears() {
+    // jackfile is an ALSA plugin chain with no card behind it: the level
+    // becomes a software gain. The tone is written at 0.5 of full scale
+    // (-6 dBFS peak, -9 dBFS RMS).
+    let r = rig(&[("TOWER_CAPTURE_LEVEL", "-12dB")]);
+    let l = Listener::connect(r.tower.addr);
+    assert!(l.wait_tone(1000.0, Duration::from_secs(15)), "{}", r.tower.log_text());
+    let s = r.tower.status();
+    let gain = &s["input"]["gain"];
+    assert_eq!(gain["configured"], "-12.0 dB", "{s}");
+    assert_eq!(gain["software_db"], -12.0, "{s}");
+    let applied = gain["applied"].as_str().unwrap_or_default();
+    assert!(applied.contains("\"jackfile\" names no sound card"), "{applied}");
+    let peak = s["input"]["level"]["peak_dbfs"][0].as_f64().expect("peak");
+    assert!((peak - -18.0).abs() < 1.0, "metered peak {peak} dBFS, want about -18");
+    // What the listener decodes is 12 dB down too.
+    let since = Instant::now();
+    assert!(wait_for(Duration::from_secs(5), || l.frames_since(since).len() >= 40));
+    let levels = common::frame_levels(&l.frames_since(since));
+    let mut rms: Vec<f64> = levels.into_iter().skip(2).collect();
+    rms.sort_by(f64::total_cmp);
+    let median = rms[rms.len() / 2];
+    eprintln!("capture.level -12dB: metered peak {peak:.1} dBFS, listener RMS median {median:.1} dBFS");
+    assert!(
+        (median - -21.0).abs() < 1.5,
+        "listener RMS {median} dBFS, want about -21"
+    );
+    assert_eq!(s["input"]["clipped_samples"], 0);
+}

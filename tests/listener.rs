@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::audio::{decode_frames, mono, tone_ratio};
 use common::{Listener, Tower, http_raw, wait_for};
-use tower::mp3::Packetizer;
+use tower::encoder::mp3::Packetizer;
 
 const NO_DEVICE: &[(&str, &str)] = &[
     ("TOWER_DEVICE", "tower_test_no_such_device"),

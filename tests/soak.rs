@@ -21,7 +21,7 @@ use common::faults::{
 };
 use common::{audio, rig, wait_for};
 use nix::sys::signal::Signal;
-use tower::mp3::Packetizer;
+use tower::encoder::mp3::Packetizer;
 
 const LISTENERS: usize = 50;
 /// Listeners whose every frame is decoded.

@@ -208,7 +208,8 @@ fn buffer_and_status_return_the_documented_json_and_bad_requests_get_4xx() {
     let s = tower.status();
     assert_eq!(s["encoder"]["state"], "RUNNING");
     assert_eq!(s["input"]["state"], "fallback");
-    assert_eq!(s["input"]["device"], "tower_test_no_such_device");
+    assert_eq!(s["input"]["device"]["name"], "tower_test_no_such_device");
+    assert_eq!(s["input"]["device"]["auto"], false);
     assert_eq!(s["input"]["device_state"], "unavailable");
     assert_eq!(s["listeners"]["current"], 1);
     assert!(s["uptime_s"].as_f64().expect("uptime") > 0.0);

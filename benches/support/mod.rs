@@ -16,8 +16,8 @@ use crate::common::{Jack, audio, write_alsa_conf};
 use tower::audio::capture::{CaptureError, CaptureSource};
 use tower::config::Config;
 use tower::encoder::command::default_command;
+use tower::encoder::mp3::Packetizer;
 use tower::encoder::process::FfmpegLauncher;
-use tower::mp3::Packetizer;
 use tower::service::{Backends, Service};
 
 /// A click every this many seconds…
@@ -375,6 +375,7 @@ impl ClickRig {
             &config,
             Backends {
                 capture: Box::new(probe),
+                mixer: Box::new(tower::audio::mixer::NoMixer),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
                 leds: Box::new(tower::leds::NullLeds),

@@ -16,6 +16,11 @@
 //! flows again) is logged once when it starts and once when it ends, with
 //! the device name. Meanwhile the pump keeps listeners fed with grace
 //! silence and then the fallback [A2]–[A3], on the same connections [H3].
+//!
+//! After every successful open it sets the card's capture level (see
+//! `mixer`) and publishes which device is in use and why (see `auto`);
+//! frames from a card with no capture control get the software gain before
+//! they are metered and queued, and clipped samples are counted.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -23,11 +28,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::level::{LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
+use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
+use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
 use super::{PCM_FRAME_BYTES, PcmFrame};
+use crate::audio::router::AudioInputRouter;
 use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
-use crate::router::AudioInputRouter;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// How long one read may wait for data, bounding how fast a stop is seen.
@@ -119,10 +125,53 @@ pub enum CaptureError {
     },
 }
 
+/// Which device is in use, whether Tower chose it, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Selection {
+    /// The ALSA device name in use (or `auto` before a card is found).
+    pub name: String,
+    /// Chosen by `device = "auto"`.
+    pub auto: bool,
+    pub reason: String,
+    /// The card whose mixer holds the capture level, if known.
+    #[serde(skip)]
+    pub card: Option<String>,
+}
+
+impl Selection {
+    /// A device named in the configuration.
+    pub fn configured(name: &str) -> Selection {
+        Selection {
+            name: name.to_string(),
+            auto: false,
+            reason: "set in the configuration (device)".into(),
+            card: card_of(name),
+        }
+    }
+}
+
+/// The card an ALSA device name refers to: `plughw:CARD=Device,DEV=0`
+/// and `hw:CARD=Device` give `Device`, `hw:1,0` gives `1`; plugin names
+/// (`default`, `dsnoop`, `jack`) name no card.
+pub fn card_of(name: &str) -> Option<String> {
+    let (kind, args) = name.split_once(':')?;
+    if !["hw", "plughw", "sysdefault", "dsnoop", "front"].contains(&kind) {
+        return None;
+    }
+    let first = args.split(',').next()?.trim();
+    let card = first.strip_prefix("CARD=").unwrap_or(first);
+    (!card.is_empty() && !card.contains('=')).then(|| card.to_string())
+}
+
 /// A source of interleaved s16le, 48 kHz, stereo audio.
 pub trait CaptureSource: Send {
-    /// The device name, as configured.
+    /// The device name in use.
     fn device(&self) -> &str;
+    /// The device in use and why; a configured name unless the source
+    /// chooses for itself.
+    fn selection(&self) -> Selection {
+        Selection::configured(self.device())
+    }
     /// Opens (or re-opens) the device in the canonical format.
     fn open(&mut self) -> Result<(), CaptureError>;
     /// Reads what is available into `buf` (whole sample frames), waiting at
@@ -241,8 +290,31 @@ pub struct CaptureStats {
     frames: AtomicU64,
     opens: AtomicU64,
     open_failures: AtomicU64,
+    clipped_samples: AtomicU64,
     errors: ErrorCounters,
     levels: LevelBoard,
+    /// Written on open and when the hint changes, never per frame.
+    info: std::sync::Mutex<CaptureInfo>,
+}
+
+/// The capture level as `/status` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GainState {
+    /// `capture.level` as configured ("as found", "-6.0 dB", "75%").
+    pub configured: String,
+    /// What is in force: the card's control and value, a software gain,
+    /// or the card as found.
+    pub applied: String,
+    /// The software gain applied to the PCM, when the card has no control.
+    pub software_db: Option<f64>,
+}
+
+/// What the capture thread publishes besides counters.
+#[derive(Debug, Clone, Default)]
+struct CaptureInfo {
+    selection: Option<Selection>,
+    gain: GainState,
+    hint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -256,6 +328,13 @@ pub struct CaptureSnapshot {
     pub open_failures: u64,
     /// Errors while reading, by class.
     pub errors: ErrorCounts,
+    /// Which device, chosen how and why.
+    pub selection: Selection,
+    pub gain: GainState,
+    /// Samples at full scale (clipped) since start.
+    pub clipped_samples: u64,
+    /// A plain suggestion when the level is far off.
+    pub level_hint: Option<String>,
 }
 
 impl CaptureStats {
@@ -289,8 +368,14 @@ impl CaptureHandle {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let e = &s.errors;
+        let info = s.info.lock().map(|i| i.clone()).unwrap_or_default();
+        let selection = info.selection.unwrap_or_else(|| Selection::configured(&self.device));
         CaptureSnapshot {
-            device: self.device.clone(),
+            device: selection.name.clone(),
+            selection,
+            gain: info.gain,
+            clipped_samples: l(&s.clipped_samples),
+            level_hint: info.hint,
             state: s.state(),
             frames: l(&s.frames),
             opens: l(&s.opens),
@@ -319,11 +404,14 @@ impl CaptureHandle {
 pub struct CaptureConfig {
     /// Digital silence on a live input this long is reported; zero never.
     pub silence_warn: Duration,
+    /// The capture level to set at every open.
+    pub level: Level,
 }
 
 impl Capture {
     pub fn start(
         source: Box<dyn CaptureSource>,
+        mixer: Box<dyn Mixer>,
         router: Arc<AudioInputRouter>,
         config: CaptureConfig,
         hooks: Arc<TestHooks>,
@@ -332,7 +420,7 @@ impl Capture {
         let device = source.device().to_string();
         let thread_stats = stats.clone();
         let worker = Worker::spawn("capture", move |stop| {
-            let mut c = CaptureLoop::new(source, &router, &thread_stats, &config, &hooks);
+            let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, &config, &hooks);
             c.run(&stop);
         })?;
         Ok(Capture {
@@ -363,6 +451,14 @@ struct Outage {
 
 struct CaptureLoop<'a> {
     source: Box<dyn CaptureSource>,
+    mixer: Box<dyn Mixer>,
+    level: Level,
+    /// The gain on the PCM, for a card with no capture control.
+    soft_gain: Option<SoftGain>,
+    advisor: LevelAdvisor,
+    hint: Option<Hint>,
+    /// The last mixer warning, so a card that keeps refusing warns once.
+    mixer_warned: Option<String>,
     router: &'a AudioInputRouter,
     stats: &'a CaptureStats,
     hooks: &'a TestHooks,
@@ -377,13 +473,27 @@ struct CaptureLoop<'a> {
 impl<'a> CaptureLoop<'a> {
     fn new(
         source: Box<dyn CaptureSource>,
+        mixer: Box<dyn Mixer>,
         router: &'a AudioInputRouter,
         stats: &'a CaptureStats,
         config: &CaptureConfig,
         hooks: &'a TestHooks,
     ) -> Self {
+        if let Ok(mut info) = stats.info.lock() {
+            info.gain = GainState {
+                configured: config.level.to_string(),
+                applied: "as found".into(),
+                software_db: None,
+            };
+        }
         CaptureLoop {
             source,
+            mixer,
+            level: config.level,
+            soft_gain: None,
+            advisor: LevelAdvisor::default(),
+            hint: None,
+            mixer_warned: None,
             router,
             stats,
             hooks,
@@ -401,26 +511,39 @@ impl<'a> CaptureLoop<'a> {
     }
 
     fn run(&mut self, stop: &StopSignal) {
+        self.publish_selection();
         while !stop.is_stopped() {
             self.stats.set_state(DeviceState::Opening);
             match self.source.open() {
                 Ok(()) => {
                     self.stats.opens.fetch_add(1, Ordering::Relaxed);
                     self.stats.set_state(DeviceState::Open);
+                    let selection = self.source.selection();
+                    self.apply_level(&selection);
                     tracing::info!(
                         component = "capture",
                         device = self.source.device(),
                         state = "open",
-                        "capture device open: s16le 48000 Hz stereo"
+                        reason = %selection.reason,
+                        "capture device {} open: s16le 48000 Hz stereo ({}{})",
+                        selection.name,
+                        if selection.auto { "chosen automatically: " } else { "" },
+                        selection.reason
                     );
+                    self.publish_selection();
                     self.read_until_failure(stop);
                     self.source.close();
                 }
-                Err(e) => self.open_failed(&e),
+                Err(e) => {
+                    self.open_failed(&e);
+                    self.publish_selection();
+                }
             }
             self.stats.set_state(DeviceState::Unavailable);
             self.meter.reset();
             self.silence.reset();
+            self.advisor.reset();
+            self.publish_hint(None);
             stop.sleep(self.backoff.next_delay());
         }
         self.source.close();
@@ -492,13 +615,115 @@ impl<'a> CaptureLoop<'a> {
         }
     }
 
+    /// Sets the configured capture level on the card just opened: its
+    /// mixer, else a software gain. A card that refuses warns once and
+    /// streams as it is.
+    fn apply_level(&mut self, selection: &Selection) {
+        self.soft_gain = None;
+        if self.level == Level::Keep {
+            return;
+        }
+        let result = match &selection.card {
+            Some(card) => self.mixer.set_capture(card, self.level),
+            None => Ok(Applied::NoControl),
+        };
+        let configured = self.level.to_string();
+        let gain = match result {
+            Ok(Applied::Hardware { control, value, note }) => {
+                if let Some(note) = note {
+                    self.warn_mixer(note);
+                }
+                tracing::info!(component = "capture", device = %selection.name, "capture level: {control:?} set to {value}");
+                GainState {
+                    configured,
+                    applied: format!("card control {control:?}: {value}"),
+                    software_db: None,
+                }
+            }
+            Ok(Applied::NoControl) => {
+                let db = self.level.soft_db().unwrap_or(0.0);
+                self.soft_gain = SoftGain::from_db(db);
+                let why = match &selection.card {
+                    Some(card) => format!("card {card:?} has no capture volume control"),
+                    None => format!("{:?} names no sound card", selection.name),
+                };
+                tracing::info!(component = "capture", device = %selection.name, "capture level: {why}; software gain {db:+.1} dB on the PCM");
+                GainState {
+                    configured,
+                    applied: format!("software gain {db:+.1} dB ({why})"),
+                    software_db: Some(db),
+                }
+            }
+            Err(e) => {
+                self.warn_mixer(format!("{e}; streaming at the card's current level"));
+                GainState {
+                    configured,
+                    applied: format!("as found (the card refused: {e})"),
+                    software_db: None,
+                }
+            }
+        };
+        if let Ok(mut info) = self.stats.info.lock() {
+            info.gain = gain;
+        }
+    }
+
+    /// Which device is in use (or being looked for), for `/status`.
+    fn publish_selection(&self) {
+        let selection = self.source.selection();
+        if let Ok(mut info) = self.stats.info.lock()
+            && info.selection.as_ref() != Some(&selection)
+        {
+            info.selection = Some(selection);
+        }
+    }
+
+    fn warn_mixer(&mut self, message: String) {
+        if self.mixer_warned.as_ref() != Some(&message) {
+            tracing::warn!(
+                component = "capture",
+                device = self.source.device(),
+                "capture level: {message}"
+            );
+            self.mixer_warned = Some(message);
+        }
+    }
+
+    fn publish_hint(&mut self, hint: Option<Hint>) {
+        if hint == self.hint {
+            return;
+        }
+        self.hint = hint;
+        if let Some(h) = hint {
+            tracing::warn!(
+                component = "capture",
+                device = self.source.device(),
+                reason = "level",
+                "{h}"
+            );
+        }
+        if let Ok(mut info) = self.stats.info.lock() {
+            info.hint = hint.map(|h| h.to_string());
+        }
+    }
+
     /// Cuts, meters and queues delivered bytes.
     fn accept(&mut self, bytes: &[u8], now: Instant) {
         let (meter, silence, stats, router) = (&mut self.meter, &mut self.silence, self.stats, self.router);
+        let (soft_gain, advisor) = (self.soft_gain, &mut self.advisor);
         let device = self.source.device();
-        self.reblocker.push(bytes, |frame| {
+        self.reblocker.push(bytes, |mut frame| {
             stats.frames.fetch_add(1, Ordering::Relaxed);
+            let clipped = match soft_gain {
+                Some(g) => g.apply(&mut frame),
+                None => full_scale_samples(&frame),
+            };
+            if clipped > 0 {
+                stats.clipped_samples.fetch_add(u64::from(clipped), Ordering::Relaxed);
+            }
             let (levels, silent) = meter.add(&frame);
+            let peak = levels.peak_dbfs.iter().copied().fold(f32::MIN, f32::max);
+            advisor.observe(peak, silent, clipped, now);
             match silence.observe(silent, now) {
                 Some(SilenceEvent::Began) => tracing::warn!(
                     component = "capture",
@@ -525,6 +750,8 @@ impl<'a> CaptureLoop<'a> {
             );
             router.push(frame);
         });
+        let hint = self.advisor.hint(now);
+        self.publish_hint(hint);
     }
 
     /// The device delivers: an outage, if any, is over.
@@ -567,6 +794,7 @@ impl<'a> CaptureLoop<'a> {
 mod tests {
     use super::*;
     use crate::audio::fake::{FakeCapture, FakeCaptureScript};
+    use crate::audio::mixer::FakeMixer;
 
     #[test]
     fn reblocker_cuts_any_read_sizes_into_exact_frames() {
@@ -606,17 +834,133 @@ mod tests {
     }
 
     fn start(script: FakeCaptureScript, router: &Arc<AudioInputRouter>) -> Capture {
+        start_with("fake", script, Level::Keep, FakeMixer::default(), router)
+    }
+
+    fn start_with(
+        device: &str,
+        script: FakeCaptureScript,
+        level: Level,
+        mixer: FakeMixer,
+        router: &Arc<AudioInputRouter>,
+    ) -> Capture {
         let config = CaptureConfig {
             silence_warn: Duration::from_secs(30),
+            level,
         };
-        let source = FakeCapture::new("fake", script);
+        let source = FakeCapture::new(device, script);
         Capture::start(
             Box::new(source),
+            Box::new(mixer),
             router.clone(),
             config,
             Arc::new(TestHooks::disabled()),
         )
         .expect("start")
+    }
+
+    fn peak(frame: &PcmFrame) -> i32 {
+        (0..crate::audio::FRAME_SAMPLES * 2)
+            .map(|i| i32::from(frame.sample(i)).abs())
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn the_device_name_gives_the_card_whose_mixer_is_set() {
+        assert_eq!(card_of("plughw:CARD=Device,DEV=0").as_deref(), Some("Device"));
+        assert_eq!(card_of("hw:CARD=Loopback,DEV=1").as_deref(), Some("Loopback"));
+        assert_eq!(card_of("hw:1,0").as_deref(), Some("1"));
+        assert_eq!(card_of("plughw:2").as_deref(), Some("2"));
+        assert_eq!(card_of("dsnoop:CARD=USB").as_deref(), Some("USB"));
+        assert_eq!(card_of("default"), None);
+        assert_eq!(card_of("jackcap"), None);
+        assert_eq!(card_of("pulse:foo"), None);
+        let sel = Selection::configured("hw:CARD=X,DEV=0");
+        assert!(!sel.auto);
+        assert_eq!(sel.reason, "set in the configuration (device)");
+    }
+
+    #[test]
+    fn a_card_with_a_capture_control_is_set_at_every_open_and_its_audio_is_untouched() {
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let mixer = FakeMixer {
+            controls: vec![("Device".into(), -20.0, 30.0)],
+            ..FakeMixer::default()
+        };
+        let calls = mixer.calls.clone();
+        let script = FakeCaptureScript {
+            fail_after_frames: Some(20),
+            ..FakeCaptureScript::default()
+        };
+        let c = start_with("plughw:CARD=Device,DEV=0", script, Level::Db(-6.0), mixer, &router);
+        assert!(wait_for(|| c.snapshot().opens >= 2), "re-opened after the failure");
+        let snap = c.snapshot();
+        assert_eq!(snap.gain.configured, "-6.0 dB");
+        assert_eq!(snap.gain.applied, "card control \"Mic\": -6.00 dB");
+        assert_eq!(snap.gain.software_db, None);
+        let frame = router.pop(Some(Duration::from_secs(1))).expect("a frame");
+        assert_eq!(peak(&frame), 16_384, "0.5 of full scale, as delivered");
+        c.stop(Duration::from_secs(2)).expect("stop");
+        let calls = calls.lock().expect("calls");
+        assert!(calls.len() >= 2, "{calls:?}");
+        assert!(
+            calls
+                .iter()
+                .all(|(card, level)| card == "Device" && *level == Level::Db(-6.0))
+        );
+    }
+
+    #[test]
+    fn a_card_without_a_capture_control_gets_a_software_gain_that_saturates_and_counts() {
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let c = start_with(
+            "plughw:CARD=Dongle,DEV=0",
+            FakeCaptureScript::default(),
+            Level::Db(12.0),
+            FakeMixer::default(),
+            &router,
+        );
+        let frame = router.pop(Some(Duration::from_secs(2))).expect("a frame");
+        assert_eq!(peak(&frame), 32_768, "0.5 of full scale + 12 dB saturates");
+        assert!(wait_for(|| c.snapshot().clipped_samples > 0));
+        let snap = c.snapshot();
+        assert_eq!(snap.gain.software_db, Some(12.0));
+        assert!(
+            snap.gain.applied.contains("software gain +12.0 dB") && snap.gain.applied.contains("\"Dongle\""),
+            "{:?}",
+            snap.gain
+        );
+        assert!(wait_for(|| c.snapshot().level_hint.is_some()));
+        let hint = c.snapshot().level_hint.unwrap_or_default();
+        assert!(hint.contains("clips"), "{hint}");
+        c.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn a_card_that_refuses_the_level_keeps_streaming_as_found() {
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let mixer = FakeMixer {
+            refusing: vec!["Broken".into()],
+            ..FakeMixer::default()
+        };
+        let c = start_with(
+            "hw:CARD=Broken,DEV=0",
+            FakeCaptureScript::default(),
+            Level::Percent(80.0),
+            mixer,
+            &router,
+        );
+        let frame = router.pop(Some(Duration::from_secs(2))).expect("still streaming");
+        assert_eq!(peak(&frame), 16_384);
+        let snap = c.snapshot();
+        assert!(
+            snap.gain.applied.starts_with("as found (the card refused"),
+            "{:?}",
+            snap.gain
+        );
+        assert_eq!(snap.selection.name, "hw:CARD=Broken,DEV=0");
+        c.stop(Duration::from_secs(2)).expect("stop");
     }
 
     #[test]
@@ -721,5 +1065,82 @@ mod tests {
         assert!((l.levels.rms_dbfs[1] - -9.0).abs() < 0.2, "{l:?}");
         assert_eq!(l.silent_for_s, 0.0);
         cap.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    /// Cards a test plugs in and out.
+    #[derive(Clone, Default)]
+    struct Cards(Arc<std::sync::Mutex<Vec<crate::audio::devices::CardDevice>>>);
+
+    impl crate::audio::auto::CardLister for Cards {
+        fn list(&mut self) -> crate::audio::devices::DeviceList {
+            crate::audio::devices::DeviceList {
+                cards: self.0.lock().expect("cards").clone(),
+                ..Default::default()
+            }
+        }
+    }
+
+    #[test]
+    fn with_auto_a_card_plugged_in_after_start_is_live_within_2_s_and_its_level_is_set() {
+        let cards = Cards::default();
+        let auto = crate::audio::auto::AutoCapture::new(
+            Box::new(cards.clone()),
+            Box::new(|name: &str| {
+                Box::new(FakeCapture::new(
+                    name,
+                    FakeCaptureScript {
+                        paced: true,
+                        ..FakeCaptureScript::default()
+                    },
+                )) as Box<dyn CaptureSource>
+            }),
+        );
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let mixer = FakeMixer {
+            controls: vec![("Device".into(), -20.0, 30.0)],
+            ..FakeMixer::default()
+        };
+        let calls = mixer.calls.clone();
+        let config = CaptureConfig {
+            silence_warn: Duration::from_secs(30),
+            level: Level::Percent(80.0),
+        };
+        let c = Capture::start(
+            Box::new(auto),
+            Box::new(mixer),
+            router.clone(),
+            config,
+            Arc::new(TestHooks::disabled()),
+        )
+        .expect("start");
+        // Long enough for the re-open backoff to reach its 1 s cap.
+        assert!(wait_for(|| c.snapshot().open_failures >= 4));
+        assert_eq!(c.snapshot().selection.name, "auto");
+        assert!(router.pop(None).is_none());
+        let plugged = Instant::now();
+        cards.0.lock().expect("cards").push(crate::audio::devices::CardDevice {
+            card_id: "Device".into(),
+            card_index: 3,
+            card_name: "USB Audio Device".into(),
+            device: 0,
+            device_name: "USB Audio".into(),
+            usb: true,
+        });
+        let frame = router.pop(Some(Duration::from_secs(3)));
+        let took = plugged.elapsed();
+        assert!(frame.is_some(), "no audio after the card was plugged in");
+        assert!(took <= Duration::from_secs(2), "live {took:?} after plugging in");
+        let snap = c.snapshot();
+        assert_eq!(snap.selection.name, "plughw:CARD=Device,DEV=0");
+        assert!(snap.selection.auto);
+        assert_eq!(
+            snap.selection.reason,
+            "USB, the only card with capture (USB Audio Device)"
+        );
+        assert_eq!(
+            *calls.lock().expect("calls"),
+            [("Device".to_string(), Level::Percent(80.0))]
+        );
+        c.stop(Duration::from_secs(2)).expect("stop");
     }
 }

@@ -12,6 +12,12 @@
 //! Two groups: sound cards with capture, named `plughw:CARD=<id>,DEV=<n>`
 //! (recommended) and `hw:CARD=<id>,DEV=<n>`; then the other capture PCMs
 //! the ALSA configuration declares (`default`, `dsnoop`, `jack`, …).
+//!
+//! [`choose`] is `device = "auto"`'s decision, a pure function of the
+//! enumerated cards: on a Pi, card 0 (and so ALSA's `default`) is usually
+//! HDMI or the headphone jack, both playback-only, and a USB interface comes
+//! wherever probing put it. Cards without a capture device are never in
+//! [`DeviceList::cards`], so they are never chosen.
 
 use std::fmt::Write;
 
@@ -25,6 +31,16 @@ pub struct CardDevice {
     pub card_name: String,
     pub device: u32,
     pub device_name: String,
+    /// A USB interface (driver `USB-Audio`): what a user plugs in to
+    /// capture, so `auto` prefers it.
+    pub usb: bool,
+}
+
+impl CardDevice {
+    /// The stable, converting name: `plughw:CARD=<id>,DEV=<n>`.
+    pub fn plughw(&self) -> String {
+        format!("plughw:CARD={},DEV={}", self.card_id, self.device)
+    }
 }
 
 /// A capture PCM from the ALSA configuration's name hints.
@@ -37,9 +53,72 @@ pub struct NamedPcm {
 /// What was found, and what could not be read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceList {
+    /// Capture devices of sound cards, in card order.
     pub cards: Vec<CardDevice>,
     pub others: Vec<NamedPcm>,
+    /// Cards that have no capture device (HDMI, headphone jacks, USB
+    /// speakers), by name: said when nothing can be chosen.
+    pub playback_only: Vec<String>,
     pub problems: Vec<String>,
+}
+
+/// What `device = "auto"` captures from, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Choice {
+    /// `plughw:CARD=<id>,DEV=<n>`.
+    pub device: String,
+    /// The card's id, for its mixer.
+    pub card_id: String,
+    /// Why this one, in words for the log and the status page.
+    pub reason: String,
+}
+
+/// Chooses the capture device for `device = "auto"`: a USB interface
+/// first, else any other card, each in card order, the card's first
+/// capture device. `None` (with the reason) when no card can capture.
+pub fn choose(list: &DeviceList) -> Result<Choice, String> {
+    // One entry per card: its first capture device.
+    let mut cards: Vec<&CardDevice> = Vec::new();
+    for c in &list.cards {
+        if !cards.iter().any(|k| k.card_id == c.card_id) {
+            cards.push(c);
+        }
+    }
+    let usb: Vec<&&CardDevice> = cards.iter().filter(|c| c.usb).collect();
+    let (pick, reason) = match (usb.first(), cards.first()) {
+        (Some(first), _) => {
+            let reason = match (usb.len(), cards.len()) {
+                (1, 1) => "USB, the only card with capture".to_string(),
+                (1, n) => format!("USB, the only USB card of {n} cards with capture"),
+                (n, _) => format!("USB, the first of {n} USB cards with capture"),
+            };
+            (**first, reason)
+        }
+        (None, Some(first)) => {
+            let reason = match cards.len() {
+                1 => "the only card with capture (not USB)".to_string(),
+                n => format!("the first of {n} cards with capture (none is USB)"),
+            };
+            (*first, reason)
+        }
+        (None, None) => {
+            let mut why = "no sound card with a capture device".to_string();
+            if !list.playback_only.is_empty() {
+                why.push_str(&format!(
+                    " (playback only: {}); plug in a USB sound card",
+                    list.playback_only.join(", ")
+                ));
+            } else {
+                why.push_str("; plug in a USB sound card");
+            }
+            return Err(why);
+        }
+    };
+    Ok(Choice {
+        device: pick.plughw(),
+        card_id: pick.card_id.clone(),
+        reason: format!("{} ({})", reason, pick.card_name),
+    })
 }
 
 /// The listing as printed by `tower devices`.
@@ -56,11 +135,22 @@ pub fn render(list: &DeviceList, configured: &str) -> String {
             "Sound cards: none with a capture device. Plug in a USB sound card (or enable an I2S HAT),\n\
              then run `tower devices` again. Until then Tower streams the fallback.\n"
         );
+        if !list.playback_only.is_empty() {
+            let _ = writeln!(out, "Cards with playback only: {}.\n", list.playback_only.join(", "));
+        }
     } else {
         let _ = writeln!(out, "Sound cards (names that survive USB re-plugging and re-ordering):");
+        let auto = choose(list).ok();
         for c in &list.cards {
-            let plug = format!("plughw:CARD={},DEV={}", c.card_id, c.device);
-            let _ = writeln!(out, "  \"{plug}\"");
+            let plug = c.plughw();
+            match &auto {
+                Some(a) if a.device == plug => {
+                    let _ = writeln!(out, "  \"{plug}\"   <- device = \"auto\" uses this: {}", a.reason);
+                }
+                _ => {
+                    let _ = writeln!(out, "  \"{plug}\"");
+                }
+            }
             let _ = writeln!(
                 out,
                 "      {} — {} (card {}, device {}). Recommended: converts to 48 kHz stereo 16-bit.",
@@ -115,6 +205,12 @@ const CONVERTERS: [&str; 7] = [
     "vdownmix",
 ];
 
+/// A USB audio card: snd-usb-audio names its driver `USB-Audio` and puts
+/// the USB path in the long name ("… at usb-3f980000.usb-1.3, full speed").
+pub fn is_usb(driver: &str, longname: &str) -> bool {
+    driver == "USB-Audio" || longname.contains(" at usb-")
+}
+
 /// Lists the machine's capture devices with alsa-lib.
 #[cfg(feature = "alsa-backend")]
 pub fn list() -> DeviceList {
@@ -146,6 +242,11 @@ pub fn list() -> DeviceList {
         };
         let card_id = info.get_id().unwrap_or_default().to_string();
         let card_name = info.get_name().unwrap_or_default().to_string();
+        let usb = is_usb(
+            info.get_driver().unwrap_or_default(),
+            info.get_longname().unwrap_or_default(),
+        );
+        let before = list.cards.len();
         for device in DeviceIter::new(&ctl) {
             let Ok(device) = u32::try_from(device) else {
                 continue;
@@ -158,8 +259,12 @@ pub fn list() -> DeviceList {
                     card_name: card_name.clone(),
                     device,
                     device_name: pcm.get_name().unwrap_or_default().to_string(),
+                    usb,
                 });
             }
+        }
+        if list.cards.len() == before {
+            list.playback_only.push(format!("{card_name} ({card_id})"));
         }
     }
     match HintIter::new_str(None, "pcm") {
@@ -217,11 +322,13 @@ mod tests {
                 card_name: "USB Audio Device".into(),
                 device: 0,
                 device_name: "USB Audio".into(),
+                usb: true,
             }],
             others: vec![NamedPcm {
                 name: "default".into(),
                 description: one_line("Default Audio Device\n  with extras"),
             }],
+            playback_only: vec!["vc4-hdmi-0 (vc4hdmi0)".into()],
             problems: vec![],
         };
         let text = render(&list, "default");
@@ -237,6 +344,132 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("Configured now: \"default\""), "{text}");
+        assert!(
+            text.contains(
+                "\"plughw:CARD=Device,DEV=0\"   <- device = \"auto\" uses this: USB, the only card with capture"
+            ),
+            "{text}"
+        );
+    }
+
+    fn card(index: i32, id: &str, device: u32, usb: bool) -> CardDevice {
+        CardDevice {
+            card_id: id.into(),
+            card_index: index,
+            card_name: format!("{id} card"),
+            device,
+            device_name: "PCM".into(),
+            usb,
+        }
+    }
+
+    /// The cards a Pi shows: HDMI and the headphone jack never capture,
+    /// so they are never in `cards`, only in `playback_only`.
+    fn pi(cards: Vec<CardDevice>) -> DeviceList {
+        DeviceList {
+            cards,
+            playback_only: vec!["vc4-hdmi-0 (vc4hdmi0)".into(), "bcm2835 Headphones (Headphones)".into()],
+            ..DeviceList::default()
+        }
+    }
+
+    #[test]
+    fn auto_chooses_from_the_enumerated_cards() {
+        struct Case {
+            what: &'static str,
+            list: DeviceList,
+            device: Option<&'static str>,
+            reason: &'static str,
+        }
+        let cases = [
+            Case {
+                what: "HDMI and headphones only",
+                list: pi(vec![]),
+                device: None,
+                reason: "no sound card with a capture device (playback only: vc4-hdmi-0 (vc4hdmi0), bcm2835 Headphones (Headphones)); plug in a USB sound card",
+            },
+            Case {
+                what: "no cards at all",
+                list: DeviceList::default(),
+                device: None,
+                reason: "no sound card with a capture device; plug in a USB sound card",
+            },
+            Case {
+                what: "HDMI first, then USB",
+                list: pi(vec![card(3, "Device", 0, true)]),
+                device: Some("plughw:CARD=Device,DEV=0"),
+                reason: "USB, the only card with capture (Device card)",
+            },
+            Case {
+                what: "USB first, then a HAT",
+                list: pi(vec![card(0, "Device", 0, true), card(1, "sndrpihifiberry", 0, false)]),
+                device: Some("plughw:CARD=Device,DEV=0"),
+                reason: "USB, the only USB card of 2 cards with capture (Device card)",
+            },
+            Case {
+                what: "a HAT first, then USB",
+                list: pi(vec![card(0, "sndrpihifiberry", 0, false), card(2, "Device", 0, true)]),
+                device: Some("plughw:CARD=Device,DEV=0"),
+                reason: "USB, the only USB card of 2 cards with capture (Device card)",
+            },
+            Case {
+                what: "two USB cards: the first in card order",
+                list: pi(vec![card(1, "CODEC", 0, true), card(2, "Device", 0, true)]),
+                device: Some("plughw:CARD=CODEC,DEV=0"),
+                reason: "USB, the first of 2 USB cards with capture (CODEC card)",
+            },
+            Case {
+                what: "a card with two capture devices counts once, its first device",
+                list: pi(vec![card(1, "Loopback", 0, false), card(1, "Loopback", 1, false)]),
+                device: Some("plughw:CARD=Loopback,DEV=0"),
+                reason: "the only card with capture (not USB) (Loopback card)",
+            },
+            Case {
+                what: "a USB speaker (no capture) beside a capture card",
+                list: DeviceList {
+                    cards: vec![card(1, "Intel", 0, false)],
+                    playback_only: vec!["USB Speaker (Speaker)".into()],
+                    ..DeviceList::default()
+                },
+                device: Some("plughw:CARD=Intel,DEV=0"),
+                reason: "the only card with capture (not USB) (Intel card)",
+            },
+            Case {
+                what: "two non-USB cards",
+                list: pi(vec![card(1, "Intel", 0, false), card(2, "Loopback", 0, false)]),
+                device: Some("plughw:CARD=Intel,DEV=0"),
+                reason: "the first of 2 cards with capture (none is USB) (Intel card)",
+            },
+        ];
+        for c in cases {
+            match (choose(&c.list), c.device) {
+                (Ok(choice), Some(device)) => {
+                    assert_eq!(choice.device, device, "{}", c.what);
+                    assert_eq!(choice.reason, c.reason, "{}", c.what);
+                }
+                (Err(why), None) => assert_eq!(why, c.reason, "{}", c.what),
+                (got, want) => panic!("{}: got {got:?}, want {want:?}", c.what),
+            }
+        }
+    }
+
+    #[test]
+    fn a_card_that_returns_with_a_new_index_is_chosen_by_the_same_name() {
+        let before = choose(&pi(vec![card(2, "Device", 0, true)])).expect("chosen");
+        assert!(choose(&pi(vec![])).is_err(), "unplugged: nothing to choose");
+        let after = choose(&pi(vec![card(4, "Device", 0, true)])).expect("chosen again");
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn usb_cards_are_known_by_driver_or_bus_path() {
+        assert!(is_usb("USB-Audio", "Generic USB Audio"));
+        assert!(is_usb(
+            "",
+            "C-Media USB Headphone Set at usb-0000:01:00.0-1.4, full speed"
+        ));
+        assert!(!is_usb("vc4-hdmi", "vc4-hdmi-0"));
+        assert!(!is_usb("Loopback", "Loopback 1"));
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! it is reported, never switched to the fallback, because silence may be
 //! what the owner wants to broadcast.
 //!
+//! A [`LevelAdvisor`] turns the readings into a plain hint for the owner
+//! when the level is far off: peaks below [`QUIET_BELOW_DBFS`] for
+//! [`QUIET_AFTER`] ("raise the gain by about N dB"), or clipping in the
+//! last [`CLIP_MEMORY`] ("lower it").
+//!
 //! Levels are in dBFS against a full-scale square wave: a full-scale sine
 //! reads 0 dBFS peak and −3 dBFS RMS. Zero reads [`FLOOR_DBFS`].
 
@@ -200,6 +205,95 @@ impl LevelBoard {
     }
 }
 
+/// A live input whose peaks stay below this is too quiet...
+pub const QUIET_BELOW_DBFS: f32 = -30.0;
+/// ...when it stays there this long.
+pub const QUIET_AFTER: Duration = Duration::from_secs(120);
+/// Where the hint aims the peaks: loud, with room for surprises.
+pub const TARGET_PEAK_DBFS: f32 = -6.0;
+/// Clipping is reported until this long after the last clipped sample.
+pub const CLIP_MEMORY: Duration = Duration::from_secs(60);
+
+/// What the owner should do about the level, if anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hint {
+    /// Peaks stayed below [`QUIET_BELOW_DBFS`]: raise by about this many dB.
+    Raise { db: u32, loudest_dbfs: i32, minutes: u32 },
+    /// Samples hit full scale within [`CLIP_MEMORY`].
+    Lower,
+}
+
+impl std::fmt::Display for Hint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hint::Raise {
+                db,
+                loudest_dbfs,
+                minutes,
+            } => write!(
+                f,
+                "the input is quiet (peaks at most {loudest_dbfs} dBFS for {minutes} min): \
+                 raise the gain by about {db} dB in tower.toml (capture.level), or turn the source up"
+            ),
+            Hint::Lower => f.write_str(
+                "the input clips (samples at full scale in the last minute): \
+                 lower the gain by about 6 dB in tower.toml (capture.level), or turn the source down",
+            ),
+        }
+    }
+}
+
+/// Watches the live level for a hint; time is passed in.
+#[derive(Debug, Clone, Default)]
+pub struct LevelAdvisor {
+    /// Since when every peak stayed below the quiet threshold, and the
+    /// loudest peak since.
+    quiet: Option<(Instant, f32)>,
+    last_clip: Option<Instant>,
+}
+
+impl LevelAdvisor {
+    /// One live frame: the metered peak (dBFS, loudest channel), whether
+    /// it was digital silence (reported on its own, not a level problem),
+    /// and how many samples clipped.
+    pub fn observe(&mut self, peak_dbfs: f32, silent: bool, clipped: u32, now: Instant) {
+        if clipped > 0 {
+            self.last_clip = Some(now);
+        }
+        if silent {
+            return;
+        }
+        if peak_dbfs >= QUIET_BELOW_DBFS {
+            self.quiet = None;
+        } else {
+            match &mut self.quiet {
+                Some((_, loudest)) => *loudest = loudest.max(peak_dbfs),
+                None => self.quiet = Some((now, peak_dbfs)),
+            }
+        }
+    }
+
+    pub fn hint(&self, now: Instant) -> Option<Hint> {
+        if let Some(at) = self.last_clip
+            && now.saturating_duration_since(at) < CLIP_MEMORY
+        {
+            return Some(Hint::Lower);
+        }
+        let (since, loudest) = self.quiet?;
+        let quiet_for = now.saturating_duration_since(since);
+        (quiet_for >= QUIET_AFTER).then(|| Hint::Raise {
+            db: (TARGET_PEAK_DBFS - loudest).round().max(1.0) as u32,
+            loudest_dbfs: loudest.round() as i32,
+            minutes: (quiet_for.as_secs() / 60) as u32,
+        })
+    }
+
+    /// The input went away: what comes back is judged afresh.
+    pub fn reset(&mut self) {
+        *self = LevelAdvisor::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +388,46 @@ mod tests {
         board.publish(reading, t0);
         assert_eq!(board.read(t0 + Duration::from_millis(100)), reading);
         assert_eq!(board.read(t0 + Duration::from_secs(1)).levels, Levels::SILENT);
+    }
+
+    #[test]
+    fn a_quiet_input_gets_a_hint_after_two_minutes_and_loses_it_when_loud() {
+        let t0 = Instant::now();
+        let mut a = LevelAdvisor::default();
+        let mut at = t0;
+        while at < t0 + Duration::from_secs(119) {
+            a.observe(-42.4, false, 0, at);
+            at += Duration::from_millis(24);
+        }
+        assert_eq!(a.hint(at), None, "not yet two minutes");
+        a.observe(-40.0, false, 0, t0 + Duration::from_secs(121));
+        let hint = a.hint(t0 + Duration::from_secs(121)).expect("hint");
+        assert_eq!(
+            hint,
+            Hint::Raise {
+                db: 34,
+                loudest_dbfs: -40,
+                minutes: 2
+            }
+        );
+        assert!(hint.to_string().contains("raise the gain by about 34 dB"), "{hint}");
+        // Digital silence is not a level problem: it neither clears nor feeds it.
+        a.observe(FLOOR_DBFS, true, 0, t0 + Duration::from_secs(122));
+        assert!(a.hint(t0 + Duration::from_secs(122)).is_some());
+        a.observe(-12.0, false, 0, t0 + Duration::from_secs(123));
+        assert_eq!(a.hint(t0 + Duration::from_secs(123)), None);
+    }
+
+    #[test]
+    fn clipping_is_reported_for_a_minute_after_the_last_clipped_sample() {
+        let t0 = Instant::now();
+        let mut a = LevelAdvisor::default();
+        a.observe(0.0, false, 3, t0);
+        assert_eq!(a.hint(t0), Some(Hint::Lower));
+        assert!(Hint::Lower.to_string().contains("lower the gain"));
+        assert_eq!(a.hint(t0 + Duration::from_secs(59)), Some(Hint::Lower));
+        assert_eq!(a.hint(t0 + Duration::from_secs(60)), None);
+        a.reset();
+        assert_eq!(a.hint(t0), None);
     }
 }

@@ -5,10 +5,13 @@
 //! shape, so anything else is rejected where it enters (the router counts and
 //! logs it) and the rest of the pipeline never checks again.
 
+pub mod auto;
 pub mod capture;
 pub mod devices;
 pub mod fake;
 pub mod level;
+pub mod mixer;
+pub mod router;
 
 #[cfg(feature = "alsa-backend")]
 pub mod alsa;
@@ -73,10 +76,22 @@ impl fmt::Debug for PcmFrame {
     }
 }
 
-/// The capture source for a device name on this build: ALSA, or (built
-/// without the `alsa-backend` feature) a source that explains why there is
-/// no capture, so the stream still serves the fallback.
+/// The capture source for a device name on this build: `auto` chooses a
+/// card itself (see [`auto`]); any other name is opened as it is.
 pub fn system_capture(device: &str) -> Box<dyn capture::CaptureSource> {
+    if device == auto::AUTO {
+        return Box::new(auto::AutoCapture::new(
+            Box::new(auto::SystemCards),
+            Box::new(|name: &str| named_capture(name)),
+        ));
+    }
+    named_capture(device)
+}
+
+/// The capture source for one device name: ALSA, or (built without the
+/// `alsa-backend` feature) a source that explains why there is no capture,
+/// so the stream still serves the fallback.
+pub fn named_capture(device: &str) -> Box<dyn capture::CaptureSource> {
     #[cfg(feature = "alsa-backend")]
     {
         Box::new(alsa::AlsaCapture::new(device))

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, LaunchError, set_nonblocking};
 use crate::audio::PCM_FRAME_BYTES;
-use crate::mp3::canonical_silent_frame;
+use crate::encoder::mp3::canonical_silent_frame;
 use crate::worker::{StopSignal, Worker};
 
 /// How one fake encoder instance behaves.

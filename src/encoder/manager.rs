@@ -19,9 +19,9 @@ use super::process::EncoderLauncher;
 use super::state::EncoderState;
 use super::supervisor::{Supervisor, SupervisorConfig, SupervisorSnapshot};
 use crate::audio::{FRAME_DURATION, PcmFrame};
-use crate::mp3::{FrameHeader, canonical_silent_frame, silent_frame_like};
+use crate::encoder::mp3::{FrameHeader, canonical_silent_frame, silent_frame_like};
+use crate::encoder::ring::FrameRing;
 use crate::pump::PcmSink;
-use crate::ring::FrameRing;
 use crate::worker::WorkerError;
 
 /// Longest the broadcast loop sleeps with nothing to do (bounds how fast it
@@ -305,7 +305,7 @@ mod tests {
     #[test]
     fn a_broadcast_loop_far_behind_skips_the_oldest_frames_so_lag_stays_bounded() {
         let m = manager(FakeLauncher::new(FakeMode::Healthy));
-        let frame: Mp3Frame = crate::mp3::canonical_silent_frame().into();
+        let frame: Mp3Frame = crate::encoder::mp3::canonical_silent_frame().into();
         for _ in 0..MAX_BACKLOG + 30 {
             m.ring().push(frame.clone());
         }

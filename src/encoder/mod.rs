@@ -4,9 +4,11 @@
 pub mod command;
 pub mod fake;
 pub mod manager;
+pub mod mp3;
 pub mod pacer;
 pub mod pipe;
 pub mod process;
+pub mod ring;
 pub mod state;
 pub mod supervisor;
 

@@ -26,9 +26,9 @@ use super::pipe::{PcmPipe, PipeWrite};
 use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, wait_for_exit};
 use super::state::{AfterFailure, EncoderState, FailureKind, Liveness, RestartPolicy, StateMachine, Transition};
 use crate::audio::PcmFrame;
-use crate::mp3::Packetizer;
+use crate::encoder::mp3::Packetizer;
+use crate::encoder::ring::FrameRing;
 use crate::ratelog::LineBudget;
-use crate::ring::FrameRing;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// Lines of ffmpeg's stderr kept for failure reports.

@@ -379,6 +379,12 @@ impl Hub {
     }
 }
 
+impl crate::broadcast::Listeners for Hub {
+    fn broadcast(&self, frame: &Mp3Frame, now: Instant) {
+        Hub::broadcast(self, frame, now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

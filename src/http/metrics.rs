@@ -147,6 +147,48 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
         "How long the live input has carried only digital silence.",
         f(status, &["input", "level", "silent_for_s"]),
     );
+    o.family(
+        "input_device_info",
+        "gauge",
+        "The capture device in use; auto=\"true\" when device = \"auto\" chose it.",
+    );
+    let dev = &status["input"]["device"];
+    let auto = if dev["auto"].as_bool().unwrap_or(false) {
+        "true"
+    } else {
+        "false"
+    };
+    o.sample(
+        "input_device_info",
+        &[
+            ("device", dev["name"].as_str().unwrap_or("")),
+            ("auto", auto),
+            ("reason", dev["reason"].as_str().unwrap_or("")),
+        ],
+        1.0,
+    );
+    o.one(
+        "input_software_gain_db",
+        "gauge",
+        "Software gain on the PCM (0 when the card's own control sets the level).",
+        f(status, &["input", "gain", "software_db"]),
+    );
+    o.one(
+        "input_clipped_samples_total",
+        "counter",
+        "Input samples at full scale (clipped).",
+        f(status, &["input", "clipped_samples"]),
+    );
+    o.one(
+        "input_level_hint",
+        "gauge",
+        "1 while the input level is far off (see input.level_hint in /status).",
+        if status["input"]["level_hint"].is_string() {
+            1.0
+        } else {
+            0.0
+        },
+    );
     o.by(
         "capture_errors_total",
         "counter",

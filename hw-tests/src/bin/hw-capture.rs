@@ -1,12 +1,14 @@
-//! Captures 10 s from the configured device; prints the level every second
-//! and the overrun (xrun) count at the end.
+//! Captures 10 s from the configured device (`auto` by default: the card
+//! Tower would choose), with the configured `capture.level` set on its
+//! mixer; prints the device chosen and why, the gain in force, the level
+//! every second and the overrun (xrun) count at the end.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tower::audio::capture::{Capture, CaptureConfig};
+use tower::audio::router::AudioInputRouter;
 use tower::hooks::TestHooks;
-use tower::router::AudioInputRouter;
 
 fn main() {
     tower_hw_tests::logging();
@@ -15,9 +17,11 @@ fn main() {
     let router = Arc::new(AudioInputRouter::new(100_000));
     let capture = match Capture::start(
         tower::audio::system_capture(&cfg.device),
+        tower::audio::mixer::system_mixer(),
         router.clone(),
         CaptureConfig {
             silence_warn: Duration::from_secs(5),
+            level: cfg.capture_level(),
         },
         Arc::new(TestHooks::disabled()),
     ) {
@@ -28,6 +32,15 @@ fn main() {
         }
     };
     let handle = capture.handle();
+    std::thread::sleep(Duration::from_millis(500));
+    let snap = handle.snapshot();
+    println!(
+        "device {} ({}{}); level: {}",
+        snap.selection.name,
+        if snap.selection.auto { "chosen automatically: " } else { "" },
+        snap.selection.reason,
+        snap.gain.applied
+    );
     for s in 1..=10 {
         std::thread::sleep(Duration::from_secs(1));
         let l = handle.levels(Instant::now());

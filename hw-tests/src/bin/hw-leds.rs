@@ -1,5 +1,6 @@
 //! Walks the status LEDs through every pattern, 4 s each, saying which.
-//! Watch the LEDs: each line tells what they should show.
+//! Watch the LEDs: each line tells what they should show. First it says
+//! which backend and chip drive them, and fails if none does.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,17 @@ fn main() {
     tower_hw_tests::logging();
     let cfg = tower_hw_tests::config();
     let leds = tower::leds::open(&cfg.leds());
+    let status = leds.status();
+    if let Some(why) = &status.off_because {
+        eprintln!("FAIL: no LEDs: {why}");
+        std::process::exit(1);
+    }
+    println!(
+        "LEDs through {} on {} (lines {:?})",
+        status.backend,
+        status.chip.as_deref().unwrap_or("?"),
+        status.lines.unwrap_or_default()
+    );
     let mut driver = LedDriver::new(leds, Instant::now());
     let steps = [
         (EncoderState::Running, InputState::Live),

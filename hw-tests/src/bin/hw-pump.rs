@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tower::audio::PcmFrame;
-use tower::fallback::Fallback;
+use tower::audio::router::AudioInputRouter;
 use tower::hooks::TestHooks;
+use tower::pump::fallback::Fallback;
 use tower::pump::{PcmSink, Pump, PumpConfig};
-use tower::router::AudioInputRouter;
 
 struct Discard;
 

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use tower::mp3::Packetizer;
+use tower::encoder::mp3::Packetizer;
 
 fn get(host: &str, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect(host)?;

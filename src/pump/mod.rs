@@ -11,17 +11,19 @@
 //! [`Schedule`] and [`InputSelector`] are the pure decisions, with time passed
 //! in; the thread around them only sleeps, pops and writes.
 
+pub mod fallback;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::audio::router::{AudioInputRouter, FillGovernor};
 use crate::audio::{FRAME_DURATION, InputState, PcmFrame};
-use crate::fallback::Fallback;
 use crate::histogram::{Histogram, Percentiles};
 use crate::hooks::TestHooks;
-use crate::router::{AudioInputRouter, FillGovernor};
+use crate::pump::fallback::Fallback;
 use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// How long a tick waits for a frame from the router [A2].
@@ -359,7 +361,12 @@ impl Episode {
     }
 }
 
-fn report_change(to: InputState, since_pcm: Duration, episode: &Episode, fallback: crate::fallback::FallbackKind) {
+fn report_change(
+    to: InputState,
+    since_pcm: Duration,
+    episode: &Episode,
+    fallback: crate::pump::fallback::FallbackKind,
+) {
     match to {
         InputState::Fallback => tracing::warn!(
             component = "pump",
@@ -641,7 +648,7 @@ mod tests {
         eprintln!("{run:?}");
         // +200 ppm adds 0.72 s of audio an hour: ~30 frames to trim.
         assert!((25..=36).contains(&run.trimmed), "{run:?}");
-        assert!(run.band.1 <= crate::router::HIGH_WATER + 2, "{run:?}");
+        assert!(run.band.1 <= crate::audio::router::HIGH_WATER + 2, "{run:?}");
         assert!(run.delay_last_min <= run.delay_first_min + FRAME_DURATION, "{run:?}");
         assert!(run.delay_last_min < Duration::from_millis(100), "{run:?}");
         assert_eq!(run.fallback_ticks, 0, "{run:?}");
@@ -654,7 +661,7 @@ mod tests {
         assert_eq!(run.trimmed, 0, "{run:?}");
         // −200 ppm leaves the pump one frame short every two minutes.
         assert!((20..=40).contains(&run.underruns), "{run:?}");
-        assert!(run.band.1 <= crate::router::HIGH_WATER + 2, "{run:?}");
+        assert!(run.band.1 <= crate::audio::router::HIGH_WATER + 2, "{run:?}");
         assert!(run.delay_last_min <= run.delay_first_min + FRAME_DURATION, "{run:?}");
         assert_eq!(run.fallback_ticks, 0, "{run:?}");
     }

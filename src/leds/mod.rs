@@ -1,0 +1,398 @@
+//! Status LEDs on GPIO [T3]: one for the encoder, one for the input.
+//!
+//! | LED     | steady on | 2 Hz blink            | 8 Hz blink | 0.5 Hz blink | off      |
+//! |---------|-----------|-----------------------|------------|--------------|----------|
+//! | encoder | RUNNING   | STARTING / RESTARTING | FAILED     |              | STOPPED  |
+//! | input   | live      |                       |            | grace        | fallback |
+//!
+//! [`open`] runs once on the main thread at start-up and picks the backend
+//! ([`select::choose_backend`] over what was probed): the kernel's GPIO
+//! character device (`cdev`, Cargo feature `gpio`, any Linux), else rppal
+//! through `/dev/gpiomem` where that exists (`rppal`, feature `rppal`, ARM
+//! only; rppal is no longer maintained), else none. It logs one info line
+//! naming the backend and chip, or one warning naming the cause; the
+//! stream never depends on the LEDs.
+//!
+//! The "leds" thread ([`start`], owned by the service) wakes every 25 ms on
+//! a deadline (or the stop signal), reads the states, and applies the pure
+//! patterns ([`pattern`]) through [`LedDriver`], which writes a line only
+//! when its level changes. [`stop`] joins it and turns both LEDs off.
+
+use std::time::{Duration, Instant};
+
+use crate::audio::InputState;
+use crate::encoder::state::EncoderState;
+use crate::worker::{StopSignal, Worker, WorkerError};
+
+#[cfg(all(feature = "gpio", target_os = "linux"))]
+mod cdev;
+mod error;
+mod fake;
+pub mod pattern;
+#[cfg(all(feature = "rppal", any(target_arch = "aarch64", target_arch = "arm")))]
+mod rppal;
+pub mod select;
+
+pub use error::LedError;
+pub use fake::{NullLeds, RecordingLeds};
+pub use pattern::{Pattern, encoder_pattern, input_pattern};
+use select::{Backend, ChipSpec};
+
+/// How often the LED thread updates the pins.
+pub const UPDATE_EVERY: Duration = Duration::from_millis(25);
+
+/// Which LED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Led {
+    Encoder,
+    Input,
+}
+
+/// The LED hardware.
+pub trait Leds: Send {
+    fn set(&mut self, led: Led, on: bool);
+    /// Turns both off and gives the pins back.
+    fn release(&mut self) {}
+    /// Which backend drives the LEDs, for `/status`.
+    fn status(&self) -> LedStatus {
+        LedStatus::off("no LED hardware")
+    }
+}
+
+/// The LEDs' settings, from `[gpio]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedConfig {
+    pub enabled: bool,
+    /// BCM numbers.
+    pub encoder_pin: u8,
+    pub input_pin: u8,
+    /// The LED lights when the pin is low.
+    pub active_low: bool,
+    /// `gpio.chip`: "" (find it), a path, a chip name or a label; see
+    /// [`ChipSpec`].
+    pub chip: String,
+}
+
+/// Which backend drives the LEDs, and on what.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LedStatus {
+    /// `gpiochip`, `rppal` or `none`.
+    pub backend: &'static str,
+    /// `/dev/gpiochip0 "pinctrl-bcm2711"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chip: Option<String>,
+    /// The encoder's and the input's line offsets (BCM numbers for rppal).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lines: Option<[u32; 2]>,
+    /// Why there are no LEDs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub off_because: Option<String>,
+}
+
+impl LedStatus {
+    pub fn off(why: impl Into<String>) -> Self {
+        LedStatus {
+            backend: "none",
+            chip: None,
+            lines: None,
+            off_because: Some(why.into()),
+        }
+    }
+}
+
+/// No LEDs, saying why.
+struct Dark(LedStatus);
+
+impl Leds for Dark {
+    fn set(&mut self, _: Led, _: bool) {}
+
+    fn status(&self) -> LedStatus {
+        self.0.clone()
+    }
+}
+
+/// The configured LEDs; without them a no-op with one warning saying why.
+pub fn open(config: &LedConfig) -> Box<dyn Leds> {
+    if !config.enabled {
+        return Box::new(Dark(LedStatus::off("gpio.enabled = false")));
+    }
+    match open_backend(config) {
+        Ok(leds) => leds,
+        Err(why) => {
+            tracing::warn!(
+                component = "leds",
+                "status LEDs off: {why}. Streaming is not affected; set gpio.enabled = false to silence this"
+            );
+            Box::new(Dark(LedStatus::off(why.to_string())))
+        }
+    }
+}
+
+/// Whether this build has the rppal backend.
+const RPPAL_BUILT: bool = cfg!(all(
+    feature = "rppal",
+    any(target_arch = "aarch64", target_arch = "arm")
+));
+
+fn open_backend(config: &LedConfig) -> Result<Box<dyn Leds>, LedError> {
+    let spec = ChipSpec::parse(&config.chip).map_err(|accepted| LedError::InvalidChip {
+        spec: config.chip.clone(),
+        accepted,
+    })?;
+    // rppal maps /dev/gpiomem, or /dev/gpiomem0 on a Pi 5.
+    let gpiomem = ["/dev/gpiomem", "/dev/gpiomem0"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    match select::choose_backend(open_cdev(config, &spec), gpiomem, RPPAL_BUILT) {
+        Backend::Cdev(leds) => {
+            let st = leds.status();
+            tracing::info!(
+                component = "leds",
+                backend = st.backend,
+                "status LEDs through the GPIO character device {}: encoder on line {}, input on line {}",
+                st.chip.as_deref().unwrap_or("?"),
+                config.encoder_pin,
+                config.input_pin
+            );
+            Ok(leds)
+        }
+        Backend::Rppal { cdev } => {
+            let leds = open_rppal(config).map_err(|rppal| LedError::RppalToo {
+                cdev: Box::new(cdev.clone()),
+                rppal,
+            })?;
+            tracing::info!(
+                component = "leds",
+                backend = "rppal",
+                "status LEDs through rppal (/dev/gpiomem) on GPIO {} (encoder) and {} (input); \
+                 the GPIO character device did not serve: {cdev}",
+                config.encoder_pin,
+                config.input_pin
+            );
+            Ok(leds)
+        }
+        Backend::None(e) => Err(e),
+    }
+}
+
+#[cfg(all(feature = "gpio", target_os = "linux"))]
+fn open_cdev(config: &LedConfig, spec: &ChipSpec) -> Result<Box<dyn Leds>, LedError> {
+    cdev::open(config, spec).map(|l| Box::new(l) as Box<dyn Leds>)
+}
+
+#[cfg(not(all(feature = "gpio", target_os = "linux")))]
+fn open_cdev(_: &LedConfig, _: &ChipSpec) -> Result<Box<dyn Leds>, LedError> {
+    Err(LedError::NotBuilt)
+}
+
+#[cfg(all(feature = "rppal", any(target_arch = "aarch64", target_arch = "arm")))]
+fn open_rppal(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
+    rppal::open(config)
+}
+
+#[cfg(not(all(feature = "rppal", any(target_arch = "aarch64", target_arch = "arm"))))]
+fn open_rppal(_: &LedConfig) -> Result<Box<dyn Leds>, String> {
+    Err("this build has no rppal backend".into())
+}
+
+/// Applies the patterns; pure but for the [`Leds`] it drives.
+pub struct LedDriver {
+    leds: Box<dyn Leds>,
+    start: Instant,
+    shown: [Option<bool>; 2],
+}
+
+impl LedDriver {
+    pub fn new(leds: Box<dyn Leds>, start: Instant) -> Self {
+        LedDriver {
+            leds,
+            start,
+            shown: [None, None],
+        }
+    }
+
+    /// Sets each LED for the states at `now`; pins are written only when a
+    /// level changes.
+    pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) {
+        let t = now.saturating_duration_since(self.start);
+        let wanted = [
+            (Led::Encoder, encoder_pattern(encoder).level(t)),
+            (Led::Input, input_pattern(input).level(t)),
+        ];
+        for (i, (led, on)) in wanted.into_iter().enumerate() {
+            if self.shown[i] != Some(on) {
+                self.leds.set(led, on);
+                self.shown[i] = Some(on);
+            }
+        }
+    }
+
+    pub fn release(&mut self) {
+        self.leds.release();
+    }
+}
+
+/// The tick after the one due at `due`, seen at `now`: one period later,
+/// or a period from `now` when the thread was late (no burst of catch-up
+/// writes after a stall).
+pub fn next_deadline(due: Instant, now: Instant) -> Instant {
+    let next = due + UPDATE_EVERY;
+    if next > now { next } else { now + UPDATE_EVERY }
+}
+
+/// The "leds" thread, reading the states through `read`.
+pub fn start(
+    leds: Box<dyn Leds>,
+    read: impl Fn() -> (EncoderState, InputState) + Send + 'static,
+) -> std::io::Result<Worker<()>> {
+    Worker::spawn("leds", move |stop: StopSignal| {
+        let start = Instant::now();
+        let mut driver = LedDriver::new(leds, start);
+        let mut deadline = start;
+        loop {
+            let now = Instant::now();
+            let (encoder, input) = read();
+            driver.update(encoder, input, now);
+            deadline = next_deadline(deadline, now);
+            if stop.sleep_until(deadline) {
+                break;
+            }
+        }
+        driver.release();
+    })
+}
+
+/// Stops the thread (the LEDs go off).
+pub fn stop(worker: Worker<()>, timeout: Duration) -> Result<(), WorkerError> {
+    worker.stop(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn the_driver_writes_pins_only_on_changes() {
+        let rec = RecordingLeds::default();
+        let t0 = Instant::now();
+        let mut d = LedDriver::new(Box::new(rec.clone()), t0);
+        d.update(EncoderState::Running, InputState::Live, t0);
+        d.update(EncoderState::Running, InputState::Live, t0 + MS(25));
+        d.update(EncoderState::Failed, InputState::Fallback, t0 + MS(100));
+        d.update(EncoderState::Failed, InputState::Fallback, t0 + MS(125));
+        assert_eq!(
+            rec.writes(),
+            [
+                (Led::Encoder, true),
+                (Led::Input, true),
+                // FAILED at 100 ms: off (second half of a 125 ms period)...
+                (Led::Encoder, false),
+                (Led::Input, false),
+                // ...on again at 125 ms.
+                (Led::Encoder, true),
+            ]
+        );
+    }
+
+    /// Drives the fake every 25 ms of simulated time from `t0` for
+    /// `ticks` ticks, the states given by `at(t)`; returns each LED's level at
+    /// each tick.
+    fn simulate(
+        rec: &RecordingLeds,
+        t0: Instant,
+        ticks: u64,
+        at: impl Fn(Duration) -> (EncoderState, InputState),
+    ) -> Vec<(Duration, bool, bool)> {
+        let mut d = LedDriver::new(Box::new(rec.clone()), t0);
+        let mut due = t0;
+        let mut out = Vec::new();
+        for _ in 0..ticks {
+            let t = due - t0;
+            let (e, i) = at(t);
+            d.update(e, i, due);
+            let level = |led| rec.level(led).expect("written");
+            out.push((t, level(Led::Encoder), level(Led::Input)));
+            due = next_deadline(due, due);
+        }
+        out
+    }
+
+    /// Rising edges of one LED within [from, to).
+    fn rises(trace: &[(Duration, bool, bool)], encoder: bool, from: u64, to: u64) -> usize {
+        let level = |s: &(Duration, bool, bool)| if encoder { s.1 } else { s.2 };
+        trace
+            .windows(2)
+            .filter(|w| (MS(from)..MS(to)).contains(&w[1].0) && !level(&w[0]) && level(&w[1]))
+            .count()
+    }
+
+    #[test]
+    fn the_patterns_over_simulated_time() {
+        use EncoderState::*;
+        let rec = RecordingLeds::default();
+        // Encoder: RUNNING 0–1 s, FAILED 1–2 s, STARTING 2–3 s, STOPPED 3–4 s.
+        // Input: live 0–1 s, grace 1–3 s, fallback 3–4 s.
+        let trace = simulate(&rec, Instant::now(), 160, |t| match t.as_millis() {
+            0..1000 => (Running, InputState::Live),
+            1000..2000 => (Failed, InputState::Grace),
+            2000..3000 => (Starting, InputState::Grace),
+            _ => (Stopped, InputState::Fallback),
+        });
+        assert!(
+            trace[..40].iter().all(|s| s.1 && s.2),
+            "steady on while running and live"
+        );
+        // 8 Hz: eight flashes in the FAILED second (the first is the
+        // pattern's own phase, not an edge); 2 Hz: two in the STARTING one.
+        assert_eq!(rises(&trace, true, 1000, 2000), 7);
+        assert_eq!(rises(&trace, true, 2000, 3000), 2);
+        assert!(
+            trace[120..].iter().all(|s| !s.1 && !s.2),
+            "off when stopped and in fallback"
+        );
+        // Grace at 0.5 Hz: on for the first half of each 2 s period.
+        for &(t, _, input) in &trace[40..120] {
+            assert_eq!(input, (t.as_millis() % 2000) < 1000, "input at {t:?}");
+        }
+        // Only changes were written: as many writes as level changes, plus
+        // the first write of each LED.
+        let changes: usize = trace
+            .windows(2)
+            .map(|w| usize::from(w[0].1 != w[1].1) + usize::from(w[0].2 != w[1].2))
+            .sum();
+        assert_eq!(rec.writes().len(), changes + 2);
+    }
+
+    #[test]
+    fn ticks_follow_their_deadlines_and_resync_when_late() {
+        let t0 = Instant::now();
+        assert_eq!(next_deadline(t0, t0 + MS(3)), t0 + UPDATE_EVERY);
+        // A late wake-up keeps the schedule...
+        assert_eq!(next_deadline(t0 + MS(25), t0 + MS(40)), t0 + MS(50));
+        // ...a stall does not make up the missed ticks.
+        assert_eq!(next_deadline(t0, t0 + MS(300)), t0 + MS(325));
+    }
+
+    #[test]
+    fn the_status_says_why_the_leds_are_off() {
+        let cfg = LedConfig {
+            enabled: false,
+            encoder_pin: 17,
+            input_pin: 27,
+            active_low: false,
+            chip: String::new(),
+        };
+        let st = open(&cfg).status();
+        assert_eq!(
+            (st.backend, st.off_because.as_deref()),
+            ("none", Some("gpio.enabled = false"))
+        );
+        let json = serde_json::to_value(&st).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({"backend": "none", "off_because": "gpio.enabled = false"})
+        );
+    }
+}
