@@ -21,11 +21,14 @@ case "$target" in
 esac
 version="$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)"
 
+# The release build leaves out the test hooks and fakes (feature
+# test-hooks): everything else that is on by default.
+features=(--no-default-features --features alsa-backend,gpio,rppal)
 if [ -n "$target" ]; then
-    cargo build --release --locked --target "$target"
+    cargo build --release --locked "${features[@]}" --target "$target"
     bin="target/$target/release/tower"
 else
-    cargo build --release --locked
+    cargo build --release --locked "${features[@]}"
 fi
 
 stage="target/debian/tower_${version}_${arch}"

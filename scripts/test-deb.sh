@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
-apt_install systemd passwd dpkg-dev binutils
+apt_install systemd passwd dpkg-dev binutils curl
 ensure_rust
 
 deb="$(scripts/build-deb.sh | tail -n1)"
@@ -48,6 +48,25 @@ grep -q "^User=tower$" "$unit" || fail "the unit does not run as tower"
 [ -f "$root/usr/share/doc/tower/copyright" ] || fail "no copyright file"
 "$root$bin" --config "$root$conf" --print-config >/dev/null || fail "the installed binary rejects the installed config"
 echo "package: $deb installs its files where the unit expects them"
+
+# The packaged binary has no test hooks: a token is refused, /test/* is 404.
+log="$root/hooks.log"
+TOWER_TEST_HOOKS=0123456789abcdef0123 "$root$bin" --listen 127.0.0.1:0 \
+    --device tower_test_no_such_device > "$log" 2>&1 &
+pid=$!
+port=""
+for _ in $(seq 100); do
+    port="$(sed -n 's|.*listening on http://127.0.0.1:\([0-9]*\)/stream.*|\1|p' "$log" | head -n1)"
+    [ -n "$port" ] && break
+    sleep 0.1
+done
+code="$(curl -s -o /dev/null -w '%{http_code}' -X POST -H 'Authorization: Bearer 0123456789abcdef0123' \
+    "http://127.0.0.1:${port:-1}/test/panic?worker=pump" || true)"
+kill "$pid" 2>/dev/null || true
+wait "$pid" 2>/dev/null || true
+grep -q "this build has no test hooks" "$log" || fail "the packaged binary did not refuse the test hooks: $(cat "$log")"
+[ "$code" = 404 ] || fail "POST /test/panic answered $code in the packaged binary (want 404)"
+echo "package: the binary has no test hooks (token refused, /test/panic 404)"
 
 score="$(systemd-analyze security --offline=true systemd/tower.service 2>/dev/null | sed -n 's/.*Overall exposure level for tower.service: \([0-9.]*\).*/\1/p')"
 [ -n "$score" ] || fail "systemd-analyze gave no rating"

@@ -2,9 +2,11 @@
 //!
 //! ALSA capture → PCM input queue → 24 ms pump → supervised ffmpeg → MP3
 //! packetizer → frame ring → broadcast loop → every listener on
-//! `GET /stream`. See `service` for how the pieces are wired and who owns
-//! which thread, and `../shared/SPEC.md` for the clauses cited in the
-//! module docs.
+//! `GET /stream`. The stages are folders in data-flow order (`audio`,
+//! `pump`, `encoder`, `broadcast`, `http`); flat modules are plumbing.
+//! See `service` for how the pieces are wired and who owns which thread,
+//! and `docs/DESIGN.md` for the design and the promises (`[A2]`, `[S4]`, …)
+//! cited in the module docs.
 
 pub mod audio;
 pub mod broadcast;

@@ -69,6 +69,10 @@ fn raise_fd_limit(config: &mut config::Config) {
     }
 }
 
+/// How often the supervisor loop looks for a signal (worker ends wake it
+/// at once).
+const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(50);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -138,7 +142,7 @@ fn main() -> ExitCode {
     for note in notes {
         tracing::warn!(component = "encoder", "custom ffmpeg command: {note}");
     }
-    let service = match Service::start(&cfg, backends) {
+    let mut service = match Service::start(&cfg, backends) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(component = "service", "cannot start: {e}");
@@ -146,9 +150,18 @@ fn main() -> ExitCode {
         }
     };
     tower::watchdog::ready(&format!("streaming on http://{}/stream", service.local_addr()));
-    let signal = signals.forever().next();
-    tower::watchdog::stopping();
-    tracing::info!(component = "service", signal = ?signal, "stopping");
+    // The supervisor loop: a signal stops Tower; a worker that ends is
+    // restarted by the service, or ends the process when it cannot be.
+    let outcome = loop {
+        if let Some(signal) = signals.pending().next() {
+            tower::watchdog::stopping();
+            tracing::info!(component = "service", signal, "stopping");
+            break Ok(());
+        }
+        if let Err(fatal) = service.supervise(SUPERVISE_TURN) {
+            break Err(fatal);
+        }
+    };
     let started = std::time::Instant::now();
     let problems = service.stop();
     tracing::info!(
@@ -157,5 +170,11 @@ fn main() -> ExitCode {
         problems = problems.len(),
         "stopped"
     );
-    ExitCode::SUCCESS
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(fatal) => {
+            eprintln!("tower: {fatal}");
+            ExitCode::from(1)
+        }
+    }
 }

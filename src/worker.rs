@@ -5,6 +5,12 @@
 //! deadline and hands back what the thread returned. Workers report through
 //! their return value, counters and channels; they never exit the process.
 //! [`Notify`] is the wake-up primitive loops wait on (new data, or stop).
+//!
+//! A worker spawned with [`Worker::spawn_supervised`] also reports to the
+//! service when its thread ends without having been asked to stop (its
+//! body returned, or panicked): an [`Ended`] on the [`Supervisor`]
+//! channel. The service decides what follows (restart it, or stop
+//! everything); the worker only tells.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -112,6 +118,56 @@ pub enum WorkerError {
     Timeout(String, Duration),
 }
 
+/// A worker's thread ended without being asked to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    /// The thread's name.
+    pub name: String,
+    /// The panic message, or `None` when the body returned.
+    pub panic: Option<String>,
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.panic {
+            Some(m) => write!(f, "thread {} panicked: {m}", self.name),
+            None => write!(f, "thread {} ended on its own", self.name),
+        }
+    }
+}
+
+/// Where supervised workers report their end; cloned into each of them.
+#[derive(Debug, Clone, Default)]
+pub struct Supervisor(Option<crossbeam::channel::Sender<Ended>>);
+
+impl Supervisor {
+    /// Reports go nowhere (tests of one worker, tools).
+    pub fn none() -> Self {
+        Supervisor(None)
+    }
+
+    /// A supervisor and the receiving end the service waits on.
+    pub fn channel() -> (Supervisor, crossbeam::channel::Receiver<Ended>) {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        (Supervisor(Some(tx)), rx)
+    }
+
+    fn report(&self, ended: Ended) {
+        if let Some(tx) = &self.0 {
+            let _ = tx.send(ended);
+        }
+    }
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
+}
+
 /// A named thread, its stop signal, and its join handle.
 #[derive(Debug)]
 pub struct Worker<T> {
@@ -143,6 +199,30 @@ impl<T: Send + 'static> Worker<T> {
             name: name.to_string(),
             stop,
             handle: Some(handle),
+        })
+    }
+
+    /// Like [`Worker::spawn`]; if the thread ends without being asked to
+    /// (returns, or panics), `supervisor` is told. A panic still unwinds
+    /// (it is logged by the panic hook, and `stop` reports it).
+    pub fn spawn_supervised<F>(name: &str, supervisor: &Supervisor, body: F) -> io::Result<Self>
+    where
+        F: FnOnce(StopSignal) -> T + Send + 'static,
+    {
+        let supervisor = supervisor.clone();
+        let thread_name = name.to_string();
+        Self::spawn(name, move |stop: StopSignal| {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(stop.clone())));
+            if !stop.is_stopped() {
+                supervisor.report(Ended {
+                    name: thread_name,
+                    panic: outcome.as_ref().err().map(|p| panic_message(p.as_ref())),
+                });
+            }
+            match outcome {
+                Ok(v) => v,
+                Err(payload) => std::panic::resume_unwind(payload),
+            }
         })
     }
 
@@ -257,5 +337,34 @@ mod tests {
         assert!(n.wait_until(Instant::now()));
         // Cleared by the wait.
         assert!(!n.wait_until(Instant::now()));
+    }
+
+    #[test]
+    fn a_supervised_worker_reports_a_panic_or_a_return_but_not_a_stop() {
+        let (sup, ends) = Supervisor::channel();
+        let w = Worker::spawn_supervised("t-boom", &sup, |_stop: StopSignal| -> u8 { panic!("boom") }).expect("spawn");
+        let ended = ends.recv_timeout(Duration::from_secs(5)).expect("reported");
+        assert_eq!(
+            ended,
+            Ended {
+                name: "t-boom".into(),
+                panic: Some("boom".into())
+            }
+        );
+        assert!(matches!(w.stop(Duration::from_secs(5)), Err(WorkerError::Panicked(_))));
+
+        let w = Worker::spawn_supervised("t-done", &sup, |_stop: StopSignal| 7u8).expect("spawn");
+        let ended = ends.recv_timeout(Duration::from_secs(5)).expect("reported");
+        assert_eq!(ended.panic, None);
+        assert_eq!(ended.to_string(), "thread t-done ended on its own");
+        assert_eq!(w.stop(Duration::from_secs(5)).expect("joined"), 7);
+
+        let w = Worker::spawn_supervised("t-stop", &sup, |stop: StopSignal| stop.sleep(Duration::from_secs(60)))
+            .expect("spawn");
+        assert!(w.stop(Duration::from_secs(5)).expect("stopped"));
+        assert!(
+            ends.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a stop is not an end"
+        );
     }
 }

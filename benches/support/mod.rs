@@ -366,19 +366,21 @@ impl ClickRig {
             ..Config::default()
         };
         let clicks = Arc::new(Mutex::new(Vec::new()));
-        let probe = Probe {
-            inner: tower::audio::system_capture("jackfile"),
-            clicks: clicks.clone(),
-            onsets: Onsets::default(),
-        };
+        let probe_clicks = clicks.clone();
         let service = Service::start(
             &config,
             Backends {
-                capture: Box::new(probe),
-                mixer: Box::new(tower::audio::mixer::NoMixer),
+                capture: Box::new(move || {
+                    Ok(Box::new(Probe {
+                        inner: tower::audio::system_capture("jackfile"),
+                        clicks: probe_clicks.clone(),
+                        onsets: Onsets::default(),
+                    }) as Box<dyn CaptureSource>)
+                }),
+                mixer: Box::new(|| Box::new(tower::audio::mixer::NoMixer) as Box<dyn tower::audio::mixer::Mixer>),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
-                leds: Box::new(tower::leds::NullLeds),
+                leds: Box::new(|| Box::new(tower::leds::NullLeds) as Box<dyn tower::leds::Leds>),
             },
         )
         .expect("service");
@@ -401,7 +403,7 @@ impl ClickRig {
 
     /// Stops the service (then JACK, on drop); returns its last status.
     pub fn stop(self) -> serde_json::Value {
-        let status = self.service.status();
+        let status = serde_json::to_value(self.service.status()).expect("status is JSON");
         let _ = self.service.stop();
         status
     }

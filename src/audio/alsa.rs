@@ -13,7 +13,7 @@ use std::time::Duration;
 use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
-use super::capture::{Action, CaptureError, CaptureSource, ErrorClass};
+use super::source::{Action, CaptureError, CaptureSource, ErrorClass};
 use super::{BYTES_PER_SAMPLE_FRAME, CHANNELS, FRAME_SAMPLES, SAMPLE_RATE};
 
 /// Periods in the device buffer: 8 × 24 ms gives the reader 190 ms of

@@ -13,8 +13,8 @@
 
 use std::time::Duration;
 
-use super::capture::{CaptureError, CaptureSource, ErrorClass, Selection};
 use super::devices::{self, Choice, DeviceList};
+use super::source::{CaptureError, CaptureSource, ErrorClass, Selection};
 
 /// What the device name `auto` is called in logs before a card is chosen.
 pub const AUTO: &str = "auto";
@@ -69,10 +69,10 @@ impl CaptureSource for AutoCapture {
             Ok(c) => c,
             Err(why) => {
                 self.current = None;
-                self.nothing.clone_from(&why);
+                self.nothing = why.to_string();
                 return Err(CaptureError::Open {
                     device: AUTO.into(),
-                    reason: why,
+                    reason: self.nothing.clone(),
                 });
             }
         };

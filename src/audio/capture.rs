@@ -2,16 +2,18 @@
 //!
 //! One thread ("capture"), started by the service after the pump and
 //! stopped before it. It opens a [`CaptureSource`] (ALSA on the appliance,
-//! a generator in tests), cuts whatever the device delivers into 4608-byte
-//! frames, meters them and pushes them into the router, which never blocks
-//! it.
+//! the socket input a program writes into, a generator in tests), cuts
+//! whatever the device delivers into 4608-byte frames, meters them and
+//! pushes them into the router, which never blocks it.
 //!
 //! It never gives up on the device. Errors are classified in one place
 //! ([`ErrorClass::from_errno`]): overruns and suspends are recovered by the
 //! source and reading goes on; EAGAIN is retried; anything else, a device
 //! that cannot be opened, and an open device that delivers nothing for
 //! [`STALL_AFTER`] (a JACK server that died, a wedged USB card) close it
-//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]).
+//! and open it again with a backoff capped at 1 s ([`ReopenBackoff`]);
+//! a source that is only waiting when nothing comes (the socket input
+//! without a producer) is kept open instead and read on.
 //! Each class is counted; each episode (from the first failure until audio
 //! flows again) is logged once when it starts and once when it ends, with
 //! the device name. Meanwhile the pump keeps listeners fed with grace
@@ -30,11 +32,13 @@ use serde::Serialize;
 
 use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
+pub use super::source::{Action, CaptureError, CaptureSource, ErrorClass, Selection, card_of};
+use super::source::{SocketSnapshot, SocketStatus};
 use super::{PCM_FRAME_BYTES, PcmFrame};
 use crate::audio::router::AudioInputRouter;
-use crate::hooks::TestHooks;
+use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// How long one read may wait for data, bounding how fast a stop is seen.
 pub const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -45,140 +49,6 @@ pub const STALL_AFTER: Duration = Duration::from_secs(1);
 pub const REOPEN_MAX: Duration = Duration::from_secs(1);
 /// The first wait after a failure.
 pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
-
-/// What went wrong with a capture device, and so what to do about it. The
-/// one place where errors are classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorClass {
-    /// EPIPE: the reader was late and audio was lost. Recover and go on.
-    Overrun,
-    /// ESTRPIPE: the system suspended the device. Resume (or prepare).
-    Suspended,
-    /// EAGAIN: nothing to read yet. Retry.
-    Again,
-    /// ENODEV: the device is gone (USB unplugged). Close, re-open.
-    NoDevice,
-    /// EIO: the driver failed. Close, re-open.
-    Io,
-    /// EBADFD: the PCM is in a state it cannot read from. Close, re-open.
-    BadState,
-    /// Open, but nothing delivered for [`STALL_AFTER`]. Close, re-open.
-    Stalled,
-    /// Anything else. Close, re-open.
-    Other,
-}
-
-/// What the capture loop does about an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// The source recovers the stream in place and reading goes on.
-    Recover,
-    /// Read again.
-    Retry,
-    /// Close the device and open it again after a backoff.
-    Reopen,
-}
-
-impl ErrorClass {
-    pub fn from_errno(errno: i32) -> Self {
-        match errno {
-            libc::EPIPE => ErrorClass::Overrun,
-            libc::ESTRPIPE => ErrorClass::Suspended,
-            libc::EAGAIN => ErrorClass::Again,
-            libc::ENODEV => ErrorClass::NoDevice,
-            libc::EIO => ErrorClass::Io,
-            libc::EBADFD => ErrorClass::BadState,
-            _ => ErrorClass::Other,
-        }
-    }
-
-    pub fn action(self) -> Action {
-        match self {
-            ErrorClass::Overrun | ErrorClass::Suspended => Action::Recover,
-            ErrorClass::Again => Action::Retry,
-            ErrorClass::NoDevice | ErrorClass::Io | ErrorClass::BadState | ErrorClass::Stalled | ErrorClass::Other => {
-                Action::Reopen
-            }
-        }
-    }
-}
-
-/// A capture error, already classified by the source.
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error("cannot open capture device {device:?}: {reason}")]
-    Open { device: String, reason: String },
-    /// An overrun or suspend: audio was lost, the source has recovered the
-    /// stream and reading goes on.
-    #[error("{class:?} on capture device {device:?}; recovered")]
-    Recovered { device: String, class: ErrorClass },
-    /// Nothing to read now (EAGAIN).
-    #[error("capture device {device:?} has nothing to read (EAGAIN)")]
-    Again { device: String },
-    /// The device failed; it must be closed and opened again.
-    #[error("capture device {device:?} failed ({class:?}): {reason}")]
-    Failed {
-        device: String,
-        class: ErrorClass,
-        reason: String,
-    },
-}
-
-/// Which device is in use, whether Tower chose it, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Selection {
-    /// The ALSA device name in use (or `auto` before a card is found).
-    pub name: String,
-    /// Chosen by `device = "auto"`.
-    pub auto: bool,
-    pub reason: String,
-    /// The card whose mixer holds the capture level, if known.
-    #[serde(skip)]
-    pub card: Option<String>,
-}
-
-impl Selection {
-    /// A device named in the configuration.
-    pub fn configured(name: &str) -> Selection {
-        Selection {
-            name: name.to_string(),
-            auto: false,
-            reason: "set in the configuration (device)".into(),
-            card: card_of(name),
-        }
-    }
-}
-
-/// The card an ALSA device name refers to: `plughw:CARD=Device,DEV=0`
-/// and `hw:CARD=Device` give `Device`, `hw:1,0` gives `1`; plugin names
-/// (`default`, `dsnoop`, `jack`) name no card.
-pub fn card_of(name: &str) -> Option<String> {
-    let (kind, args) = name.split_once(':')?;
-    if !["hw", "plughw", "sysdefault", "dsnoop", "front"].contains(&kind) {
-        return None;
-    }
-    let first = args.split(',').next()?.trim();
-    let card = first.strip_prefix("CARD=").unwrap_or(first);
-    (!card.is_empty() && !card.contains('=')).then(|| card.to_string())
-}
-
-/// A source of interleaved s16le, 48 kHz, stereo audio.
-pub trait CaptureSource: Send {
-    /// The device name in use.
-    fn device(&self) -> &str;
-    /// The device in use and why; a configured name unless the source
-    /// chooses for itself.
-    fn selection(&self) -> Selection {
-        Selection::configured(self.device())
-    }
-    /// Opens (or re-opens) the device in the canonical format.
-    fn open(&mut self) -> Result<(), CaptureError>;
-    /// Reads what is available into `buf` (whole sample frames), waiting at
-    /// most `timeout`; `Ok(0)` when nothing came.
-    fn read(&mut self, buf: &mut [u8], timeout: Duration) -> Result<usize, CaptureError>;
-    fn close(&mut self);
-}
 
 /// Waits between attempts to open a device: 100 ms, doubling, at most 1 s.
 #[derive(Debug, Clone)]
@@ -295,6 +165,8 @@ pub struct CaptureStats {
     levels: LevelBoard,
     /// Written on open and when the hint changes, never per frame.
     info: std::sync::Mutex<CaptureInfo>,
+    /// The socket input's own board (set when the source starts).
+    socket: std::sync::Mutex<Option<Arc<dyn SocketStatus>>>,
 }
 
 /// The capture level as `/status` shows it.
@@ -335,6 +207,9 @@ pub struct CaptureSnapshot {
     pub clipped_samples: u64,
     /// A plain suggestion when the level is far off.
     pub level_hint: Option<String>,
+    /// The socket input's producer, when `input` is a socket.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<SocketSnapshot>,
 }
 
 impl CaptureStats {
@@ -364,13 +239,28 @@ pub struct CaptureHandle {
 }
 
 impl CaptureHandle {
+    /// Fresh counters for a capture of `device`.
+    pub fn new(device: &str) -> CaptureHandle {
+        CaptureHandle {
+            stats: Arc::new(CaptureStats::default()),
+            device: device.to_string(),
+        }
+    }
+
     pub fn snapshot(&self) -> CaptureSnapshot {
         let s = &self.stats;
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let e = &s.errors;
         let info = s.info.lock().map(|i| i.clone()).unwrap_or_default();
-        let selection = info.selection.unwrap_or_else(|| Selection::configured(&self.device));
+        let mut selection = info.selection.unwrap_or_else(|| Selection::configured(&self.device));
+        let board = s.socket.lock().map(|b| b.clone()).unwrap_or_default();
+        let socket = board.map(|b| b.snapshot(Instant::now()));
+        if let Some(s) = &socket {
+            // The producer comes and goes while the source stays open.
+            selection.reason = s.state.reason().into();
+        }
         CaptureSnapshot {
+            socket,
             device: selection.name.clone(),
             selection,
             gain: info.gain,
@@ -416,17 +306,30 @@ impl Capture {
         config: CaptureConfig,
         hooks: Arc<TestHooks>,
     ) -> std::io::Result<Capture> {
-        let stats = Arc::new(CaptureStats::default());
-        let device = source.device().to_string();
-        let thread_stats = stats.clone();
-        let worker = Worker::spawn("capture", move |stop| {
+        let handle = CaptureHandle::new(source.device());
+        Capture::start_on(handle, source, mixer, router, config, hooks, &Supervisor::none())
+    }
+
+    /// Starts the capture thread publishing into `handle` (a new one, or
+    /// the one of a capture thread that died, whose counters carry on);
+    /// its end is reported to `supervisor`.
+    pub fn start_on(
+        handle: CaptureHandle,
+        source: Box<dyn CaptureSource>,
+        mixer: Box<dyn Mixer>,
+        router: Arc<AudioInputRouter>,
+        config: CaptureConfig,
+        hooks: Arc<TestHooks>,
+        supervisor: &Supervisor,
+    ) -> std::io::Result<Capture> {
+        router.set_high_water(source.queue_high_water(router.capacity()));
+        *handle.stats.socket.lock().unwrap_or_else(|p| p.into_inner()) = source.socket();
+        let thread_stats = handle.stats.clone();
+        let worker = Worker::spawn_supervised("capture", supervisor, move |stop| {
             let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, &config, &hooks);
             c.run(&stop);
         })?;
-        Ok(Capture {
-            worker,
-            handle: CaptureHandle { stats, device },
-        })
+        Ok(Capture { worker, handle })
     }
 
     pub fn handle(&self) -> CaptureHandle {
@@ -578,14 +481,23 @@ impl<'a> CaptureLoop<'a> {
         let mut last_data = Instant::now();
         while !stop.is_stopped() {
             self.hooks.capture_stall(stop);
+            self.hooks.panic_point(PanicTarget::Capture);
             let result = self.source.read(&mut buf, READ_TIMEOUT);
             let now = Instant::now();
             match result {
                 Ok(0) => {
                     if now.saturating_duration_since(last_data) >= STALL_AFTER {
                         let reason = format!("no audio for {} ms", STALL_AFTER.as_millis());
-                        self.failed(ErrorClass::Stalled, &reason);
-                        return;
+                        if self.source.reopen_when_stalled() {
+                            self.failed(ErrorClass::Stalled, &reason);
+                            return;
+                        }
+                        // Kept open: the outage is reported once, and
+                        // reading goes on.
+                        if self.outage.is_none() {
+                            let reason = format!("{reason} ({})", self.source.selection().reason);
+                            self.failed(ErrorClass::Stalled, &reason);
+                        }
                     }
                 }
                 Ok(n) => {
@@ -758,6 +670,8 @@ impl<'a> CaptureLoop<'a> {
     fn delivering(&mut self, now: Instant) {
         self.backoff.reset();
         if let Some(outage) = self.outage.take() {
+            // A source kept open through its outage delivers again.
+            self.stats.set_state(DeviceState::Open);
             tracing::info!(
                 component = "capture",
                 device = self.source.device(),
@@ -774,12 +688,17 @@ impl<'a> CaptureLoop<'a> {
         self.stats.errors.count(class);
         self.stats.set_state(DeviceState::Unavailable);
         if self.outage.is_none() {
+            let next = if self.source.reopen_when_stalled() {
+                "re-opening it"
+            } else {
+                "waiting for it"
+            };
             tracing::error!(
                 component = "capture",
                 device = %self.device(),
                 state = "unavailable",
                 reason = ?class,
-                "capture device {:?} failed: {reason}. Listeners hear silence, then the fallback; re-opening it",
+                "capture device {:?} failed: {reason}. Listeners hear silence, then the fallback; {next}",
                 self.device()
             );
             self.outage = Some(Outage {
@@ -1129,6 +1048,7 @@ mod tests {
         let frame = router.pop(Some(Duration::from_secs(3)));
         let took = plugged.elapsed();
         assert!(frame.is_some(), "no audio after the card was plugged in");
+        eprintln!("auto: a card plugged in was delivering audio {took:?} later");
         assert!(took <= Duration::from_secs(2), "live {took:?} after plugging in");
         let snap = c.snapshot();
         assert_eq!(snap.selection.name, "plughw:CARD=Device,DEV=0");

@@ -62,6 +62,25 @@ pub struct DeviceList {
     pub problems: Vec<String>,
 }
 
+/// Why `device = "auto"` found nothing to capture from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NoCaptureCard {
+    /// The cards there are, all playback-only.
+    pub playback_only: Vec<String>,
+}
+
+impl std::fmt::Display for NoCaptureCard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no sound card with a capture device")?;
+        if !self.playback_only.is_empty() {
+            write!(f, " (playback only: {})", self.playback_only.join(", "))?;
+        }
+        f.write_str("; plug in a USB sound card")
+    }
+}
+
+impl std::error::Error for NoCaptureCard {}
+
 /// What `device = "auto"` captures from, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Choice {
@@ -76,7 +95,7 @@ pub struct Choice {
 /// Chooses the capture device for `device = "auto"`: a USB interface
 /// first, else any other card, each in card order, the card's first
 /// capture device. `None` (with the reason) when no card can capture.
-pub fn choose(list: &DeviceList) -> Result<Choice, String> {
+pub fn choose(list: &DeviceList) -> Result<Choice, NoCaptureCard> {
     // One entry per card: its first capture device.
     let mut cards: Vec<&CardDevice> = Vec::new();
     for c in &list.cards {
@@ -102,16 +121,9 @@ pub fn choose(list: &DeviceList) -> Result<Choice, String> {
             (*first, reason)
         }
         (None, None) => {
-            let mut why = "no sound card with a capture device".to_string();
-            if !list.playback_only.is_empty() {
-                why.push_str(&format!(
-                    " (playback only: {}); plug in a USB sound card",
-                    list.playback_only.join(", ")
-                ));
-            } else {
-                why.push_str("; plug in a USB sound card");
-            }
-            return Err(why);
+            return Err(NoCaptureCard {
+                playback_only: list.playback_only.clone(),
+            });
         }
     };
     Ok(Choice {
@@ -401,6 +413,21 @@ mod tests {
                 reason: "USB, the only card with capture (Device card)",
             },
             Case {
+                what: "USB first (card 0), then HDMI and headphones",
+                list: pi(vec![card(0, "Device", 0, true)]),
+                device: Some("plughw:CARD=Device,DEV=0"),
+                reason: "USB, the only card with capture (Device card)",
+            },
+            Case {
+                what: "a USB speaker (no capture) is the only USB card",
+                list: DeviceList {
+                    playback_only: vec!["vc4-hdmi-0 (vc4hdmi0)".into(), "USB Speaker (Speaker)".into()],
+                    ..DeviceList::default()
+                },
+                device: None,
+                reason: "no sound card with a capture device (playback only: vc4-hdmi-0 (vc4hdmi0), USB Speaker (Speaker)); plug in a USB sound card",
+            },
+            Case {
                 what: "USB first, then a HAT",
                 list: pi(vec![card(0, "Device", 0, true), card(1, "sndrpihifiberry", 0, false)]),
                 device: Some("plughw:CARD=Device,DEV=0"),
@@ -447,7 +474,7 @@ mod tests {
                     assert_eq!(choice.device, device, "{}", c.what);
                     assert_eq!(choice.reason, c.reason, "{}", c.what);
                 }
-                (Err(why), None) => assert_eq!(why, c.reason, "{}", c.what),
+                (Err(why), None) => assert_eq!(why.to_string(), c.reason, "{}", c.what),
                 (got, want) => panic!("{}: got {got:?}, want {want:?}", c.what),
             }
         }

@@ -7,7 +7,7 @@
 use std::f64::consts::TAU;
 use std::time::{Duration, Instant};
 
-use super::capture::{CaptureError, CaptureSource, ErrorClass};
+use super::source::{CaptureError, CaptureSource, ErrorClass};
 use super::{CHANNELS, FRAME_DURATION, PCM_FRAME_BYTES, SAMPLE_RATE};
 
 /// What the fake device does.

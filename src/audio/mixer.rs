@@ -17,6 +17,7 @@
 //! simple mixer API) on the appliance, [`FakeMixer`] in tests.
 
 use std::fmt;
+#[cfg(any(test, feature = "test-hooks"))]
 use std::sync::{Arc, Mutex};
 
 use super::PcmFrame;
@@ -39,27 +40,27 @@ pub const LEVEL_FORMS: &str = "\"\" (leave the card as found), a gain in dB from
 
 impl Level {
     /// Parses `capture.level`; the error says what was wrong.
-    pub fn parse(text: &str) -> Result<Level, String> {
+    pub fn parse(text: &str) -> Result<Level, LevelError> {
         let t = text.trim();
         if t.is_empty() {
             return Ok(Level::Keep);
         }
         let lower = t.to_ascii_lowercase();
         if let Some(num) = lower.strip_suffix("db") {
-            let v: f64 = num.trim().parse().map_err(|_| format!("{t:?} is not a number of dB"))?;
+            let v: f64 = num.trim().parse().map_err(|_| LevelError::NotDb(t.to_string()))?;
             if !(-60.0..=40.0).contains(&v) {
-                return Err(format!("{v} dB is out of range"));
+                return Err(LevelError::DbRange(v));
             }
             return Ok(Level::Db(v));
         }
         if let Some(num) = lower.strip_suffix('%') {
-            let v: f64 = num.trim().parse().map_err(|_| format!("{t:?} is not a percentage"))?;
+            let v: f64 = num.trim().parse().map_err(|_| LevelError::NotPercent(t.to_string()))?;
             if !(0.0..=100.0).contains(&v) {
-                return Err(format!("{v}% is out of range"));
+                return Err(LevelError::PercentRange(v));
             }
             return Ok(Level::Percent(v));
         }
-        Err(format!("{t:?} has no unit (dB or %)"))
+        Err(LevelError::NoUnit(t.to_string()))
     }
 
     /// The gain in dB a software gain applies for this level: dB as given;
@@ -82,6 +83,21 @@ impl fmt::Display for Level {
             Level::Percent(p) => write!(f, "{p}%"),
         }
     }
+}
+
+/// A `capture.level` that cannot be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LevelError {
+    #[error("{0:?} is not a number of dB")]
+    NotDb(String),
+    #[error("{0} dB is out of range")]
+    DbRange(f64),
+    #[error("{0:?} is not a percentage")]
+    NotPercent(String),
+    #[error("{0}% is out of range")]
+    PercentRange(f64),
+    #[error("{0:?} has no unit (dB or %)")]
+    NoUnit(String),
 }
 
 /// What the mixer did.
@@ -265,6 +281,7 @@ impl Mixer for AlsaMixer {
 
 /// A mixer for tests: cards with or without a capture control, or one
 /// that refuses; records what was asked.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Clone, Default)]
 pub struct FakeMixer {
     /// Cards that have a capture control, by id, with its dB range.
@@ -274,6 +291,7 @@ pub struct FakeMixer {
     pub calls: Arc<Mutex<Vec<(String, Level)>>>,
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl Mixer for FakeMixer {
     fn set_capture(&mut self, card: &str, level: Level) -> Result<Applied, MixerError> {
         if let Ok(mut calls) = self.calls.lock() {
@@ -379,7 +397,7 @@ mod tests {
             ("101%", "out of range"),
             ("-1%", "out of range"),
         ] {
-            let e = Level::parse(bad).expect_err(bad);
+            let e = Level::parse(bad).expect_err(bad).to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
     }

@@ -8,10 +8,13 @@
 pub mod auto;
 pub mod capture;
 pub mod devices;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod fake;
 pub mod level;
 pub mod mixer;
 pub mod router;
+pub mod socket;
+pub mod source;
 
 #[cfg(feature = "alsa-backend")]
 pub mod alsa;
@@ -78,7 +81,7 @@ impl fmt::Debug for PcmFrame {
 
 /// The capture source for a device name on this build: `auto` chooses a
 /// card itself (see [`auto`]); any other name is opened as it is.
-pub fn system_capture(device: &str) -> Box<dyn capture::CaptureSource> {
+pub fn system_capture(device: &str) -> Box<dyn source::CaptureSource> {
     if device == auto::AUTO {
         return Box::new(auto::AutoCapture::new(
             Box::new(auto::SystemCards),
@@ -88,10 +91,23 @@ pub fn system_capture(device: &str) -> Box<dyn capture::CaptureSource> {
     named_capture(device)
 }
 
+/// The capture source `input` names: the sound card `device` (see
+/// [`system_capture`]), or the socket input, bound here so that a path
+/// that cannot be used stops start-up with the key named.
+pub fn input_capture(
+    input: &socket::Input,
+    device: &str,
+) -> Result<Box<dyn source::CaptureSource>, socket::SocketError> {
+    match input {
+        socket::Input::Alsa => Ok(system_capture(device)),
+        socket::Input::Socket(settings) => Ok(Box::new(socket::SocketCapture::bind(settings)?)),
+    }
+}
+
 /// The capture source for one device name: ALSA, or (built without the
 /// `alsa-backend` feature) a source that explains why there is no capture,
 /// so the stream still serves the fallback.
-pub fn named_capture(device: &str) -> Box<dyn capture::CaptureSource> {
+pub fn named_capture(device: &str) -> Box<dyn source::CaptureSource> {
     #[cfg(feature = "alsa-backend")]
     {
         Box::new(alsa::AlsaCapture::new(device))
@@ -106,17 +122,17 @@ pub fn named_capture(device: &str) -> Box<dyn capture::CaptureSource> {
 struct NoCapture(String);
 
 #[cfg(not(feature = "alsa-backend"))]
-impl capture::CaptureSource for NoCapture {
+impl source::CaptureSource for NoCapture {
     fn device(&self) -> &str {
         &self.0
     }
-    fn open(&mut self) -> Result<(), capture::CaptureError> {
-        Err(capture::CaptureError::Open {
+    fn open(&mut self) -> Result<(), source::CaptureError> {
+        Err(source::CaptureError::Open {
             device: self.0.clone(),
             reason: "this build has no ALSA support (feature alsa-backend)".into(),
         })
     }
-    fn read(&mut self, _: &mut [u8], _: Duration) -> Result<usize, capture::CaptureError> {
+    fn read(&mut self, _: &mut [u8], _: Duration) -> Result<usize, source::CaptureError> {
         Ok(0)
     }
     fn close(&mut self) {}

@@ -18,7 +18,7 @@
 //! A slower card empties the queue now and then instead; the pump covers
 //! that tick with one frame of grace silence [A2].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
@@ -55,6 +55,12 @@ impl FillGovernor {
             window_start: None,
             lowest: usize::MAX,
         }
+    }
+
+    /// The fill the queue may keep through a window (the input's choice,
+    /// see [`AudioInputRouter::set_high_water`]).
+    pub fn set_high_water(&mut self, frames: usize) {
+        self.high_water = frames;
     }
 
     /// Records the `fill` seen before a pop at `now`; returns how many
@@ -106,6 +112,7 @@ pub struct AudioInputRouter {
     tx: Sender<PcmFrame>,
     rx: Receiver<PcmFrame>,
     capacity: usize,
+    high_water: AtomicUsize,
     pushed: AtomicU64,
     dropped_full: AtomicU64,
     rejected_malformed: AtomicU64,
@@ -124,6 +131,7 @@ impl AudioInputRouter {
             tx,
             rx,
             capacity,
+            high_water: AtomicUsize::new(HIGH_WATER),
             pushed: AtomicU64::new(0),
             dropped_full: AtomicU64::new(0),
             rejected_malformed: AtomicU64::new(0),
@@ -205,6 +213,17 @@ impl AudioInputRouter {
             );
         }
         true
+    }
+
+    /// Sets the fill the pump's governor lets the queue keep [R6]: the
+    /// input decides (see `CaptureSource::queue_high_water`); at most the
+    /// capacity.
+    pub fn set_high_water(&self, frames: usize) {
+        self.high_water.store(frames.min(self.capacity), Ordering::Relaxed);
+    }
+
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
     }
 
     pub fn fill(&self) -> usize {
@@ -304,6 +323,23 @@ mod tests {
         assert_eq!(g.observe(63, at(2_000)), 0, "the window saw 2");
         assert_eq!(g.observe(63, at(3_000)), 0);
         assert_eq!(g.observe(62, at(4_000)), 60);
+    }
+
+    #[test]
+    fn the_high_water_mark_is_the_inputs_choice_within_capacity() {
+        let r = AudioInputRouter::new(10);
+        assert_eq!(r.high_water(), HIGH_WATER);
+        r.set_high_water(5);
+        assert_eq!(r.high_water(), 5);
+        r.set_high_water(50);
+        assert_eq!(r.high_water(), 10);
+        let t0 = Instant::now();
+        let mut g = FillGovernor::new(Duration::from_secs(2), HIGH_WATER);
+        g.set_high_water(5);
+        assert_eq!(g.observe(5, t0), 0);
+        assert_eq!(g.observe(6, t0 + Duration::from_secs(2)), 0, "never above 5: kept");
+        assert_eq!(g.observe(7, t0 + Duration::from_secs(3)), 0);
+        assert_eq!(g.observe(7, t0 + Duration::from_secs(4)), 2);
     }
 
     #[test]

@@ -23,12 +23,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError};
-use serde::Serialize;
 
-use crate::config::{IcecastTarget, Station};
+use serde::{Deserialize, Serialize};
+
+use super::Station;
 use crate::encoder::Mp3Frame;
+use crate::hooks::{PanicTarget, TestHooks};
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// Frames a target may fall behind before frames are dropped: 2.4 s.
 pub const QUEUE_FRAMES: usize = 100;
@@ -38,6 +40,39 @@ const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts, and the wait after a refusal.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// One Icecast server Tower feeds as a source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IcecastTarget {
+    /// `http://host:port/mount`.
+    pub url: String,
+    #[serde(default = "IcecastTarget::default_user")]
+    pub user: String,
+    pub password: String,
+    /// Defaults to the station's.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub genre: Option<String>,
+    /// Listed in public directories (`ice-public`).
+    #[serde(default)]
+    pub public: bool,
+    /// `put` (Icecast 2.4) or `source` (older servers).
+    #[serde(default = "IcecastTarget::default_method")]
+    pub method: String,
+}
+
+impl IcecastTarget {
+    fn default_user() -> String {
+        "source".into()
+    }
+    fn default_method() -> String {
+        "put".into()
+    }
+}
+
 /// Where a target is, parsed from its `url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
@@ -46,28 +81,39 @@ pub struct Endpoint {
     pub mount: String,
 }
 
+/// Why an Icecast URL was refused (read after "a URL that").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    #[error("must start with http:// (Icecast source connections are plain HTTP)")]
+    NotHttp,
+    #[error("has no mount point (http://host:8000/live)")]
+    NoMount,
+    #[error("must not carry a user or password; use the user and password keys")]
+    Credentials,
+    #[error("has a bad port {0:?}")]
+    BadPort(String),
+    #[error("needs a host and a mount point (http://host:8000/live)")]
+    Incomplete,
+}
+
 impl Endpoint {
     /// Parses `http://host[:port]/mount` (port 8000 by default). Credentials
     /// in the URL are refused: they belong in `user` and `password`.
-    pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| "must start with http:// (Icecast source connections are plain HTTP)".to_string())?;
-        let (authority, path) = rest
-            .split_once('/')
-            .ok_or("has no mount point (http://host:8000/live)")?;
+    pub fn parse(url: &str) -> Result<Endpoint, EndpointError> {
+        let rest = url.strip_prefix("http://").ok_or(EndpointError::NotHttp)?;
+        let (authority, path) = rest.split_once('/').ok_or(EndpointError::NoMount)?;
         if authority.contains('@') {
-            return Err("must not carry a user or password; use the user and password keys".into());
+            return Err(EndpointError::Credentials);
         }
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| format!("has a bad port {p:?}"))?)
+                (h, p.parse::<u16>().map_err(|_| EndpointError::BadPort(p.to_string()))?)
             }
             _ => (authority, 8000),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() || path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("needs a host and a mount point (http://host:8000/live)".into());
+            return Err(EndpointError::Incomplete);
         }
         Ok(Endpoint {
             host: host.to_string(),
@@ -242,9 +288,27 @@ pub struct OutputSnapshot {
 
 struct Output {
     tx: Sender<Mp3Frame>,
+    /// The worker's end of the queue, kept to start a new worker on it.
+    rx: Receiver<Mp3Frame>,
+    request: String,
+    name: String,
     shared: Arc<Shared>,
     /// Taken by [`Outputs::stop`].
     worker: Mutex<Option<Worker<()>>>,
+}
+
+impl Output {
+    fn spawn(&self, supervisor: &Supervisor, hooks: &Arc<TestHooks>) -> io::Result<Worker<()>> {
+        let (s, request, rx, hooks) = (
+            self.shared.clone(),
+            self.request.clone(),
+            self.rx.clone(),
+            hooks.clone(),
+        );
+        Worker::spawn_supervised(&self.name, supervisor, move |stop| {
+            run(&stop, &s, &request, &rx, &hooks)
+        })
+    }
 }
 
 /// Every Icecast target's worker and queue.
@@ -255,7 +319,13 @@ pub struct Outputs {
 impl Outputs {
     /// Starts a worker per target (targets were validated with the
     /// configuration).
-    pub fn start(targets: &[IcecastTarget], station: &Station, bitrate_kbps: u64) -> io::Result<Outputs> {
+    pub fn start(
+        targets: &[IcecastTarget],
+        station: &Station,
+        bitrate_kbps: u64,
+        supervisor: &Supervisor,
+        hooks: &Arc<TestHooks>,
+    ) -> io::Result<Outputs> {
         let mut outputs = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let endpoint =
@@ -271,17 +341,35 @@ impl Outputs {
                 refusals: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
             });
-            let request = source_request(target, &endpoint, station, bitrate_kbps);
-            let s = shared.clone();
-            let worker = Worker::spawn(&format!("icecast-{i}"), move |stop| run(&stop, &s, &request, &rx))?;
-            tracing::info!(component = "icecast", target = %endpoint, method = %target.method, "pushing the stream to Icecast at {endpoint}");
-            outputs.push(Output {
+            let output = Output {
                 tx,
+                rx,
+                request: source_request(target, &endpoint, station, bitrate_kbps),
+                name: format!("icecast-{i}"),
                 shared,
-                worker: Mutex::new(Some(worker)),
-            });
+                worker: Mutex::new(None),
+            };
+            let worker = output.spawn(supervisor, hooks)?;
+            *output.worker.lock().unwrap_or_else(|p| p.into_inner()) = Some(worker);
+            tracing::info!(component = "icecast", target = %endpoint, method = %target.method, "pushing the stream to Icecast at {endpoint}");
+            outputs.push(output);
         }
         Ok(Outputs { outputs })
+    }
+
+    /// Starts a new worker for the output whose thread `name` ended (its
+    /// queue and counters carry on). False when no output has that name.
+    pub fn restart(&self, name: &str, supervisor: &Supervisor, hooks: &Arc<TestHooks>) -> io::Result<bool> {
+        let Some(output) = self.outputs.iter().find(|o| o.name == name) else {
+            return Ok(false);
+        };
+        let mut slot = output.worker.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(dead) = slot.take() {
+            // It has ended; this only collects it.
+            let _ = dead.stop(Duration::from_millis(100));
+        }
+        *slot = Some(output.spawn(supervisor, hooks)?);
+        Ok(true)
     }
 
     /// Queues `frame` for every target without blocking; a full queue drops
@@ -341,13 +429,14 @@ enum Ended {
     Stopped,
 }
 
-fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame>) {
+fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame>, hooks: &TestHooks) {
     let mut backoff = BACKOFF_FIRST;
     let log = LogGate::new(Duration::from_secs(600));
     let mut failing_since: Option<Instant> = None;
     while !stop.is_stopped() {
+        hooks.panic_point(PanicTarget::Icecast);
         set_state(shared, OutputState::Connecting, "");
-        let ended = attempt(stop, shared, request, rx, &mut || {
+        let ended = attempt(stop, shared, request, rx, hooks, &mut || {
             // Connected and accepted: the episode, if any, is over.
             if let Some(since) = failing_since.take() {
                 tracing::info!(component = "icecast", target = %shared.endpoint, "streaming to {} again after {:.1} s", shared.endpoint, since.elapsed().as_secs_f64());
@@ -392,6 +481,7 @@ fn attempt(
     shared: &Shared,
     request: &str,
     rx: &Receiver<Mp3Frame>,
+    hooks: &TestHooks,
     on_accepted: &mut dyn FnMut(),
 ) -> Ended {
     let ep = &shared.endpoint;
@@ -457,6 +547,7 @@ fn attempt(
         if stop.is_stopped() {
             return Ended::Stopped;
         }
+        hooks.panic_point(PanicTarget::Icecast);
         let frame = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -492,6 +583,7 @@ mod tests {
         assert!(
             Endpoint::parse("http://source:hackme@x/m")
                 .unwrap_err()
+                .to_string()
                 .contains("password")
         );
         assert_eq!(

@@ -16,8 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
+
 use crate::encoder::{EncoderManager, Mp3Frame};
-use crate::worker::{Worker, WorkerError};
+use crate::hooks::{PanicTarget, TestHooks};
+use crate::worker::{Supervisor, Worker, WorkerError};
 use icecast::Outputs;
 
 /// Whoever listens on this box. The HTTP listener hub implements it;
@@ -38,11 +41,14 @@ impl Broadcast {
         encoder: Arc<EncoderManager>,
         listeners: Arc<dyn Listeners>,
         outputs: Arc<Outputs>,
+        supervisor: &Supervisor,
+        hooks: Arc<TestHooks>,
     ) -> std::io::Result<Broadcast> {
         let turns = Arc::new(AtomicU64::new(0));
         let (enc, counter) = (encoder.clone(), turns.clone());
-        let worker = Worker::spawn("broadcast", move |stop| {
+        let worker = Worker::spawn_supervised("broadcast", supervisor, move |stop| {
             while !stop.is_stopped() {
+                hooks.panic_point(PanicTarget::Broadcast);
                 counter.fetch_add(1, Ordering::Relaxed);
                 enc.drain(Instant::now, |frame, now| {
                     listeners.broadcast(frame, now);
@@ -64,5 +70,30 @@ impl Broadcast {
         self.worker.stop_signal().stop();
         self.encoder.wake();
         self.worker.stop(timeout)
+    }
+}
+
+/// How players and smart speakers name the station (ICY headers, the
+/// playlist, the status page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Station {
+    pub name: String,
+    pub description: String,
+    pub genre: String,
+    pub url: String,
+    /// What players show as the current title (ICY `StreamTitle`).
+    pub title: String,
+}
+
+impl Default for Station {
+    fn default() -> Self {
+        Station {
+            name: "Tower".into(),
+            description: "Live from the Tower".into(),
+            genre: "Various".into(),
+            url: String::new(),
+            title: "Live".into(),
+        }
     }
 }

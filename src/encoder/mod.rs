@@ -2,6 +2,7 @@
 //! MP3 ring, and read by the broadcast loop through the manager.
 
 pub mod command;
+#[cfg(any(test, feature = "test-hooks"))]
 pub mod fake;
 pub mod manager;
 pub mod mp3;

@@ -15,7 +15,6 @@
 pub mod guard;
 pub mod hub;
 pub mod icy;
-pub mod metrics;
 pub mod request;
 pub mod server;
 pub mod socket;
@@ -34,7 +33,7 @@ pub use request::Request;
 
 use crate::hooks::TestHooks;
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
 
 /// Seconds a refused listener is asked to wait before retrying.
@@ -44,13 +43,13 @@ const RETRY_AFTER_S: u32 = 10;
 /// report; the service implements it.
 pub trait StatusSource: Send + Sync {
     /// The `/status` document.
-    fn status(&self) -> serde_json::Value;
+    fn status_json(&self) -> String;
     /// The PCM input queue's fill and capacity.
     fn buffer(&self) -> (usize, usize);
     /// The `/metrics` page.
     fn metrics(&self) -> String;
     /// The input level and state, for the status page's meter.
-    fn level(&self) -> serde_json::Value;
+    fn level_json(&self) -> String;
     /// Why the station is not healthy; empty when it is (streaming live, or
     /// the fallback by design).
     fn health(&self) -> Vec<String>;
@@ -59,7 +58,7 @@ pub trait StatusSource: Send + Sync {
 /// What the server says about the station.
 #[derive(Debug, Clone)]
 pub struct Site {
-    pub station: crate::config::Station,
+    pub station: crate::broadcast::Station,
     pub bitrate_kbps: u64,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,
@@ -160,10 +159,10 @@ fn feed_events(stop: &StopSignal, shared: &Shared) {
         let connected = shared.events.snapshot().connected_total;
         if turn.is_multiple_of(STATUS_EVERY) || connected != seen {
             seen = connected;
-            let status = serde_json::to_string(&shared.status.status()).unwrap_or_default();
+            let status = shared.status.status_json();
             shared.events.broadcast(&sse("status", &status), now);
         }
-        let level = serde_json::to_string(&shared.status.level()).unwrap_or_default();
+        let level = shared.status.level_json();
         shared.events.broadcast(&sse("level", &level), now);
         turn = turn.wrapping_add(1);
     }
@@ -184,6 +183,7 @@ impl HttpServer {
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
         hooks: Arc<TestHooks>,
+        supervisor: &Supervisor,
     ) -> std::io::Result<HttpServer> {
         let listener = socket::bind(addr)?;
         let bound = listener.local_addr()?;
@@ -202,7 +202,7 @@ impl HttpServer {
             bad_log: LogGate::new(Duration::from_secs(1)),
         });
         let s = shared.clone();
-        let mut workers = vec![Worker::spawn("http", move |stop| {
+        let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             server::Server::new(listener, s.site.guard, &s.counters.conns).run(&stop, &*s);
         })?];
         workers.push(Worker::spawn("events", move |stop| feed_events(&stop, &shared))?);
@@ -301,6 +301,10 @@ impl Response {
 }
 
 impl Handler for Shared {
+    fn turn(&self) {
+        self.hooks.panic_point(crate::hooks::PanicTarget::Http);
+    }
+
     fn answer(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let reply = |r: Response| Answer::Bytes(r.into_bytes(rq.is_head()));
@@ -317,7 +321,7 @@ impl Handler for Shared {
             "/stream" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
             "/events" => self.events(rq),
-            "/status" => reply(Response::json(&self.status.status())),
+            "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
             "/metrics" => reply(
                 Response::new(200, "text/plain; version=0.0.4; charset=utf-8", self.status.metrics())
                     .with("Cache-Control", "no-store"),
@@ -338,6 +342,7 @@ impl Handler for Shared {
                 ))
             }
             "/test/stall" if self.hooks.enabled() => reply(self.test_stall(rq, peer)),
+            "/test/panic" if self.hooks.enabled() => reply(self.test_panic(rq, peer)),
             _ => reply(self.bad(rq, peer, 404, &format!("no such resource: {path:.200}"))),
         }
     }
@@ -404,27 +409,47 @@ impl Shared {
         }))
     }
 
-    /// `POST /test/stall?thread=capture&ms=600` (test hooks only).
-    fn test_stall(&self, rq: &Request, peer: SocketAddr) -> Response {
+    /// Refuses a test-hook request that is not an authorized POST.
+    fn hook_refusal(&self, rq: &Request, peer: SocketAddr) -> Option<Response> {
         if rq.method != "POST" {
-            return self.bad(rq, peer, 405, "use POST").with("Allow", "POST");
+            return Some(self.bad(rq, peer, 405, "use POST").with("Allow", "POST"));
         }
         if !self.hooks.authorized(rq.header("Authorization")) {
-            return self
-                .bad(
+            return Some(
+                self.bad(
                     rq,
                     peer,
                     401,
                     "test hooks need Authorization: Bearer <TOWER_TEST_HOOKS token>",
                 )
-                .with("WWW-Authenticate", "Bearer");
+                .with("WWW-Authenticate", "Bearer"),
+            );
+        }
+        None
+    }
+
+    /// `POST /test/panic?worker=capture` (test hooks only).
+    fn test_panic(&self, rq: &Request, peer: SocketAddr) -> Response {
+        if let Some(refused) = self.hook_refusal(rq, peer) {
+            return refused;
+        }
+        match self.hooks.request_panic(rq.query_param("worker").unwrap_or_default()) {
+            Ok(()) => Response::text(200, "panicking"),
+            Err(e) => self.bad(rq, peer, 400, &e.to_string()),
+        }
+    }
+
+    /// `POST /test/stall?thread=capture&ms=600` (test hooks only).
+    fn test_stall(&self, rq: &Request, peer: SocketAddr) -> Response {
+        if let Some(refused) = self.hook_refusal(rq, peer) {
+            return refused;
         }
         let thread = rq.query_param("thread").unwrap_or_default();
         let result = rq
             .query_param("ms")
             .and_then(|v| v.parse::<u64>().ok())
             .ok_or_else(|| "ms must be a whole number of milliseconds".to_string())
-            .and_then(|ms| self.hooks.request_stall(thread, ms));
+            .and_then(|ms| self.hooks.request_stall(thread, ms).map_err(|e| e.to_string()));
         match result {
             Ok(()) => Response::text(200, "stalling"),
             Err(e) => self.bad(rq, peer, 400, &e),

@@ -48,6 +48,8 @@ pub trait Handler {
     fn answer(&self, request: &Request, peer: SocketAddr) -> Answer<'_>;
     /// The response to a request that could not be read (counted, logged).
     fn refuse(&self, refusal: &Refusal, peer: SocketAddr) -> Vec<u8>;
+    /// Called once per turn of the loop (test hooks fire here).
+    fn turn(&self) {}
 }
 
 /// The accept loop's counters.
@@ -216,6 +218,7 @@ impl<'a> Server<'a> {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         while !stop.is_stopped() {
+            handler.turn();
             let now = Instant::now();
             let accepting = self.accept_paused_until.is_none_or(|t| now >= t);
             fds.clear();

@@ -2,6 +2,7 @@
 //! that records every write, for tests). Used from whichever thread owns
 //! the [`Leds`](super::Leds); nothing here blocks.
 
+#[cfg(any(test, feature = "test-hooks"))]
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Led, Leds};
@@ -15,9 +16,11 @@ impl Leds for NullLeds {
 
 /// Records what was set, for tests: every write in order, and whether the
 /// LEDs were released. Clones share the record.
+#[cfg(any(test, feature = "test-hooks"))]
 #[derive(Clone, Default)]
 pub struct RecordingLeds(pub Arc<Mutex<Vec<(Led, bool)>>>);
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl RecordingLeds {
     fn lock(&self) -> MutexGuard<'_, Vec<(Led, bool)>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
@@ -34,6 +37,7 @@ impl RecordingLeds {
     }
 }
 
+#[cfg(any(test, feature = "test-hooks"))]
 impl Leds for RecordingLeds {
     fn set(&mut self, led: Led, on: bool) {
         self.lock().push((led, on));

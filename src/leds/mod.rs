@@ -18,11 +18,13 @@
 //! patterns ([`pattern`]) through [`LedDriver`], which writes a line only
 //! when its level changes. [`stop`] joins it and turns both LEDs off.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audio::InputState;
 use crate::encoder::state::EncoderState;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::hooks::{PanicTarget, TestHooks};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 #[cfg(all(feature = "gpio", target_os = "linux"))]
 mod cdev;
@@ -34,7 +36,9 @@ mod rppal;
 pub mod select;
 
 pub use error::LedError;
-pub use fake::{NullLeds, RecordingLeds};
+pub use fake::NullLeds;
+#[cfg(any(test, feature = "test-hooks"))]
+pub use fake::RecordingLeds;
 pub use pattern::{Pattern, encoder_pattern, input_pattern};
 use select::{Backend, ChipSpec};
 
@@ -244,12 +248,15 @@ pub fn next_deadline(due: Instant, now: Instant) -> Instant {
 pub fn start(
     leds: Box<dyn Leds>,
     read: impl Fn() -> (EncoderState, InputState) + Send + 'static,
+    supervisor: &Supervisor,
+    hooks: Arc<TestHooks>,
 ) -> std::io::Result<Worker<()>> {
-    Worker::spawn("leds", move |stop: StopSignal| {
+    Worker::spawn_supervised("leds", supervisor, move |stop: StopSignal| {
         let start = Instant::now();
         let mut driver = LedDriver::new(leds, start);
         let mut deadline = start;
         loop {
+            hooks.panic_point(PanicTarget::Leds);
             let now = Instant::now();
             let (encoder, input) = read();
             driver.update(encoder, input, now);

@@ -22,9 +22,9 @@ use serde::Serialize;
 use crate::audio::router::{AudioInputRouter, FillGovernor};
 use crate::audio::{FRAME_DURATION, InputState, PcmFrame};
 use crate::histogram::{Histogram, Percentiles};
-use crate::hooks::TestHooks;
+use crate::hooks::{PanicTarget, TestHooks};
 use crate::pump::fallback::Fallback;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// How long a tick waits for a frame from the router [A2].
 pub const POP_TIMEOUT: Duration = Duration::from_millis(5);
@@ -222,10 +222,11 @@ impl Pump {
         router: Arc<AudioInputRouter>,
         sink: Arc<dyn PcmSink>,
         fallback: Fallback,
+        supervisor: &Supervisor,
     ) -> std::io::Result<Pump> {
         let stats = Arc::new(PumpStats::new());
         let thread_stats = stats.clone();
-        let worker = Worker::spawn("audio-pump", move |stop| {
+        let worker = Worker::spawn_supervised("audio-pump", supervisor, move |stop| {
             run(&stop, &config, &router, &*sink, fallback, &thread_stats)
         })?;
         Ok(Pump { worker, stats })
@@ -281,6 +282,7 @@ fn run(
         }
 
         config.hooks.pump_stall();
+        config.hooks.panic_point(PanicTarget::Pump);
         let frame = next_input(router, &mut governor, started, Some(POP_TIMEOUT));
         let now = Instant::now();
         let state = selector.select(frame.is_some(), now);
@@ -333,6 +335,7 @@ fn next_input(
     now: Instant,
     wait: Option<Duration>,
 ) -> Option<PcmFrame> {
+    governor.set_high_water(router.high_water());
     for _ in 0..governor.observe(router.fill(), now) {
         if !router.trim_oldest() {
             break;
@@ -693,6 +696,7 @@ mod tests {
             router,
             sink.clone(),
             Fallback::tone(),
+            &crate::worker::Supervisor::none(),
         )
         .expect("start");
         let stats = pump.stats();

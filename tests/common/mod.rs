@@ -215,6 +215,26 @@ impl Tower {
         }
     }
 
+    /// Waits up to `timeout` for the process to exit on its own; its
+    /// status, or `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.child.as_mut()?;
+            if let Some(status) = child.try_wait().expect("wait") {
+                self.child = None;
+                if let Some(t) = self.log_thread.take() {
+                    let _ = t.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn get(&self, path: &str) -> HttpResponse {
         http_get(self.addr, path)
     }
@@ -309,6 +329,35 @@ pub fn stall(addr: SocketAddr, thread: &str, ms: u64) -> HttpResponse {
         addr,
         &format!(
             "POST /test/stall?thread={thread}&ms={ms} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+            HOOKS.1
+        ),
+    )
+}
+
+/// A Tower that streams the fallback (no capture device) and pushes to an
+/// Icecast server that is not there (a port nobody listens on), with hooks.
+pub fn tower_with_unreachable_icecast(dir: &Path) -> Tower {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let conf = dir.join("tower.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "device = \"tower_test_no_such_device\"\n\
+             [[icecast]]\nurl = \"http://127.0.0.1:{port}/live\"\npassword = \"p\"\n"
+        ),
+    )
+    .expect("write");
+    Tower::start(&["--config", conf.to_str().expect("utf8")], &[HOOKS])
+}
+
+/// Asks Tower's test hooks (enabled with [`HOOKS`]) to make `worker` panic.
+pub fn panic_worker(addr: SocketAddr, worker: &str) -> HttpResponse {
+    http_raw(
+        addr,
+        &format!(
+            "POST /test/panic?worker={worker} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
             HOOKS.1
         ),
     )

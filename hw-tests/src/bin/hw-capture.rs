@@ -37,7 +37,11 @@ fn main() {
     println!(
         "device {} ({}{}); level: {}",
         snap.selection.name,
-        if snap.selection.auto { "chosen automatically: " } else { "" },
+        if snap.selection.auto {
+            "chosen automatically: "
+        } else {
+            ""
+        },
         snap.selection.reason,
         snap.gain.applied
     );

@@ -36,6 +36,7 @@ fn main() {
         Arc::new(AudioInputRouter::new(100)),
         Arc::new(Discard),
         Fallback::tone(),
+        &tower::worker::Supervisor::none(),
     ) {
         Ok(p) => p,
         Err(e) => {

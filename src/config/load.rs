@@ -1,290 +1,15 @@
-//! Configuration: TOML file, overridden by `TOWER_*` environment variables,
-//! overridden by command-line flags [T4].
-//!
-//! Read once at start-up on the main thread. Every key has a default (see
-//! `tower.example.toml`), and an environment variable named after it:
-//! `TOWER_` + the key's path in upper case with `.` as `_` (`pcm.grace_sec`
-//! is `TOWER_PCM_GRACE_SEC`). Unknown keys, unknown `TOWER_*` variables,
-//! wrong types and out-of-range values stop start-up with a message naming
-//! the key, the value, where it came from, and what is accepted.
+//! Loading: the file, then `TOWER_*` variables, then flags, each value
+//! checked against its default's type and range, with errors that name the
+//! key, the value, where it came from and what is accepted [T4].
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::{Table, Value};
 
-/// Default burst on connect, in ms (see `http.burst_ms`).
-pub const DEFAULT_BURST_MS: u64 = 200;
-
-/// The configuration file read when `--config` is not given, if it exists.
-pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
-/// Environment variables that are not configuration keys.
-const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG", crate::hooks::ENV];
-/// The historic name of the fallback WAV path variable.
-const HISTORIC_WAV_VAR: &str = "TOWER_SILENCE_MP3_PATH";
-/// MP3 bitrates (kbit/s) valid at 48 kHz.
-pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Config {
-    /// HTTP address and port.
-    pub listen: String,
-    /// ALSA capture device; `auto` chooses a sound card with capture.
-    pub device: String,
-    /// The ffmpeg program.
-    pub ffmpeg: String,
-    /// Log level: error, warn, info, debug, trace.
-    pub log_level: String,
-    pub capture: CaptureSection,
-    pub pcm: Pcm,
-    pub fallback: FallbackSection,
-    pub mp3: Mp3,
-    pub encoder: Encoder,
-    pub http: Http,
-    pub pump: PumpSection,
-    pub station: Station,
-    pub gpio: GpioSection,
-    /// Icecast servers to push the stream to (`[[icecast]]` tables).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub icecast: Vec<IcecastTarget>,
-}
-
-/// One Icecast server Tower feeds as a source.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IcecastTarget {
-    /// `http://host:port/mount`.
-    pub url: String,
-    #[serde(default = "IcecastTarget::default_user")]
-    pub user: String,
-    pub password: String,
-    /// Defaults to the station's.
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub description: Option<String>,
-    #[serde(default)]
-    pub genre: Option<String>,
-    /// Listed in public directories (`ice-public`).
-    #[serde(default)]
-    pub public: bool,
-    /// `put` (Icecast 2.4) or `source` (older servers).
-    #[serde(default = "IcecastTarget::default_method")]
-    pub method: String,
-}
-
-impl IcecastTarget {
-    fn default_user() -> String {
-        "source".into()
-    }
-    fn default_method() -> String {
-        "put".into()
-    }
-}
-
-/// Shown instead of a password.
-pub const HIDDEN: &str = "(hidden)";
-
-/// The capture card's level.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CaptureSection {
-    /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
-    pub level: String,
-}
-
-/// Status LEDs (BCM pin numbers).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GpioSection {
-    pub enabled: bool,
-    pub encoder_pin: u64,
-    pub input_pin: u64,
-    pub active_low: bool,
-    /// The GPIO chip: "" finds it by its line names; else a path, a chip
-    /// name or a chip label (see `leds::select::ChipSpec`).
-    pub chip: String,
-}
-
-impl Default for GpioSection {
-    fn default() -> Self {
-        GpioSection {
-            enabled: true,
-            encoder_pin: 17,
-            input_pin: 27,
-            active_low: false,
-            chip: String::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Pcm {
-    pub buffer_size: u64,
-    pub grace_sec: f64,
-    pub silence_warn_sec: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FallbackSection {
-    pub wav_path: String,
-    pub tone: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Mp3 {
-    pub buffer_capacity_frames: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Encoder {
-    pub bitrate_kbps: u64,
-    pub args: Vec<String>,
-    pub startup_timeout_ms: u64,
-    pub stall_timeout_ms: u64,
-    pub max_restarts: u64,
-    pub backoff_ms: Vec<u64>,
-    pub failed_retry_sec: u64,
-    pub silence_after_ms: u64,
-    pub max_lead_ms: u64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Http {
-    pub slow_listener_timeout_ms: u64,
-    pub max_listeners: u64,
-    pub burst_ms: u64,
-    pub icy_metaint: u64,
-    pub header_timeout_ms: u64,
-    pub max_connections_per_address: u64,
-    pub max_other_connections: u64,
-}
-
-/// How players and smart speakers name the station (ICY headers, the
-/// playlist, the status page).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Station {
-    pub name: String,
-    pub description: String,
-    pub genre: String,
-    pub url: String,
-    /// What players show as the current title (ICY `StreamTitle`).
-    pub title: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PumpSection {
-    pub realtime_priority: u64,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: "0.0.0.0:8000".into(),
-            device: crate::audio::auto::AUTO.into(),
-            ffmpeg: "ffmpeg".into(),
-            log_level: "info".into(),
-            capture: CaptureSection::default(),
-            pcm: Pcm::default(),
-            fallback: FallbackSection::default(),
-            mp3: Mp3::default(),
-            encoder: Encoder::default(),
-            http: Http::default(),
-            pump: PumpSection::default(),
-            station: Station::default(),
-            gpio: GpioSection::default(),
-            icecast: Vec::new(),
-        }
-    }
-}
-
-impl Default for Pcm {
-    fn default() -> Self {
-        Pcm {
-            buffer_size: crate::audio::router::DEFAULT_CAPACITY as u64,
-            grace_sec: 5.0,
-            silence_warn_sec: 30.0,
-        }
-    }
-}
-
-impl Default for FallbackSection {
-    fn default() -> Self {
-        FallbackSection {
-            wav_path: String::new(),
-            tone: true,
-        }
-    }
-}
-
-impl Default for Mp3 {
-    fn default() -> Self {
-        Mp3 {
-            buffer_capacity_frames: crate::encoder::ring::DEFAULT_CAPACITY as u64,
-        }
-    }
-}
-
-impl Default for Encoder {
-    fn default() -> Self {
-        let policy = crate::encoder::state::RestartPolicy::default();
-        Encoder {
-            bitrate_kbps: 128,
-            args: Vec::new(),
-            startup_timeout_ms: 5000,
-            stall_timeout_ms: 2000,
-            max_restarts: u64::from(policy.max_restarts),
-            backoff_ms: policy.backoff.iter().map(|d| d.as_millis() as u64).collect(),
-            failed_retry_sec: policy.failed_retry.as_secs(),
-            silence_after_ms: crate::encoder::pacer::DEFAULT_SILENCE_AFTER.as_millis() as u64,
-            max_lead_ms: crate::encoder::pacer::DEFAULT_MAX_LEAD.as_millis() as u64,
-        }
-    }
-}
-
-impl Default for Http {
-    fn default() -> Self {
-        Http {
-            slow_listener_timeout_ms: 250,
-            max_listeners: 500,
-            burst_ms: DEFAULT_BURST_MS,
-            icy_metaint: 16_000,
-            header_timeout_ms: 10_000,
-            max_connections_per_address: 32,
-            max_other_connections: 256,
-        }
-    }
-}
-
-impl Default for Station {
-    fn default() -> Self {
-        Station {
-            name: "Tower".into(),
-            description: "Live from the Tower".into(),
-            genre: "Various".into(),
-            url: String::new(),
-            title: "Live".into(),
-        }
-    }
-}
-
-impl Default for PumpSection {
-    fn default() -> Self {
-        PumpSection { realtime_priority: 50 }
-    }
-}
+use super::*;
 
 /// Where a value came from, for error messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -699,6 +424,15 @@ impl Loaded {
                 "auto (Tower chooses a sound card with capture, USB first) or an ALSA device name such as plughw:CARD=Device,DEV=0 (see `tower devices`)",
             ));
         }
+        if let Err(accepted) = crate::audio::socket::Input::parse(&c.input) {
+            return Err(self.invalid("input", format!("{:?}", c.input), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::parse_mode(&c.socket.mode) {
+            return Err(self.invalid("socket.mode", format!("{:?}", c.socket.mode), accepted));
+        }
+        if let Err(accepted) = crate::audio::socket::check_group(&c.socket.group) {
+            return Err(self.invalid("socket.group", format!("{:?}", c.socket.group), accepted));
+        }
         if c.ffmpeg.trim().is_empty() {
             return Err(self.invalid("ffmpeg", "\"\"", "the ffmpeg program name or path"));
         }
@@ -859,51 +593,6 @@ impl Loaded {
             " (0 disables real-time scheduling)",
         )?;
         Ok(())
-    }
-}
-
-impl Config {
-    pub fn listen_addr(&self) -> SocketAddr {
-        // Validated in `load`; the default is the fallback for hand-built
-        // configs in tests.
-        self.listen
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8000)))
-    }
-
-    pub fn leds(&self) -> crate::leds::LedConfig {
-        crate::leds::LedConfig {
-            enabled: self.gpio.enabled,
-            encoder_pin: self.gpio.encoder_pin as u8,
-            input_pin: self.gpio.input_pin as u8,
-            active_low: self.gpio.active_low,
-            chip: self.gpio.chip.clone(),
-        }
-    }
-
-    /// `capture.level`, validated in `load` (hand-built configs in tests
-    /// with a bad value leave the card as found).
-    pub fn capture_level(&self) -> crate::audio::mixer::Level {
-        crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
-    }
-
-    pub fn grace(&self) -> Duration {
-        Duration::from_secs_f64(self.pcm.grace_sec)
-    }
-
-    pub fn fallback_wav(&self) -> Option<PathBuf> {
-        (!self.fallback.wav_path.is_empty()).then(|| PathBuf::from(&self.fallback.wav_path))
-    }
-
-    /// The effective configuration as TOML.
-    /// The configuration as TOML, passwords replaced by [`HIDDEN`]: what
-    /// `--print-config` prints and the start-up line logs.
-    pub fn to_toml(&self) -> String {
-        let mut shown = self.clone();
-        for t in &mut shown.icecast {
-            t.password = HIDDEN.into();
-        }
-        toml::to_string(&shown).unwrap_or_default()
     }
 }
 
@@ -1160,6 +849,44 @@ mod tests {
             if is_key {
                 assert!(i > 0 && lines[i - 1].starts_with('#'), "no comment above {line:?}");
             }
+        }
+    }
+
+    #[test]
+    fn the_socket_input_is_chosen_with_input_and_checked_with_its_keys_named() {
+        use crate::audio::socket::{Input, SocketSettings};
+        let flags = Overrides::default();
+        assert_eq!(Config::default().input(), Input::Alsa);
+        let e = env(&[
+            ("TOWER_INPUT", "unix:/run/tower/pcm.sock"),
+            ("TOWER_SOCKET_MODE", "0600"),
+            ("TOWER_SOCKET_GROUP", ""),
+        ]);
+        let c = load_text(None, &e, &flags).expect("valid").config;
+        assert_eq!(
+            c.input(),
+            Input::Socket(SocketSettings {
+                path: PathBuf::from("/run/tower/pcm.sock"),
+                mode: 0o600,
+                group: None,
+            })
+        );
+        let c = load_text(None, &env(&[("TOWER_INPUT", "unix:/tmp/x.sock")]), &flags)
+            .expect("valid")
+            .config;
+        let Input::Socket(s) = c.input() else {
+            panic!("a socket")
+        };
+        assert_eq!((s.mode, s.group.as_deref()), (0o660, Some("audio")));
+        for (var, value, key) in [
+            ("TOWER_INPUT", "unix:relative.sock", "`input`"),
+            ("TOWER_INPUT", "jack", "`input`"),
+            ("TOWER_SOCKET_MODE", "rw-rw----", "`socket.mode`"),
+            ("TOWER_SOCKET_MODE", "0444", "`socket.mode`"),
+            ("TOWER_SOCKET_GROUP", "a b", "`socket.group`"),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(var), "{t}");
         }
     }
 

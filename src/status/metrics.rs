@@ -1,22 +1,31 @@
 //! `GET /metrics`: Prometheus text format (version 0.0.4), names prefixed
 //! `tower_`.
 //!
-//! Rendered from the `/status` document (one source of truth for both) and
-//! the pump's tick-error histogram. Enumerations (encoder state, input
+//! Rendered from the typed [`Status`] (one source of truth for both, so a
+//! renamed field fails to compile) and the pump's tick-error histogram. Enumerations (encoder state, input
 //! state) are one gauge per value, 1 for the current one, the Prometheus
 //! way to graph a state.
 
 use std::fmt::Write;
 
-use serde_json::Value;
+use serde::Serialize;
 
+use super::Status;
+use crate::audio::InputState;
+use crate::encoder::EncoderState;
 use crate::histogram::Histogram;
 
 /// Upper bounds (µs) of the pump lateness buckets.
 const LATENESS_BUCKETS_US: [u64; 10] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000];
 
-const ENCODER_STATES: [&str; 5] = ["STARTING", "RUNNING", "RESTARTING", "FAILED", "STOPPED"];
-const INPUT_STATES: [&str; 3] = ["live", "grace", "fallback"];
+const ENCODER_STATES: [EncoderState; 5] = [
+    EncoderState::Starting,
+    EncoderState::Running,
+    EncoderState::Restarting,
+    EncoderState::Failed,
+    EncoderState::Stopped,
+];
+const INPUT_STATES: [InputState; 3] = [InputState::Live, InputState::Grace, InputState::Fallback];
 
 struct Out(String);
 
@@ -41,21 +50,22 @@ impl Out {
         self.sample(name, &[], value);
     }
 
-    /// A family with one sample per key of a JSON object of numbers.
-    fn by(&mut self, name: &str, kind: &str, help: &str, label: &str, object: &Value) {
+    /// A family with one sample per field of a struct of counters (the
+    /// field names are the label values).
+    fn by(&mut self, name: &str, kind: &str, help: &str, label: &str, counters: &impl Serialize) {
         self.family(name, kind, help);
-        if let Some(map) = object.as_object() {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(counters) {
             for (k, v) in map {
-                self.sample(name, &[(label, k)], v.as_f64().unwrap_or(0.0));
+                self.sample(name, &[(label, &k)], v.as_f64().unwrap_or(0.0));
             }
         }
     }
 
     /// One gauge per possible value of an enumeration.
-    fn state(&mut self, name: &str, help: &str, states: &[&str], current: &str) {
+    fn state<S: PartialEq + std::fmt::Display>(&mut self, name: &str, help: &str, states: &[S], current: &S) {
         self.family(name, "gauge", help);
         for s in states {
-            self.sample(name, &[("state", s)], f64::from(u8::from(*s == current)));
+            self.sample(name, &[("state", &s.to_string())], f64::from(u8::from(s == current)));
         }
     }
 }
@@ -76,94 +86,84 @@ fn number(v: f64) -> String {
     }
 }
 
-fn f(v: &Value, path: &[&str]) -> f64 {
-    let mut v = v;
-    for p in path {
-        v = &v[*p];
-    }
-    v.as_f64().unwrap_or(0.0)
+/// Counts as samples (Prometheus values are floats).
+fn n(v: u64) -> f64 {
+    v as f64
 }
 
-fn s<'a>(v: &'a Value, path: &[&str]) -> &'a str {
-    let mut v = v;
-    for p in path {
-        v = &v[*p];
-    }
-    v.as_str().unwrap_or("")
-}
-
-/// The metrics page for `status` (the `/status` document) and the pump's
-/// tick-error histogram.
-pub fn render(status: &Value, tick_error: &Histogram) -> String {
+/// The metrics page for `status` and the pump's tick-error histogram.
+pub fn render(status: &Status, tick_error: &Histogram) -> String {
     let mut o = Out(String::with_capacity(8 * 1024));
     o.family("build_info", "gauge", "Tower's version.");
-    o.sample("build_info", &[("version", s(status, &["version"]))], 1.0);
+    o.sample("build_info", &[("version", status.version)], 1.0);
     o.one(
         "uptime_seconds",
         "gauge",
         "Seconds since Tower started.",
-        f(status, &["uptime_s"]),
+        status.uptime_s,
     );
 
+    let enc = &status.encoder;
     o.state(
         "encoder_state",
         "The encoder's state (1 for the current one).",
         &ENCODER_STATES,
-        s(status, &["encoder", "state"]),
+        &enc.supervisor.state,
     );
     o.one(
         "encoder_restarts_total",
         "counter",
         "Encoder restarts.",
-        f(status, &["encoder", "restarts"]),
+        n(enc.supervisor.restarts),
     );
     o.by(
         "encoder_failures_total",
         "counter",
         "Encoder failures by cause.",
         "cause",
-        &status["encoder"]["failures"],
+        &enc.supervisor.failures,
     );
 
+    let input = &status.input;
     o.state(
         "input_state",
         "Where the audio comes from (1 for the current one).",
         &INPUT_STATES,
-        s(status, &["input", "state"]),
+        &input.state,
     );
     o.family("input_level_peak_dbfs", "gauge", "Input peak level over ~100 ms, dBFS.");
     for (i, ch) in ["left", "right"].iter().enumerate() {
-        let v = status["input"]["level"]["peak_dbfs"][i].as_f64().unwrap_or(-120.0);
-        o.sample("input_level_peak_dbfs", &[("channel", ch)], v);
+        o.sample(
+            "input_level_peak_dbfs",
+            &[("channel", ch)],
+            f64::from(input.level.levels.peak_dbfs[i]),
+        );
     }
     o.family("input_level_rms_dbfs", "gauge", "Input RMS level over ~100 ms, dBFS.");
     for (i, ch) in ["left", "right"].iter().enumerate() {
-        let v = status["input"]["level"]["rms_dbfs"][i].as_f64().unwrap_or(-120.0);
-        o.sample("input_level_rms_dbfs", &[("channel", ch)], v);
+        o.sample(
+            "input_level_rms_dbfs",
+            &[("channel", ch)],
+            f64::from(input.level.levels.rms_dbfs[i]),
+        );
     }
     o.one(
         "input_silent_seconds",
         "gauge",
         "How long the live input has carried only digital silence.",
-        f(status, &["input", "level", "silent_for_s"]),
+        input.level.silent_for_s,
     );
     o.family(
         "input_device_info",
         "gauge",
         "The capture device in use; auto=\"true\" when device = \"auto\" chose it.",
     );
-    let dev = &status["input"]["device"];
-    let auto = if dev["auto"].as_bool().unwrap_or(false) {
-        "true"
-    } else {
-        "false"
-    };
     o.sample(
         "input_device_info",
         &[
-            ("device", dev["name"].as_str().unwrap_or("")),
-            ("auto", auto),
-            ("reason", dev["reason"].as_str().unwrap_or("")),
+            ("device", &input.device.name),
+            ("auto", if input.device.auto { "true" } else { "false" }),
+            ("reason", &input.device.reason),
         ],
         1.0,
     );
@@ -171,131 +171,120 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
         "input_software_gain_db",
         "gauge",
         "Software gain on the PCM (0 when the card's own control sets the level).",
-        f(status, &["input", "gain", "software_db"]),
+        input.gain.software_db.unwrap_or(0.0),
     );
     o.one(
         "input_clipped_samples_total",
         "counter",
         "Input samples at full scale (clipped).",
-        f(status, &["input", "clipped_samples"]),
+        n(input.clipped_samples),
     );
     o.one(
         "input_level_hint",
         "gauge",
         "1 while the input level is far off (see input.level_hint in /status).",
-        if status["input"]["level_hint"].is_string() {
-            1.0
-        } else {
-            0.0
-        },
+        f64::from(u8::from(input.level_hint.is_some())),
     );
+    o.family(
+        "worker_restarts_total",
+        "counter",
+        "Worker threads started again after they died, by thread.",
+    );
+    for (name, w) in &status.workers {
+        o.sample("worker_restarts_total", &[("worker", name)], n(w.restarts));
+    }
     o.by(
         "capture_errors_total",
         "counter",
         "Capture device errors by class.",
         "class",
-        &status["input"]["capture"]["errors"],
+        &input.capture.errors,
     );
     o.one(
         "capture_open_failures_total",
         "counter",
         "Failed attempts to open the capture device.",
-        f(status, &["input", "capture", "open_failures"]),
+        n(input.capture.open_failures),
     );
 
+    let c = &status.counters;
     o.one(
         "pcm_frames_in_total",
         "counter",
         "PCM frames queued from the input.",
-        f(status, &["counters", "pcm_frames_in"]),
+        n(c.pcm_frames_in),
     );
     o.one(
         "mp3_frames_out_total",
         "counter",
         "MP3 frames sent to listeners.",
-        f(status, &["counters", "mp3_frames_out"]),
+        n(c.mp3_frames_out),
     );
     o.one(
         "silence_frames_out_total",
         "counter",
         "Silent MP3 frames sent while the encoder was late or down.",
-        f(status, &["counters", "silence_frames_out"]),
+        n(c.silence_frames_out),
     );
-    o.by(
-        "drops_total",
-        "counter",
-        "Frames dropped, by cause.",
-        "cause",
-        &status["counters"]["drops"],
-    );
+    o.by("drops_total", "counter", "Frames dropped, by cause.", "cause", &c.drops);
     o.one(
         "pcm_queue_fill",
         "gauge",
         "Frames in the PCM input queue.",
-        f(status, &["pcm_buffer", "fill"]),
+        status.pcm_buffer.fill as f64,
     );
 
+    let l = &status.listeners;
     o.one(
         "listeners",
         "gauge",
         "Listeners connected to /stream.",
-        f(status, &["listeners", "current"]),
+        l.current as f64,
     );
-    o.one(
-        "listeners_max",
-        "gauge",
-        "The listener limit.",
-        f(status, &["listeners", "max"]),
-    );
+    o.one("listeners_max", "gauge", "The listener limit.", l.max as f64);
     o.one(
         "listeners_connected_total",
         "counter",
         "Listeners that connected.",
-        f(status, &["listeners", "connected_total"]),
+        n(l.connected_total),
     );
     o.one(
         "listeners_slow_dropped_total",
         "counter",
         "Listeners dropped because they could not keep up.",
-        f(status, &["listeners", "slow_dropped"]),
+        n(l.slow_dropped),
     );
     o.one(
         "listeners_rejected_total",
         "counter",
         "Listeners refused with 503 at the limit.",
-        f(status, &["listeners", "rejected_full"]),
+        n(l.rejected_full),
     );
-    let outputs = status["outputs"].as_array().cloned().unwrap_or_default();
-    let per_output: [(&str, &str, &str, &str); 4] = [
-        (
-            "output_bytes_sent_total",
-            "counter",
-            "Bytes pushed to each Icecast target.",
-            "bytes_sent",
-        ),
+    type Field = fn(&crate::broadcast::icecast::OutputSnapshot) -> u64;
+    let per_output: [(&str, &str, Field); 4] = [
+        ("output_bytes_sent_total", "Bytes pushed to each Icecast target.", |o| {
+            o.bytes_sent
+        }),
         (
             "output_reconnects_total",
-            "counter",
             "Reconnections to each Icecast target.",
-            "reconnects",
+            |o| o.reconnects,
         ),
         (
             "output_refusals_total",
-            "counter",
             "Times each Icecast target refused Tower.",
-            "refusals",
+            |o| o.refusals,
         ),
         (
             "output_dropped_total",
-            "counter",
             "Frames dropped because an Icecast target fell behind.",
-            "dropped_full",
+            |o| o.dropped_full,
         ),
     ];
-    for (name, kind, help, field) in per_output {
-        o.family(name, kind, help);
-        for out in &outputs {
-            o.sample(name, &[("target", s(out, &["target"]))], f(out, &[field]));
+    for (name, help, field) in per_output {
+        o.family(name, "counter", help);
+        for out in &status.outputs {
+            o.sample(name, &[("target", &out.target)], n(field(out)));
         }
     }
     o.family(
@@ -303,51 +292,49 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
         "gauge",
         "1 while Tower streams to the Icecast target.",
     );
-    for out in &outputs {
-        let up = f64::from(u8::from(s(out, &["state"]) == "streaming"));
-        o.sample("output_streaming", &[("target", s(out, &["target"]))], up);
+    for out in &status.outputs {
+        let up = out.state == crate::broadcast::icecast::OutputState::Streaming;
+        o.sample("output_streaming", &[("target", &out.target)], f64::from(u8::from(up)));
     }
+
+    let h = &status.http;
     o.one(
         "http_requests_total",
         "counter",
         "HTTP requests answered.",
-        f(status, &["http", "requests"]),
+        n(h.requests),
     );
     o.one(
         "http_bad_requests_total",
         "counter",
         "HTTP requests refused with 4xx or 5xx.",
-        f(status, &["http", "bad_requests"]),
+        n(h.bad_requests),
     );
     o.one(
         "http_pending_connections",
         "gauge",
         "Connections whose request is being read or answered.",
-        f(status, &["http", "pending"]),
+        n(h.pending),
     );
     o.family(
         "http_connections_cut_total",
         "counter",
         "Connections closed by the guard, by reason.",
     );
-    for (reason, field) in [
-        ("header_timeout", "cut_header_timeout"),
-        ("per_address", "cut_per_address"),
-        ("total", "cut_total"),
-        ("no_descriptors", "shed_no_descriptors"),
+    for (reason, value) in [
+        ("header_timeout", h.cut_header_timeout),
+        ("per_address", h.cut_per_address),
+        ("total", h.cut_total),
+        ("no_descriptors", h.shed_no_descriptors),
     ] {
-        o.sample(
-            "http_connections_cut_total",
-            &[("reason", reason)],
-            f(status, &["http", field]),
-        );
+        o.sample("http_connections_cut_total", &[("reason", reason)], n(value));
     }
 
     o.one(
         "pump_ticks_total",
         "counter",
         "Audio pump ticks (one per 24 ms).",
-        f(status, &["pump", "ticks"]),
+        n(status.pump.ticks),
     );
     o.family(
         "pump_tick_lateness_seconds",
@@ -372,48 +359,6 @@ pub fn render(status: &Value, tick_error: &Histogram) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
-    use std::time::Duration;
-
-    #[test]
-    fn states_are_one_gauge_each_and_maps_become_labels() {
-        let status = json!({
-            "version": "0.1.0",
-            "encoder": {"state": "RUNNING", "restarts": 2, "failures": {"stall": 1, "eof": 0}},
-            "input": {"state": "fallback", "level": {"peak_dbfs": [-6.5, -120.0]}},
-            "counters": {"drops": {"slow_listeners": 3}},
-        });
-        let h = Histogram::new();
-        h.record(Duration::from_micros(80));
-        h.record(Duration::from_micros(2_000));
-        let text = render(&status, &h);
-        for line in [
-            "tower_encoder_state{state=\"RUNNING\"} 1",
-            "tower_encoder_state{state=\"FAILED\"} 0",
-            "tower_encoder_restarts_total 2",
-            "tower_encoder_failures_total{cause=\"stall\"} 1",
-            "tower_input_state{state=\"fallback\"} 1",
-            "tower_input_level_peak_dbfs{channel=\"left\"} -6.5",
-            "tower_drops_total{cause=\"slow_listeners\"} 3",
-            "tower_pump_tick_lateness_seconds_bucket{le=\"0.0001\"} 1",
-            "tower_pump_tick_lateness_seconds_bucket{le=\"0.001\"} 1",
-            "tower_pump_tick_lateness_seconds_bucket{le=\"0.0025\"} 2",
-            "tower_pump_tick_lateness_seconds_bucket{le=\"+Inf\"} 2",
-            "tower_pump_tick_lateness_seconds_sum 0.00208",
-            "tower_build_info{version=\"0.1.0\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
-        }
-        // Every sample belongs to a family declared just before it.
-        let mut declared = String::new();
-        for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("# TYPE ") {
-                declared = rest.split(' ').next().unwrap_or("").to_string();
-            } else if !l.starts_with('#') {
-                assert!(l.starts_with(&declared), "{l} outside {declared}");
-            }
-        }
-    }
 
     #[test]
     fn label_values_are_escaped() {

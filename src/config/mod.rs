@@ -1,0 +1,409 @@
+//! Configuration: TOML file, overridden by `TOWER_*` environment variables,
+//! overridden by command-line flags [T4].
+//!
+//! Read once at start-up on the main thread. Every key has a default (see
+//! `tower.example.toml`), and an environment variable named after it:
+//! `TOWER_` + the key's path in upper case with `.` as `_` (`pcm.grace_sec`
+//! is `TOWER_PCM_GRACE_SEC`). Unknown keys, unknown `TOWER_*` variables,
+//! wrong types and out-of-range values stop start-up with a message naming
+//! the key, the value, where it came from, and what is accepted.
+//!
+//! `load` reads the sources, checks types and ranges and says what is
+//! wrong; [`Config::settings`] turns a valid configuration into every
+//! stage's own settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+mod load;
+pub use load::{ConfigError, Loaded, Origin, Overrides, default_file, load, load_text};
+
+pub use crate::broadcast::Station;
+pub use crate::broadcast::icecast::IcecastTarget;
+
+/// Default burst on connect, in ms (see `http.burst_ms`).
+pub const DEFAULT_BURST_MS: u64 = 200;
+
+/// The configuration file read when `--config` is not given, if it exists.
+pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
+/// Environment variables that are not configuration keys.
+const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG", crate::hooks::ENV];
+/// The historic name of the fallback WAV path variable.
+const HISTORIC_WAV_VAR: &str = "TOWER_SILENCE_MP3_PATH";
+/// MP3 bitrates (kbit/s) valid at 48 kHz.
+pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// HTTP address and port.
+    pub listen: String,
+    /// ALSA capture device; `auto` chooses a sound card with capture.
+    pub device: String,
+    /// Where the audio comes from: `alsa` (the sound card `device`), or
+    /// `unix:PATH`, a socket a program on this machine writes PCM into.
+    pub input: String,
+    /// The ffmpeg program.
+    pub ffmpeg: String,
+    /// Log level: error, warn, info, debug, trace.
+    pub log_level: String,
+    pub capture: CaptureSection,
+    pub socket: SocketSection,
+    pub pcm: Pcm,
+    pub fallback: FallbackSection,
+    pub mp3: Mp3,
+    pub encoder: Encoder,
+    pub http: Http,
+    pub pump: PumpSection,
+    pub station: Station,
+    pub gpio: GpioSection,
+    /// Icecast servers to push the stream to (`[[icecast]]` tables).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub icecast: Vec<IcecastTarget>,
+}
+
+/// Shown instead of a password.
+pub const HIDDEN: &str = "(hidden)";
+
+/// The capture card's level.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CaptureSection {
+    /// "" leaves the card as found; "-6dB" or "75%" sets it at every open.
+    pub level: String,
+}
+
+/// The socket file of `input = "unix:PATH"`: who may connect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketSection {
+    /// Permission bits, octal: "0660" lets the owner and the group connect.
+    pub mode: String,
+    /// The group given the socket; "" keeps Tower's own.
+    pub group: String,
+}
+
+impl Default for SocketSection {
+    fn default() -> Self {
+        SocketSection {
+            mode: "0660".into(),
+            group: "audio".into(),
+        }
+    }
+}
+
+/// Status LEDs (BCM pin numbers).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpioSection {
+    pub enabled: bool,
+    pub encoder_pin: u64,
+    pub input_pin: u64,
+    pub active_low: bool,
+    /// The GPIO chip: "" finds it by its line names; else a path, a chip
+    /// name or a chip label (see `leds::select::ChipSpec`).
+    pub chip: String,
+}
+
+impl Default for GpioSection {
+    fn default() -> Self {
+        GpioSection {
+            enabled: true,
+            encoder_pin: 17,
+            input_pin: 27,
+            active_low: false,
+            chip: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pcm {
+    pub buffer_size: u64,
+    pub grace_sec: f64,
+    pub silence_warn_sec: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackSection {
+    pub wav_path: String,
+    pub tone: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mp3 {
+    pub buffer_capacity_frames: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Encoder {
+    pub bitrate_kbps: u64,
+    pub args: Vec<String>,
+    pub startup_timeout_ms: u64,
+    pub stall_timeout_ms: u64,
+    pub max_restarts: u64,
+    pub backoff_ms: Vec<u64>,
+    pub failed_retry_sec: u64,
+    pub silence_after_ms: u64,
+    pub max_lead_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    pub slow_listener_timeout_ms: u64,
+    pub max_listeners: u64,
+    pub burst_ms: u64,
+    pub icy_metaint: u64,
+    pub header_timeout_ms: u64,
+    pub max_connections_per_address: u64,
+    pub max_other_connections: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PumpSection {
+    pub realtime_priority: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8000".into(),
+            device: crate::audio::auto::AUTO.into(),
+            input: crate::audio::socket::ALSA.into(),
+            ffmpeg: "ffmpeg".into(),
+            log_level: "info".into(),
+            capture: CaptureSection::default(),
+            socket: SocketSection::default(),
+            pcm: Pcm::default(),
+            fallback: FallbackSection::default(),
+            mp3: Mp3::default(),
+            encoder: Encoder::default(),
+            http: Http::default(),
+            pump: PumpSection::default(),
+            station: Station::default(),
+            gpio: GpioSection::default(),
+            icecast: Vec::new(),
+        }
+    }
+}
+
+impl Default for Pcm {
+    fn default() -> Self {
+        Pcm {
+            buffer_size: crate::audio::router::DEFAULT_CAPACITY as u64,
+            grace_sec: 5.0,
+            silence_warn_sec: 30.0,
+        }
+    }
+}
+
+impl Default for FallbackSection {
+    fn default() -> Self {
+        FallbackSection {
+            wav_path: String::new(),
+            tone: true,
+        }
+    }
+}
+
+impl Default for Mp3 {
+    fn default() -> Self {
+        Mp3 {
+            buffer_capacity_frames: crate::encoder::ring::DEFAULT_CAPACITY as u64,
+        }
+    }
+}
+
+impl Default for Encoder {
+    fn default() -> Self {
+        let policy = crate::encoder::state::RestartPolicy::default();
+        Encoder {
+            bitrate_kbps: 128,
+            args: Vec::new(),
+            startup_timeout_ms: 5000,
+            stall_timeout_ms: 2000,
+            max_restarts: u64::from(policy.max_restarts),
+            backoff_ms: policy.backoff.iter().map(|d| d.as_millis() as u64).collect(),
+            failed_retry_sec: policy.failed_retry.as_secs(),
+            silence_after_ms: crate::encoder::pacer::DEFAULT_SILENCE_AFTER.as_millis() as u64,
+            max_lead_ms: crate::encoder::pacer::DEFAULT_MAX_LEAD.as_millis() as u64,
+        }
+    }
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            slow_listener_timeout_ms: 250,
+            max_listeners: 500,
+            burst_ms: DEFAULT_BURST_MS,
+            icy_metaint: 16_000,
+            header_timeout_ms: 10_000,
+            max_connections_per_address: 32,
+            max_other_connections: 256,
+        }
+    }
+}
+
+impl Default for PumpSection {
+    fn default() -> Self {
+        PumpSection { realtime_priority: 50 }
+    }
+}
+
+/// Every stage's settings in the stage's own types: made from a validated
+/// [`Config`] by [`Config::settings`], the one place where the file's
+/// numbers (TOML integers) become durations, counts and priorities.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// Where the audio comes from: the sound card, or the socket input.
+    pub input: crate::audio::socket::Input,
+    pub device: String,
+    /// Frames in the PCM input queue.
+    pub pcm_queue_frames: usize,
+    /// Frames in the MP3 ring.
+    pub mp3_ring_frames: usize,
+    pub capture: crate::audio::capture::CaptureConfig,
+    /// The pump's settings (its test hooks are the service's to add).
+    pub pump: crate::pump::PumpConfig,
+    pub fallback_wav: Option<PathBuf>,
+    pub fallback_tone: bool,
+    pub manager: crate::encoder::ManagerConfig,
+    pub bitrate_kbps: u32,
+    pub station: Station,
+    pub icecast: Vec<IcecastTarget>,
+    pub hub: crate::http::HubConfig,
+    pub site: crate::http::Site,
+    pub leds: crate::leds::LedConfig,
+}
+
+impl Config {
+    /// The stages' settings. Call on a configuration `load` accepted: the
+    /// ranges checked there make every conversion here lossless.
+    pub fn settings(&self) -> Settings {
+        use crate::encoder::state::{Liveness, RestartPolicy};
+        let e = &self.encoder;
+        let ms = Duration::from_millis;
+        Settings {
+            listen: self.listen_addr(),
+            input: self.input(),
+            device: self.device.clone(),
+            pcm_queue_frames: self.pcm.buffer_size as usize,
+            mp3_ring_frames: self.mp3.buffer_capacity_frames as usize,
+            capture: crate::audio::capture::CaptureConfig {
+                silence_warn: Duration::from_secs_f64(self.pcm.silence_warn_sec),
+                level: self.capture_level(),
+            },
+            pump: crate::pump::PumpConfig {
+                grace: self.grace(),
+                realtime_priority: self.pump.realtime_priority as u8,
+                hooks: Default::default(),
+            },
+            fallback_wav: self.fallback_wav(),
+            fallback_tone: self.fallback.tone,
+            manager: crate::encoder::ManagerConfig {
+                supervisor: crate::encoder::supervisor::SupervisorConfig {
+                    liveness: Liveness {
+                        startup_timeout: ms(e.startup_timeout_ms),
+                        stall_timeout: ms(e.stall_timeout_ms),
+                    },
+                    policy: RestartPolicy {
+                        backoff: e.backoff_ms.iter().map(|&d| ms(d)).collect(),
+                        max_restarts: e.max_restarts as u32,
+                        failed_retry: Duration::from_secs(e.failed_retry_sec),
+                        ..RestartPolicy::default()
+                    },
+                },
+                silence_after: ms(e.silence_after_ms),
+                max_lead: ms(e.max_lead_ms),
+            },
+            bitrate_kbps: e.bitrate_kbps as u32,
+            station: self.station.clone(),
+            icecast: self.icecast.clone(),
+            hub: crate::http::HubConfig {
+                slow_timeout: ms(self.http.slow_listener_timeout_ms),
+                max_listeners: self.http.max_listeners as usize,
+                burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
+            },
+            site: crate::http::Site {
+                station: self.station.clone(),
+                bitrate_kbps: e.bitrate_kbps,
+                icy_metaint: self.http.icy_metaint as usize,
+                guard: crate::http::guard::Limits {
+                    header_timeout: ms(self.http.header_timeout_ms),
+                    per_address: self.http.max_connections_per_address as usize,
+                    total: self.http.max_other_connections as usize,
+                },
+            },
+            leds: self.leds(),
+        }
+    }
+
+    pub fn listen_addr(&self) -> SocketAddr {
+        // Validated in `load`; the default is the fallback for hand-built
+        // configs in tests.
+        self.listen
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8000)))
+    }
+
+    pub fn leds(&self) -> crate::leds::LedConfig {
+        crate::leds::LedConfig {
+            enabled: self.gpio.enabled,
+            encoder_pin: self.gpio.encoder_pin as u8,
+            input_pin: self.gpio.input_pin as u8,
+            active_low: self.gpio.active_low,
+            chip: self.gpio.chip.clone(),
+        }
+    }
+
+    /// `capture.level`, validated in `load` (hand-built configs in tests
+    /// with a bad value leave the card as found).
+    pub fn capture_level(&self) -> crate::audio::mixer::Level {
+        crate::audio::mixer::Level::parse(&self.capture.level).unwrap_or_default()
+    }
+
+    /// `input` with the `socket` settings, validated in `load` (hand-built
+    /// configs in tests with a bad value capture from `device`).
+    pub fn input(&self) -> crate::audio::socket::Input {
+        use crate::audio::socket::{Input, check_group, parse_mode};
+        match Input::parse(&self.input) {
+            Ok(Input::Socket(mut s)) => {
+                s.mode = parse_mode(&self.socket.mode).unwrap_or(s.mode);
+                let group = self.socket.group.trim();
+                s.group = (!group.is_empty() && check_group(group).is_ok()).then(|| group.to_string());
+                Input::Socket(s)
+            }
+            _ => Input::Alsa,
+        }
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs_f64(self.pcm.grace_sec)
+    }
+
+    pub fn fallback_wav(&self) -> Option<PathBuf> {
+        (!self.fallback.wav_path.is_empty()).then(|| PathBuf::from(&self.fallback.wav_path))
+    }
+
+    /// The effective configuration as TOML.
+    /// The configuration as TOML, passwords replaced by [`HIDDEN`]: what
+    /// `--print-config` prints and the start-up line logs.
+    pub fn to_toml(&self) -> String {
+        let mut shown = self.clone();
+        for t in &mut shown.icecast {
+            t.password = HIDDEN.into();
+        }
+        toml::to_string(&shown).unwrap_or_default()
+    }
+}
