@@ -152,7 +152,7 @@ def journal():
 def avahi():
     answer = (guest("avahi: ResolveService Tower _http._tcp local: ") or [""])[0]
     m = re.search(r'"([^"]+\.local)" -?\d+ "([^"]*)" (\d+)', answer)
-    file_line = (guest("avahi: tower-avahi-port") or [""])[0]
+    file_line = (guest("avahi: tower-avahi-port.service ") or [""])[0]
     if m:
         out(int(m.group(3)) == port, "avahi: Tower's service on tower.toml's port",
             "Avahi resolves Tower _http._tcp to %s %s port %s (tower.toml: listen = \"0.0.0.0:%d\"; %s)"
