@@ -2,7 +2,7 @@
 //! has answered its request (the broadcast loop writes to it without
 //! blocking and closes it when the listener goes).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 
@@ -46,13 +46,31 @@ impl SocketSink {
     }
 }
 
+/// Flags of every send to a listener: never block (the socket is
+/// non-blocking too), and a listener that left is an `EPIPE`, not a signal.
+const SEND_FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+
 impl ListenerSink for SocketSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&self.stream).write(buf)
+        // SAFETY: `buf` is valid for `buf.len()` bytes during the call, and
+        // the descriptor is owned by `self.stream`.
+        let n = unsafe { libc::send(self.stream.as_raw_fd(), buf.as_ptr().cast(), buf.len(), SEND_FLAGS) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
+    /// One `sendmsg` for the whole batch: the socket layer directly, where
+    /// `writev` goes through the file layer first (a tenth of the
+    /// broadcast loop's CPU at 1 000 listeners, measured with perf).
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
-        (&self.stream).write_vectored(bufs)
+        // SAFETY: a zeroed msghdr is valid (no name, no control data).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec on Unix (std guarantees it).
+        msg.msg_iov = bufs.as_ptr().cast_mut().cast();
+        msg.msg_iovlen = bufs.len() as _;
+        // SAFETY: `msg` points at `bufs`, valid for the call; sendmsg only
+        // reads them. The descriptor is owned by `self.stream`.
+        let n = unsafe { libc::sendmsg(self.stream.as_raw_fd(), &raw const msg, SEND_FLAGS) };
+        usize::try_from(n).map_err(|_| io::Error::last_os_error())
     }
 
     fn close(&mut self, abort: bool) {
