@@ -71,7 +71,7 @@ fn raise_fd_limit(config: &mut config::Config) {
 
 /// How often the supervisor loop looks for a signal (worker ends wake it
 /// at once).
-const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(50);
+const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -151,7 +151,7 @@ impl RestartBook {
 /// What the service needs to start the restartable workers again.
 struct Rebuild {
     supervisor: Supervisor,
-    ends: crossbeam::channel::Receiver<Ended>,
+    ends: std::sync::mpsc::Receiver<Ended>,
     capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
     mixer: Factory<Box<dyn Mixer>>,
     leds: Factory<Box<dyn Leds>>,

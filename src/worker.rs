@@ -138,7 +138,7 @@ impl std::fmt::Display for Ended {
 
 /// Where supervised workers report their end; cloned into each of them.
 #[derive(Debug, Clone, Default)]
-pub struct Supervisor(Option<crossbeam::channel::Sender<Ended>>);
+pub struct Supervisor(Option<std::sync::mpsc::Sender<Ended>>);
 
 impl Supervisor {
     /// Reports go nowhere (tests of one worker, tools).
@@ -147,8 +147,8 @@ impl Supervisor {
     }
 
     /// A supervisor and the receiving end the service waits on.
-    pub fn channel() -> (Supervisor, crossbeam::channel::Receiver<Ended>) {
-        let (tx, rx) = crossbeam::channel::unbounded();
+    pub fn channel() -> (Supervisor, std::sync::mpsc::Receiver<Ended>) {
+        let (tx, rx) = std::sync::mpsc::channel();
         (Supervisor(Some(tx)), rx)
     }
 

@@ -15,10 +15,12 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+// std's channel parks at once; crossbeam's spins through sched_yield
+// first, 8 system calls per wait of this 10-a-second loop.
+use std::sync::mpsc::{self as channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 
 use super::Mp3Frame;
@@ -33,8 +35,10 @@ use crate::worker::{StopSignal, Worker, WorkerError};
 
 /// Lines of ffmpeg's stderr kept for failure reports.
 const STDERR_TAIL: usize = 20;
-/// How often the loop checks liveness when no event arrives.
-const CHECK_EVERY: Duration = Duration::from_millis(20);
+/// How often the loop checks liveness when no event arrives. An exit or a
+/// closed pipe arrives as an event at once; this only bounds how late a
+/// stall (seconds) or a due restart is seen.
+const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// After stdout EOF, how long to wait for the exit status (to report
 /// `process_exit` with its code rather than a bare `eof`).
 const EXIT_GRACE: Duration = Duration::from_millis(50);
@@ -143,7 +147,7 @@ impl Supervisor {
         ring: Arc<FrameRing<Mp3Frame>>,
         on_change: ChangeCallback,
     ) -> std::io::Result<Supervisor> {
-        let (tx, rx) = channel::unbounded();
+        let (tx, rx) = channel::channel();
         let now = Instant::now();
         let shared = Arc::new(Shared {
             machine: Mutex::new(StateMachine::new(now)),

@@ -12,6 +12,10 @@ pub struct NullLeds;
 
 impl Leds for NullLeds {
     fn set(&mut self, _: Led, _: bool) {}
+
+    fn drives_pins(&self) -> bool {
+        false
+    }
 }
 
 /// Records what was set, for tests: every write in order, and whether the

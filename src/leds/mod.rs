@@ -13,10 +13,10 @@
 //! naming the backend and chip, or one warning naming the cause; the
 //! stream never depends on the LEDs.
 //!
-//! The "leds" thread ([`start`], owned by the service) wakes every 25 ms on
-//! a deadline (or the stop signal), reads the states, and applies the pure
-//! patterns ([`pattern`]) through [`LedDriver`], which writes a line only
-//! when its level changes. [`stop`] joins it and turns both LEDs off.
+//! The "leds" thread ([`start`], owned by the service) wakes at the next
+//! blink edge, or [`STATE_POLL`] after its last look (or the stop signal),
+//! reads the states, and applies the pure patterns ([`pattern`]) through
+//! [`LedDriver`], which writes a line only when its level changes. [`stop`] joins it and turns both LEDs off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,8 +42,12 @@ pub use fake::RecordingLeds;
 pub use pattern::{Pattern, encoder_pattern, input_pattern};
 use select::{Backend, ChipSpec};
 
-/// How often the LED thread updates the pins.
-pub const UPDATE_EVERY: Duration = Duration::from_millis(25);
+/// How often the LED thread looks at the states when no blink is due to
+/// change a pin sooner: a new state shows within this.
+pub const STATE_POLL: Duration = Duration::from_millis(100);
+/// How often it looks when there are no LEDs to drive (only to stay
+/// responsive to a stop).
+pub const DARK_POLL: Duration = Duration::from_millis(250);
 
 /// Which LED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +64,11 @@ pub trait Leds: Send {
     /// Which backend drives the LEDs, for `/status`.
     fn status(&self) -> LedStatus {
         LedStatus::off("no LED hardware")
+    }
+    /// Whether there are pins to drive (blinks then need their edges on
+    /// time); `false` for the no-op stand-ins.
+    fn drives_pins(&self) -> bool {
+        true
     }
 }
 
@@ -109,6 +118,10 @@ struct Dark(LedStatus);
 
 impl Leds for Dark {
     fn set(&mut self, _: Led, _: bool) {}
+
+    fn drives_pins(&self) -> bool {
+        false
+    }
 
     fn status(&self) -> LedStatus {
         self.0.clone()
@@ -204,44 +217,52 @@ pub struct LedDriver {
     leds: Box<dyn Leds>,
     start: Instant,
     shown: [Option<bool>; 2],
+    /// No LED hardware: nothing to blink on time.
+    dark: bool,
 }
 
 impl LedDriver {
     pub fn new(leds: Box<dyn Leds>, start: Instant) -> Self {
+        let dark = !leds.drives_pins();
         LedDriver {
             leds,
             start,
             shown: [None, None],
+            dark,
         }
     }
 
     /// Sets each LED for the states at `now`; pins are written only when a
-    /// level changes.
-    pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) {
+    /// level changes. Returns when to look again: the next blink edge, or
+    /// [`STATE_POLL`] from now if that is sooner (or no LED blinks), or
+    /// [`DARK_POLL`] from now without LED hardware.
+    pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) -> Instant {
         let t = now.saturating_duration_since(self.start);
-        let wanted = [
-            (Led::Encoder, encoder_pattern(encoder).level(t)),
-            (Led::Input, input_pattern(input).level(t)),
+        let patterns = [
+            (Led::Encoder, encoder_pattern(encoder)),
+            (Led::Input, input_pattern(input)),
         ];
-        for (i, (led, on)) in wanted.into_iter().enumerate() {
+        for (i, (led, pattern)) in patterns.into_iter().enumerate() {
+            let on = pattern.level(t);
             if self.shown[i] != Some(on) {
                 self.leds.set(led, on);
                 self.shown[i] = Some(on);
             }
         }
+        if self.dark {
+            return now + DARK_POLL;
+        }
+        let poll = now + STATE_POLL;
+        patterns
+            .iter()
+            .filter_map(|(_, p)| p.next_change(t))
+            .map(|d| self.start + d)
+            .fold(poll, Instant::min)
     }
 
     pub fn release(&mut self) {
         self.leds.release();
     }
-}
-
-/// The tick after the one due at `due`, seen at `now`: one period later,
-/// or a period from `now` when the thread was late (no burst of catch-up
-/// writes after a stall).
-pub fn next_deadline(due: Instant, now: Instant) -> Instant {
-    let next = due + UPDATE_EVERY;
-    if next > now { next } else { now + UPDATE_EVERY }
 }
 
 /// The "leds" thread, reading the states through `read`.
@@ -254,14 +275,11 @@ pub fn start(
     Worker::spawn_supervised("leds", supervisor, move |stop: StopSignal| {
         let start = Instant::now();
         let mut driver = LedDriver::new(leds, start);
-        let mut deadline = start;
         loop {
             hooks.panic_point(PanicTarget::Leds);
-            let now = Instant::now();
             let (encoder, input) = read();
-            driver.update(encoder, input, now);
-            deadline = next_deadline(deadline, now);
-            if stop.sleep_until(deadline) {
+            let next = driver.update(encoder, input, Instant::now());
+            if stop.sleep_until(next) {
                 break;
             }
         }
@@ -321,7 +339,7 @@ mod tests {
             d.update(e, i, due);
             let level = |led| rec.level(led).expect("written");
             out.push((t, level(Led::Encoder), level(Led::Input)));
-            due = next_deadline(due, due);
+            due += MS(25);
         }
         out
     }
@@ -373,13 +391,28 @@ mod tests {
     }
 
     #[test]
-    fn ticks_follow_their_deadlines_and_resync_when_late() {
+    fn the_thread_wakes_at_blink_edges_and_otherwise_polls_the_states() {
         let t0 = Instant::now();
-        assert_eq!(next_deadline(t0, t0 + MS(3)), t0 + UPDATE_EVERY);
-        // A late wake-up keeps the schedule...
-        assert_eq!(next_deadline(t0 + MS(25), t0 + MS(40)), t0 + MS(50));
-        // ...a stall does not make up the missed ticks.
-        assert_eq!(next_deadline(t0, t0 + MS(300)), t0 + MS(325));
+        let mut d = LedDriver::new(Box::new(RecordingLeds::default()), t0);
+        // Steady: only to see a new state.
+        assert_eq!(
+            d.update(EncoderState::Running, InputState::Live, t0 + MS(3)),
+            t0 + MS(103)
+        );
+        // 8 Hz blink: at its next edge (62.5 ms), sooner than the poll.
+        let at = d.update(EncoderState::Failed, InputState::Live, t0 + MS(10));
+        assert_eq!(at, t0 + Duration::from_micros(62_500));
+        // 0.5 Hz blink: the poll comes first.
+        assert_eq!(
+            d.update(EncoderState::Running, InputState::Grace, t0 + MS(10)),
+            t0 + MS(110)
+        );
+        // A late wake-up looks at the edge after now, never one passed.
+        let at = d.update(EncoderState::Failed, InputState::Live, t0 + MS(300));
+        assert_eq!(at, t0 + Duration::from_micros(312_500));
+        // Without LED hardware nothing needs to be on time.
+        let mut dark = LedDriver::new(Box::new(Dark(LedStatus::off("test"))), t0);
+        assert_eq!(dark.update(EncoderState::Failed, InputState::Grace, t0), t0 + DARK_POLL);
     }
 
     #[test]

@@ -43,6 +43,19 @@ impl Pattern {
             }
         }
     }
+
+    /// When, after the pattern's clock started, the level next changes
+    /// (after `elapsed`); `None` for a steady pattern.
+    pub fn next_change(self, elapsed: Duration) -> Option<Duration> {
+        match self {
+            Pattern::Off | Pattern::On => None,
+            Pattern::Blink { period } => {
+                let half = (period.as_micros() / 2).max(1);
+                let next = (elapsed.as_micros() / half + 1) * half;
+                Some(Duration::from_micros(u64::try_from(next).unwrap_or(u64::MAX)))
+            }
+        }
+    }
 }
 
 pub fn encoder_pattern(state: EncoderState) -> Pattern {
@@ -67,6 +80,21 @@ mod tests {
     use super::*;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn a_blink_changes_level_exactly_at_each_half_period() {
+        let p = Pattern::MEDIUM;
+        assert_eq!(p.next_change(MS(0)), Some(MS(250)));
+        assert_eq!(p.next_change(MS(249)), Some(MS(250)));
+        assert_eq!(p.next_change(MS(250)), Some(MS(500)));
+        for t in [0, 100, 250, 499, 500, 1_234] {
+            let at = p.next_change(MS(t)).expect("blinks");
+            assert_ne!(p.level(at - Duration::from_micros(1)), p.level(at), "at {at:?}");
+            assert!(at > MS(t));
+        }
+        assert_eq!(Pattern::On.next_change(MS(7)), None);
+        assert_eq!(Pattern::Off.next_change(MS(7)), None);
+    }
 
     #[test]
     fn states_map_to_the_documented_patterns() {

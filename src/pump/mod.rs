@@ -283,7 +283,10 @@ fn run(
 
         config.hooks.pump_stall();
         config.hooks.panic_point(PanicTarget::Pump);
-        let frame = next_input(router, &mut governor, started, Some(POP_TIMEOUT));
+        // Once the input has been gone past the grace period, a frame
+        // arriving a few ms late changes nothing: do not wait for one.
+        let wait = (shown != InputState::Fallback).then_some(POP_TIMEOUT);
+        let frame = next_input(router, &mut governor, started, wait);
         let now = Instant::now();
         let state = selector.select(frame.is_some(), now);
         match (&frame, state) {

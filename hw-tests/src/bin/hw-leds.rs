@@ -41,8 +41,8 @@ fn main() {
         );
         let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
-            driver.update(encoder, input, Instant::now());
-            std::thread::sleep(tower::leds::UPDATE_EVERY);
+            let next = driver.update(encoder, input, Instant::now()).min(until);
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     }
     driver.release();
