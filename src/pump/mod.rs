@@ -12,6 +12,7 @@
 //! in; the thread around them only sleeps, pops and writes.
 
 pub mod fallback;
+mod memlock;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -403,30 +404,6 @@ fn report_change(
     }
 }
 
-/// Locks the process's memory so the pump never waits for a page to come
-/// back from disk. MCL_ONFAULT locks what is resident and every page when it
-/// is first touched, instead of faulting in every mapping at once (whole
-/// libraries, every thread stack): the same protection for the pages the
-/// pump uses, without inflating RSS. MCL_FUTURE is not used: it would lock
-/// every later thread stack and malloc arena, and with a memlock limit make
-/// later allocations fail. Falls back to MCL_CURRENT on kernels before 4.4.
-fn lock_memory() -> std::io::Result<()> {
-    // SAFETY: mlockall takes flags only.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_ONFAULT) } == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::EINVAL) {
-        return Err(err);
-    }
-    // SAFETY: as above.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT) } == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Asks for SCHED_FIFO and locked memory for the calling thread [A4].
 /// Returns (got SCHED_FIFO, memory locked); warns once if either failed.
 fn acquire_realtime(priority: u8) -> (bool, bool) {
@@ -454,18 +431,20 @@ fn acquire_realtime(priority: u8) -> (bool, bool) {
         // SAFETY: PR_SET_TIMERSLACK takes a plain integer argument.
         unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong, 0, 0, 0) };
     }
-    let locked = match lock_memory() {
-        Ok(()) => true,
+    let locked = match memlock::lock_realtime_memory() {
+        Ok(l) => Some(l),
         Err(e) => {
-            problems.push(format!("mlockall: {e}"));
-            false
+            problems.push(format!("mlock: {e}"));
+            None
         }
     };
-    if problems.is_empty() {
+    if let (true, Some(l)) = (problems.is_empty(), &locked) {
         tracing::info!(
             component = "pump",
             priority,
-            "pump running with SCHED_FIFO and locked memory"
+            locked_ranges = l.ranges,
+            locked_kib = l.bytes / 1024,
+            "pump running with SCHED_FIFO and its memory locked (its code, the heap and its stack; locked as touched)"
         );
     } else {
         tracing::warn!(
@@ -474,7 +453,7 @@ fn acquire_realtime(priority: u8) -> (bool, bool) {
             problems.join("; ")
         );
     }
-    (fifo, locked)
+    (fifo, locked.is_some())
 }
 
 #[cfg(test)]
