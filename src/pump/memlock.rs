@@ -65,34 +65,48 @@ pub fn realtime_ranges(maps: &str, exe: &Path, stack: usize) -> Vec<Range<usize>
 }
 
 /// Locks [`realtime_ranges`] of this process, for the calling thread's
-/// stack. Kernels before 4.4 have no `MLOCK_ONFAULT`: there the same
-/// ranges are locked whole.
+/// stack: all of them, or (on an error, such as a memory-lock limit below
+/// their size) none. Kernels before 4.4 have no `MLOCK_ONFAULT`: there the
+/// same ranges are locked whole.
 pub fn lock_realtime_memory() -> std::io::Result<Locked> {
     let maps = std::fs::read_to_string("/proc/self/maps")?;
     let exe = std::fs::read_link("/proc/self/exe")?;
     let marker = 0u8;
     let stack = std::hint::black_box(&raw const marker) as usize;
-    let mut locked = Locked::default();
-    for range in realtime_ranges(&maps, &exe, stack) {
-        let (addr, len) = (range.start as *const libc::c_void, range.len());
-        // SAFETY: mlock2/mlock only change the locking of pages of this
-        // process's own mappings, taken from /proc/self/maps; a range that
-        // has since gone makes the call fail (ENOMEM), nothing else.
-        let rc = unsafe { libc::mlock2(addr, len, libc::MLOCK_ONFAULT) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
-                return Err(err);
+    let ranges = realtime_ranges(&maps, &exe, stack);
+    for (i, range) in ranges.iter().enumerate() {
+        if let Err(e) = lock(range) {
+            for done in &ranges[..i] {
+                // SAFETY: unlocks pages of this process's own mappings.
+                unsafe { libc::munlock(done.start as *const libc::c_void, done.len()) };
             }
-            // SAFETY: as above.
-            if unsafe { libc::mlock(addr, len) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
+            return Err(e);
         }
-        locked.ranges += 1;
-        locked.bytes += len;
     }
-    Ok(locked)
+    Ok(Locked {
+        ranges: ranges.len(),
+        bytes: ranges.iter().map(|r| r.len()).sum(),
+    })
+}
+
+fn lock(range: &Range<usize>) -> std::io::Result<()> {
+    let (addr, len) = (range.start as *const libc::c_void, range.len());
+    // SAFETY: mlock2/mlock only change the locking of pages of this
+    // process's own mappings, taken from /proc/self/maps; a range that has
+    // since gone makes the call fail (ENOMEM), nothing else.
+    if unsafe { libc::mlock2(addr, len, libc::MLOCK_ONFAULT) } == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if !matches!(err.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(err);
+    }
+    // SAFETY: as above.
+    if unsafe { libc::mlock(addr, len) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]
