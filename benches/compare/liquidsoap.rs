@@ -27,7 +27,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::common::icecast::{free_port, is_root};
-use crate::servers::{Feeder, MOUNT, own};
+use crate::servers::{Feeder, MOUNT, end, own};
 
 /// Liquidsoap's input pre-buffer (s): small, for a live input, yet more
 /// than one of its 40 ms frames, so the 24 ms writes do not leave it
@@ -120,14 +120,11 @@ impl Drop for Liquidsoap {
     fn drop(&mut self) {
         self.feeder.halt();
         // SIGTERM: liquidsoap then ends its `cat` itself.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        end(
+            &mut self.child,
+            nix::sys::signal::Signal::SIGTERM,
+            Duration::from_secs(3),
+        );
         self.feeder.finish();
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::servers::own;
+use crate::servers::{end, own};
 
 /// Every system call.
 pub const ALL: &str = "raw_syscalls:sys_enter";
@@ -237,14 +237,12 @@ impl Perf {
 
     /// Ends perf and reads its counts.
     pub fn finish(mut self) -> std::io::Result<Counts> {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline && self.child.try_wait().ok().flatten().is_none() {
-            thread::sleep(Duration::from_millis(10));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGINT: perf writes its counts and exits.
+        end(
+            &mut self.child,
+            nix::sys::signal::Signal::SIGINT,
+            Duration::from_secs(5),
+        );
         let text = std::fs::read_to_string(self.dir.path().join("out"))?;
         Ok(Counts {
             events: parse(&text),

@@ -55,6 +55,17 @@ fn signal_ours(sig: nix::sys::signal::Signal) -> usize {
     n
 }
 
+/// Sends `sig` to `child`, gives it `grace` to exit, then kills it; reaps it.
+pub fn end(child: &mut Child, sig: nix::sys::signal::Signal, grace: Duration) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// On SIGINT, SIGTERM or SIGHUP: SIGTERM to every child still running
 /// (Tower then stops its ffmpeg and leaves JACK cleanly), SIGKILL to
 /// those still there after a second, then exit. A panic unwinds and the
