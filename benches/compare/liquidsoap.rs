@@ -39,6 +39,7 @@ pub struct Liquidsoap {
     child: Child,
     feeder: Feeder,
     port: u16,
+    fifo: PathBuf,
     dir: tempfile::TempDir,
 }
 
@@ -61,11 +62,13 @@ impl Liquidsoap {
             .stderr(Stdio::null())
             .spawn()?;
         own(child.id() as i32);
-        let feeder = Feeder::start("liquidsoap-source", move |stop| open_writer(&fifo, stop), pcm)?;
+        let writer_fifo = fifo.clone();
+        let feeder = Feeder::start("liquidsoap-source", move |stop| open_writer(&writer_fifo, stop), pcm)?;
         Ok(Liquidsoap {
             child,
             feeder,
             port,
+            fifo,
             dir,
         })
     }
@@ -118,13 +121,24 @@ impl Liquidsoap {
 
 impl Drop for Liquidsoap {
     fn drop(&mut self) {
-        self.feeder.halt();
-        // SIGTERM: liquidsoap then ends its `cat` itself.
+        // SIGTERM: liquidsoap then ends its `cat` itself (which does not
+        // come back: restart=false). The feeder stops after, so that `cat`
+        // does not see the end of its input first.
+        let reader = self.reader_pid();
         end(
             &mut self.child,
             nix::sys::signal::Signal::SIGTERM,
             Duration::from_secs(3),
         );
+        // Had liquidsoap not ended it: `cat` inherits liquidsoap's signal
+        // mask (SIGTERM blocked), so SIGKILL, if it is still ours.
+        let cmdline = std::fs::read(format!("/proc/{reader}/cmdline")).unwrap_or_default();
+        if reader > 0 && String::from_utf8_lossy(&cmdline).contains(&self.fifo.display().to_string()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(reader as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         self.feeder.finish();
     }
 }
@@ -144,7 +158,7 @@ fn script_text(port: u16, listeners: usize, fifo: &Path, log: &Path) -> String {
          settings.harbor.bind_addrs.set([\"127.0.0.1\"])\n\
          settings.harbor.max_connections.set({backlog})\n\
          settings.frame.audio.samplerate.set(48000)\n\
-         live = input.external.rawaudio(buffer={INPUT_BUFFER_S}, samplerate=48000, channels=2, \"exec cat {fifo}\")\n\
+         live = input.external.rawaudio(buffer={INPUT_BUFFER_S}, samplerate=48000, channels=2, restart=false, \"exec cat {fifo}\")\n\
          output.harbor(%mp3(bitrate=128, samplerate=48000), port={port}, mount={mount:?}, mksafe(live))\n",
         log = log.display().to_string(),
         backlog = listeners + 10,
