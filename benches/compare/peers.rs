@@ -80,7 +80,19 @@ pub fn start(peer: Peer, stock: &Arc<StockConfig>, listeners: usize, pcm: Vec<u8
         }
         Peer::Icecast => {
             let ice = stock.start(listeners);
-            let source = Source::start(&ice, pcm).expect("ffmpeg source (apt-get install ffmpeg)");
+            // Now and then (once in a full run here, once in 30 starts
+            // from a shell loop) the source's connect is refused just after
+            // icecast2 first accepted a connection, and the mount never
+            // streams. Another source is tried then (twice at most).
+            let mut attempt = 1;
+            let source = loop {
+                let source = Source::start(&ice, pcm.clone()).expect("ffmpeg source (apt-get install ffmpeg)");
+                if attempt == 3 || wait_audio(ice.addr(), MOUNT, Duration::from_secs(8)) {
+                    break source;
+                }
+                eprintln!("Icecast: the source does not stream (attempt {attempt}); starting another");
+                attempt += 1;
+            };
             Running::Icecast(source, ice)
         }
         Peer::Liquidsoap => {
