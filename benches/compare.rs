@@ -11,7 +11,8 @@
 //! `input.external.rawaudio` reads; it encodes in-process (see
 //! `compare/liquidsoap.rs` for the choices). All listen on 127.0.0.1.
 //!
-//! 1. `first`: connect → first audio byte (100 connects, one after another).
+//! 1. `first`: connect → first audio byte (100 connects, one after
+//!    another; `--quick`: 30).
 //! 2. `lag`: an input of clicks (10 ms of 1 kHz every 500 ms). Tower
 //!    captures it through real ALSA (JACK dummy backend), a probe
 //!    timestamping each click as the device delivers it; the others get
@@ -25,9 +26,10 @@
 //!    settle time, first byte under load, CPU (% of one core) and RSS
 //!    (the maximum of 0.5 s samples) of the server alone and of the whole
 //!    chain (server + its encoder process: Tower's ffmpeg child, Icecast's
-//!    ffmpeg source; Liquidsoap is one process), threads, bytes received
+//!    ffmpeg source; Liquidsoap is one process: the `cat` that feeds it
+//!    is the bench's, in the JSON only), threads, bytes received
 //!    against 128 kbit/s, memory per listener ((RSS at N − RSS before the
-//!    load) ÷ N). System calls over the window, counted in the kernel by
+//!    load, once it stopped growing) ÷ N). System calls over the window, counted in the kernel by
 //!    `perf stat -e raw_syscalls:sys_enter` (plus a handful of single
 //!    calls, and instructions where the PMU allows) on the server and on
 //!    its encoder, turned on and off with the window (`compare/perf.rs`):
@@ -38,16 +40,24 @@
 //! 4. `pump`: Tower's pump tick error with every core busy (a hog process
 //!    per core), with SCHED_FIFO (as root) and without (as nobody, no
 //!    RLIMIT_RTPRIO).
-//! 5. `encoder`: Tower's default ffmpeg command on 60 s of music-like PCM
-//!    as fast as it goes: CPU (user + system, from wait4) per second of
-//!    audio, for libmp3lame's `-compression_level` unset and 0…9; output
-//!    bytes and a crude SNR of the decoded output (`compare/encoder.rs`).
-//! 6. `locked`: Tower's RSS and VmLck after 10 s of streaming, capturing
-//!    real ALSA (JACK dummy) or the fallback tone, as root and under the
-//!    systemd unit's conditions (`compare/locked.rs`).
+//! 5. `encoder`: Tower's default ffmpeg command on 60 s (`--quick`: 20 s)
+//!    of music-like PCM as fast as it goes: CPU (user + system, from
+//!    wait4) per second of audio, best of 3, for libmp3lame's
+//!    `-compression_level` unset and 0…9; output bytes and a crude SNR of
+//!    the decoded output (`compare/encoder.rs`). SNR is not what a
+//!    listener hears: LAME's better levels shape noise where it is masked,
+//!    which can lower the SNR.
+//! 6. `locked`: Tower's RSS and VmLck after 10 s (`--quick`: 5 s) of
+//!    streaming, capturing real ALSA (JACK dummy) or the fallback tone, as
+//!    root and under the systemd unit's conditions (`compare/locked.rs`).
+//!    With JACK, RSS includes JACK's shared memory, which a sound card
+//!    does not have: a row gives RSS without it.
 //!
 //! Prints one Markdown table (a column per server, Tower ÷ the best of
-//! the others, Tower's target) and writes every figure as JSON
+//! the others: the lowest, or the highest for held and bytes; Tower's
+//! targets: first byte p99 ≤ 5 ms, lag ≤ 0.3 s, whole-chain CPU at each N
+//! and memory per listener ≤ the best peer's, 0 dropped at the largest N,
+//! pump p99 ≤ 1 ms with SCHED_FIFO) and writes every figure as JSON
 //! (target/bench/compare.json, or `--json PATH`). Every part is bounded in
 //! time; every child process is ended on exit, panic or signal.
 //! `--only first,lag,held,pump,encoder,locked` runs some parts;
@@ -297,7 +307,9 @@ struct Held {
     encoder_cpu_pct: f64,
     /// A process that only feeds the server (Liquidsoap's `cat`).
     feeder_cpu_pct: f64,
+    /// RSS before the load, once it stopped growing ([`steady_rss`]).
     rss_idle_kb: u64,
+    rss_steady_after_s: f64,
     rss_max_kb: u64,
     /// The maximum over the window of the chain's summed RSS.
     chain_rss_max_kb: u64,
@@ -334,7 +346,7 @@ impl Held {
             "chain_cpu_pct_of_one_core": self.chain_cpu_pct,
             "encoder_cpu_pct_of_one_core": self.encoder_cpu_pct,
             "feeder_cpu_pct_of_one_core": self.feeder_cpu_pct,
-            "rss_idle_kb": self.rss_idle_kb, "rss_max_kb": self.rss_max_kb, "chain_rss_max_kb": self.chain_rss_max_kb,
+            "rss_idle_kb": self.rss_idle_kb, "rss_idle_steady_after_s": self.rss_steady_after_s, "rss_max_kb": self.rss_max_kb, "chain_rss_max_kb": self.chain_rss_max_kb,
             "threads": self.threads,
             "first_byte_under_load_p50_ms": self.first_byte.0, "first_byte_under_load_p99_ms": self.first_byte.1,
             "per_listener_kb": self.per_listener_kb(),
@@ -416,11 +428,31 @@ fn idle(server: &Running, window: Duration) -> (Option<Syscalls>, f64, f64) {
     (finish_perf(perf), cpu[0], cpu.iter().sum())
 }
 
+/// Waits until `pid`'s RSS has stopped growing (by at most 0.5 % over
+/// the last 12 s; 75 s at most), so that growth under load is the
+/// listeners'. Liquidsoap's grows in steps, 5 to 10 s apart, from about
+/// 150 to 210 MB in its first 50 s with no listener. Returns the RSS (kB)
+/// and how long it took (s).
+fn steady_rss(pid: u32) -> (u64, f64) {
+    const STILL: usize = 12;
+    let t0 = Instant::now();
+    let mut samples = vec![proc_stat(pid).1];
+    loop {
+        let rss = *samples.last().unwrap_or(&0);
+        let steady = samples.len() > STILL && rss as f64 <= samples[samples.len() - 1 - STILL] as f64 * 1.005;
+        if steady || t0.elapsed() > Duration::from_secs(75) {
+            return (rss, t0.elapsed().as_secs_f64());
+        }
+        thread::sleep(Duration::from_secs(1));
+        samples.push(proc_stat(pid).1);
+    }
+}
+
 /// Holds `n` listeners of `server` for `window`, sampling the server and
 /// its chain; counts their system calls if `count`.
 fn hold(server: &Running, n: usize, window: Duration, count: bool) -> Held {
     let (pid, chain) = (server.pid(), server.chain());
-    let (_, rss_idle_kb) = proc_stat(pid);
+    let (rss_idle_kb, rss_steady_after_s) = steady_rss(pid);
     let settle_limit = Duration::from_secs(60);
     let deadline = Instant::now() + settle_limit + window + Duration::from_secs(20);
     let retry_until = Instant::now() + settle_limit;
@@ -487,6 +519,7 @@ fn hold(server: &Running, n: usize, window: Duration, count: bool) -> Held {
         encoder_cpu_pct: cpu.get(1).copied().unwrap_or(0.0),
         feeder_cpu_pct: if feeder > 0 { cpu_percent(f0, f1, elapsed) } else { 0.0 },
         rss_idle_kb,
+        rss_steady_after_s,
         rss_max_kb,
         chain_rss_max_kb,
         threads,
