@@ -846,6 +846,12 @@ fn encoder_cost(report: &mut Report, opts: &Options) {
         report
             .notes
             .push(format!("encoder: output sizes differ between levels: {sizes:?} bytes"));
+    } else {
+        report.notes.push(format!(
+            "encoder: every level gives the same {} bytes for {seconds} s ({:.1} kbit/s, CBR)",
+            sizes[0],
+            sizes[0] as f64 * 8.0 / seconds / 1000.0
+        ));
     }
     report.json.insert(
         "encoder".into(),
@@ -878,6 +884,7 @@ fn locked_memory(report: &mut Report, stream: Duration) {
         );
     }
     let mut runs = Vec::new();
+    let mut all_realtime = true;
     for (alsa, input) in [(true, "ALSA"), (false, "tone")] {
         for (as_unit, who) in [(false, "root"), (true, "unit")] {
             let jack_name = if as_unit { "tower-bench-2" } else { "tower-bench-1" };
@@ -904,8 +911,14 @@ fn locked_memory(report: &mut Report, stream: Duration) {
                 );
             }
             report.tower_row(format!("VmLck, {input}, {who}"), " MB", r.locked_kb as f64 / 1024.0);
+            all_realtime &= fifo && locked;
             runs.push(r.json);
         }
+    }
+    if all_realtime {
+        report
+            .notes
+            .push("locked: /status said sched_fifo and memory_locked true in every run".into());
     }
     report.json.insert(
         "locked".into(),
@@ -992,7 +1005,9 @@ fn main() {
     println!(
         "CPU: % of one core. Chain: the server and its encoder process (Tower's ffmpeg, Icecast's ffmpeg source; \
          Liquidsoap is one process). calls: system calls (perf stat), per listener-second less the server's \
-         own at 0 listeners. Tower ÷ best peer: the lowest of the others (highest for held and bytes)."
+         own at 0 listeners. Tower ÷ best peer: the lowest of the others (highest for held and bytes). \
+         encoder: CPU ms per second of audio (÷ 10: % of one core at real time). locked: from /proc/PID/status; \
+         unit: as nobody with the systemd unit's capabilities and limits."
     );
     for n in &report.notes {
         println!("- {n}");
