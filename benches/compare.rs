@@ -1,36 +1,86 @@
-//! Tower and Icecast2 side by side, on this machine, in one run:
-//! `scripts/bench.sh` (or `cargo bench --bench compare -- [--quick]`).
+//! Tower, Icecast2 and Liquidsoap side by side, on this machine, in one
+//! run: `scripts/bench.sh` (or `cargo bench --bench compare -- [--quick]`).
 //!
-//! 1. Connect → first audio byte (100 connects, one after another).
-//! 2. Lag: an input of clicks (10 ms of 1 kHz every 500 ms). Tower captures
-//!    it through real ALSA (JACK dummy backend), a probe timestamping each
-//!    click as the device delivers it; Icecast gets it from an ffmpeg
-//!    source this process feeds in real time, timestamping each click as it
-//!    is written (ffmpeg stands in for DarkIce; both encode with Tower's
-//!    encoder arguments). A new listener decodes the stream: each click's
-//!    arrival at its socket, and how far behind live it plays (the click's
-//!    place in the stream, played from the first byte, against when the
-//!    source delivered it; this includes the server's burst).
-//! 3. Listeners held: N readers for a window each (100, 1000, 2000 for
-//!    30 s; `--quick`: 100 for 5 s) from the load generator (`loadgen`),
-//!    servers fed a 440 Hz tone (Tower: its fallback tone; Icecast: the
-//!    same tone through the ffmpeg source): dropped, server CPU and RSS,
-//!    bytes received against 128 kbit/s, and memory per listener.
-//! 4. Tower's pump tick error with every core busy (a hog process per
-//!    core), with SCHED_FIFO (as root) and without (as nobody, no
+//! The peers. Tower: its own process and its ffmpeg child. Icecast
+//! (Debian's stock configuration): an ffmpeg source, with Tower's encoder
+//! arguments, standing in for DarkIce, that this process feeds PCM at the
+//! real-time pace (a 24 ms frame every 24 ms on an absolute schedule),
+//! timestamping each click onset as it is written. Liquidsoap (`output.
+//! harbor`, MP3 128 kbit/s 48 kHz, its defaults otherwise): the same PCM,
+//! paced and timestamped the same way, through a FIFO that its
+//! `input.external.rawaudio` reads; it encodes in-process (see
+//! `compare/liquidsoap.rs` for the choices). All listen on 127.0.0.1.
+//!
+//! 1. `first`: connect → first audio byte (100 connects, one after
+//!    another; `--quick`: 30).
+//! 2. `lag`: an input of clicks (10 ms of 1 kHz every 500 ms). Tower
+//!    captures it through real ALSA (JACK dummy backend), a probe
+//!    timestamping each click as the device delivers it; the others get
+//!    it from this process as above. A new listener decodes the stream:
+//!    each click's arrival at its socket, and how far behind live it plays
+//!    (the click's place in the stream, played from the first byte,
+//!    against when the source delivered it; this includes the burst).
+//! 3. `held`: N readers for a window each (100, 1000, 2000 for 30 s;
+//!    `--quick`: 100 for 5 s) from the load generator (`loadgen`), the
+//!    servers fed a 440 Hz tone (Tower: its fallback tone): held, dropped,
+//!    settle time, first byte under load, CPU (% of one core) and RSS
+//!    (the maximum of 0.5 s samples) of the server alone and of the whole
+//!    chain (server + its encoder process: Tower's ffmpeg child, Icecast's
+//!    ffmpeg source; Liquidsoap is one process: the `cat` that feeds it
+//!    is the bench's, in the JSON only), threads, bytes received
+//!    against 128 kbit/s, memory per listener ((RSS at N − RSS before the
+//!    load, once it stopped growing) ÷ N). System calls over the window, counted in the kernel by
+//!    `perf stat -e raw_syscalls:sys_enter` (plus a handful of single
+//!    calls, and instructions where the PMU allows) on the server and on
+//!    its encoder, turned on and off with the window (`compare/perf.rs`):
+//!    per second, and per listener-second after subtracting what the same
+//!    server does with 0 listeners over a window of the same length
+//!    (measured once per server before the first N). A count of calls
+//!    per listener-second carries over to ARM where CPU % does not.
+//! 4. `pump`: Tower's pump tick error with every core busy (a hog process
+//!    per core), with SCHED_FIFO (as root) and without (as nobody, no
 //!    RLIMIT_RTPRIO).
+//! 5. `encoder`: Tower's default ffmpeg command on 60 s (`--quick`: 20 s)
+//!    of music-like PCM as fast as it goes: CPU (user + system, from
+//!    wait4) per second of audio, best of 3, for libmp3lame's
+//!    `-compression_level` unset and 0…9; output bytes and a crude SNR of
+//!    the decoded output (`compare/encoder.rs`). SNR is not what a
+//!    listener hears: LAME's better levels shape noise where it is masked,
+//!    which can lower the SNR.
+//! 6. `locked`: Tower's RSS and VmLck after 10 s (`--quick`: 5 s) of
+//!    streaming, capturing real ALSA (JACK dummy) or the fallback tone, as
+//!    root and under the systemd unit's conditions (`compare/locked.rs`).
+//!    With JACK, RSS includes JACK's shared memory, which a sound card
+//!    does not have: a row gives RSS without it.
 //!
-//! Prints a Markdown table and writes the figures as JSON
-//! (target/bench/compare.json, or `--json PATH`). Both servers listen on
-//! 127.0.0.1 only; every part is bounded in time; every child process is
-//! ended on exit, panic or signal. `--only first,lag,held,pump` runs some
-//! parts; `--listeners 100,500` and `--seconds S` change part 3 (and the
-//! window of part 4). Needs icecast2, ffmpeg, jackd2 and libasound2-plugins.
+//! Prints one Markdown table (a column per server, Tower ÷ the best of
+//! the others: the lowest, or the highest for held and bytes; Tower's
+//! targets: first byte p99 ≤ 5 ms, lag ≤ 0.3 s, whole-chain CPU at each N
+//! and memory per listener ≤ the best peer's, 0 dropped at the largest N,
+//! pump p99 ≤ 1 ms with SCHED_FIFO) and writes every figure as JSON
+//! (target/bench/compare.json, or `--json PATH`). Every part is bounded in
+//! time; every child process is ended on exit, panic or signal.
+//! `--only first,lag,held,pump,encoder,locked` runs some parts;
+//! `--listeners 100,500` and `--seconds S` change part 3 (and the window
+//! of part 4). Needs icecast2, liquidsoap, ffmpeg, jackd2,
+//! libasound2-plugins and linux-perf.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "compare/encoder.rs"]
+mod encoder;
+#[path = "compare/liquidsoap.rs"]
+mod liquidsoap;
 #[path = "compare/loadgen.rs"]
 mod loadgen;
+#[path = "compare/locked.rs"]
+mod locked;
+#[path = "compare/peers.rs"]
+mod peers;
+#[path = "compare/perf.rs"]
+mod perf;
+#[path = "compare/report.rs"]
+mod report;
 #[path = "compare/servers.rs"]
 mod servers;
 #[path = "support/mod.rs"]
@@ -43,19 +93,18 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use common::Tower;
-use servers::{Hog, MOUNT, Source, StockConfig, own};
+use peers::{Peer, Running, TONE};
+use perf::Counts;
+use report::{Better, Report};
+use servers::{Hog, StockConfig, own};
 use support::{
     BYTES_PER_S_128K, ClickRig, cpu_percent, first_byte_times, listen_clicks_for, p50_p99_max, pair_clicks, percentile,
-    proc_stat, wait_audio,
+    proc_stat,
 };
 
-/// Tower with no capture device: its 440 Hz fallback tone after 0.2 s.
-const TONE: &[(&str, &str)] = &[
-    ("TOWER_DEVICE", "tower_bench_no_device"),
-    ("TOWER_PCM_GRACE_SEC", "0.2"),
-];
 /// Load generator threads.
 const LOAD_THREADS: usize = 2;
+const PARTS: [&str; 6] = ["first", "lag", "held", "pump", "encoder", "locked"];
 
 struct Options {
     quick: bool,
@@ -81,7 +130,7 @@ impl Options {
         Options {
             quick: args.iter().any(|a| a == "--quick"),
             parts: value("--only").map_or_else(
-                || ["first", "lag", "held", "pump"].map(String::from).to_vec(),
+                || PARTS.map(String::from).to_vec(),
                 |v| v.split(',').map(String::from).collect(),
             ),
             json: value("--json").map_or_else(|| target.join("bench").join("compare.json"), Into::into),
@@ -109,77 +158,20 @@ impl Options {
     fn lag_listen_s(&self) -> f64 {
         if self.quick { 8.0 } else { 20.0 }
     }
-}
 
-/// One line of the table.
-struct Row {
-    figure: String,
-    tower: Option<f64>,
-    icecast: Option<f64>,
-    unit: &'static str,
-    /// The target, and whether Tower met it.
-    target: Option<(String, bool)>,
-}
-
-#[derive(Default)]
-struct Report {
-    rows: Vec<Row>,
-    json: serde_json::Map<String, Value>,
-    notes: Vec<String>,
-}
-
-impl Report {
-    fn row(&mut self, figure: impl Into<String>, unit: &'static str, tower: Option<f64>, icecast: Option<f64>) {
-        self.rows.push(Row {
-            figure: figure.into(),
-            tower,
-            icecast,
-            unit,
-            target: None,
-        });
+    /// Connects, one after another, of the first-byte part.
+    fn connects(&self) -> usize {
+        if self.quick { 30 } else { 100 }
     }
 
-    /// Sets the target of the last row; `met` says whether Tower met it.
-    fn target(&mut self, text: impl Into<String>, met: bool) {
-        if let Some(r) = self.rows.last_mut() {
-            r.target = Some((text.into(), met));
-        }
+    /// Streaming before the locked part reads Tower's memory.
+    fn locked_stream(&self) -> Duration {
+        Duration::from_secs(if self.quick { 5 } else { 10 })
     }
 
-    fn markdown(&self) -> String {
-        let fmt = |v: Option<f64>, unit: &str| match v {
-            Some(x) if x.is_finite() => {
-                let digits = if x.abs() >= 100.0 {
-                    0
-                } else if x.abs() >= 10.0 {
-                    1
-                } else {
-                    2
-                };
-                format!("{x:.digits$}{unit}")
-            }
-            Some(_) => "n/a".into(),
-            None => "–".into(),
-        };
-        let mut out =
-            String::from("| figure | Tower | Icecast | Tower ÷ Icecast | Tower target |\n|---|---|---|---|---|\n");
-        for r in &self.rows {
-            let ratio = match (r.tower, r.icecast) {
-                (Some(t), Some(i)) if i.abs() > 1e-9 && t.is_finite() && i.is_finite() => format!("{:.2}", t / i),
-                _ => "–".into(),
-            };
-            let target = r.target.as_ref().map_or_else(
-                || "–".into(),
-                |(t, met)| format!("{t} {}", if *met { "**met**" } else { "**missed**" }),
-            );
-            out.push_str(&format!(
-                "| {} | {} | {} | {ratio} | {target} |\n",
-                r.figure,
-                fmt(r.tower, r.unit),
-                fmt(r.icecast, r.unit)
-            ));
-        }
-        out
+    /// Seconds of audio for the encoder part.
+    fn encoder_audio_s(&self) -> f64 {
+        if self.quick { 20.0 } else { 60.0 }
     }
 }
 
@@ -189,55 +181,32 @@ fn ms_stats(v: Vec<f64>) -> Value {
     json!({ "n": n, "p50_ms": p50, "p99_ms": p99, "max_ms": max })
 }
 
-/// Starts an icecast2 with room for `listeners` and a live source of
-/// `pcm`; waits until the mount streams.
-fn icecast_with_source(stock: &Arc<StockConfig>, listeners: usize, pcm: Vec<u8>) -> (common::icecast::Icecast, Source) {
-    let ice = stock.start(listeners);
-    let source = Source::start(&ice, pcm).expect("ffmpeg source (apt-get install ffmpeg)");
-    assert!(
-        wait_audio(ice.addr(), MOUNT, Duration::from_secs(15)),
-        "Icecast's mount never streamed:\n{}",
-        ice.error_log()
-    );
-    (ice, source)
-}
-
-fn start_tower(env: &[(&str, &str)]) -> Tower {
-    let tower = Tower::start(&[], env);
-    own(tower.pid());
-    assert!(
-        wait_audio(tower.addr, "/stream", Duration::from_secs(15)),
-        "Tower never streamed:\n{}",
-        tower.log_text()
-    );
-    tower
+/// `f` of each peer's figures, in the table's order.
+fn per_peer<T>(all: &[T; 3], f: impl Fn(&T) -> f64) -> [Option<f64>; 3] {
+    [Some(f(&all[0])), Some(f(&all[1])), Some(f(&all[2]))]
 }
 
 /// Part 1: connect → first audio byte.
-fn first_byte(report: &mut Report, stock: &Arc<StockConfig>) {
-    let tower = start_tower(TONE);
-    let t = first_byte_times(tower.addr, "/stream", 100).expect("Tower first bytes");
-    drop(tower);
-    let (ice, source) = icecast_with_source(stock, 100, support::tone_raw());
-    let i = first_byte_times(ice.addr(), MOUNT, 100).expect("Icecast first bytes");
-    drop((source, ice));
-    let (t50, t99, _) = p50_p99_max(t.clone());
-    let (i50, i99, _) = p50_p99_max(i.clone());
-    report.row(
-        "connect → first audio byte, median (100 connects)",
-        " ms",
-        Some(t50),
-        Some(i50),
-    );
-    report.row("connect → first audio byte, p99", " ms", Some(t99), Some(i99));
-    report.target("≤ 5 ms", t99 <= 5.0);
-    report.json.insert(
-        "first_byte".into(),
-        json!({ "tower": ms_stats(t), "icecast": ms_stats(i) }),
-    );
+fn first_byte(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
+    let connects = opts.connects();
+    let times: [Vec<f64>; 3] = Peer::ALL.map(|peer| {
+        let server = peers::start(peer, stock, 100, support::tone_raw());
+        first_byte_times(server.addr(), server.path(), connects)
+            .unwrap_or_else(|e| panic!("{} first bytes: {e}", peer.name()))
+    });
+    let stats = times.clone().map(p50_p99_max);
+    report.row("first byte p50", " ms", per_peer(&stats, |s| s.0));
+    report.row("first byte p99", " ms", per_peer(&stats, |s| s.1));
+    report.target("≤ 5 ms", stats[0].1 <= 5.0);
+    let mut j = serde_json::Map::new();
+    for (peer, t) in Peer::ALL.iter().zip(times) {
+        j.insert(peer.key().into(), ms_stats(t));
+    }
+    j.insert("connects".into(), json!(connects));
+    report.json.insert("first_byte".into(), Value::Object(j));
 }
 
-/// Part 2: the click marker through both.
+/// Part 2: the click marker through each.
 fn lag(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
     let listen = opts.lag_listen_s();
     // Tower first: it sets this process's ALSA and JACK environment.
@@ -247,25 +216,26 @@ fn lag(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
     let heard = listen_clicks_for(rig.service.local_addr(), "/stream", listen);
     let sent = rig.sent();
     drop(rig.stop());
-    let tower = pair_clicks(&sent, &heard);
-
-    // Icecast: let its burst buffer fill before the listener comes.
-    let (ice, source) = icecast_with_source(stock, 100, support::clicks_raw(12.0));
-    thread::sleep(Duration::from_secs(6));
-    let heard_ice = listen_clicks_for(ice.addr(), MOUNT, listen);
-    let sent_ice = source.sent();
-    drop((source, ice));
-    let icecast = pair_clicks(&sent_ice, &heard_ice);
-
-    for (name, t) in [("Tower", &tower), ("Icecast", &icecast)] {
+    let mut results = vec![(sent, heard)];
+    for peer in [Peer::Icecast, Peer::Liquidsoap] {
+        let server = peers::start(peer, stock, 100, support::clicks_raw(12.0));
+        // Let its burst buffer (64 KiB, 4 s) fill before the listener comes.
+        thread::sleep(Duration::from_secs(5));
+        let heard = listen_clicks_for(server.addr(), server.path(), listen);
+        results.push((server.sent(), heard));
+        note_underruns(report, &server, "lag");
+    }
+    let times: Vec<support::ClickTimes> = results.iter().map(|(s, h)| pair_clicks(s, h)).collect();
+    for (peer, t) in Peer::ALL.iter().zip(&times) {
         if t.mismatched > 0 {
             report.notes.push(format!(
-                "{name}: {} live clicks paired differently by order and by time (a missed or extra click)",
+                "{}: {} live clicks paired differently by order and by time (a missed or extra click)",
+                peer.name(),
                 t.mismatched
             ));
         }
         if t.behind_live_ms.is_empty() {
-            report.notes.push(format!("{name}: no click heard"));
+            report.notes.push(format!("{}: no click heard", peer.name()));
         }
     }
     let med = |v: &[f64]| {
@@ -273,34 +243,53 @@ fn lag(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
         v.sort_by(f64::total_cmp);
         percentile(&v, 0.5)
     };
-    let (ta, ia) = (med(&tower.arrival_ms), med(&icecast.arrival_ms));
-    let (tb, ib) = (
-        med(&tower.behind_live_ms) / 1000.0,
-        med(&icecast.behind_live_ms) / 1000.0,
-    );
+    let arrival: Vec<f64> = times.iter().map(|t| med(&t.arrival_ms)).collect();
+    let behind: Vec<f64> = times.iter().map(|t| med(&t.behind_live_ms) / 1000.0).collect();
     report.row(
-        "source → listener socket, median (live clicks)",
+        "click → listener socket",
         " ms",
-        Some(ta),
-        Some(ia),
+        [Some(arrival[0]), Some(arrival[1]), Some(arrival[2])],
     );
     report.row(
-        "lag behind live of a new listener at the default burst",
+        "new listener's lag",
         " s",
-        Some(tb),
-        Some(ib),
+        [Some(behind[0]), Some(behind[1]), Some(behind[2])],
     );
-    report.target("≤ 0.3 s", tb <= 0.3);
-    report.json.insert(
-        "lag".into(),
-        json!({
-            "tower": { "arrival": ms_stats(tower.arrival_ms.clone()), "behind_live": ms_stats(tower.behind_live_ms.clone()),
-                       "clicks_sent": sent.len(), "clicks_heard": heard.clicks.len(), "mismatched": tower.mismatched },
-            "icecast": { "arrival": ms_stats(icecast.arrival_ms.clone()), "behind_live": ms_stats(icecast.behind_live_ms.clone()),
-                         "clicks_sent": sent_ice.len(), "clicks_heard": heard_ice.clicks.len(), "mismatched": icecast.mismatched },
-            "listen_s": listen,
-        }),
-    );
+    report.target("≤ 0.3 s", behind[0] <= 0.3);
+    let mut j = serde_json::Map::new();
+    for ((peer, t), (sent, heard)) in Peer::ALL.iter().zip(&times).zip(&results) {
+        j.insert(
+            peer.key().into(),
+            json!({ "arrival": ms_stats(t.arrival_ms.clone()), "behind_live": ms_stats(t.behind_live_ms.clone()),
+                    "clicks_sent": sent.len(), "clicks_heard": heard.clicks.len(), "mismatched": t.mismatched }),
+        );
+    }
+    j.insert("listen_s".into(), json!(listen));
+    j.insert("liquidsoap_input_buffer_s".into(), json!(liquidsoap::INPUT_BUFFER_S));
+    report.json.insert("lag".into(), Value::Object(j));
+}
+
+/// Notes it if `server`'s input ran dry during `part`.
+fn note_underruns(report: &mut Report, server: &Running, part: &str) {
+    let n = server.underruns();
+    if n > 0 {
+        report.notes.push(format!(
+            "{part}: Liquidsoap's input ran dry {n} times (mksafe switched to silence)"
+        ));
+    }
+}
+
+/// System calls of a server alone and of its whole chain, over a span.
+#[derive(Debug, Clone, Default)]
+struct Syscalls {
+    server: Counts,
+    chain: Counts,
+}
+
+impl Syscalls {
+    fn to_json(&self) -> Value {
+        json!({ "server": self.server.to_json(), "chain": self.chain.to_json() })
+    }
 }
 
 /// What one server did with `n` listeners.
@@ -311,10 +300,19 @@ struct Held {
     dropped: usize,
     refused: usize,
     settle_s: f64,
+    window_s: f64,
     cpu_pct: f64,
+    /// Server + encoder process.
+    chain_cpu_pct: f64,
     encoder_cpu_pct: f64,
+    /// A process that only feeds the server (Liquidsoap's `cat`).
+    feeder_cpu_pct: f64,
+    /// RSS before the load, once it stopped growing ([`steady_rss`]).
     rss_idle_kb: u64,
+    rss_steady_after_s: f64,
     rss_max_kb: u64,
+    /// The maximum over the window of the chain's summed RSS.
+    chain_rss_max_kb: u64,
     /// The server's threads at the end of the window.
     threads: u64,
     /// Connection attempts in all (more than `n`: some were retried).
@@ -329,6 +327,7 @@ struct Held {
     reasons: Vec<(String, usize)>,
     /// The server's own account at the end of the window (Tower's /status).
     status: Value,
+    syscalls: Option<Syscalls>,
 }
 
 impl Held {
@@ -336,12 +335,19 @@ impl Held {
         (self.rss_max_kb as f64 - self.rss_idle_kb as f64) / self.admitted.max(1) as f64
     }
 
+    fn held(&self) -> usize {
+        self.admitted - self.dropped
+    }
+
     fn to_json(&self) -> Value {
         json!({
             "n": self.n, "admitted": self.admitted, "dropped": self.dropped, "refused": self.refused,
-            "settle_s": self.settle_s, "cpu_pct_of_one_core": self.cpu_pct,
+            "settle_s": self.settle_s, "window_s": self.window_s, "cpu_pct_of_one_core": self.cpu_pct,
+            "chain_cpu_pct_of_one_core": self.chain_cpu_pct,
             "encoder_cpu_pct_of_one_core": self.encoder_cpu_pct,
-            "rss_idle_kb": self.rss_idle_kb, "rss_max_kb": self.rss_max_kb, "threads": self.threads,
+            "feeder_cpu_pct_of_one_core": self.feeder_cpu_pct,
+            "rss_idle_kb": self.rss_idle_kb, "rss_idle_steady_after_s": self.rss_steady_after_s, "rss_max_kb": self.rss_max_kb, "chain_rss_max_kb": self.chain_rss_max_kb,
+            "threads": self.threads,
             "first_byte_under_load_p50_ms": self.first_byte.0, "first_byte_under_load_p99_ms": self.first_byte.1,
             "per_listener_kb": self.per_listener_kb(),
             "received_vs_expected_median": self.received_median, "received_vs_expected_min": self.received_min,
@@ -349,6 +355,7 @@ impl Held {
             "attempts": self.attempts,
             "end_reasons": self.reasons.iter().map(|(r, n)| json!({"reason": r, "count": n})).collect::<Vec<_>>(),
             "status": self.status,
+            "syscalls": self.syscalls.as_ref().map(Syscalls::to_json),
         })
     }
 }
@@ -367,36 +374,113 @@ fn cores() -> usize {
     thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// Holds `n` listeners of `path` at `addr` for `window`, sampling the
-/// server and its encoder (`pids`); `status` is the server's own account,
-/// taken at the end of the window.
-fn hold(
-    addr: std::net::SocketAddr,
-    path: &str,
-    n: usize,
-    window: Duration,
-    (pid, encoder): (u32, u32),
-    status: &dyn Fn() -> Value,
-) -> Held {
-    let (_, rss_idle_kb) = proc_stat(pid);
+/// CPU ticks of each of `pids`.
+fn ticks(pids: &[u32]) -> Vec<u64> {
+    pids.iter().map(|p| proc_stat(*p).0).collect()
+}
+
+/// Summed RSS (kB) of `pids`.
+fn rss_sum(pids: &[u32]) -> u64 {
+    pids.iter().map(|p| proc_stat(*p).1).sum()
+}
+
+/// Attaches perf to `server` and its encoder, if perf is to count.
+fn attach_perf(server: &Running, count: bool) -> Option<perf::Chain> {
+    if !count {
+        return None;
+    }
+    perf::Chain::attach(server.pid(), server.encoder())
+        .map_err(|e| eprintln!("perf stat: {e}"))
+        .ok()
+}
+
+/// Turns `perf` on (`true`) or off.
+fn switch_perf(perf: &mut Option<perf::Chain>, on: bool) {
+    if let Some(p) = perf {
+        let r = if on { p.enable() } else { p.disable() };
+        if let Err(e) = r {
+            eprintln!("perf stat: {e}");
+            *perf = None;
+        }
+    }
+}
+
+fn finish_perf(perf: Option<perf::Chain>) -> Option<Syscalls> {
+    let (server, chain) = perf?.finish().map_err(|e| eprintln!("perf stat: {e}")).ok()?;
+    Some(Syscalls { server, chain })
+}
+
+/// The server with no listener for `window`: its system calls, and CPU.
+fn idle(server: &Running, window: Duration) -> (Option<Syscalls>, f64, f64) {
+    let chain = server.chain();
+    let mut perf = attach_perf(server, true);
+    let before = ticks(&chain);
+    let t0 = Instant::now();
+    switch_perf(&mut perf, true);
+    thread::sleep(window);
+    switch_perf(&mut perf, false);
+    let after = ticks(&chain);
+    let cpu: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| cpu_percent(*b, *a, t0.elapsed()))
+        .collect();
+    (finish_perf(perf), cpu[0], cpu.iter().sum())
+}
+
+/// Waits until `pid`'s RSS has stopped growing (by at most 0.5 % over
+/// the last 12 s; 75 s at most), so that growth under load is the
+/// listeners'. Liquidsoap's grows in steps, 5 to 10 s apart, from about
+/// 150 to 210 MB in its first 50 s with no listener. Returns the RSS (kB)
+/// and how long it took (s).
+fn steady_rss(pid: u32) -> (u64, f64) {
+    const STILL: usize = 12;
+    let t0 = Instant::now();
+    let mut samples = vec![proc_stat(pid).1];
+    loop {
+        let rss = *samples.last().unwrap_or(&0);
+        let steady = samples.len() > STILL && rss as f64 <= samples[samples.len() - 1 - STILL] as f64 * 1.005;
+        if steady || t0.elapsed() > Duration::from_secs(75) {
+            return (rss, t0.elapsed().as_secs_f64());
+        }
+        thread::sleep(Duration::from_secs(1));
+        samples.push(proc_stat(pid).1);
+    }
+}
+
+/// Holds `n` listeners of `server` for `window`, sampling the server and
+/// its chain; counts their system calls if `count`.
+fn hold(server: &Running, n: usize, window: Duration, count: bool) -> Held {
+    let (pid, chain) = (server.pid(), server.chain());
+    let (rss_idle_kb, rss_steady_after_s) = steady_rss(pid);
     let settle_limit = Duration::from_secs(60);
     let deadline = Instant::now() + settle_limit + window + Duration::from_secs(20);
     let retry_until = Instant::now() + settle_limit;
-    let load = loadgen::Load::start(addr, path, n, LOAD_THREADS, (retry_until, deadline)).expect("load generator");
+    let load = loadgen::Load::start(server.addr(), server.path(), n, LOAD_THREADS, (retry_until, deadline))
+        .expect("load generator");
     let settle = load.wait_settled(settle_limit);
-    thread::sleep(Duration::from_secs(1));
-    let ((c0, _), (e0, _), own0) = (proc_stat(pid), proc_stat(encoder), own_cpu());
+    let mut perf = attach_perf(server, count);
+    thread::sleep(Duration::from_millis(500));
+    let feeder = server.feeder().unwrap_or(0);
+    let (c0, f0, own0) = (ticks(&chain), proc_stat(feeder).0, own_cpu());
     let t0 = Instant::now();
+    switch_perf(&mut perf, true);
     load.begin_window();
-    let mut rss_max_kb = 0;
-    while t0.elapsed() < window {
-        thread::sleep(Duration::from_millis(500).min(window.saturating_sub(t0.elapsed())));
+    let (mut rss_max_kb, mut chain_rss_max_kb) = (0, 0);
+    loop {
         rss_max_kb = rss_max_kb.max(proc_stat(pid).1);
+        chain_rss_max_kb = chain_rss_max_kb.max(rss_sum(&chain));
+        if t0.elapsed() >= window {
+            break;
+        }
+        thread::sleep(Duration::from_millis(500).min(window.saturating_sub(t0.elapsed())));
     }
+    switch_perf(&mut perf, false);
     load.end_window();
     let elapsed = t0.elapsed();
-    let ((c1, _), (e1, _), own1) = (proc_stat(pid), proc_stat(encoder), own_cpu());
-    let status = status();
+    let (c1, f1, own1) = (ticks(&chain), proc_stat(feeder).0, own_cpu());
+    let cpu: Vec<f64> = c0.iter().zip(&c1).map(|(a, b)| cpu_percent(*a, *b, elapsed)).collect();
+    let status = server.status();
     let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
@@ -429,10 +513,15 @@ fn hold(
         dropped: admitted.iter().filter(|o| o.dropped()).count(),
         refused: outcomes.len() - admitted.len(),
         settle_s: settle.as_secs_f64(),
-        cpu_pct: cpu_percent(c0, c1, elapsed),
-        encoder_cpu_pct: cpu_percent(e0, e1, elapsed),
+        window_s: elapsed.as_secs_f64(),
+        cpu_pct: cpu[0],
+        chain_cpu_pct: cpu.iter().sum(),
+        encoder_cpu_pct: cpu.get(1).copied().unwrap_or(0.0),
+        feeder_cpu_pct: if feeder > 0 { cpu_percent(f0, f1, elapsed) } else { 0.0 },
         rss_idle_kb,
+        rss_steady_after_s,
         rss_max_kb,
+        chain_rss_max_kb,
         threads,
         attempts: outcomes.iter().map(|o| u64::from(o.attempts)).sum(),
         first_byte: (first_p50, first_p99),
@@ -441,118 +530,243 @@ fn hold(
         loadgen_share: (own1 - own0).as_secs_f64() / (elapsed.as_secs_f64() * cores() as f64),
         reasons: reasons.into_iter().collect(),
         status,
+        syscalls: finish_perf(perf),
     }
+}
+
+/// A server's counts at 0 listeners: its system calls, CPU of the server
+/// alone and of the chain (% of one core).
+type Idle = (Option<Syscalls>, f64, f64);
+
+/// `of(window)` per listener-second, less what `of(idle)` does per second.
+fn per_listener_s(window: &Counts, idle: &Counts, listeners: usize, of: impl Fn(&Counts) -> f64) -> f64 {
+    if window.seconds <= 0.0 || idle.seconds <= 0.0 || listeners == 0 {
+        return f64::NAN;
+    }
+    (of(window) - of(idle) / idle.seconds * window.seconds) / (listeners as f64 * window.seconds)
+}
+
+/// The system-call figures of one server at one N, for the JSON and rows.
+struct CallFigures {
+    /// Per listener-second: (server, chain).
+    per_listener: (f64, f64),
+    /// Per second: (server, chain).
+    per_s: (f64, f64),
+    /// Instructions per listener-second of the chain, where counted.
+    instructions: Option<f64>,
+    /// Each call of [`perf::SYSCALLS`] per listener-second, server alone.
+    by_call: Vec<(&'static str, f64)>,
+    json: Value,
+}
+
+fn call_figures(h: &Held, idle: &Syscalls) -> Option<CallFigures> {
+    let w = h.syscalls.as_ref()?;
+    let n = h.admitted;
+    let all = |c: &Counts| c.syscalls();
+    let per_listener = (
+        per_listener_s(&w.server, &idle.server, n, all),
+        per_listener_s(&w.chain, &idle.chain, n, all),
+    );
+    let per_s = (
+        w.server.syscalls() / w.server.seconds,
+        w.chain.syscalls() / w.chain.seconds,
+    );
+    let instructions = match (w.chain.instructions(), idle.chain.instructions()) {
+        (Some(_), Some(_)) => Some(per_listener_s(&w.chain, &idle.chain, n, |c| {
+            c.instructions().unwrap_or(0.0)
+        })),
+        _ => None,
+    };
+    let by_call: Vec<(&'static str, f64)> = perf::SYSCALLS
+        .iter()
+        .map(|s| (*s, per_listener_s(&w.server, &idle.server, n, |c| c.syscall(s))))
+        .collect();
+    let by_call_chain: serde_json::Map<String, Value> = perf::SYSCALLS
+        .iter()
+        .map(|s| {
+            (
+                s.to_string(),
+                json!(per_listener_s(&w.chain, &idle.chain, n, |c| c.syscall(s))),
+            )
+        })
+        .collect();
+    let json = json!({
+        "listeners_divided_by": n,
+        "per_listener_s": { "server": per_listener.0, "chain": per_listener.1 },
+        "per_s": { "server": per_s.0, "chain": per_s.1 },
+        "idle_per_s": { "server": idle.server.syscalls() / idle.server.seconds, "chain": idle.chain.syscalls() / idle.chain.seconds },
+        "instructions_per_listener_s_chain": instructions,
+        "by_call_per_listener_s": {
+            "server": by_call.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "chain": by_call_chain,
+        },
+    });
+    Some(CallFigures {
+        per_listener,
+        per_s,
+        instructions,
+        by_call,
+        json,
+    })
 }
 
 /// Part 3: N listeners on each server.
 fn held(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
     let window = opts.window();
-    let mut all = Vec::new();
-    for n in opts.listener_counts() {
-        let limit = (n + 100).to_string();
-        // Every listener comes from 127.0.0.1: the per-address guard caps
-        // (for connections that are not yet listeners) are raised.
-        let env = [
-            TONE[0],
-            TONE[1],
-            ("TOWER_HTTP_MAX_LISTENERS", limit.as_str()),
-            ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "10000"),
-            ("TOWER_HTTP_MAX_OTHER_CONNECTIONS", "10000"),
-        ];
-        let tower = start_tower(&env);
-        let encoder = tower.ffmpeg_pid() as u32;
-        thread::sleep(Duration::from_secs(2));
-        let t = hold(tower.addr, "/stream", n, window, (tower.pid() as u32, encoder), &|| {
-            tower.status()
-        });
-        drop(tower);
-        eprintln!("Tower, {n} listeners: {} dropped, {:.1} % CPU", t.dropped, t.cpu_pct);
-
-        let (ice, source) = icecast_with_source(stock, n, support::tone_raw());
-        thread::sleep(Duration::from_secs(2));
-        let i = hold(ice.addr(), MOUNT, n, window, (ice.pid() as u32, source.pid()), &|| {
-            Value::Null
-        });
-        drop((source, ice));
-        eprintln!("Icecast, {n} listeners: {} dropped, {:.1} % CPU", i.dropped, i.cpu_pct);
-
-        let w = window.as_secs();
-        report.row(
-            format!("{n} listeners for {w} s: held (of {n})"),
-            "",
-            Some((t.admitted - t.dropped) as f64),
-            Some((i.admitted - i.dropped) as f64),
-        );
-        if n == *opts.listener_counts().iter().max().unwrap_or(&n) {
-            report.target(format!("{n}, 0 dropped"), t.admitted == n && t.dropped == 0);
-        }
-        report.row(
-            format!(
-                "{n} listeners: dropped (never admitted: Tower {}, Icecast {})",
-                t.refused, i.refused
-            ),
-            "",
-            Some(t.dropped as f64),
-            Some(i.dropped as f64),
-        );
-        report.row(
-            format!("{n} listeners: all connected and receiving after"),
-            " s",
-            Some(t.settle_s),
-            Some(i.settle_s),
-        );
-        report.row(
-            format!(
-                "{n} listeners connecting together: connect → first audio byte, p99 (median: Tower {:.1} ms, Icecast {:.1} ms)",
-                t.first_byte.0, i.first_byte.0
-            ),
-            " ms",
-            Some(t.first_byte.1),
-            Some(i.first_byte.1),
-        );
-        report.row(
-            format!("{n} listeners: server CPU (% of one core)"),
-            " %",
-            Some(t.cpu_pct),
-            Some(i.cpu_pct),
-        );
-        report.row(
-            format!("{n} listeners: server RSS"),
-            " MB",
-            Some(t.rss_max_kb as f64 / 1024.0),
-            Some(i.rss_max_kb as f64 / 1024.0),
-        );
-        report.row(
-            format!("{n} listeners: server threads"),
-            "",
-            Some(t.threads as f64),
-            Some(i.threads as f64),
-        );
-        report.row(
-            format!(
-                "{n} listeners: bytes received ÷ (128 kbit/s × {w} s), median (min: Tower {:.3}, Icecast {:.3})",
-                t.received_min, i.received_min
-            ),
-            "",
-            Some(t.received_median),
-            Some(i.received_median),
-        );
-        report.row(
-            format!("{n} listeners: memory per listener (RSS at N − RSS at 0) ÷ N"),
-            " kB",
-            Some(t.per_listener_kb()),
-            Some(i.per_listener_kb()),
-        );
-        report.target("≤ Icecast's", t.per_listener_kb() <= i.per_listener_kb());
-        report.row(
-            format!("{n} listeners: load generator's CPU, share of the machine"),
-            " %",
-            Some(t.loadgen_share * 100.0),
-            Some(i.loadgen_share * 100.0),
-        );
-        all.push(json!({ "n": n, "window_s": w, "tower": t.to_json(), "icecast": i.to_json() }));
+    let count = perf::available();
+    if !count {
+        report
+            .notes
+            .push("perf stat cannot count system calls here (apt-get install linux-perf): no system-call rows".into());
     }
+    let counts = opts.listener_counts();
+    let largest = counts.iter().copied().max().unwrap_or(0);
+    let mut idles: [Option<Idle>; 3] = [None, None, None];
+    let mut backlogs: [Option<u32>; 3] = [None; 3];
+    let mut all = Vec::new();
+    let mut instructions_noted = false;
+    for &n in &counts {
+        let mut results: Vec<Held> = Vec::new();
+        for (i, peer) in Peer::ALL.into_iter().enumerate() {
+            let server = peers::start(peer, stock, n, support::tone_raw());
+            thread::sleep(Duration::from_secs(1));
+            if count && idles[i].is_none() {
+                idles[i] = Some(idle(&server, window));
+            }
+            backlogs[i] = server.listen_backlog();
+            let h = hold(&server, n, window, count);
+            note_underruns(report, &server, &format!("held, {n} listeners"));
+            drop(server);
+            eprintln!(
+                "{}, {n} listeners: {} dropped, {:.1} % CPU ({:.1} % chain)",
+                peer.name(),
+                h.dropped,
+                h.cpu_pct,
+                h.chain_cpu_pct
+            );
+            results.push(h);
+        }
+        let r: [Held; 3] = results.try_into().expect("a result for each of the three peers");
+        let w = window.as_secs();
+        report.row_better(
+            format!("N={n} held"),
+            "",
+            per_peer(&r, |h| h.held() as f64),
+            Better::Higher,
+        );
+        if n == largest {
+            report.target(format!("{n}, 0 dropped"), r[0].admitted == n && r[0].dropped == 0);
+        }
+        report.row(format!("N={n} dropped"), "", per_peer(&r, |h| h.dropped as f64));
+        report.row(format!("N={n} settle"), " s", per_peer(&r, |h| h.settle_s));
+        report.row(format!("N={n} first byte p99"), " ms", per_peer(&r, |h| h.first_byte.1));
+        report.row(format!("N={n} CPU server"), " %", per_peer(&r, |h| h.cpu_pct));
+        report.row(format!("N={n} CPU chain"), " %", per_peer(&r, |h| h.chain_cpu_pct));
+        report.target_best_peer();
+        report.row(
+            format!("N={n} RSS server"),
+            " MB",
+            per_peer(&r, |h| h.rss_max_kb as f64 / 1024.0),
+        );
+        report.row(
+            format!("N={n} RSS chain"),
+            " MB",
+            per_peer(&r, |h| h.chain_rss_max_kb as f64 / 1024.0),
+        );
+        report.row(format!("N={n} threads"), "", per_peer(&r, |h| h.threads as f64));
+        report.row_better(
+            format!("N={n} bytes ÷ 128 kbit/s·{w} s"),
+            "",
+            per_peer(&r, |h| h.received_median),
+            Better::Higher,
+        );
+        report.row(
+            format!("N={n} memory/listener"),
+            " kB",
+            per_peer(&r, Held::per_listener_kb),
+        );
+        report.target_best_peer();
+        let figures: Vec<Option<CallFigures>> = r
+            .iter()
+            .zip(&idles)
+            .map(|(h, idle)| call_figures(h, idle.as_ref()?.0.as_ref()?))
+            .collect();
+        if figures.iter().all(Option::is_some) {
+            let f: Vec<&CallFigures> = figures.iter().flatten().collect();
+            let of = |g: &dyn Fn(&CallFigures) -> f64| [Some(g(f[0])), Some(g(f[1])), Some(g(f[2]))];
+            report.row(format!("N={n} calls/listener·s server"), "", of(&|c| c.per_listener.0));
+            report.row(format!("N={n} calls/listener·s chain"), "", of(&|c| c.per_listener.1));
+            report.row(format!("N={n} calls/s server"), "", of(&|c| c.per_s.0));
+            report.row(format!("N={n} calls/s chain"), "", of(&|c| c.per_s.1));
+            if f.iter().all(|c| c.instructions.is_some()) {
+                report.row(
+                    format!("N={n} instructions/listener·s chain"),
+                    "",
+                    of(&|c| c.instructions.unwrap_or(f64::NAN)),
+                );
+            } else if !instructions_noted {
+                instructions_noted = true;
+                report
+                    .notes
+                    .push("instructions: not supported by this machine's PMU (perf says <not supported>)".into());
+            }
+            // The calls that make up most of each server's cost.
+            let mut top: Vec<&'static str> = Vec::new();
+            for c in &f {
+                let mut v = c.by_call.clone();
+                v.sort_by(|a, b| b.1.total_cmp(&a.1));
+                top.extend(v.iter().take(3).filter(|(_, x)| *x >= 0.5).map(|(s, _)| *s));
+            }
+            for s in perf::SYSCALLS.iter().filter(|s| top.contains(s)) {
+                let by = |c: &CallFigures| c.by_call.iter().find(|(k, _)| k == s).map_or(f64::NAN, |(_, v)| *v);
+                report.row_better(
+                    format!("N={n} {s}/listener·s server"),
+                    "",
+                    of(&|c| by(c)),
+                    Better::Neither,
+                );
+            }
+        }
+        let mut j = json!({ "n": n, "window_s": w });
+        for ((peer, h), fig) in Peer::ALL.iter().zip(&r).zip(&figures) {
+            let mut v = h.to_json();
+            v["syscall_figures"] = fig.as_ref().map_or(Value::Null, |f| f.json.clone());
+            j[peer.key()] = v;
+        }
+        all.push(j);
+    }
+    let idle_json: serde_json::Map<String, Value> = Peer::ALL
+        .iter()
+        .zip(&idles)
+        .map(|(peer, idle)| {
+            let v = idle.as_ref().map_or(Value::Null, |(s, cpu, chain)| {
+                json!({ "syscalls": s.as_ref().map(Syscalls::to_json), "cpu_pct_of_one_core": cpu,
+                        "chain_cpu_pct_of_one_core": chain, "window_s": window.as_secs() })
+            });
+            (peer.key().to_string(), v)
+        })
+        .collect();
     report.json.insert("held".into(), Value::Array(all));
+    // The load generator sets up at most this many connections at once.
+    let at_once = largest.min(loadgen::IN_FLIGHT * LOAD_THREADS);
+    for (peer, b) in Peer::ALL.iter().zip(backlogs) {
+        if let Some(b) = b.filter(|b| (*b as usize) < at_once) {
+            report.notes.push(format!(
+                "{}'s listen backlog is {b} (ss): of up to {at_once} connections the load generator sets up at \
+                 once, those beyond it wait for TCP retransmissions (settle, first byte under load)",
+                peer.name()
+            ));
+        }
+    }
+    report.json.insert(
+        "listen_backlog_at_largest_n".into(),
+        Peer::ALL
+            .iter()
+            .zip(backlogs)
+            .map(|(p, b)| (p.key().to_string(), json!(b)))
+            .collect(),
+    );
+    report.json.insert("idle".into(), Value::Object(idle_json));
 }
 
 /// Part 4: pump tick error with every core busy.
@@ -578,11 +792,7 @@ fn pump(report: &mut Report, opts: &Options) {
         let p = &status["pump"];
         let t = &p["tick_error"];
         let us = |k: &str| t[k].as_f64().unwrap_or(f64::NAN);
-        let label = if fifo {
-            "SCHED_FIFO"
-        } else {
-            "SCHED_OTHER (no right to real time)"
-        };
+        let label = if fifo { "SCHED_FIFO" } else { "SCHED_OTHER" };
         let got_fifo = p["sched_fifo"].as_bool() == Some(fifo);
         if !got_fifo {
             report.notes.push(format!(
@@ -590,16 +800,10 @@ fn pump(report: &mut Report, opts: &Options) {
                 p["sched_fifo"]
             ));
         }
-        report.row(
-            format!(
-                "pump tick error, cores busy, {label}: p99 (p50 {:.3} ms, p99.9 {:.3} ms, max {:.2} ms)",
-                us("p50_us") / 1000.0,
-                us("p999_us") / 1000.0,
-                us("max_us") / 1000.0
-            ),
+        report.tower_row(
+            format!("pump tick error p99, busy, {label}"),
             " ms",
-            Some(us("p99_us") / 1000.0),
-            None,
+            us("p99_us") / 1000.0,
         );
         if fifo {
             report.target("p99 ≤ 1 ms", us("p99_us") <= 1000.0);
@@ -611,6 +815,115 @@ fn pump(report: &mut Report, opts: &Options) {
         );
     }
     report.json.insert("pump".into(), Value::Object(out));
+}
+
+/// Part 5: the encoder's CPU per second of audio, by LAME quality.
+fn encoder_cost(report: &mut Report, opts: &Options) {
+    let seconds = opts.encoder_audio_s();
+    let settings = encoder::measure(seconds).expect("encoder runs (apt-get install ffmpeg)");
+    for s in &settings {
+        report.tower_row(
+            format!("encoder {}: CPU/audio-s (SNR {:.1} dB)", s.label(), s.snr_db),
+            " ms",
+            s.cpu_ms_per_audio_s,
+        );
+    }
+    let same: Vec<String> = settings
+        .iter()
+        .filter(|s| s.level.is_some() && s.same_as_default)
+        .map(|s| s.label())
+        .collect();
+    report.notes.push(format!(
+        "encoder: output with -compression_level unset is byte-identical to {}",
+        if same.is_empty() {
+            "none of the levels tried".into()
+        } else {
+            same.join(", ")
+        }
+    ));
+    let sizes: Vec<usize> = settings.iter().map(|s| s.bytes).collect();
+    if sizes.iter().any(|b| *b != sizes[0]) {
+        report
+            .notes
+            .push(format!("encoder: output sizes differ between levels: {sizes:?} bytes"));
+    } else {
+        report.notes.push(format!(
+            "encoder: every level gives the same {} bytes for {seconds} s ({:.1} kbit/s, CBR)",
+            sizes[0],
+            sizes[0] as f64 * 8.0 / seconds / 1000.0
+        ));
+    }
+    report.json.insert(
+        "encoder".into(),
+        json!({
+            "command": default_command_text(),
+            "audio_s": seconds, "runs_each": encoder::RUNS,
+            "settings": settings.iter().map(|s| s.to_json(seconds)).collect::<Vec<_>>(),
+        }),
+    );
+}
+
+fn default_command_text() -> String {
+    tower::encoder::command::default_command("ffmpeg", 128).to_string()
+}
+
+/// Part 6: Tower's memory with the pump's memory lock.
+fn locked_memory(report: &mut Report, stream: Duration) {
+    if !common::icecast::is_root() {
+        report
+            .notes
+            .push("locked: needs root (to run Tower as nobody like the unit): skipped".into());
+        return;
+    }
+    let unit = locked::Unit::emulate();
+    if !unit.limits_set {
+        report.notes.push(
+            "locked, unit: this process may not raise RLIMIT_MEMLOCK/RLIMIT_RTPRIO (no CAP_SYS_RESOURCE): \
+             ambient CAP_IPC_LOCK stands in for LimitMEMLOCK=infinity, CAP_SYS_NICE alone grants SCHED_FIFO"
+                .into(),
+        );
+    }
+    let mut runs = Vec::new();
+    let mut all_realtime = true;
+    for (alsa, input) in [(true, "ALSA"), (false, "tone")] {
+        for (as_unit, who) in [(false, "root"), (true, "unit")] {
+            let jack_name = if as_unit { "tower-bench-2" } else { "tower-bench-1" };
+            let r = locked::run(as_unit.then_some(&unit), alsa, jack_name, stream);
+            let fifo = r.json["sched_fifo"].as_bool() == Some(true);
+            let locked = r.json["memory_locked"].as_bool() == Some(true);
+            if !(fifo && locked) {
+                report.notes.push(format!(
+                    "locked, {input}, {who}: /status says sched_fifo = {fifo}, memory_locked = {locked}"
+                ));
+            }
+            if alsa && r.json["frames_live"].as_u64().unwrap_or(0) == 0 {
+                report.notes.push(format!(
+                    "locked, {input}, {who}: no live frame: the capture did not work"
+                ));
+            }
+            report.tower_row(format!("RSS, {input}, {who}"), " MB", r.rss_kb as f64 / 1024.0);
+            if alsa {
+                let private = r.rss_kb.saturating_sub(r.shmem_kb);
+                report.tower_row(
+                    format!("RSS less JACK shm, {input}, {who}"),
+                    " MB",
+                    private as f64 / 1024.0,
+                );
+            }
+            report.tower_row(format!("VmLck, {input}, {who}"), " MB", r.locked_kb as f64 / 1024.0);
+            all_realtime &= fifo && locked;
+            runs.push(r.json);
+        }
+    }
+    if all_realtime {
+        report
+            .notes
+            .push("locked: /status said sched_fifo and memory_locked true in every run".into());
+    }
+    report.json.insert(
+        "locked".into(),
+        json!({ "stream_s": stream.as_secs(), "unit_limits_set": unit.limits_set, "runs": runs }),
+    );
 }
 
 /// Lets this process (and so the servers it starts) open as many
@@ -625,6 +938,18 @@ fn raise_fd_limit() -> u64 {
     } else {
         soft
     }
+}
+
+/// The first line a program prints with `arg`.
+fn version(program: &str, arg: &str) -> String {
+    std::process::Command::new(program)
+        .arg(arg)
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout);
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -644,39 +969,46 @@ fn main() {
     let stock = Arc::new(StockConfig::load().unwrap_or_else(|e| panic!("{e}")));
     let started = Instant::now();
     eprintln!(
-        "Tower {} vs icecast2, {} cores, open files {nofile}, {}",
+        "Tower {} vs icecast2 and liquidsoap, {} cores, open files {nofile}, {}",
         env!("CARGO_PKG_VERSION"),
         cores(),
         if opts.quick { "quick run" } else { "full run" }
     );
     let mut report = Report::default();
+    let mut timing = serde_json::Map::new();
+    let mut part = |name: &str, report: &mut Report, f: &dyn Fn(&mut Report)| {
+        if opts.runs(name) {
+            let t0 = Instant::now();
+            f(report);
+            eprintln!("part {name}: {:.0} s", t0.elapsed().as_secs_f64());
+            timing.insert(name.into(), json!(t0.elapsed().as_secs_f64()));
+        }
+    };
     // The lag part sets the ALSA and JACK environment: it runs first,
     // before other threads are started.
-    if opts.runs("lag") {
-        lag(&mut report, &stock, &opts);
-    }
-    if opts.runs("first") {
-        first_byte(&mut report, &stock);
-    }
-    if opts.runs("held") {
-        held(&mut report, &stock, &opts);
-    }
-    if opts.runs("pump") {
-        pump(&mut report, &opts);
-    }
-    let icecast_version = std::process::Command::new("icecast2")
-        .arg("-v")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    part("lag", &mut report, &|r| lag(r, &stock, &opts));
+    part("first", &mut report, &|r| first_byte(r, &stock, &opts));
+    part("held", &mut report, &|r| held(r, &stock, &opts));
+    part("pump", &mut report, &|r| pump(r, &opts));
+    part("encoder", &mut report, &|r| encoder_cost(r, &opts));
+    part("locked", &mut report, &|r| locked_memory(r, opts.locked_stream()));
     report.json.insert(
         "machine".into(),
-        json!({ "cores": cores(), "quick": opts.quick, "icecast": icecast_version,
+        json!({ "cores": cores(), "quick": opts.quick, "icecast": version("icecast2", "-v"),
+                "liquidsoap": version("liquidsoap", "--version"), "perf": version("perf", "--version"),
                 "tower": env!("CARGO_PKG_VERSION"), "duration_s": started.elapsed().as_secs_f64(),
+                "part_duration_s": timing,
                 "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) }),
     );
     report.json.insert("notes".into(), json!(report.notes));
     println!("{}", report.markdown());
+    println!(
+        "CPU: % of one core. Chain: the server and its encoder process (Tower's ffmpeg, Icecast's ffmpeg source; \
+         Liquidsoap is one process). calls: system calls (perf stat), per listener-second less the server's \
+         own at 0 listeners. Tower ÷ best peer: the lowest of the others (highest for held and bytes). \
+         encoder: CPU ms per second of audio (÷ 10: % of one core at real time). locked: from /proc/PID/status; \
+         unit: as nobody with the systemd unit's capabilities and limits."
+    );
     for n in &report.notes {
         println!("- {n}");
     }

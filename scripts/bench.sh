@@ -1,17 +1,33 @@
 #!/usr/bin/env bash
-# Tower and Debian's icecast2 side by side on this machine (issue 7):
-# installs what the comparison needs (icecast2, ffmpeg, and jackd2 with
-# libasound2-plugins for Tower's real ALSA capture path), then runs it.
-# Prints a Markdown table; the same figures go to target/bench/compare.json.
-# Everything runs on 127.0.0.1, stops by itself (about 8 minutes; --quick,
-# 100 listeners for 5 s, about 2 minutes) and ends every process it
+# Tower beside Debian's icecast2 and liquidsoap on this machine (issues 7
+# and 16): installs what the comparison needs (icecast2, liquidsoap,
+# ffmpeg, linux-perf, and jackd2 with libasound2-plugins for Tower's real
+# ALSA capture path), then runs it. Prints one Markdown table (a column per
+# server, Tower ÷ the best of the others, Tower's targets); every figure
+# also goes to target/bench/compare.json. Parts (benches/compare.rs says
+# how each is measured):
+#   first    connect → first audio byte, 100 connects one after another
+#   lag      clicks through each server: source → listener socket, and a
+#            new listener's lag behind live
+#   held     100, 1000, 2000 listeners for 30 s each: held, dropped, settle,
+#            first byte under load, CPU and RSS of the server and of the
+#            whole chain (server + encoder process), memory per listener,
+#            and system calls per listener-second (perf stat tracepoints,
+#            less the same server at 0 listeners), which carry over to ARM
+#   pump     Tower's pump tick error with every core busy
+#   encoder  Tower's ffmpeg command: CPU per audio-second for each LAME
+#            -compression_level, output bytes, crude SNR
+#   locked   Tower's RSS and VmLck with its pump's mlockall, as root and as
+#            the systemd unit runs it (nobody, CAP_SYS_NICE, unit limits)
+# Everything runs on 127.0.0.1, stops by itself (about 14 minutes; --quick,
+# 100 listeners for 5 s, about 3 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
-# figure needs root (otherwise both pump rows are without real time).
-# Arguments go to the bench: --quick, --only first,lag,held,pump,
+# figure and the locked part need root.
+# Arguments go to the bench: --quick, --only first,lag,held,pump,encoder,locked,
 # --listeners 100,500, --seconds S, --json PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
-apt_install icecast2 ffmpeg jackd2 libasound2-plugins libasound2-dev pkg-config gcc curl ca-certificates
+apt_install icecast2 liquidsoap linux-perf ffmpeg jackd2 libasound2-plugins libasound2-dev pkg-config gcc curl ca-certificates
 ensure_rust
 cargo bench --bench compare -- "$@"

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, socket};
 
 /// Connections being set up at once, per thread.
-const IN_FLIGHT: usize = 64;
+pub const IN_FLIGHT: usize = 64;
 /// A connection with no audio this long after its connect is given up
 /// (and tried again while retries are allowed).
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,11 +1,12 @@
 //! The processes the comparison runs besides Tower: Debian's icecast2 with
 //! its stock configuration, an ffmpeg source for it fed live by this
-//! process, and a CPU hog; and the clean-up that ends every one of them
-//! when the bench ends, panics or is interrupted.
+//! process (the [`Feeder`] that also feeds Liquidsoap), and a CPU hog; and
+//! the clean-up that ends every one of them when the bench ends, panics or
+//! is interrupted.
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -52,6 +53,17 @@ fn signal_ours(sig: nix::sys::signal::Signal) -> usize {
         }
     }
     n
+}
+
+/// Sends `sig` to `child`, gives it `grace` to exit, then kills it; reaps it.
+pub fn end(child: &mut Child, sig: nix::sys::signal::Signal, grace: Duration) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && child.try_wait().ok().flatten().is_none() {
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// On SIGINT, SIGTERM or SIGHUP: SIGTERM to every child still running
@@ -138,16 +150,98 @@ fn replace_element(xml: &str, name: &str, value: &str) -> String {
     }
 }
 
-/// An ffmpeg source for Icecast, encoding with Tower's own encoder
-/// arguments (libmp3lame 128 kbit/s, 48 kHz, no reservoir), fed PCM by
-/// this process at the real-time pace (a 24 ms frame every 24 ms, on an
-/// absolute schedule), the way a capture device would feed DarkIce.
-pub struct Source {
-    child: Child,
+/// PCM written at the real-time pace (a 24 ms frame every 24 ms, on an
+/// absolute schedule), looped, on its own thread, the way a capture device
+/// delivers it; each frame that carries a click onset is timestamped as
+/// it is written. Feeds the Icecast source's stdin and Liquidsoap's FIFO.
+pub struct Feeder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     /// When each frame carrying a click onset was written.
     clicks: Arc<Mutex<Vec<Instant>>>,
+}
+
+impl Feeder {
+    /// Starts a thread named `name` that opens its output with `open`
+    /// (given the stop flag, for an open that waits) and writes `pcm` to it.
+    pub fn start<W, F>(name: &str, open: F, pcm: Vec<u8>) -> std::io::Result<Feeder>
+    where
+        W: Write,
+        F: FnOnce(&AtomicBool) -> std::io::Result<W> + Send + 'static,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let clicks = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, clicks) = (stop.clone(), clicks.clone());
+            thread::Builder::new()
+                .name(name.into())
+                .spawn(move || match open(&stop) {
+                    Ok(out) => feed(out, &pcm, &stop, &clicks),
+                    Err(e) => eprintln!("feeder: cannot open its output: {e}"),
+                })?
+        };
+        Ok(Feeder {
+            stop,
+            thread: Some(thread),
+            clicks,
+        })
+    }
+
+    pub fn sent(&self) -> Vec<Instant> {
+        self.clicks.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Tells the thread to stop (it may be blocked in a write: end the reader too).
+    pub fn halt(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn finish(&mut self) {
+        self.halt();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Writes `pcm` frame by frame, looped, every 24 ms until `stop`.
+fn feed(mut out: impl Write, pcm: &[u8], stop: &AtomicBool, clicks: &Mutex<Vec<Instant>>) {
+    let frames: Vec<&[u8]> = pcm.chunks_exact(FRAME_BYTES).collect();
+    let mut onsets = Onsets::default();
+    let mut next = Instant::now();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) && !frames.is_empty() {
+        let frame = frames[i % frames.len()];
+        if out.write_all(frame).is_err() {
+            return;
+        }
+        if onsets.feed_pcm(frame) {
+            clicks.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
+        }
+        i += 1;
+        next += FRAME;
+        let now = Instant::now();
+        if next > now {
+            thread::sleep(next - now);
+        } else if now - next > FRAME * 4 {
+            next = now; // fell far behind (a stalled machine): resynchronise
+        }
+    }
+}
+
+/// An ffmpeg source for Icecast, encoding with Tower's own encoder
+/// arguments (libmp3lame 128 kbit/s, 48 kHz, no reservoir), fed by a
+/// [`Feeder`] the way a capture device would feed DarkIce.
+pub struct Source {
+    child: Child,
+    feeder: Feeder,
 }
 
 impl Source {
@@ -173,20 +267,8 @@ impl Source {
             .stdin
             .take()
             .ok_or_else(|| std::io::Error::other("ffmpeg has no stdin"))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let clicks = Arc::new(Mutex::new(Vec::new()));
-        let thread = {
-            let (stop, clicks) = (stop.clone(), clicks.clone());
-            thread::Builder::new()
-                .name("icecast-source".into())
-                .spawn(move || feed(stdin, &pcm, &stop, &clicks))?
-        };
-        Ok(Source {
-            child,
-            stop,
-            thread: Some(thread),
-            clicks,
-        })
+        let feeder = Feeder::start("icecast-source", move |_| Ok(stdin), pcm)?;
+        Ok(Source { child, feeder })
     }
 
     pub fn pid(&self) -> u32 {
@@ -194,42 +276,15 @@ impl Source {
     }
 
     pub fn sent(&self) -> Vec<Instant> {
-        self.clicks.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// Writes `pcm` frame by frame, looped, every 24 ms until `stop`.
-fn feed(mut stdin: ChildStdin, pcm: &[u8], stop: &AtomicBool, clicks: &Mutex<Vec<Instant>>) {
-    let frames: Vec<&[u8]> = pcm.chunks_exact(FRAME_BYTES).collect();
-    let mut onsets = Onsets::default();
-    let mut next = Instant::now();
-    let mut i = 0usize;
-    while !stop.load(Ordering::Relaxed) && !frames.is_empty() {
-        let frame = frames[i % frames.len()];
-        if stdin.write_all(frame).is_err() {
-            return;
-        }
-        if onsets.feed_pcm(frame) {
-            clicks.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
-        }
-        i += 1;
-        next += FRAME;
-        let now = Instant::now();
-        if next > now {
-            thread::sleep(next - now);
-        } else if now - next > FRAME * 4 {
-            next = now; // fell far behind (a stalled machine): resynchronise
-        }
+        self.feeder.sent()
     }
 }
 
 impl Drop for Source {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.feeder.halt();
         let _ = self.child.kill();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.feeder.finish();
         let _ = self.child.wait();
     }
 }

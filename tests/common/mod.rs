@@ -90,8 +90,33 @@ impl Tower {
         .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
     }
 
+    /// Starts tower through `wrapper`, a command that ends by running the
+    /// one given after it (`setpriv …`, `prlimit …`), so that the process
+    /// is still Tower's (each wrapper execs).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Tower {
+        Self::try_start_wrapped(wrapper, args, env, Limits::default())
+            .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
     fn try_start_limited(args: &[&str], env: &[(&str, &str)], limits: Limits) -> Result<Tower, String> {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tower"));
+        Self::try_start_wrapped(&[], args, env, limits)
+    }
+
+    fn try_start_wrapped(
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, &str)],
+        limits: Limits,
+    ) -> Result<Tower, String> {
+        let tower = env!("CARGO_BIN_EXE_tower");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(tower);
+                c
+            }
+            None => Command::new(tower),
+        };
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
         if limits.nofile.is_some() || limits.unprivileged {
@@ -564,6 +589,9 @@ pub fn frame_levels(frames: &[Arrival]) -> Vec<f64> {
 /// registry is full ("Too many servers already active").
 pub struct Jack {
     pub name: String,
+    /// Another user and group to run the server as (through setpriv),
+    /// whose clients then must run as that user too.
+    user: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -577,23 +605,44 @@ impl Jack {
     /// A server under `name`, for runs that must not share a name with
     /// test servers that may be running at the same time (the benches).
     pub fn start_named(name: &str) -> Jack {
+        Self::start_as(name, None)
+    }
+
+    /// A server under `name`, run as `user` and `group` (as root:
+    /// nobody and nogroup, say), or as this process's user when `None`.
+    pub fn start_as(name: &str, user: Option<(&str, &str)>) -> Jack {
         let mut j = Jack {
             name: name.to_string(),
+            user: user.map(|(u, g)| (u.to_string(), g.to_string())),
             child: None,
         };
         j.spawn();
         j
     }
 
-    fn env(cmd: &mut Command) {
+    /// `program` with JACK's environment, as the server's user.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = match &self.user {
+            Some((user, group)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={user}"),
+                    &format!("--regid={group}"),
+                    "--clear-groups",
+                    program,
+                ]);
+                c
+            }
+            None => Command::new(program),
+        };
         cmd.env("JACK_NO_AUDIO_RESERVATION", "1")
             .env("JACK_NO_START_SERVER", "1");
+        cmd
     }
 
     /// (Re)starts the server and waits until it answers.
     pub fn spawn(&mut self) {
-        let mut cmd = Command::new("jackd");
-        Self::env(&mut cmd);
+        let mut cmd = self.command("jackd");
         cmd.args([
             "-n",
             &self.name,
@@ -611,8 +660,7 @@ impl Jack {
         let mut child = cmd.spawn().expect("jackd (apt-get install jackd2)");
         let name = self.name.clone();
         let up = wait_for(Duration::from_secs(10), || {
-            let mut lsp = Command::new("jack_lsp");
-            Self::env(&mut lsp);
+            let mut lsp = self.command("jack_lsp");
             lsp.args(["-s", &name])
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
