@@ -19,8 +19,8 @@
 #            -compression_level, output bytes, crude SNR
 #   locked   Tower's RSS and VmLck with its pump's mlockall, as root and as
 #            the systemd unit runs it (nobody, CAP_SYS_NICE, unit limits)
-# Everything runs on 127.0.0.1, stops by itself (about 14 minutes; --quick,
-# 100 listeners for 5 s, about 3 minutes) and ends every process it
+# Everything runs on 127.0.0.1, stops by itself (about 16 minutes; --quick,
+# 100 listeners for 5 s, about 4 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
 # figure and the locked part need root.
 # Arguments go to the bench: --quick, --only first,lag,held,pump,encoder,locked,
