@@ -17,9 +17,11 @@
 #   pump     Tower's pump tick error with every core busy
 #   encoder  Tower's ffmpeg command: CPU per audio-second for each LAME
 #            -compression_level, output bytes, crude SNR
-#   locked   Tower's RSS and VmLck with its pump's mlockall, as root and as
+#   locked   Tower's RSS and VmLck (what its pump locks), as root and as
 #            the systemd unit runs it (nobody, CAP_SYS_NICE, unit limits)
-# Everything runs on 127.0.0.1, stops by itself (about 16 minutes; --quick,
+# The held and lag parts also run Tower at http.burst_ms = 400 (writes
+# gather 8 frames, not 4): the CPU-for-lag trade-off.
+# Everything runs on 127.0.0.1, stops by itself (about 20 minutes; --quick,
 # 100 listeners for 5 s, about 4 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
 # figure and the locked part need root.

@@ -1,6 +1,7 @@
-//! Tower's memory when its pump has locked it (`mlockall(MCL_CURRENT |
-//! MCL_ONFAULT)`): RSS and VmLck from /proc/PID/status after some
-//! seconds (10 in a full run) of streaming to one listener.
+//! Tower's memory once its pump has locked what its tick touches
+//! (`src/pump/memlock.rs`): RSS and VmLck from /proc/PID/status after some
+//! seconds (10 in a full run) of streaming to one listener. With JACK,
+//! VmLck includes the shared memory JACK's client library locks itself.
 //!
 //! Two inputs: real ALSA capture through the JACK dummy backend (alsa's
 //! jack and file plugins, as in the lag part and the soak test), standing

@@ -57,27 +57,44 @@ pub enum Running {
     Liquidsoap(Liquidsoap),
 }
 
+/// Tower streaming its fallback tone with room for `listeners`, with
+/// `extra` settings (environment overrides) on top.
+fn start_tower(listeners: usize, extra: &[(&str, &str)]) -> Running {
+    let limit = (listeners + 100).to_string();
+    // Every listener comes from 127.0.0.1: the per-address guard caps
+    // (for connections that are not yet listeners) are raised.
+    let mut env = vec![
+        TONE[0],
+        TONE[1],
+        ("TOWER_HTTP_MAX_LISTENERS", limit.as_str()),
+        ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "10000"),
+        ("TOWER_HTTP_MAX_OTHER_CONNECTIONS", "10000"),
+    ];
+    env.extend_from_slice(extra);
+    let tower = Tower::start(&[], &env);
+    own(tower.pid());
+    Running::Tower(tower)
+}
+
+/// Tower as [`start`] starts it, with `extra` settings on top; waits until
+/// it streams.
+pub fn start_tower_with(listeners: usize, extra: &[(&str, &str)]) -> Running {
+    let running = start_tower(listeners, extra);
+    assert!(
+        wait_audio(running.addr(), running.path(), Duration::from_secs(20)),
+        "Tower never streamed:\n{}",
+        running.log()
+    );
+    running
+}
+
 /// Starts `peer` with room for `listeners` and waits until it streams.
 /// Icecast and Liquidsoap get `pcm` (looped) from this process at the
 /// real-time pace; Tower streams its fallback tone (`pcm` is then the
 /// same 440 Hz tone, [`crate::support::tone_raw`], or unused).
 pub fn start(peer: Peer, stock: &Arc<StockConfig>, listeners: usize, pcm: Vec<u8>) -> Running {
     let running = match peer {
-        Peer::Tower => {
-            let limit = (listeners + 100).to_string();
-            // Every listener comes from 127.0.0.1: the per-address guard
-            // caps (for connections that are not yet listeners) are raised.
-            let env = [
-                TONE[0],
-                TONE[1],
-                ("TOWER_HTTP_MAX_LISTENERS", limit.as_str()),
-                ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "10000"),
-                ("TOWER_HTTP_MAX_OTHER_CONNECTIONS", "10000"),
-            ];
-            let tower = Tower::start(&[], &env);
-            own(tower.pid());
-            Running::Tower(tower)
-        }
+        Peer::Tower => start_tower(listeners, &[]),
         Peer::Icecast => {
             let ice = stock.start(listeners);
             // Now and then (once in a full run here, once in 30 starts
