@@ -345,6 +345,17 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_s_faster_lame_level_is_kept_as_given() {
+        // README, "Custom ffmpeg arguments": the bench's level 7.
+        let (c, notes) =
+            custom_command("ffmpeg", &strings("-c:a libmp3lame -b:a 128k -compression_level 7")).expect("accepted");
+        assert_required(&c);
+        assert_eq!(values(&c.args, "-compression_level"), ["7"]);
+        assert_eq!(values(&c.args, "-b:a"), ["128k"]);
+        assert!(notes.is_empty(), "{notes:?}");
+    }
+
+    #[test]
     fn a_bare_option_list_gets_input_codec_and_output_added() {
         let (c, notes) = custom_command("ffmpeg", &strings("-b:a 192k")).expect("accepted");
         assert_required(&c);
