@@ -19,7 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// Stack size for Tower's own threads. They keep no large buffers on the
-/// stack, and small stacks keep RSS low when memory is locked (mlockall).
+/// stack, and small stacks keep RSS low.
 pub const DEFAULT_STACK: usize = 256 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

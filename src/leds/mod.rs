@@ -16,7 +16,8 @@
 //! The "leds" thread ([`start`], owned by the service) wakes at the next
 //! blink edge, or [`STATE_POLL`] after its last look (or the stop signal),
 //! reads the states, and applies the pure patterns ([`pattern`]) through
-//! [`LedDriver`], which writes a line only when its level changes. [`stop`] joins it and turns both LEDs off.
+//! [`LedDriver`], which writes a line only when its level changes. [`stop`]
+//! joins it and turns both LEDs off.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

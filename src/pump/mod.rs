@@ -284,10 +284,7 @@ fn run(
 
         config.hooks.pump_stall();
         config.hooks.panic_point(PanicTarget::Pump);
-        // Once the input has been gone past the grace period, a frame
-        // arriving a few ms late changes nothing: do not wait for one.
-        let wait = (shown != InputState::Fallback).then_some(POP_TIMEOUT);
-        let frame = next_input(router, &mut governor, started, wait);
+        let frame = next_input(router, &mut governor, started, pop_wait(shown));
         let now = Instant::now();
         let state = selector.select(frame.is_some(), now);
         match (&frame, state) {
@@ -329,6 +326,14 @@ fn run(
             episode.gap_logged = true;
         }
     }
+}
+
+/// How long a tick waits for a frame, in input state `shown` [A2]: up to
+/// [`POP_TIMEOUT`] while the input is live or in its grace period; not at
+/// all once the fallback plays, where a frame arriving a few ms late
+/// changes nothing.
+fn pop_wait(shown: InputState) -> Option<Duration> {
+    (shown != InputState::Fallback).then_some(POP_TIMEOUT)
 }
 
 /// One tick's input: trims what the governor says the queue holds beyond
@@ -459,6 +464,13 @@ fn acquire_realtime(priority: u8) -> (bool, bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tick_waits_for_a_late_frame_only_while_the_input_may_come_back() {
+        assert_eq!(pop_wait(InputState::Live), Some(POP_TIMEOUT));
+        assert_eq!(pop_wait(InputState::Grace), Some(POP_TIMEOUT));
+        assert_eq!(pop_wait(InputState::Fallback), None);
+    }
     use std::sync::Mutex;
 
     const P: Duration = FRAME_DURATION;
