@@ -1,7 +1,13 @@
 //! The `tower` binary: parse flags, load the configuration, set up logging,
 //! run the service until SIGTERM/SIGINT, and map errors to exit codes
-//! (0 clean stop, 1 runtime failure, 2 invalid configuration).
+//! (0 clean stop, 1 runtime failure, 2 invalid configuration). A restart
+//! asked for on the settings page stops the service and starts the same
+//! program again in this process (same pid, same arguments).
+//!
+//! `tower config-commit` is the SD image's root helper that saves what the
+//! settings page changed onto the FAT partition (see `config::store`).
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,8 +15,9 @@ use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use tower::config::store::{self, FileStore, NoStore, SpoolStore, Store};
 use tower::config::{self, Overrides};
-use tower::service::{Backends, Service};
+use tower::service::{AdminSetup, Backends, Service, Turn};
 
 /// A LAN radio station: streams the audio input as MP3 to every listener
 /// at http://HOST:8000/stream.
@@ -32,6 +39,11 @@ struct Cli {
     /// Print the effective configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
+    /// Save settings changed on the settings page through this spool
+    /// directory, for `tower config-commit` running as root (the SD image,
+    /// whose FAT partition Tower may not write itself).
+    #[arg(long, value_name = "DIR")]
+    save_via: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -41,6 +53,65 @@ enum Command {
     /// List the capture devices on this machine, with the exact name to
     /// put in `device`, and exit.
     Devices,
+    /// Save the configuration files Tower left in a spool directory (run as
+    /// root by the SD image's tower-config-commit.service): each is checked
+    /// like the file at start, saved atomically with its .bak, the file
+    /// system remounted read-write for the write if it was read-only.
+    ConfigCommit {
+        /// The spool directory (with in/ and out/).
+        #[arg(long, value_name = "DIR")]
+        spool: PathBuf,
+        /// The configuration file to write.
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// Also copy the file and its .bak here, for Tower to read.
+        #[arg(long, value_name = "DIR")]
+        publish: Option<PathBuf>,
+    },
+}
+
+/// The `TOWER_*` environment (other variables are never read, so one that
+/// is not UTF-8 does not matter); a `TOWER_*` variable that is not UTF-8
+/// is an error naming it.
+fn tower_env() -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let name_text = name.to_string_lossy();
+        if !name_text.starts_with("TOWER_") {
+            continue;
+        }
+        match (name.clone().into_string(), value.into_string()) {
+            (Ok(n), Ok(v)) => out.push((n, v)),
+            _ => {
+                return Err(config::ConfigError::NotUtf8 {
+                    name: name_text.to_string(),
+                }
+                .to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Where settings changed on the page are saved.
+fn store_for(file: Option<&std::path::Path>, save_via: Option<PathBuf>) -> Box<dyn Store> {
+    match (save_via, file) {
+        (Some(spool), _) => Box::new(SpoolStore::new(
+            spool,
+            "tower.toml on the SD card's FAT partition (through tower-config-commit)".into(),
+        )),
+        (None, Some(path)) => Box::new(FileStore {
+            path: path.to_path_buf(),
+        }),
+        (None, None) => Box::new(NoStore),
+    }
+}
+
+/// Starts this program again in this process, with the same arguments.
+fn exec_self(args: &[OsString]) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let program = std::env::current_exe().unwrap_or_else(|_| PathBuf::from(&args[0]));
+    std::process::Command::new(program).args(&args[1..]).exec()
 }
 
 /// Lets Tower use as many descriptors as the system allows, and keeps the
@@ -74,15 +145,34 @@ fn raise_fd_limit(config: &mut config::Config) {
 const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn main() -> ExitCode {
+    let args: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse();
-    let env: Vec<(String, String)> = std::env::vars().collect();
+    if let Some(Command::ConfigCommit { spool, to, publish }) = &cli.command {
+        return match store::commit(spool, to, publish.as_deref()) {
+            Ok(n) => {
+                println!("tower config-commit: {n} saved to {}", to.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tower config-commit: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
+    let env = match tower_env() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("tower: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let file = cli.config.clone().or_else(config::default_file);
     let overrides = Overrides {
         listen: cli.listen,
         device: cli.device,
         ffmpeg: cli.ffmpeg,
     };
-    let loaded = match config::load(file.as_deref(), &env, &overrides) {
+    let (loaded, notice) = match store::load_or_backup(file.as_deref(), &env, &overrides) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("tower: configuration error: {e}");
@@ -98,7 +188,7 @@ fn main() -> ExitCode {
         print!("{}", tower::audio::devices::render(&list, &loaded.config.device));
         return ExitCode::SUCCESS;
     }
-    let mut cfg = loaded.config;
+    let mut cfg = loaded.config.clone();
 
     // Fewer malloc arenas: threads are many and small, memory is scarce.
     // SAFETY: mallopt is called before any other thread exists.
@@ -123,6 +213,17 @@ fn main() -> ExitCode {
             overridden.join(", ")
         );
     }
+    for warning in &loaded.warnings {
+        tracing::warn!(component = "service", "{warning}");
+    }
+    if let Some(notice) = &notice {
+        tracing::error!(
+            component = "service",
+            state = "backup",
+            reason = "configuration file unusable",
+            "{notice}"
+        );
+    }
 
     // Handlers only (no blocked mask), so ffmpeg inherits nothing odd.
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
@@ -142,7 +243,12 @@ fn main() -> ExitCode {
     for note in notes {
         tracing::warn!(component = "encoder", "custom ffmpeg command: {note}");
     }
-    let mut service = match Service::start(&cfg, backends) {
+    let admin = AdminSetup {
+        store: store_for(loaded.file.as_deref(), cli.save_via),
+        loaded,
+        notice,
+    };
+    let mut service = match Service::start(&cfg, backends, Some(admin)) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(component = "service", "cannot start: {e}");
@@ -156,10 +262,12 @@ fn main() -> ExitCode {
         if let Some(signal) = signals.pending().next() {
             tower::watchdog::stopping();
             tracing::info!(component = "service", signal, "stopping");
-            break Ok(());
+            break Ok(Turn::Continue);
         }
-        if let Err(fatal) = service.supervise(SUPERVISE_TURN) {
-            break Err(fatal);
+        match service.supervise(SUPERVISE_TURN) {
+            Ok(Turn::Continue) => {}
+            Ok(Turn::Restart) => break Ok(Turn::Restart),
+            Err(fatal) => break Err(fatal),
         }
     };
     let started = std::time::Instant::now();
@@ -171,7 +279,13 @@ fn main() -> ExitCode {
         "stopped"
     );
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Turn::Restart) => {
+            tracing::info!(component = "service", "starting again");
+            let e = exec_self(&args);
+            eprintln!("tower: cannot start again: {e}");
+            ExitCode::from(1)
+        }
+        Ok(Turn::Continue) => ExitCode::SUCCESS,
         Err(fatal) => {
             eprintln!("tower: {fatal}");
             ExitCode::from(1)

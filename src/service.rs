@@ -17,45 +17,76 @@
 //! end makes `/health` answer 503 with the reason, stops the systemd
 //! watchdog (it is fed only by their progress), and `supervise` returns
 //! [`Fatal`] so the process exits non-zero and systemd starts it afresh.
+//!
+//! Changes while running: the admin thread (see `admin`) checks and saves
+//! what the owner changed, and asks this thread, through the same inbox
+//! the workers report to, first to prepare the change (build what can
+//! still fail, before anything changes), then to apply it. [`Service::apply`]
+//! is the one table of who takes what: each stage gets its new settings in
+//! its own type (`Settings`), and none reads the file again. Only this
+//! thread starts and stops workers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::admin::calibrate::Gain;
+use crate::admin::{Admin, Control};
 use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource};
 use crate::audio::mixer::Mixer;
 use crate::audio::router::AudioInputRouter;
-use crate::broadcast::Broadcast;
-use crate::config::Config;
+use crate::audio::socket::Input;
+use crate::broadcast::{Broadcast, Station};
+use crate::config::change::{FieldErrors, Proposal, Taker, taker};
+use crate::config::store::Store;
+use crate::config::{Config, Loaded, Settings};
 use crate::encoder::EncoderManager;
 use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
-use crate::http::{HttpServer, HttpStats, Hub, Site};
-use crate::leds::Leds;
+use crate::http::{Desk, HttpServer, HttpStats, Hub, Site};
+use crate::leds::{LedConfig, Leds};
+use crate::live::Live;
 use crate::pump::fallback::Fallback;
-use crate::pump::{Pump, PumpConfig};
-use crate::status::Board;
+use crate::pump::{Pump, PumpChange, PumpConfig};
+use crate::status::{Board, ChangeLog};
 use crate::worker::{Ended, Supervisor, Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
 const STEP_TIMEOUT: Duration = Duration::from_millis(400);
 
+/// How long the admin thread waits for this thread to prepare or apply a
+/// change.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Makes a piece of hardware (again, when the worker using it died).
 pub type Factory<T> = Box<dyn Fn() -> T + Send>;
+/// Makes the capture source for an input and a device name.
+pub type CaptureFactory = Box<dyn Fn(&Input, &str) -> std::io::Result<Box<dyn CaptureSource>> + Send>;
+/// Opens the status LEDs on the configured pins.
+pub type LedFactory = Box<dyn Fn(&LedConfig) -> Box<dyn Leds> + Send>;
 
 /// The hardware behind the pipeline.
 pub struct Backends {
-    pub capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
+    pub capture: CaptureFactory,
     /// The capture card's mixer, for `capture.level`.
     pub mixer: Factory<Box<dyn Mixer>>,
     pub encoder: Box<dyn EncoderLauncher>,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
     /// The status LEDs.
-    pub leds: Factory<Box<dyn Leds>>,
+    pub leds: LedFactory,
+}
+
+/// What the owner's desk starts from: the configuration as loaded, where
+/// changes are saved, and what to say about how it was loaded.
+pub struct AdminSetup {
+    pub loaded: Loaded,
+    pub store: Box<dyn Store>,
+    pub notice: Option<String>,
 }
 
 impl Backends {
@@ -76,26 +107,22 @@ impl Backends {
                 capture: {
                     // Bound now, so that a socket path that cannot be used
                     // stops start-up naming the key; made again only when
-                    // the capture thread died.
+                    // the capture thread died or the owner chose another.
                     let settings = config.settings();
-                    let (input, device) = (settings.input, settings.device);
-                    let first = crate::audio::input_capture(&input, &device)
+                    let first = crate::audio::input_capture(&settings.input, &settings.device)
                         .map_err(|e| ServiceError::Config(e.to_string()))?;
                     let first = std::sync::Mutex::new(Some(first));
-                    Box::new(move || {
+                    Box::new(move |input: &Input, device: &str| {
                         if let Some(source) = first.lock().unwrap_or_else(|p| p.into_inner()).take() {
                             return Ok(source);
                         }
-                        crate::audio::input_capture(&input, &device).map_err(std::io::Error::other)
+                        crate::audio::input_capture(input, device).map_err(std::io::Error::other)
                     })
                 },
                 mixer: Box::new(crate::audio::mixer::system_mixer),
                 encoder: Box::new(FfmpegLauncher::new(command)),
                 hooks: Arc::new(TestHooks::from_env()),
-                leds: {
-                    let leds = config.settings().leds;
-                    Box::new(move || crate::leds::open(&leds))
-                },
+                leds: Box::new(crate::leds::open),
             },
             notes,
         ))
@@ -148,17 +175,58 @@ impl RestartBook {
     }
 }
 
-/// What the service needs to start the restartable workers again.
+/// What the service's thread hears about: a worker that ended, or an
+/// order from the owner's desk.
+enum Inbox {
+    Ended(Ended),
+    Order(Order),
+}
+
+/// What the admin thread asks of the service's thread (see `admin`).
+enum Order {
+    Prepare(Box<Proposal>, SyncSender<Result<Prepared, FieldErrors>>),
+    Apply(Box<Prepared>, SyncSender<BTreeMap<String, String>>),
+    Restart,
+}
+
+/// What `supervise` says the caller should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Turn {
+    Continue,
+    /// The owner asked for a restart: stop, then start the process again.
+    Restart,
+}
+
+/// A change, prepared: the stages' new settings, and what was built
+/// before anything changed.
+pub struct Prepared {
+    settings: Settings,
+    takers: BTreeSet<Taker>,
+    /// The new capture source, when the input changes (a socket already
+    /// bound). `None` when it can only be made once the old one is closed
+    /// (the same socket path).
+    source: Option<Box<dyn CaptureSource>>,
+    /// The new fallback, when it changes (its WAV already read).
+    fallback: Option<Fallback>,
+    warnings: BTreeMap<String, String>,
+}
+
+/// What the service needs to start the restartable workers again, with
+/// the settings in force.
 struct Rebuild {
     supervisor: Supervisor,
-    ends: std::sync::mpsc::Receiver<Ended>,
-    capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
+    inbox: Receiver<Inbox>,
+    capture: CaptureFactory,
+    input: Input,
+    device: String,
     mixer: Factory<Box<dyn Mixer>>,
-    leds: Factory<Box<dyn Leds>>,
+    leds: LedFactory,
+    led_config: LedConfig,
     capture_config: CaptureConfig,
     router: Arc<AudioInputRouter>,
     hooks: Arc<TestHooks>,
-    site: Site,
+    site: Arc<Live<Site>>,
+    desk: Option<Arc<dyn Desk>>,
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
@@ -173,18 +241,23 @@ pub struct Service {
     watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
+    admin: Option<Worker<()>>,
     hub: Arc<Hub>,
     board: Arc<Board>,
+    station: Arc<Live<Station>>,
     addr: SocketAddr,
     rebuild: Rebuild,
 }
 
 impl Service {
-    pub fn start(config: &Config, backends: Backends) -> Result<Service, ServiceError> {
+    /// Starts the pipeline; with `admin`, also the owner's desk.
+    pub fn start(config: &Config, backends: Backends, admin: Option<AdminSetup>) -> Result<Service, ServiceError> {
         let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
         let started = Instant::now();
         let settings = config.settings();
-        let (supervisor, ends) = Supervisor::channel();
+        let (inbox_tx, inbox) = std::sync::mpsc::channel();
+        let reports = inbox_tx.clone();
+        let supervisor = Supervisor::reporting(move |ended| drop(reports.send(Inbox::Ended(ended))));
         let hooks = backends.hooks;
         let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
         let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
@@ -209,7 +282,6 @@ impl Service {
 
         // 2. Pump.
         let fallback = Fallback::new(settings.fallback_wav.as_deref(), settings.fallback_tone);
-        let fallback_kind = fallback.kind();
         let pump = Pump::start(
             PumpConfig {
                 hooks: hooks.clone(),
@@ -225,7 +297,7 @@ impl Service {
 
         // 3. Capture.
         let capture_config = settings.capture;
-        let first_source = (backends.capture)().map_err(thread("capture"))?;
+        let first_source = (backends.capture)(&settings.input, &settings.device).map_err(thread("capture"))?;
         let capture_handle = CaptureHandle::new(first_source.device());
         let capture = Capture::start_on(
             capture_handle,
@@ -239,12 +311,14 @@ impl Service {
         .map_err(thread("capture"))?;
 
         // LEDs show the encoder's and the input's states.
-        let first_leds = (backends.leds)();
+        let first_leds = (backends.leds)(&settings.leds);
         let led_status = first_leds.status();
         let leds = start_leds(first_leds, &encoder, &pump_stats, &supervisor, &hooks).map_err(thread("leds"))?;
 
-        // 4. HTTP server.
+        // 4. HTTP server, and the owner's desk.
         let hub = Arc::new(Hub::new(settings.hub));
+        let station = Arc::new(Live::new(settings.station.clone()));
+        let changes = Arc::new(ChangeLog::default());
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -254,17 +328,32 @@ impl Service {
             capture: capture.handle(),
             hub: hub.clone(),
             outputs: outputs.clone(),
-            fallback: fallback_kind,
             http: Arc::new(HttpStats::default()),
-            station: settings.station.clone(),
-            leds: led_status,
+            station: station.clone(),
+            leds: std::sync::Mutex::new(led_status),
+            changes: changes.clone(),
+            config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
         });
+        let (admin_worker, desk) = match admin {
+            Some(setup) => {
+                let control = ServiceControl {
+                    inbox: inbox_tx.clone(),
+                    board: board.clone(),
+                };
+                let running = Admin::new(control, setup.loaded, setup.store, setup.notice, changes)
+                    .start(&supervisor)
+                    .map_err(thread("admin"))?;
+                (Some(running.worker), Some(running.desk as Arc<dyn Desk>))
+            }
+            None => (None, None),
+        };
         let addr = settings.listen;
-        let site = settings.site;
+        let site = Arc::new(Live::new(Site::new(&settings.site, station.clone())));
         let http = HttpServer::start(
             addr,
             site.clone(),
+            desk.clone(),
             hub.clone(),
             board.clone(),
             board.http.clone(),
@@ -297,19 +386,25 @@ impl Service {
             watchdog,
             http: Some(http),
             broadcast: Some(broadcast),
+            admin: admin_worker,
             hub,
             board,
+            station,
             addr: bound,
             rebuild: Rebuild {
                 supervisor,
-                ends,
+                inbox,
                 capture: backends.capture,
+                input: settings.input,
+                device: settings.device,
                 mixer: backends.mixer,
                 leds: backends.leds,
+                led_config: settings.leds,
                 capture_config,
                 router,
                 hooks,
                 site,
+                desk,
                 book: RestartBook::default(),
                 due: Vec::new(),
             },
@@ -326,17 +421,168 @@ impl Service {
         self.board.status()
     }
 
-    /// Waits up to `timeout` for a worker to end and decides what follows;
-    /// also starts the restarts that are due. `Err` when the process must
-    /// exit (see the module header).
-    pub fn supervise(&mut self, timeout: Duration) -> Result<(), Fatal> {
+    /// Waits up to `timeout` for a worker to end or for an order from the
+    /// owner's desk, and deals with it; also starts the restarts that are
+    /// due. `Err` when the process must exit (see the module header).
+    pub fn supervise(&mut self, timeout: Duration) -> Result<Turn, Fatal> {
         let now = Instant::now();
         self.restart_due(now);
         let next_due = self.rebuild.due.iter().map(|(at, _)| *at).min();
         let wait = next_due.map_or(timeout, |at| timeout.min(at.saturating_duration_since(now)));
-        match self.rebuild.ends.recv_timeout(wait) {
-            Ok(ended) => self.ended(ended, Instant::now()),
-            Err(_) => Ok(()),
+        match self.rebuild.inbox.recv_timeout(wait) {
+            Ok(Inbox::Ended(ended)) => self.ended(ended, Instant::now()).map(|()| Turn::Continue),
+            Ok(Inbox::Order(Order::Prepare(proposal, reply))) => {
+                let _ = reply.send(self.prepare(&proposal));
+                Ok(Turn::Continue)
+            }
+            Ok(Inbox::Order(Order::Apply(prepared, reply))) => {
+                let _ = reply.send(self.apply(*prepared));
+                Ok(Turn::Continue)
+            }
+            Ok(Inbox::Order(Order::Restart)) => Ok(Turn::Restart),
+            Err(_) => Ok(Turn::Continue),
+        }
+    }
+
+    /// Builds what a change needs that can still fail, before anything
+    /// changes: a new capture source (a socket bound), a new fallback (its
+    /// WAV read).
+    fn prepare(&mut self, proposal: &Proposal) -> Result<Prepared, FieldErrors> {
+        let settings = proposal.loaded.config.settings();
+        let takers: BTreeSet<Taker> = proposal.changed.iter().map(|k| taker(k)).collect();
+        let mut warnings = BTreeMap::new();
+        let mut source = None;
+        if takers.contains(&Taker::Input) {
+            let same_socket = matches!(
+                (&settings.input, &self.rebuild.input),
+                (Input::Socket(a), Input::Socket(b)) if a.path == b.path
+            );
+            if !same_socket {
+                let made = (self.rebuild.capture)(&settings.input, &settings.device);
+                source = Some(made.map_err(|e| FieldErrors::from([("input".to_string(), e.to_string())]))?);
+            }
+        }
+        let mut fallback = None;
+        if proposal.changed.iter().any(|k| k.starts_with("fallback.")) {
+            let (made, problem) = Fallback::build(settings.fallback_wav.as_deref(), settings.fallback_tone);
+            if let Some(e) = problem {
+                warnings.insert(
+                    "fallback.wav_path".to_string(),
+                    format!("{e}; the {:?} plays instead", made.kind()).to_lowercase(),
+                );
+            }
+            fallback = Some(made);
+        }
+        Ok(Prepared {
+            settings,
+            takers,
+            source,
+            fallback,
+            warnings,
+        })
+    }
+
+    /// Hands each stage its new settings, in its own type. The one table
+    /// of who takes which change (keys to takers: `config::change::taker`).
+    fn apply(&mut self, mut p: Prepared) -> BTreeMap<String, String> {
+        let s = &p.settings;
+        let mut warnings = std::mem::take(&mut p.warnings);
+        for taker in &p.takers {
+            match taker {
+                Taker::Capture => {
+                    self.rebuild.capture_config = s.capture.clone();
+                    if let Some(c) = &self.capture {
+                        c.handle().tune(s.capture.clone());
+                    }
+                }
+                Taker::Input => self.switch_input(p.source.take(), s, &mut warnings),
+                Taker::Pump => {
+                    let change = PumpChange {
+                        grace: s.pump.grace,
+                        fallback: p.fallback.take(),
+                    };
+                    if !self.pump.as_ref().is_some_and(|pump| pump.tune(change)) {
+                        warnings.insert("pcm.grace_sec".into(), "the pump is busy; try again".into());
+                    }
+                }
+                Taker::Station => self.station.set(s.station.clone()),
+                Taker::Http => {
+                    self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
+                    self.hub.set_burst_frames(s.hub.burst_frames);
+                }
+                Taker::Leds => {
+                    self.rebuild.led_config = s.leds.clone();
+                    if let Err(e) = self.restart("leds") {
+                        warnings.insert("gpio.enabled".into(), format!("cannot start the LEDs: {e}"));
+                    }
+                }
+                Taker::Icecast => {
+                    let (started, stopped) = self.board.outputs.replace(
+                        &s.icecast,
+                        &s.station,
+                        u64::from(s.bitrate_kbps),
+                        &self.rebuild.supervisor,
+                        &self.rebuild.hooks,
+                        STEP_TIMEOUT,
+                    );
+                    for e in stopped {
+                        tracing::warn!(component = "service", "{e}");
+                    }
+                    if let Err(e) = started {
+                        warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
+                    }
+                }
+                // The encoder's keys are read at start (see `taker`); the
+                // admin thread keeps the password itself.
+                Taker::Encoder | Taker::Admin | Taker::Restart => {}
+            }
+        }
+        warnings
+    }
+
+    /// Captures from the input the owner chose instead: the old capture
+    /// thread is stopped and a new one started on the same counters.
+    /// Listeners hear silence meanwhile, on the same connections.
+    fn switch_input(
+        &mut self,
+        source: Option<Box<dyn CaptureSource>>,
+        s: &Settings,
+        warnings: &mut BTreeMap<String, String>,
+    ) {
+        let handle = match self.capture.take() {
+            Some(old) => {
+                let handle = old.handle();
+                if let Err(e) = old.stop(STEP_TIMEOUT) {
+                    tracing::warn!(component = "service", "{e}");
+                }
+                handle
+            }
+            None => self.board.capture.clone(),
+        };
+        self.rebuild.input = s.input.clone();
+        self.rebuild.device = s.device.clone();
+        let r = &self.rebuild;
+        let started = source
+            .map_or_else(|| (r.capture)(&r.input, &r.device), Ok)
+            .and_then(|source| {
+                Capture::start_on(
+                    handle.for_device(source.device()),
+                    source,
+                    (r.mixer)(),
+                    r.router.clone(),
+                    r.capture_config.clone(),
+                    r.hooks.clone(),
+                    &r.supervisor,
+                )
+            });
+        match started {
+            Ok(capture) => self.capture = Some(capture),
+            Err(e) => {
+                warnings.insert("input".into(), format!("{e}; retrying"));
+                self.rebuild
+                    .due
+                    .push((Instant::now() + RESTART_FIRST, "capture".into()));
+            }
         }
     }
 
@@ -390,12 +636,17 @@ impl Service {
         let r = &self.rebuild;
         match name {
             "capture" => {
-                let Some(dead) = self.capture.take() else { return Ok(()) };
-                let handle = dead.handle();
-                let _ = dead.stop(STEP_TIMEOUT);
+                let handle = match self.capture.take() {
+                    Some(dead) => {
+                        let handle = dead.handle();
+                        let _ = dead.stop(STEP_TIMEOUT);
+                        handle
+                    }
+                    None => self.board.capture.clone(),
+                };
                 self.capture = Some(Capture::start_on(
                     handle,
-                    (r.capture)()?,
+                    (r.capture)(&r.input, &r.device)?,
                     (r.mixer)(),
                     r.router.clone(),
                     r.capture_config.clone(),
@@ -404,11 +655,13 @@ impl Service {
                 )?);
             }
             "leds" => {
-                if let Some(dead) = self.leds.take() {
-                    let _ = dead.stop(STEP_TIMEOUT);
+                if let Some(old) = self.leds.take() {
+                    let _ = crate::leds::stop(old, STEP_TIMEOUT);
                 }
+                let leds = (r.leds)(&r.led_config);
+                *self.board.leds.lock().unwrap_or_else(|p| p.into_inner()) = leds.status();
                 self.leds = Some(start_leds(
-                    (r.leds)(),
+                    leds,
                     &self.encoder,
                     &self.board.pump,
                     &r.supervisor,
@@ -424,6 +677,7 @@ impl Service {
                 self.http = Some(HttpServer::start(
                     self.addr,
                     r.site.clone(),
+                    r.desk.clone(),
                     self.hub.clone(),
                     self.board.clone(),
                     self.board.http.clone(),
@@ -434,6 +688,10 @@ impl Service {
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
             }
+            "admin" => tracing::error!(
+                component = "service",
+                "the settings desk cannot be restarted in place; settings can be changed again after Tower restarts"
+            ),
             other => tracing::warn!(component = "service", "no way to restart worker {other}"),
         }
         Ok(())
@@ -450,6 +708,9 @@ impl Service {
         };
         if let Some(w) = self.watchdog.take() {
             note(w.stop(STEP_TIMEOUT));
+        }
+        if let Some(admin) = self.admin.take() {
+            note(stop_admin(admin, &self.rebuild.inbox));
         }
         if let Some(b) = self.broadcast.take() {
             note(b.stop(STEP_TIMEOUT));
@@ -472,6 +733,104 @@ impl Service {
         }
         note(self.encoder.stop(STEP_TIMEOUT * 2));
         problems
+    }
+}
+
+/// Stops the admin thread. It may be waiting for this thread to answer an
+/// order: orders are dropped meanwhile, which tells it at once.
+fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerError> {
+    admin.stop_signal().stop();
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while !admin.is_finished() && Instant::now() < deadline {
+        while inbox.try_recv().is_ok() {}
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    admin.stop(Duration::from_millis(10))
+}
+
+/// The service as the owner's desk sees it: orders go to the service's
+/// thread through its inbox; readings come straight from the board.
+struct ServiceControl {
+    inbox: Sender<Inbox>,
+    board: Arc<Board>,
+}
+
+impl ServiceControl {
+    fn ask<T>(&self, order: impl FnOnce(SyncSender<T>) -> Order) -> Option<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.inbox.send(Inbox::Order(order(tx))).ok()?;
+        rx.recv_timeout(ORDER_TIMEOUT).ok()
+    }
+}
+
+impl Control for ServiceControl {
+    type Prepared = Prepared;
+
+    fn prepare(&self, proposal: &Proposal) -> Result<Prepared, FieldErrors> {
+        self.ask(|reply| Order::Prepare(Box::new(proposal.clone()), reply))
+            .unwrap_or_else(|| Err(FieldErrors::from([("(settings)".into(), "Tower is stopping".into())])))
+    }
+
+    fn apply(&self, prepared: Prepared) -> BTreeMap<String, String> {
+        self.ask(|reply| Order::Apply(Box::new(prepared), reply))
+            .unwrap_or_else(|| BTreeMap::from([("(settings)".into(), "saved; Tower is stopping".into())]))
+    }
+
+    fn restart(&self) {
+        let _ = self.inbox.send(Inbox::Order(Order::Restart));
+    }
+
+    fn peak_dbfs(&self) -> f64 {
+        let reading = self.board.capture.levels(Instant::now());
+        let peak = reading.levels.peak_dbfs.iter().copied().fold(f32::MIN, f32::max);
+        f64::from(peak)
+    }
+
+    fn gain(&self) -> Result<Gain, String> {
+        let gain = self.board.capture.snapshot().gain;
+        match (gain.db, gain.range_db) {
+            (Some(db), Some((min_db, max_db))) => Ok(Gain {
+                db,
+                min_db,
+                max_db,
+                hardware: gain.hardware,
+            }),
+            _ => Err(format!(
+                "the gain in force is not known in dB ({}); a card whose control has no dB scale can only be set in %",
+                gain.applied
+            )),
+        }
+    }
+
+    fn inputs(&self) -> serde_json::Value {
+        let list = crate::audio::devices::list();
+        let pick = crate::audio::devices::choose(&list).ok();
+        let cards: Vec<serde_json::Value> = list
+            .cards
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "device": c.plughw(),
+                    "card": c.card_name,
+                    "name": c.device_name,
+                    "usb": c.usb,
+                    "auto": pick.as_ref().is_some_and(|p| p.device == c.plughw()),
+                })
+            })
+            .collect();
+        let others: Vec<serde_json::Value> = list
+            .others
+            .iter()
+            .map(|o| serde_json::json!({ "device": o.name, "name": o.description }))
+            .collect();
+        let capture = self.board.capture.snapshot();
+        serde_json::json!({
+            "cards": cards,
+            "others": others,
+            "auto_pick": pick.map(|p| serde_json::json!({ "device": p.device, "reason": p.reason })),
+            "in_use": capture.selection,
+            "gain": capture.gain,
+        })
     }
 }
 

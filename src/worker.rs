@@ -137,8 +137,18 @@ impl std::fmt::Display for Ended {
 }
 
 /// Where supervised workers report their end; cloned into each of them.
-#[derive(Debug, Clone, Default)]
-pub struct Supervisor(Option<std::sync::mpsc::Sender<Ended>>);
+#[derive(Clone, Default)]
+pub struct Supervisor(Option<Arc<dyn Fn(Ended) + Send + Sync>>);
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Supervisor"
+        } else {
+            "Supervisor(none)"
+        })
+    }
+}
 
 impl Supervisor {
     /// Reports go nowhere (tests of one worker, tools).
@@ -149,12 +159,18 @@ impl Supervisor {
     /// A supervisor and the receiving end the service waits on.
     pub fn channel() -> (Supervisor, std::sync::mpsc::Receiver<Ended>) {
         let (tx, rx) = std::sync::mpsc::channel();
-        (Supervisor(Some(tx)), rx)
+        (Supervisor::reporting(move |ended| drop(tx.send(ended))), rx)
+    }
+
+    /// A supervisor that hands each report to `report` (the service puts
+    /// them in its inbox beside other news).
+    pub fn reporting(report: impl Fn(Ended) + Send + Sync + 'static) -> Self {
+        Supervisor(Some(Arc::new(report)))
     }
 
     fn report(&self, ended: Ended) {
-        if let Some(tx) = &self.0 {
-            let _ = tx.send(ended);
+        if let Some(report) = &self.0 {
+            report(ended);
         }
     }
 }

@@ -84,7 +84,7 @@ fn icy_metadata_comes_exactly_every_metaint_bytes_and_only_to_clients_that_ask()
     // Asking: a block after every 1000 audio bytes, exactly.
     let (head, body) = read_raw(
         tower.addr,
-        "GET /stream HTTP/1.1\r\nHost: t\r\nIcy-MetaData: 1\r\n\r\n",
+        "GET /stream HTTP/1.1\r\nHost: 127.0.0.1\r\nIcy-MetaData: 1\r\n\r\n",
         40_000,
     );
     assert_eq!(header(&head, "icy-metaint"), Some("1000"), "{head}");
@@ -274,7 +274,7 @@ fn the_status_page_is_served_and_its_event_stream_carries_status_and_levels() {
 
     assert!(wait_for(Duration::from_secs(10), || tower.status()["encoder"]["state"]
         == "RUNNING"));
-    let (head, body) = read_raw(tower.addr, "GET /events HTTP/1.1\r\nHost: t\r\n\r\n", 6_000);
+    let (head, body) = read_raw(tower.addr, "GET /events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 6_000);
     assert_eq!(header(&head, "content-type"), Some("text/event-stream"));
     let text = String::from_utf8_lossy(&body);
     assert!(text.starts_with("retry: 2000\n\n"), "{text}");
@@ -361,7 +361,7 @@ fn health_is_ok_when_streaming_and_503_with_reasons_when_the_pump_stalls_or_the_
     // The hook changes state: without the token it is refused.
     let unauthorized = http_raw(
         tower.addr,
-        "POST /test/stall?thread=pump&ms=2500 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer wrong\r\n\r\n",
+        "POST /test/stall?thread=pump&ms=2500 HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer wrong\r\n\r\n",
     );
     assert_eq!(unauthorized.status, 401);
     assert_eq!(tower.get("/health").status, 200);

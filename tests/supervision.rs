@@ -159,7 +159,7 @@ fn the_panic_hook_needs_the_token_and_a_known_worker() {
     let tower = Tower::start(&[], &[HOOKS, ("TOWER_DEVICE", "tower_test_no_such_device")]);
     let r = common::http_raw(
         tower.addr,
-        "POST /test/panic?worker=pump HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n",
+        "POST /test/panic?worker=pump HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n",
     );
     assert_eq!(r.status, 401);
     assert_eq!(panic_worker(tower.addr, "encoder").status, 400);

@@ -370,7 +370,7 @@ impl ClickRig {
         let service = Service::start(
             &config,
             Backends {
-                capture: Box::new(move || {
+                capture: Box::new(move |_: &tower::audio::socket::Input, _: &str| {
                     Ok(Box::new(Probe {
                         inner: tower::audio::system_capture("jackfile"),
                         clicks: probe_clicks.clone(),
@@ -380,8 +380,11 @@ impl ClickRig {
                 mixer: Box::new(|| Box::new(tower::audio::mixer::NoMixer) as Box<dyn tower::audio::mixer::Mixer>),
                 encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
-                leds: Box::new(|| Box::new(tower::leds::NullLeds) as Box<dyn tower::leds::Leds>),
+                leds: Box::new(|_: &tower::leds::LedConfig| {
+                    Box::new(tower::leds::NullLeds) as Box<dyn tower::leds::Leds>
+                }),
             },
+            None,
         )
         .expect("service");
         ClickRig {

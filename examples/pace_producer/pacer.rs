@@ -63,7 +63,7 @@ pub fn buffer(addr: SocketAddr) -> std::io::Result<(usize, usize)> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /tower/buffer HTTP/1.1\r\nHost: tower\r\nConnection: close\r\n\r\n")?;
+    s.write_all(format!("GET /tower/buffer HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut reply = Vec::new();
     s.read_to_end(&mut reply)?;
     let start = reply

@@ -37,6 +37,7 @@ use super::source::{SocketSnapshot, SocketStatus};
 use super::{PCM_FRAME_BYTES, PcmFrame};
 use crate::audio::router::AudioInputRouter;
 use crate::hooks::{PanicTarget, TestHooks};
+use crate::live::{Live, Watch};
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
@@ -179,7 +180,17 @@ pub struct GainState {
     pub applied: String,
     /// The software gain applied to the PCM, when the card has no control.
     pub software_db: Option<f64>,
+    /// The gain in force in dB (the card control's, or the software
+    /// gain's), and the range it can be set in; `None` when unknown (a
+    /// control with no dB scale).
+    pub db: Option<f64>,
+    pub range_db: Option<(f64, f64)>,
+    /// Whether the gain is the card's own capture control.
+    pub hardware: bool,
 }
+
+/// The software gain's range (what `capture.level` accepts in dB).
+pub const SOFT_RANGE_DB: (f64, f64) = (-60.0, 40.0);
 
 /// What the capture thread publishes besides counters.
 #[derive(Debug, Clone, Default)]
@@ -231,11 +242,15 @@ pub struct Capture {
     handle: CaptureHandle,
 }
 
-/// A cloneable view of the capture thread's stats.
+/// A cloneable view of the capture thread's stats, and the way to change
+/// its settings while it runs.
 #[derive(Clone)]
 pub struct CaptureHandle {
     stats: Arc<CaptureStats>,
     device: String,
+    /// The settings the thread runs with; a new value is taken at its next
+    /// read (within [`READ_TIMEOUT`]), on the open device.
+    config: Arc<Live<CaptureConfig>>,
 }
 
 impl CaptureHandle {
@@ -244,7 +259,26 @@ impl CaptureHandle {
         CaptureHandle {
             stats: Arc::new(CaptureStats::default()),
             device: device.to_string(),
+            config: Arc::new(Live::new(CaptureConfig::default())),
         }
+    }
+
+    /// The same counters, for a capture of another device (the owner
+    /// chose another input).
+    pub fn for_device(&self, device: &str) -> CaptureHandle {
+        if let Ok(mut info) = self.stats.info.lock() {
+            info.selection = None;
+        }
+        CaptureHandle {
+            device: device.to_string(),
+            ..self.clone()
+        }
+    }
+
+    /// New settings for the running thread: the level is set on the open
+    /// device at once (and at every open after).
+    pub fn tune(&self, config: CaptureConfig) {
+        self.config.set(config);
     }
 
     pub fn snapshot(&self) -> CaptureSnapshot {
@@ -290,7 +324,7 @@ impl CaptureHandle {
 }
 
 /// Capture settings from the configuration.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct CaptureConfig {
     /// Digital silence on a live input this long is reported; zero never.
     pub silence_warn: Duration,
@@ -324,9 +358,11 @@ impl Capture {
     ) -> std::io::Result<Capture> {
         router.set_high_water(source.queue_high_water(router.capacity()));
         *handle.stats.socket.lock().unwrap_or_else(|p| p.into_inner()) = source.socket();
+        handle.tune(config);
         let thread_stats = handle.stats.clone();
+        let tuning = Watch::new(handle.config.clone());
         let worker = Worker::spawn_supervised("capture", supervisor, move |stop| {
-            let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, &config, &hooks);
+            let mut c = CaptureLoop::new(source, mixer, &router, &thread_stats, tuning, &hooks);
             c.run(&stop);
         })?;
         Ok(Capture { worker, handle })
@@ -355,6 +391,8 @@ struct Outage {
 struct CaptureLoop<'a> {
     source: Box<dyn CaptureSource>,
     mixer: Box<dyn Mixer>,
+    /// The settings, changed by the owner while the thread runs.
+    tuning: Watch<CaptureConfig>,
     level: Level,
     /// The gain on the PCM, for a card with no capture control.
     soft_gain: Option<SoftGain>,
@@ -379,19 +417,21 @@ impl<'a> CaptureLoop<'a> {
         mixer: Box<dyn Mixer>,
         router: &'a AudioInputRouter,
         stats: &'a CaptureStats,
-        config: &CaptureConfig,
+        mut tuning: Watch<CaptureConfig>,
         hooks: &'a TestHooks,
     ) -> Self {
+        let config = tuning.changed().map(|c| (*c).clone()).unwrap_or_default();
         if let Ok(mut info) = stats.info.lock() {
             info.gain = GainState {
                 configured: config.level.to_string(),
                 applied: "as found".into(),
-                software_db: None,
+                ..GainState::default()
             };
         }
         CaptureLoop {
             source,
             mixer,
+            tuning,
             level: config.level,
             soft_gain: None,
             advisor: LevelAdvisor::default(),
@@ -416,6 +456,7 @@ impl<'a> CaptureLoop<'a> {
     fn run(&mut self, stop: &StopSignal) {
         self.publish_selection();
         while !stop.is_stopped() {
+            self.retune(false);
             self.stats.set_state(DeviceState::Opening);
             match self.source.open() {
                 Ok(()) => {
@@ -482,6 +523,7 @@ impl<'a> CaptureLoop<'a> {
         while !stop.is_stopped() {
             self.hooks.capture_stall(stop);
             self.hooks.panic_point(PanicTarget::Capture);
+            self.retune(true);
             let result = self.source.read(&mut buf, READ_TIMEOUT);
             let now = Instant::now();
             match result {
@@ -527,31 +569,51 @@ impl<'a> CaptureLoop<'a> {
         }
     }
 
-    /// Sets the configured capture level on the card just opened: its
-    /// mixer, else a software gain. A card that refuses warns once and
-    /// streams as it is.
+    /// Sets the configured capture level on the card just opened (or
+    /// open, when the owner changed it): its mixer, else a software gain.
+    /// "As found" only reads the card's control. A card that refuses
+    /// warns once and streams as it is.
     fn apply_level(&mut self, selection: &Selection) {
         self.soft_gain = None;
-        if self.level == Level::Keep {
-            return;
-        }
+        let keep = self.level == Level::Keep;
         let result = match &selection.card {
             Some(card) => self.mixer.set_capture(card, self.level),
             None => Ok(Applied::NoControl),
         };
         let configured = self.level.to_string();
         let gain = match result {
-            Ok(Applied::Hardware { control, value, note }) => {
+            Ok(Applied::Hardware {
+                control,
+                value,
+                db,
+                note,
+            }) => {
                 if let Some(note) = note {
                     self.warn_mixer(note);
                 }
-                tracing::info!(component = "capture", device = %selection.name, "capture level: {control:?} set to {value}");
+                if !keep {
+                    tracing::info!(component = "capture", device = %selection.name, "capture level: {control:?} set to {value}");
+                }
                 GainState {
                     configured,
-                    applied: format!("card control {control:?}: {value}"),
+                    applied: format!(
+                        "{}card control {control:?}: {value}",
+                        if keep { "as found: " } else { "" }
+                    ),
                     software_db: None,
+                    db: db.map(|(d, _, _)| d),
+                    range_db: db.map(|(_, lo, hi)| (lo, hi)),
+                    hardware: true,
                 }
             }
+            Ok(Applied::NoControl) if keep => GainState {
+                configured,
+                applied: "as found".into(),
+                software_db: None,
+                db: Some(0.0),
+                range_db: Some(SOFT_RANGE_DB),
+                hardware: false,
+            },
             Ok(Applied::NoControl) => {
                 let db = self.level.soft_db().unwrap_or(0.0);
                 self.soft_gain = SoftGain::from_db(db);
@@ -564,19 +626,48 @@ impl<'a> CaptureLoop<'a> {
                     configured,
                     applied: format!("software gain {db:+.1} dB ({why})"),
                     software_db: Some(db),
+                    db: db.is_finite().then_some(db),
+                    range_db: Some(SOFT_RANGE_DB),
+                    hardware: false,
                 }
             }
+            Err(e) if keep => GainState {
+                configured,
+                applied: format!("as found (the card's mixer cannot be read: {e})"),
+                ..GainState::default()
+            },
             Err(e) => {
                 self.warn_mixer(format!("{e}; streaming at the card's current level"));
                 GainState {
                     configured,
                     applied: format!("as found (the card refused: {e})"),
-                    software_db: None,
+                    ..GainState::default()
                 }
             }
         };
         if let Ok(mut info) = self.stats.info.lock() {
             info.gain = gain;
+        }
+    }
+
+    /// Takes settings the owner changed: the level (set on the device at
+    /// once when it is `open`) and the silence report's threshold.
+    fn retune(&mut self, open: bool) {
+        let Some(config) = self.tuning.changed() else { return };
+        if config.silence_warn != self.silence.threshold() {
+            self.silence = SilenceWatch::new(config.silence_warn);
+        }
+        if config.level == self.level {
+            return;
+        }
+        self.level = config.level;
+        self.mixer_warned = None;
+        if let Ok(mut info) = self.stats.info.lock() {
+            info.gain.configured = self.level.to_string();
+        }
+        if open {
+            let selection = self.source.selection();
+            self.apply_level(&selection);
         }
     }
 

@@ -135,6 +135,11 @@ pub struct SilenceWatch {
 }
 
 impl SilenceWatch {
+    /// How long a run of silence lasts before it is reported.
+    pub fn threshold(&self) -> Duration {
+        self.warn_after
+    }
+
     /// Warns once a run reaches `warn_after`; zero never warns.
     pub fn new(warn_after: Duration) -> Self {
         SilenceWatch {

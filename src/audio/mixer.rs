@@ -103,11 +103,14 @@ pub enum LevelError {
 /// What the mixer did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
-    /// The card's capture control was set; `value` is what the card now
-    /// reports (e.g. "-6.00 dB (volume 40 of 0..64)").
+    /// The card's capture control was set (or read); `value` is what the
+    /// card now reports (e.g. "-6.00 dB (volume 40 of 0..64)").
     Hardware {
         control: String,
         value: String,
+        /// The level in dB and the control's dB range, when it has a dB
+        /// scale (what calibration needs).
+        db: Option<(f64, f64, f64)>,
         /// Said once when the card could not take the value exactly
         /// (clamped to its range).
         note: Option<String>,
@@ -136,8 +139,8 @@ pub enum MixerError {
 
 /// A sound card's capture controls.
 pub trait Mixer: Send {
-    /// Sets `card`'s capture volume to `level` (never called with
-    /// [`Level::Keep`]) and turns its capture switch on.
+    /// Sets `card`'s capture volume to `level` and turns its capture
+    /// switch on; [`Level::Keep`] only reads the control as it is.
     fn set_capture(&mut self, card: &str, level: Level) -> Result<Applied, MixerError>;
 }
 
@@ -205,8 +208,10 @@ impl Mixer for AlsaMixer {
             .map(|s| s.get_id().get_name().unwrap_or_default().to_string())
             .collect();
         // Switches first: a muted capture is the commonest "no sound".
-        for s in selems.iter().filter(|s| s.has_capture_switch()) {
-            let _ = s.set_capture_switch_all(1);
+        if level != Level::Keep {
+            for s in selems.iter().filter(|s| s.has_capture_switch()) {
+                let _ = s.set_capture_switch_all(1);
+            }
         }
         let with_volume: Vec<&str> = selems
             .iter()
@@ -265,22 +270,26 @@ impl Mixer for AlsaMixer {
         }
         let ch = SelemChannelId::mono();
         let raw = selem.get_capture_volume(ch).unwrap_or(vmin);
-        let value = match selem.get_capture_vol_db(ch) {
-            Ok(db) if selem.get_capture_db_range().0 < selem.get_capture_db_range().1 => {
-                format!("{:+.2} dB (volume {raw} of {vmin}..{vmax})", db.to_db())
-            }
-            _ => format!("volume {raw} of {vmin}..{vmax}"),
+        let (dmin, dmax) = selem.get_capture_db_range();
+        let db = match selem.get_capture_vol_db(ch) {
+            Ok(db) if dmin < dmax => Some((db.to_db() as f64, dmin.to_db() as f64, dmax.to_db() as f64)),
+            _ => None,
+        };
+        let value = match db {
+            Some((db, _, _)) => format!("{db:+.2} dB (volume {raw} of {vmin}..{vmax})"),
+            None => format!("volume {raw} of {vmin}..{vmax}"),
         };
         Ok(Applied::Hardware {
             control: control.to_string(),
             value,
+            db,
             note,
         })
     }
 }
 
 /// A mixer for tests: cards with or without a capture control, or one
-/// that refuses; records what was asked.
+/// that refuses; records what was asked, and keeps each control's level.
 #[cfg(any(test, feature = "test-hooks"))]
 #[derive(Clone, Default)]
 pub struct FakeMixer {
@@ -289,6 +298,8 @@ pub struct FakeMixer {
     /// Cards whose mixer refuses every value.
     pub refusing: Vec<String>,
     pub calls: Arc<Mutex<Vec<(String, Level)>>>,
+    /// Each control's level now, in dB (0 until set).
+    pub levels: Arc<Mutex<Vec<(String, f64)>>>,
 }
 
 #[cfg(any(test, feature = "test-hooks"))]
@@ -307,14 +318,19 @@ impl Mixer for FakeMixer {
         }
         match self.controls.iter().find(|(c, _, _)| c == card) {
             Some((_, lo, hi)) => {
+                let mut levels = self.levels.lock().unwrap_or_else(|p| p.into_inner());
+                let now = levels.iter().find(|(c, _)| c == card).map_or(0.0, |(_, d)| *d);
                 let db = match level {
                     Level::Db(db) => db.clamp(*lo, *hi),
                     Level::Percent(p) => lo + (hi - lo) * p / 100.0,
-                    Level::Keep => 0.0,
+                    Level::Keep => now,
                 };
+                levels.retain(|(c, _)| c != card);
+                levels.push((card.to_string(), db));
                 Ok(Applied::Hardware {
                     control: "Mic".into(),
                     value: format!("{db:+.2} dB"),
+                    db: Some((db, *lo, *hi)),
                     note: None,
                 })
             }

@@ -105,13 +105,18 @@ impl Endpoint {
         if authority.contains('@') {
             return Err(EndpointError::Credentials);
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                (h, p.parse::<u16>().map_err(|_| EndpointError::BadPort(p.to_string()))?)
-            }
-            _ => (authority, 8000),
+        // `[v6]:port`, `[v6]`, `host:port` or `host`.
+        let (host, port) = match authority.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((h, rest)) => (h, rest.strip_prefix(':')),
+            None => match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = match port {
+            Some(p) => p.parse::<u16>().map_err(|_| EndpointError::BadPort(p.to_string()))?,
+            None => 8000,
+        };
         if host.is_empty() || path.is_empty() || !path.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(EndpointError::Incomplete);
         }
@@ -123,10 +128,21 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The host as it goes before `:port` (an IPv6 address in brackets).
+    pub fn authority_host(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        }
+    }
+}
+
 impl std::fmt::Display for Endpoint {
     /// `host:port/mount`: how logs and `/status` name a target.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}{}", self.host, self.port, self.mount)
+        write!(f, "{}:{}{}", self.authority_host(), self.port, self.mount)
     }
 }
 
@@ -172,7 +188,7 @@ pub fn source_request(target: &IcecastTarget, endpoint: &Endpoint, station: &Sta
          Ice-Genre: {genre}\r\n\
          Ice-Bitrate: {bitrate_kbps}\r\n\
          Ice-Audio-Info: ice-samplerate=48000;ice-bitrate={bitrate_kbps};ice-channels=2\r\n",
-        endpoint.host,
+        endpoint.authority_host(),
         endpoint.port,
         env!("CARGO_PKG_VERSION"),
         u8::from(target.public),
@@ -311,9 +327,11 @@ impl Output {
     }
 }
 
-/// Every Icecast target's worker and queue.
+/// Every Icecast target's worker and queue. The list is replaced whole
+/// when the owner changes the targets ([`Outputs::replace`]); the
+/// broadcast loop only takes a read lock to queue a frame.
 pub struct Outputs {
-    outputs: Vec<Output>,
+    outputs: std::sync::RwLock<Vec<Output>>,
 }
 
 impl Outputs {
@@ -326,6 +344,39 @@ impl Outputs {
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
     ) -> io::Result<Outputs> {
+        Ok(Outputs {
+            outputs: std::sync::RwLock::new(Self::build(targets, station, bitrate_kbps, supervisor, hooks)?),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Output>> {
+        self.outputs.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops every worker and starts the new `targets` in their place (the
+    /// owner changed them).
+    pub fn replace(
+        &self,
+        targets: &[IcecastTarget],
+        station: &Station,
+        bitrate_kbps: u64,
+        supervisor: &Supervisor,
+        hooks: &Arc<TestHooks>,
+        timeout: Duration,
+    ) -> (io::Result<()>, Vec<WorkerError>) {
+        let stopped = self.stop(timeout);
+        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks);
+        let result = built.map(|new| *self.outputs.write().unwrap_or_else(|p| p.into_inner()) = new);
+        (result, stopped)
+    }
+
+    fn build(
+        targets: &[IcecastTarget],
+        station: &Station,
+        bitrate_kbps: u64,
+        supervisor: &Supervisor,
+        hooks: &Arc<TestHooks>,
+    ) -> io::Result<Vec<Output>> {
         let mut outputs = Vec::new();
         for (i, target) in targets.iter().enumerate() {
             let endpoint =
@@ -354,13 +405,14 @@ impl Outputs {
             tracing::info!(component = "icecast", target = %endpoint, method = %target.method, "pushing the stream to Icecast at {endpoint}");
             outputs.push(output);
         }
-        Ok(Outputs { outputs })
+        Ok(outputs)
     }
 
     /// Starts a new worker for the output whose thread `name` ended (its
     /// queue and counters carry on). False when no output has that name.
     pub fn restart(&self, name: &str, supervisor: &Supervisor, hooks: &Arc<TestHooks>) -> io::Result<bool> {
-        let Some(output) = self.outputs.iter().find(|o| o.name == name) else {
+        let outputs = self.read();
+        let Some(output) = outputs.iter().find(|o| o.name == name) else {
             return Ok(false);
         };
         let mut slot = output.worker.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,7 +427,7 @@ impl Outputs {
     /// Queues `frame` for every target without blocking; a full queue drops
     /// it (counted).
     pub fn offer(&self, frame: &Mp3Frame) {
-        for o in &self.outputs {
+        for o in self.read().iter() {
             if let Err(TrySendError::Full(_)) = o.tx.try_send(frame.clone()) {
                 o.shared.dropped_full.fetch_add(1, Ordering::Relaxed);
             }
@@ -383,7 +435,7 @@ impl Outputs {
     }
 
     pub fn snapshot(&self) -> Vec<OutputSnapshot> {
-        self.outputs
+        self.read()
             .iter()
             .map(|o| {
                 let s = &o.shared;
@@ -407,7 +459,7 @@ impl Outputs {
     /// Stops every worker (their connections close); later calls do nothing.
     pub fn stop(&self, timeout: Duration) -> Vec<WorkerError> {
         let workers: Vec<Worker<()>> = self
-            .outputs
+            .read()
             .iter()
             .filter_map(|o| o.worker.lock().unwrap_or_else(|p| p.into_inner()).take())
             .collect();
@@ -577,6 +629,12 @@ mod tests {
         );
         assert_eq!(Endpoint::parse("http://10.0.0.2/tower").map(|e| e.port), Ok(8000));
         assert_eq!(Endpoint::parse("http://[::1]:9000/m").map(|e| e.host), Ok("::1".into()));
+        let v6 = Endpoint::parse("http://[::1]/live").expect("an IPv6 URL without a port");
+        assert_eq!(
+            (v6.host.as_str(), v6.port, v6.to_string()),
+            ("::1", 8000, "[::1]:8000/live".to_string())
+        );
+        assert!(Endpoint::parse("http://[::1]:x/m").is_err());
         assert!(Endpoint::parse("https://x/m").is_err());
         assert!(Endpoint::parse("http://x").is_err());
         assert!(Endpoint::parse("http://x:99999/m").is_err());

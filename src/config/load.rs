@@ -35,12 +35,13 @@ impl fmt::Display for Origin {
 pub enum ConfigError {
     #[error("cannot read configuration file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// `message` never quotes the line: it may hold a secret.
     #[error("configuration file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
     #[error("unknown configuration key `{key}` in {origin}{hint}")]
     UnknownKey { key: String, origin: Origin, hint: String },
-    #[error("unknown environment variable {name}{hint}")]
-    UnknownEnv { name: String, hint: String },
+    #[error("environment variable {name} is not valid UTF-8")]
+    NotUtf8 { name: String },
     #[error("`{key}` = {value} (from {origin}) has the wrong type: expected {expected}")]
     WrongType {
         key: String,
@@ -65,20 +66,70 @@ pub struct Overrides {
     pub ffmpeg: Option<String>,
 }
 
-/// The configuration plus where each non-default value came from.
+/// The configuration plus where each non-default value came from, and
+/// what it was made from (so a change can be checked the same way).
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub origins: BTreeMap<String, Origin>,
     pub file: Option<PathBuf>,
+    /// The file's text as read ("" without a file).
+    pub text: String,
+    /// The `TOWER_*` variables and the flags that were applied over it.
+    pub env: Vec<(String, String)>,
+    pub flags: Overrides,
+    /// What was ignored, to log once (unknown `TOWER_*` variables).
+    pub warnings: Vec<String>,
 }
 
-fn env_name(key: &str) -> String {
+/// Keys whose values are secrets: never shown in an error, a log line,
+/// `/status`, `--print-config` or the owner's page.
+pub fn is_secret(key: &str) -> bool {
+    matches!(key, "admin.password" | "admin.password_hash")
+        || (key.starts_with("icecast[") && key.ends_with("].password"))
+}
+
+/// How an error shows the value of `key`: as given, or [`HIDDEN`].
+fn shown(key: &str, value: impl fmt::Display) -> String {
+    if is_secret(key) {
+        HIDDEN.to_string()
+    } else {
+        value.to_string()
+    }
+}
+
+/// A URL with any `user:password@` replaced, for messages.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) if scheme.is_empty() => format!("{HIDDEN}@{}", &rest[at + 1..]),
+        Some(at) => format!("{scheme}://{HIDDEN}@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// A TOML syntax error in words, with its line and column but never the
+/// line itself (`password = hunter2` without quotes is a syntax error).
+fn syntax_message(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
+}
+
+pub(super) fn env_name(key: &str) -> String {
     format!("TOWER_{}", key.replace('.', "_").to_uppercase())
 }
 
 /// Every key path with its default value, in file order.
-fn schema() -> Vec<(String, Value)> {
+pub(super) fn schema() -> Vec<(String, Value)> {
     let mut out = Vec::new();
     if let Ok(table) = Table::try_from(Config::default()) {
         for (k, v) in table {
@@ -110,7 +161,7 @@ fn type_name(v: &Value) -> &'static str {
 }
 
 /// Closest known key, for "did you mean".
-fn suggest(unknown: &str, known: &[String]) -> String {
+pub(super) fn suggest(unknown: &str, known: &[String]) -> String {
     let distance = |a: &str, b: &str| -> usize {
         let b: Vec<char> = b.chars().collect();
         let mut prev: Vec<usize> = (0..=b.len()).collect();
@@ -137,7 +188,7 @@ fn suggest(unknown: &str, known: &[String]) -> String {
 fn coerce(key: &str, value: Value, default: &Value, origin: &Origin) -> Result<Value, ConfigError> {
     let wrong = |value: &Value| ConfigError::WrongType {
         key: key.to_string(),
-        value: value.to_string(),
+        value: shown(key, value),
         origin: origin.clone(),
         expected: type_name(default),
     };
@@ -146,7 +197,7 @@ fn coerce(key: &str, value: Value, default: &Value, origin: &Origin) -> Result<V
         // Every whole-number key counts something: none can be negative.
         (Value::Integer(_), Value::Integer(i)) if i < 0 => Err(ConfigError::Invalid {
             key: key.to_string(),
-            value: i.to_string(),
+            value: shown(key, i),
             origin: origin.clone(),
             accepted: "a whole number, 0 or more".into(),
         }),
@@ -170,10 +221,10 @@ fn coerce(key: &str, value: Value, default: &Value, origin: &Origin) -> Result<V
 }
 
 /// Parses an environment or flag string according to the default's type.
-fn parse_text(key: &str, text: &str, default: &Value, origin: &Origin) -> Result<Value, ConfigError> {
+pub(super) fn parse_text(key: &str, text: &str, default: &Value, origin: &Origin) -> Result<Value, ConfigError> {
     let wrong = || ConfigError::WrongType {
         key: key.to_string(),
-        value: format!("{text:?}"),
+        value: shown(key, format_args!("{text:?}")),
         origin: origin.clone(),
         expected: type_name(default),
     };
@@ -243,33 +294,84 @@ pub fn default_file() -> Option<PathBuf> {
     Path::new(DEFAULT_PATH).exists().then(|| PathBuf::from(DEFAULT_PATH))
 }
 
-/// Loads the configuration: the file at `path` (if any), then `env`
-/// (`TOWER_*` pairs), then `flags`.
-/// The `[[icecast]]` tables of the file at `file`.
+/// A target's keys with their defaults (a password and a URL have none).
+fn icecast_schema() -> Table {
+    let mut t = Table::new();
+    for (k, v) in [
+        ("url", Value::String(String::new())),
+        ("user", Value::String("source".into())),
+        ("password", Value::String(String::new())),
+        ("name", Value::String(String::new())),
+        ("description", Value::String(String::new())),
+        ("genre", Value::String(String::new())),
+        ("public", Value::Boolean(false)),
+        ("method", Value::String("put".into())),
+    ] {
+        t.insert(k.to_string(), v);
+    }
+    t
+}
+
+/// The `[[icecast]]` tables of the file at `file`, each key checked like
+/// every other (its value never echoed when it is the password).
 fn icecast_targets(value: Value, file: &Path) -> Result<Vec<IcecastTarget>, ConfigError> {
     let origin = Origin::File(file.to_path_buf());
     let Value::Array(items) = value else {
         return Err(ConfigError::Invalid {
             key: "icecast".into(),
-            value: value.to_string(),
+            value: type_name(&value).into(),
             origin,
             accepted: "[[icecast]] tables with url and password".into(),
         });
     };
-    items
-        .into_iter()
-        .enumerate()
-        .map(|(i, item)| {
-            IcecastTarget::deserialize(item).map_err(|e| ConfigError::Invalid {
+    let schema = icecast_schema();
+    let known: Vec<String> = schema.keys().cloned().collect();
+    let mut targets = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let Value::Table(table) = item else {
+            return Err(ConfigError::Invalid {
                 key: format!("icecast[{i}]"),
-                value: String::new(),
-                origin: origin.clone(),
-                accepted: e.to_string().trim().to_string(),
-            })
-        })
-        .collect()
+                value: type_name(&item).into(),
+                origin,
+                accepted: "a table with url and password".into(),
+            });
+        };
+        let mut checked = Table::new();
+        for (k, v) in table {
+            let key = format!("icecast[{i}].{k}");
+            let Some(default) = schema.get(&k) else {
+                return Err(ConfigError::UnknownKey {
+                    hint: suggest(&k, &known),
+                    key,
+                    origin,
+                });
+            };
+            checked.insert(k, coerce(&key, v, default, &origin)?);
+        }
+        for required in ["url", "password"] {
+            if !checked.contains_key(required) {
+                return Err(ConfigError::Invalid {
+                    key: format!("icecast[{i}].{required}"),
+                    value: "(missing)".into(),
+                    origin,
+                    accepted: "every [[icecast]] table needs url and password".into(),
+                });
+            }
+        }
+        // Every key and type was checked above.
+        let target = IcecastTarget::deserialize(Value::Table(checked)).map_err(|e| ConfigError::Invalid {
+            key: format!("icecast[{i}]"),
+            value: String::new(),
+            origin: origin.clone(),
+            accepted: e.message().to_string(),
+        })?;
+        targets.push(target);
+    }
+    Ok(targets)
 }
 
+/// Loads the configuration: the file at `path` (if any), then `env`
+/// (`TOWER_*` pairs), then `flags`.
 pub fn load(path: Option<&Path>, env: &[(String, String)], flags: &Overrides) -> Result<Loaded, ConfigError> {
     let file = match path {
         Some(p) => {
@@ -304,12 +406,13 @@ pub fn load_text(
     if let (Some(file), Some(text)) = (&file, text) {
         let parsed: Table = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             path: file.clone(),
-            message: e.to_string().trim().to_string(),
+            message: syntax_message(text, &e),
         })?;
         let origin = Origin::File(file.clone());
         for (k, v) in parsed {
             if k == "icecast" {
                 icecast = icecast_targets(v, file)?;
+                origins.insert(k, origin.clone());
                 continue;
             }
             let entries: Vec<(String, Value)> = match v {
@@ -334,7 +437,13 @@ pub fn load_text(
     }
 
     let known_vars: BTreeMap<String, &str> = known.iter().map(|k| (env_name(k), k.as_str())).collect();
-    for (name, text) in env {
+    let mut warnings = Vec::new();
+    let mut applied_env = Vec::new();
+    // The historic name first, so that the new name wins whatever the
+    // order of the environment.
+    let historic = env.iter().filter(|(n, _)| n == HISTORIC_WAV_VAR);
+    let others = env.iter().filter(|(n, _)| n != HISTORIC_WAV_VAR);
+    for (name, text) in historic.chain(others) {
         if !name.starts_with("TOWER_") || NON_KEY_VARS.contains(&name.as_str()) {
             continue;
         }
@@ -343,16 +452,24 @@ pub fn load_text(
         } else if let Some(k) = known_vars.get(name) {
             k
         } else {
+            // Other programs use the prefix too (AWX's TOWER_HOST).
             let names: Vec<String> = known_vars.keys().cloned().collect();
-            return Err(ConfigError::UnknownEnv {
-                hint: suggest(name, &names),
-                name: name.clone(),
-            });
+            warnings.push(format!(
+                "environment variable {name} is not one of Tower's settings; ignored{}",
+                suggest(name, &names)
+            ));
+            continue;
         };
+        if let Some(Origin::Env(first)) = origins.get(key)
+            && first == HISTORIC_WAV_VAR
+        {
+            warnings.push(format!("{name} is set, so {HISTORIC_WAV_VAR} is ignored"));
+        }
         let origin = Origin::Env(name.clone());
         let value = parse_text(key, text, defaults[key], &origin)?;
         set(&mut table, key, value);
         origins.insert(key.to_string(), origin);
+        applied_env.push((name.clone(), text.clone()));
     }
 
     for (key, flag, value) in [
@@ -374,20 +491,29 @@ pub fn load_text(
         accepted: e.to_string(),
     })?;
     config.icecast = icecast;
-    let loaded = Loaded { config, origins, file };
+    let loaded = Loaded {
+        config,
+        origins,
+        file,
+        text: text.unwrap_or_default().to_string(),
+        env: applied_env,
+        flags: flags.clone(),
+        warnings,
+    };
     loaded.validate()?;
     Ok(loaded)
 }
 
 impl Loaded {
     fn origin(&self, key: &str) -> Origin {
+        let key = if key.starts_with("icecast[") { "icecast" } else { key };
         self.origins.get(key).cloned().unwrap_or(Origin::Default)
     }
 
     fn invalid(&self, key: &str, value: impl fmt::Display, accepted: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             key: key.to_string(),
-            value: value.to_string(),
+            value: shown(key, value),
             origin: self.origin(key),
             accepted: accepted.into(),
         }
@@ -553,7 +679,7 @@ impl Loaded {
             if let Err(e) = crate::broadcast::icecast::Endpoint::parse(&t.url) {
                 return Err(self.invalid(
                     &format!("icecast[{i}].url"),
-                    format!("{:?}", t.url),
+                    format!("{:?}", redact_url(&t.url)),
                     format!("a URL that {e}"),
                 ));
             }
@@ -584,6 +710,30 @@ impl Loaded {
             if value.chars().count() > 200 || value.chars().any(char::is_control) {
                 return Err(self.invalid(key, format!("{value:?}"), "one line of text, at most 200 characters"));
             }
+        }
+        if c.http.hosts.len() > 16 || c.http.hosts.iter().any(|h| !crate::http::host::valid_name(h)) {
+            return Err(self.invalid(
+                "http.hosts",
+                format!("{:?}", c.http.hosts),
+                "up to 16 host names (letters, digits, '-' and '.') or IP addresses, e.g. [\"tower.lan\"]",
+            ));
+        }
+        if c.http.cors_origins.len() > 16 || c.http.cors_origins.iter().any(|o| !crate::http::host::valid_origin(o)) {
+            return Err(self.invalid(
+                "http.cors_origins",
+                format!("{:?}", c.http.cors_origins),
+                "up to 16 web origins such as \"https://radio.example.org\" (scheme, host and port, no path), or \"*\" for any",
+            ));
+        }
+        if !c.admin.password.is_empty()
+            && let Err(accepted) = crate::admin::password::check_new(&c.admin.password)
+        {
+            return Err(self.invalid("admin.password", "", accepted));
+        }
+        if !c.admin.password_hash.is_empty()
+            && let Err(accepted) = crate::admin::password::check_hash(&c.admin.password_hash)
+        {
+            return Err(self.invalid("admin.password_hash", "", accepted));
         }
         self.range(
             "pump.realtime_priority",
@@ -720,7 +870,7 @@ mod tests {
     }
 
     #[test]
-    fn unknown_keys_and_variables_are_refused_with_a_suggestion() {
+    fn unknown_keys_are_refused_and_unknown_variables_ignored_with_a_suggestion() {
         let dir = tempfile::tempdir().expect("tmp");
         let p = write(&dir, "[pcm]\ngrace_secs = 3\n");
         let t = err_text(load(Some(&p), &[], &Overrides::default()));
@@ -732,11 +882,74 @@ mod tests {
         assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("`colour`"));
         let p = write(&dir, "[nosuch]\nkey = 1\n");
         assert!(err_text(load(Some(&p), &[], &Overrides::default())).contains("nosuch"));
-        let t = err_text(load(None, &env(&[("TOWER_PCM_GRACE", "3")]), &Overrides::default()));
+        // Other programs use the prefix (AWX's TOWER_HOST, TOWER_PASSWORD).
+        let l = load(
+            None,
+            &env(&[
+                ("TOWER_PCM_GRACE", "3"),
+                ("TOWER_HOST", "awx.example"),
+                ("TOWER_PASSWORD", "hunter2"),
+            ]),
+            &Overrides::default(),
+        )
+        .expect("ignored");
+        assert_eq!(l.config, Config::default());
+        let w = l.warnings.join("\n");
         assert!(
-            t.contains("TOWER_PCM_GRACE") && t.contains("TOWER_PCM_GRACE_SEC"),
-            "{t}"
+            w.contains("TOWER_PCM_GRACE") && w.contains("TOWER_PCM_GRACE_SEC"),
+            "{w}"
         );
+        assert!(w.contains("TOWER_HOST") && !w.contains("hunter2"), "{w}");
+    }
+
+    #[test]
+    fn the_new_fallback_variable_wins_over_the_historic_one_in_any_order() {
+        for order in [[0, 1], [1, 0]] {
+            let pairs = [
+                ("TOWER_SILENCE_MP3_PATH", "/old.wav"),
+                ("TOWER_FALLBACK_WAV_PATH", "/new.wav"),
+            ];
+            let e = env(&[pairs[order[0]], pairs[order[1]]]);
+            let l = load(None, &e, &Overrides::default()).expect("valid");
+            assert_eq!(l.config.fallback.wav_path, "/new.wav", "{order:?}");
+            assert!(
+                l.warnings
+                    .iter()
+                    .any(|w| w.contains("TOWER_SILENCE_MP3_PATH is ignored"))
+            );
+        }
+    }
+
+    #[test]
+    fn no_error_shows_a_secret() {
+        let dir = tempfile::tempdir().expect("tmp");
+        for (text, key) in [
+            ("[admin]\npassword = hunter2hunter2\n", "line 2"),
+            ("[admin]\npassword = 12345678901\n", "admin.password"),
+            ("[admin]\npassword = \"hunter2\"\n", "admin.password"),
+            (
+                "[[icecast]]\nurl = \"http://a/m\"\npassword = 12345678901\n",
+                "icecast[0].password",
+            ),
+            (
+                "[[icecast]]\nurl = \"http://source:hunter2hunter2@a/m\"\npassword = \"x\"\n",
+                "icecast[0].url",
+            ),
+            ("[admin]\npassword_hash = \"hunter2hunter2\"\n", "admin.password_hash"),
+        ] {
+            let p = write(&dir, text);
+            let t = err_text(load(Some(&p), &[], &Overrides::default()));
+            assert!(t.contains(key), "{key}: {t}");
+            for secret in ["hunter2", "12345678901"] {
+                assert!(!t.contains(secret), "{text:?} shows its secret: {t}");
+            }
+        }
+        let t = err_text(load(
+            None,
+            &env(&[("TOWER_ADMIN_PASSWORD", "short")]),
+            &Overrides::default(),
+        ));
+        assert!(t.contains("admin.password") && !t.contains("short"), "{t}");
     }
 
     #[test]

@@ -18,8 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub mod change;
+pub mod edit;
 mod load;
-pub use load::{ConfigError, Loaded, Origin, Overrides, default_file, load, load_text};
+pub mod store;
+pub use load::{ConfigError, Loaded, Origin, Overrides, default_file, is_secret, load, load_text, redact_url};
 
 pub use crate::broadcast::Station;
 pub use crate::broadcast::icecast::IcecastTarget;
@@ -60,6 +63,7 @@ pub struct Config {
     pub pump: PumpSection,
     pub station: Station,
     pub gpio: GpioSection,
+    pub admin: AdminSection,
     /// Icecast servers to push the stream to (`[[icecast]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub icecast: Vec<IcecastTarget>,
@@ -67,6 +71,25 @@ pub struct Config {
 
 /// Shown instead of a password.
 pub const HIDDEN: &str = "(hidden)";
+
+/// Who may change Tower: the owner's password. Written in plain text by
+/// the owner, it is replaced by `password_hash` (argon2id, salted) at
+/// Tower's next start; see `admin`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// The admin password in plain text, until Tower hashes it.
+    pub password: String,
+    /// The PHC string of the password's argon2id hash.
+    pub password_hash: String,
+}
+
+impl AdminSection {
+    /// Whether a password is set (plain or hashed).
+    pub fn has_password(&self) -> bool {
+        !self.password.is_empty() || !self.password_hash.is_empty()
+    }
+}
 
 /// The capture card's level.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -165,6 +188,12 @@ pub struct Http {
     pub header_timeout_ms: u64,
     pub max_connections_per_address: u64,
     pub max_other_connections: u64,
+    /// Host names Tower answers to besides its own (its hostname, that
+    /// name with `.local`, `localhost` and the address a client connected
+    /// to): a name the router's DNS gives the box.
+    pub hosts: Vec<String>,
+    /// Web origins whose scripts may read `/stream` (CORS); `*` for any.
+    pub cors_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +220,7 @@ impl Default for Config {
             pump: PumpSection::default(),
             station: Station::default(),
             gpio: GpioSection::default(),
+            admin: AdminSection::default(),
             icecast: Vec::new(),
         }
     }
@@ -250,6 +280,8 @@ impl Default for Http {
             header_timeout_ms: 10_000,
             max_connections_per_address: 32,
             max_other_connections: 256,
+            hosts: Vec::new(),
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -283,7 +315,7 @@ pub struct Settings {
     pub station: Station,
     pub icecast: Vec<IcecastTarget>,
     pub hub: crate::http::HubConfig,
-    pub site: crate::http::Site,
+    pub site: crate::http::SiteConfig,
     pub leds: crate::leds::LedConfig,
 }
 
@@ -335,8 +367,7 @@ impl Config {
                 max_listeners: self.http.max_listeners as usize,
                 burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
             },
-            site: crate::http::Site {
-                station: self.station.clone(),
+            site: crate::http::SiteConfig {
                 bitrate_kbps: e.bitrate_kbps,
                 icy_metaint: self.http.icy_metaint as usize,
                 guard: crate::http::guard::Limits {
@@ -344,6 +375,8 @@ impl Config {
                     per_address: self.http.max_connections_per_address as usize,
                     total: self.http.max_other_connections as usize,
                 },
+                hosts: self.http.hosts.clone(),
+                cors_origins: self.http.cors_origins.clone(),
             },
             leds: self.leds(),
         }
@@ -396,14 +429,26 @@ impl Config {
         (!self.fallback.wav_path.is_empty()).then(|| PathBuf::from(&self.fallback.wav_path))
     }
 
-    /// The effective configuration as TOML.
-    /// The configuration as TOML, passwords replaced by [`HIDDEN`]: what
+    /// The configuration with every secret (see [`is_secret`]) that is
+    /// set replaced by [`HIDDEN`].
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        let hide = |s: &mut String| {
+            if !s.is_empty() {
+                *s = HIDDEN.into();
+            }
+        };
+        hide(&mut shown.admin.password);
+        hide(&mut shown.admin.password_hash);
+        for t in &mut shown.icecast {
+            hide(&mut t.password);
+        }
+        shown
+    }
+
+    /// The configuration as TOML, secrets replaced by [`HIDDEN`]: what
     /// `--print-config` prints and the start-up line logs.
     pub fn to_toml(&self) -> String {
-        let mut shown = self.clone();
-        for t in &mut shown.icecast {
-            t.password = HIDDEN.into();
-        }
-        toml::to_string(&shown).unwrap_or_default()
+        toml::to_string(&self.redacted()).unwrap_or_default()
     }
 }

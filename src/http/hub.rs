@@ -181,6 +181,9 @@ struct Inner {
 
 pub struct Hub {
     config: HubConfig,
+    /// The burst a new listener gets unless it asks for its own: the
+    /// owner may change it while Tower runs (`http.burst_ms`).
+    burst_frames: AtomicUsize,
     inner: Mutex<Inner>,
     /// Listeners plus connections being set up: what the limit counts.
     admitted: AtomicUsize,
@@ -205,6 +208,7 @@ impl Hub {
     pub fn new(config: HubConfig) -> Self {
         Hub {
             config,
+            burst_frames: AtomicUsize::new(config.burst_frames),
             inner: Mutex::new(Inner {
                 listeners: Vec::new(),
                 recent: VecDeque::new(),
@@ -217,6 +221,13 @@ impl Hub {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The burst new listeners get from now on; listeners already
+    /// connected keep theirs.
+    pub fn set_burst_frames(&self, frames: usize) {
+        self.burst_frames
+            .store(frames.clamp(1, MAX_BURST_FRAMES), Ordering::Relaxed);
     }
 
     /// Reserves a place for a new listener, or `None` at the limit (counted).
@@ -246,7 +257,9 @@ impl Hub {
         burst: Option<usize>,
         now: Instant,
     ) -> u64 {
-        let burst = burst.unwrap_or(self.config.burst_frames).clamp(1, MAX_BURST_FRAMES);
+        let burst = burst
+            .unwrap_or_else(|| self.burst_frames.load(Ordering::Relaxed))
+            .clamp(1, MAX_BURST_FRAMES);
         admission.used = true;
         let mut inner = self.lock();
         let id = inner.next_id;

@@ -5,11 +5,16 @@
 //! and L × 16 bytes holding `StreamTitle='…';`, zero-padded. A client that
 //! does not ask never gets a metadata byte. [`IcySink`] wraps a listener's
 //! connection and inserts the blocks, so the hub keeps sending every
-//! listener the same frames.
+//! listener the same frames. Each block carries the station's title as it
+//! is when the block is due, so a new title reaches every ICY listener at
+//! its next block, without reconnecting.
 
 use std::io::{self, ErrorKind};
+use std::sync::Arc;
 
 use super::hub::ListenerSink;
+use crate::broadcast::Station;
+use crate::live::{Live, Watch};
 
 /// The most a block can hold: the length byte counts 16-byte units.
 const MAX_BLOCK: usize = 255 * 16;
@@ -43,6 +48,7 @@ pub fn metadata_block(title: &str) -> Vec<u8> {
 pub struct IcySink {
     inner: Box<dyn ListenerSink>,
     metaint: usize,
+    station: Watch<Station>,
     block: Vec<u8>,
     /// Audio bytes left before the next block is due.
     until_block: usize,
@@ -51,14 +57,25 @@ pub struct IcySink {
 }
 
 impl IcySink {
-    pub fn new(inner: Box<dyn ListenerSink>, metaint: usize, title: &str) -> Self {
+    pub fn new(inner: Box<dyn ListenerSink>, metaint: usize, station: Arc<Live<Station>>) -> Self {
+        let mut station = Watch::new(station);
+        let block = metadata_block(&station.changed().map(|s| s.title.clone()).unwrap_or_default());
         IcySink {
             inner,
             metaint: metaint.max(1),
-            block: metadata_block(title),
+            station,
+            block,
             until_block: metaint.max(1),
             block_written: None,
         }
+    }
+
+    /// A block is due: it carries the title as it is now.
+    fn start_block(&mut self) {
+        if let Some(station) = self.station.changed() {
+            self.block = metadata_block(&station.title);
+        }
+        self.block_written = Some(0);
     }
 
     /// Writes the rest of a due block; `Ok(true)` once it is all out.
@@ -94,7 +111,7 @@ impl ListenerSink for IcySink {
         let n = self.inner.write(&buf[..take])?;
         self.until_block -= n;
         if self.until_block == 0 {
-            self.block_written = Some(0);
+            self.start_block();
             // Best effort now; the next write finishes it.
             let _ = self.write_block();
         }
@@ -109,7 +126,7 @@ impl ListenerSink for IcySink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
 
     /// Takes at most `chunk` bytes per write, and WouldBlock every other call.
     struct Choppy {
@@ -129,6 +146,45 @@ mod tests {
             Ok(n)
         }
         fn close(&mut self, _: bool) {}
+    }
+
+    fn station(title: &str) -> Arc<Live<Station>> {
+        Arc::new(Live::new(Station {
+            title: title.into(),
+            ..Station::default()
+        }))
+    }
+
+    #[test]
+    fn a_new_title_goes_out_in_the_next_block_on_the_same_connection() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let inner = Choppy {
+            out: out.clone(),
+            chunk: 10_000,
+            calls: 0,
+        };
+        let live = station("Live");
+        let mut sink = IcySink::new(Box::new(inner), 256, live.clone());
+        let feed = |sink: &mut IcySink| {
+            let mut fed = 0;
+            while fed < 256 {
+                if let Ok(n) = sink.write(&[1u8; 256][fed..]) {
+                    fed += n;
+                }
+            }
+        };
+        feed(&mut sink);
+        live.set(Station {
+            title: "Side B".into(),
+            ..Station::default()
+        });
+        feed(&mut sink);
+        let _ = sink.write(&[]);
+        let _ = sink.write(&[]);
+        let text = String::from_utf8_lossy(&out.lock().expect("lock")).to_string();
+        let first = text.find("StreamTitle='Live';").expect("first block");
+        let second = text.find("StreamTitle='Side B';").expect("second block");
+        assert!(first < second);
     }
 
     #[test]
@@ -155,7 +211,7 @@ mod tests {
                 chunk,
                 calls: 0,
             };
-            let mut sink = IcySink::new(Box::new(inner), 1000, "Live");
+            let mut sink = IcySink::new(Box::new(inner), 1000, station("Live"));
             let mut fed = 0;
             while fed < audio.len() {
                 match sink.write(&audio[fed..(fed + 417).min(audio.len())]) {

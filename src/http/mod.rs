@@ -1,8 +1,13 @@
-//! The HTTP server [H1]–[H5]: `/stream` for listeners (with ICY headers
+//! The HTTP server [H1]–[H6]: `/stream` for listeners (with ICY headers
 //! and, on request, ICY metadata), `/stream.m3u` and `/listen.m3u`
 //! playlists, the owner's status page `/` with its live updates
-//! (`/events`, Server-Sent Events), `/status`, `/metrics`, `/health` and
-//! `/tower/buffer`.
+//! (`/events`, Server-Sent Events), `/status`, `/metrics`, `/health`,
+//! `/tower/buffer`, and the settings page `/settings` whose `/api/…`
+//! requests go to the owner's [`Desk`] (the admin thread).
+//!
+//! Only the stream and its playlists answer to any host name; everything
+//! else answers only to the names Tower knows, and a POST only from
+//! Tower's own pages or from scripts (see `host`) [H6].
 //!
 //! [`HttpServer`] owns two threads. "http" runs the accept loop (see
 //! `server`): it reads each request without blocking, answers small ones
@@ -13,6 +18,7 @@
 //! Every connection serves one request and closes (`Connection: close`).
 
 pub mod guard;
+pub mod host;
 pub mod hub;
 pub mod icy;
 pub mod request;
@@ -21,7 +27,7 @@ pub mod socket;
 
 use std::fmt::Write as _;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -31,7 +37,9 @@ use serde::Serialize;
 pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink};
 pub use request::Request;
 
+use crate::broadcast::Station;
 use crate::hooks::TestHooks;
+use crate::live::Live;
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
@@ -55,19 +63,79 @@ pub trait StatusSource: Send + Sync {
     fn health(&self) -> Vec<String>;
 }
 
-/// What the server says about the station.
+/// What the server says about the station, and whom it answers; the
+/// service replaces it when the owner changes a setting.
 #[derive(Debug, Clone)]
 pub struct Site {
-    pub station: crate::broadcast::Station,
+    /// The station's texts, shared with the ICY sinks, the status page and
+    /// the Icecast outputs.
+    pub station: Arc<Live<Station>>,
     pub bitrate_kbps: u64,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,
-    /// The connection guard's limits.
+    /// The connection guard's limits (read when the front end starts).
     pub guard: guard::Limits,
+    /// The names Tower answers to.
+    pub hosts: host::Hosts,
+    /// Web origins whose scripts may read `/stream`.
+    pub cors_origins: Vec<String>,
 }
+
+/// The front end's settings, from the configuration.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    pub bitrate_kbps: u64,
+    pub icy_metaint: usize,
+    pub guard: guard::Limits,
+    /// `http.hosts`: names to answer to besides the machine's own.
+    pub hosts: Vec<String>,
+    pub cors_origins: Vec<String>,
+}
+
+impl Site {
+    /// The site for `config`, naming the station in `station`.
+    pub fn new(config: &SiteConfig, station: Arc<Live<Station>>) -> Site {
+        Site {
+            station,
+            bitrate_kbps: config.bitrate_kbps,
+            icy_metaint: config.icy_metaint,
+            guard: config.guard,
+            hosts: host::Hosts::system(&config.hosts),
+            cors_origins: config.cors_origins.clone(),
+        }
+    }
+}
+
+/// The owner's desk: requests under `/api/` read or change the settings.
+/// They need the admin password, which is slow to check on purpose, and a
+/// change may take a while (a save), so the accept loop hands them over
+/// with their connection and goes on; the admin thread answers them.
+pub trait Desk: Send + Sync {
+    /// Whether `peer` may try a password now, else how long it must wait:
+    /// asked before a request that carries a password is handed over, so
+    /// a flood is refused here without queueing or hashing anything.
+    fn may_try(&self, peer: IpAddr, now: Instant) -> Result<(), Duration>;
+    /// Takes a request and its connection; gives them back when full.
+    fn hand(&self, job: Box<DeskJob>) -> Result<(), Box<DeskJob>>;
+}
+
+/// A request for the [`Desk`], with the connection to answer on (still
+/// non-blocking; nothing has been written to it).
+pub struct DeskJob {
+    pub request: Request,
+    pub peer: SocketAddr,
+    pub stream: TcpStream,
+}
+
+/// Paths under this prefix go to the desk.
+pub const API: &str = "/api/";
+/// Desk requests that carry a password (besides `Authorization: Basic`).
+const PASSWORD_PATHS: [&str; 3] = ["/api/login", "/api/claim", "/api/password"];
 
 /// The owner's status page, served as is.
 const STATUS_PAGE: &str = include_str!("status.html");
+/// The settings page, served as is (it reads and writes `/api/settings`).
+const SETTINGS_PAGE: &str = include_str!("settings.html");
 /// Status pages (`/events`) open at once: each costs a socket and a little
 /// CPU every 100 ms, and a handful is all an owner needs.
 pub const MAX_EVENT_CLIENTS: usize = 32;
@@ -75,10 +143,11 @@ pub const MAX_EVENT_CLIENTS: usize = 32;
 const LEVEL_EVERY: Duration = Duration::from_millis(100);
 /// Level events between two status events.
 const STATUS_EVERY: u32 = 10;
-/// The paths served (other than the test hooks).
-const ROUTES: [&str; 10] = [
+/// The paths served (other than the test hooks and the desk's).
+const ROUTES: [&str; 11] = [
     "/",
     "/index.html",
+    "/settings",
     "/stream",
     "/stream.m3u",
     "/listen.m3u",
@@ -129,11 +198,16 @@ pub struct HttpSnapshot {
     pub shed_no_descriptors: u64,
 }
 
+/// Paths any host name may ask for: listening is open to the network, and
+/// a producer on this machine paces itself from the input queue's fill.
+const PUBLIC: [&str; 4] = ["/stream", "/stream.m3u", "/listen.m3u", "/tower/buffer"];
+
 struct Shared {
     addr: SocketAddr,
     hub: Arc<Hub>,
     events: Arc<Hub>,
-    site: Site,
+    site: Arc<Live<Site>>,
+    desk: Option<Arc<dyn Desk>>,
     status: Arc<dyn StatusSource>,
     counters: Arc<HttpStats>,
     hooks: Arc<TestHooks>,
@@ -176,9 +250,11 @@ fn sse(event: &str, data: &str) -> crate::encoder::Mp3Frame {
 
 impl HttpServer {
     /// Binds `addr` (port 0 picks a free port) and starts serving.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         addr: SocketAddr,
-        site: Site,
+        site: Arc<Live<Site>>,
+        desk: Option<Arc<dyn Desk>>,
         hub: Arc<Hub>,
         status: Arc<dyn StatusSource>,
         counters: Arc<HttpStats>,
@@ -196,6 +272,7 @@ impl HttpServer {
                 burst_frames: 1,
             })),
             site,
+            desk,
             status,
             counters,
             hooks,
@@ -203,7 +280,8 @@ impl HttpServer {
         });
         let s = shared.clone();
         let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
-            server::Server::new(listener, s.site.guard, &s.counters.conns).run(&stop, &*s);
+            let guard = s.site.get().guard;
+            server::Server::new(listener, guard, &s.counters.conns).run(&stop, &*s);
         })?];
         workers.push(Worker::spawn_supervised("events", supervisor, move |stop| {
             feed_events(&stop, &shared)
@@ -232,8 +310,8 @@ impl HttpServer {
     }
 }
 
-/// A whole response, written by the accept loop.
-struct Response {
+/// A whole response, written by the accept loop (or the desk).
+pub struct Response {
     status: u16,
     headers: Vec<(&'static str, String)>,
     body: Vec<u8>,
@@ -242,11 +320,20 @@ struct Response {
 fn reason(status: u16) -> &'static str {
     match status {
         200 => "OK",
+        202 => "Accepted",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        421 => "Misdirected Request",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -254,7 +341,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 impl Response {
-    fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+    pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
         Response {
             status,
             headers: vec![("Content-Type", content_type.to_string())],
@@ -262,28 +349,32 @@ impl Response {
         }
     }
 
-    fn text(status: u16, message: &str) -> Response {
+    pub fn text(status: u16, message: &str) -> Response {
         Response::new(status, "text/plain; charset=utf-8", format!("{message}\n"))
     }
 
-    fn json(value: &impl Serialize) -> Response {
+    pub fn json(value: &impl Serialize) -> Response {
         let mut body = serde_json::to_vec_pretty(value).unwrap_or_else(|_| b"{}".to_vec());
         body.push(b'\n');
         Response::new(200, "application/json", body).with("Cache-Control", "no-store")
     }
 
-    fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Response {
         self.headers.push((name, value.into()));
         self
     }
 
-    fn with_status(mut self, status: u16) -> Response {
+    pub fn with_status(mut self, status: u16) -> Response {
         self.status = status;
         self
     }
 
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
     /// The bytes on the wire; the head alone for `HEAD`.
-    fn into_bytes(self, head_only: bool) -> Vec<u8> {
+    pub fn into_bytes(self, head_only: bool) -> Vec<u8> {
         let mut head = format!("HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (name, value) in &self.headers {
             let _ = write!(head, "{name}: {value}\r\n");
@@ -307,10 +398,16 @@ impl Handler for Shared {
         self.hooks.panic_point(crate::hooks::PanicTarget::Http);
     }
 
-    fn answer(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
+    fn answer(&self, rq: &Request, peer: SocketAddr, local: SocketAddr) -> Answer<'_> {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let reply = |r: Response| Answer::Bytes(r.into_bytes(rq.is_head()));
         let path = rq.path.as_str();
+        if let Some(refused) = self.foreign(rq, peer, local) {
+            return reply(refused);
+        }
+        if path.starts_with(API) {
+            return self.to_desk(rq, peer);
+        }
         let readable = matches!(rq.method.as_str(), "GET" | "HEAD");
         if ROUTES.contains(&path) && !readable {
             let message = format!("method {} not allowed; use GET", rq.method);
@@ -320,6 +417,12 @@ impl Handler for Shared {
             "/" | "/index.html" => {
                 reply(Response::new(200, "text/html; charset=utf-8", STATUS_PAGE).with("Cache-Control", "no-cache"))
             }
+            "/settings" => reply(
+                Response::new(200, "text/html; charset=utf-8", SETTINGS_PAGE)
+                    .with("Cache-Control", "no-cache")
+                    .with("X-Frame-Options", "DENY")
+                    .with("Content-Security-Policy", "frame-ancestors 'none'"),
+            ),
             "/stream" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
             "/events" => self.events(rq),
@@ -356,6 +459,63 @@ impl Handler for Shared {
 }
 
 impl Shared {
+    /// A refusal for a request from elsewhere [H6]: a host name Tower does
+    /// not answer to (421), or a POST from another site's page (403).
+    fn foreign(&self, rq: &Request, peer: SocketAddr, local: SocketAddr) -> Option<Response> {
+        let site = self.site.get();
+        let host = rq.header("Host");
+        if !PUBLIC.contains(&rq.path.as_str()) && !site.hosts.allows(host, local) {
+            let message = format!(
+                "this Tower does not answer to the name {:?}; open it as one of: {} (or add the name to http.hosts on the settings page)",
+                host.unwrap_or_default().chars().take(100).collect::<String>(),
+                site.hosts.describe(local)
+            );
+            return Some(self.bad(rq, peer, 421, &message));
+        }
+        if rq.method == "POST" && !host::same_origin(rq.header("Origin"), rq.header("Referer"), host) {
+            return Some(self.bad(
+                rq,
+                peer,
+                403,
+                "refused: this request comes from another site's page; use Tower's own pages (or a script without Origin)",
+            ));
+        }
+        None
+    }
+
+    /// Hands an `/api/` request to the desk, unless its sender must wait
+    /// before trying a password again (429, nothing hashed).
+    fn to_desk(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
+        let head_only = rq.is_head();
+        let Some(desk) = self.desk.clone() else {
+            return Answer::Bytes(self.bad(rq, peer, 404, "no settings here").into_bytes(head_only));
+        };
+        let carries_password =
+            rq.header("Authorization").is_some() || (rq.method == "POST" && PASSWORD_PATHS.contains(&rq.path.as_str()));
+        if carries_password && let Err(wait) = desk.may_try(peer.ip(), Instant::now()) {
+            let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+            let resp = self
+                .bad(
+                    rq,
+                    peer,
+                    429,
+                    &format!("too many wrong passwords; try again in {secs} s"),
+                )
+                .with("Retry-After", secs.to_string());
+            return Answer::Bytes(resp.into_bytes(head_only));
+        }
+        let request = rq.clone();
+        Answer::Join(Box::new(move |stream: TcpStream| {
+            let job = Box::new(DeskJob { request, peer, stream });
+            if let Err(job) = desk.hand(job) {
+                let resp =
+                    Response::text(503, "the settings desk is busy; try again in a moment").with("Retry-After", "1");
+                let mut stream = job.stream;
+                let _ = stream.write_all(&resp.into_bytes(false));
+            }
+        }))
+    }
+
     /// A 4xx answer to `rq`, counted and logged.
     fn bad(&self, rq: &Request, peer: SocketAddr, code: u16, message: &str) -> Response {
         self.note_bad(Some(rq), peer, code, message);
@@ -384,7 +544,8 @@ impl Shared {
     /// reached the server, so opening it starts the user's player.
     fn playlist(&self, rq: &Request) -> Response {
         let host = client_host(rq).map_or_else(|| self.addr.to_string(), str::to_string);
-        let body = format!("#EXTM3U\n#EXTINF:-1,{}\nhttp://{host}/stream\n", self.site.station.name);
+        let name = self.site.get().station.get().name.clone();
+        let body = format!("#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/stream\n");
         Response::new(200, "audio/x-mpegurl", body)
             .with("Content-Disposition", "inline; filename=\"tower.m3u\"")
             .with("Cache-Control", "no-cache")
@@ -476,18 +637,31 @@ impl Shared {
                 return Answer::Bytes(resp.into_bytes(head_only));
             }
         };
-        let metaint = icy::wants_metadata(rq.header("Icy-MetaData")).then_some(self.site.icy_metaint);
-        let head = stream_head(rq, &self.site, metaint);
+        let site = self.site.get();
+        let metaint = icy::wants_metadata(rq.header("Icy-MetaData")).then_some(site.icy_metaint);
+        let head = stream_head(rq, &site, metaint);
         Answer::Join(Box::new(move |stream: TcpStream| {
             if let Some((peer, sink)) = take_over(stream, &head, head_only) {
                 let sink: Box<dyn ListenerSink> = match metaint {
-                    Some(n) => Box::new(icy::IcySink::new(sink, n, &self.site.station.title)),
+                    Some(n) => Box::new(icy::IcySink::new(sink, n, site.station.clone())),
                     None => sink,
                 };
                 self.hub.add(admission, peer, sink, burst, Instant::now());
             }
         }))
     }
+}
+
+/// The `Access-Control-Allow-Origin` for a page at `origin` that wants to
+/// read the stream: only origins the owner listed (`http.cors_origins`),
+/// so a page someone on the network opens cannot record the room. Tower's
+/// own pages need none (same origin).
+fn cors_origin<'a>(origin: Option<&'a str>, allowed: &'a [String]) -> Option<&'a str> {
+    if allowed.iter().any(|a| a == "*") {
+        return Some("*");
+    }
+    let origin = origin?;
+    allowed.iter().find(|a| a.eq_ignore_ascii_case(origin)).map(|_| origin)
 }
 
 /// The `Host` the client used, if it is a plain host[:port]; anything else
@@ -506,13 +680,12 @@ fn client_host(rq: &Request) -> Option<&str> {
 /// speakers read as a radio station.
 fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
     let version = if rq.minor_version == 0 { "1.0" } else { "1.1" };
-    let st = &site.station;
+    let st = site.station.get();
     let mut head = format!(
         "HTTP/{version} 200 OK\r\n\
          Content-Type: audio/mpeg\r\n\
          Cache-Control: no-cache, no-store\r\n\
          Pragma: no-cache\r\n\
-         Access-Control-Allow-Origin: *\r\n\
          Connection: close\r\n\
          Server: Tower/{}\r\n\
          icy-name: {}\r\n\
@@ -531,6 +704,9 @@ fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
     );
     if !st.url.is_empty() {
         let _ = write!(head, "icy-url: {}\r\n", st.url);
+    }
+    if let Some(origin) = cors_origin(rq.header("Origin"), &site.cors_origins) {
+        let _ = write!(head, "Access-Control-Allow-Origin: {origin}\r\nVary: Origin\r\n");
     }
     if let Some(n) = metaint {
         let _ = write!(head, "icy-metaint: {n}\r\n");

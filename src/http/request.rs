@@ -2,6 +2,10 @@
 //! names what was wrong. Pure: no sockets, no time; fuzzed
 //! (`fuzz/fuzz_targets/request.rs`).
 //!
+//! A body is read only when `Content-Length` announces one of at most
+//! [`MAX_BODY`] bytes (the settings forms); `Transfer-Encoding` is
+//! refused (411), a larger body too (413).
+//!
 //! The head is parsed with `httparse`. Tower serves no files, so a path is
 //! only ever compared with its routes; it is still percent-decoded, and
 //! refused when the encoding is broken or decodes to control characters,
@@ -11,6 +15,11 @@
 pub const MAX_HEAD: usize = 8 * 1024;
 /// The most header fields a request may carry.
 pub const MAX_HEADERS: usize = 48;
+/// The largest request body Tower reads (a settings change is a few
+/// hundred bytes).
+pub const MAX_BODY: usize = 16 * 1024;
+/// The most a request may take in all.
+pub const MAX_REQUEST: usize = MAX_HEAD + MAX_BODY;
 
 /// A parsed request head.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +33,8 @@ pub struct Request {
     pub minor_version: u8,
     /// Header fields in order, values as (lossy) UTF-8, trimmed.
     pub headers: Vec<(String, String)>,
+    /// The body (`Content-Length` bytes; empty without one).
+    pub body: Vec<u8>,
 }
 
 /// A request Tower will not serve: the status to answer and why.
@@ -47,8 +58,8 @@ impl Refusal {
 pub enum Parse {
     /// The head is not complete yet (and still within [`MAX_HEAD`]).
     Partial,
-    /// A whole head; anything after it (a body, a pipelined request) is
-    /// ignored, as Tower answers one request per connection.
+    /// A whole head and its body; anything after them (a pipelined
+    /// request) is ignored, as Tower answers one request per connection.
     Complete(Request),
     Refused(Refusal),
 }
@@ -67,12 +78,13 @@ pub fn parse(buf: &[u8]) -> Parse {
         }
         Err(e) => return Parse::Refused(Refusal::new(400, format!("malformed request: {e}"))),
     };
-    if status.is_partial() {
-        if buf.len() >= MAX_HEAD {
+    let head_len = match status {
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => {
             return Parse::Refused(Refusal::new(431, format!("request head larger than {MAX_HEAD} bytes")));
         }
-        return Parse::Partial;
-    }
+        httparse::Status::Partial => return Parse::Partial,
+        httparse::Status::Complete(n) => n,
+    };
     let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version) else {
         return Parse::Refused(Refusal::new(400, "malformed request line"));
     };
@@ -80,18 +92,86 @@ pub fn parse(buf: &[u8]) -> Parse {
         Ok(pq) => pq,
         Err(r) => return Parse::Refused(r),
     };
-    let headers = req
+    let headers: Vec<(String, String)> = req
         .headers
         .iter()
         .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).trim().to_string()))
         .collect();
+    let body_len = match body_length(&headers) {
+        Ok(n) => n,
+        Err(r) => return Parse::Refused(r),
+    };
+    let Some(body) = buf.get(head_len..head_len + body_len) else {
+        return Parse::Partial;
+    };
     Parse::Complete(Request {
         method: method.to_string(),
         path,
         query,
         minor_version,
+        body: body.to_vec(),
         headers,
     })
+}
+
+/// The body's length from the head: `Content-Length` (one value, at most
+/// [`MAX_BODY`]); none without it.
+fn body_length(headers: &[(String, String)]) -> Result<usize, Refusal> {
+    let named = |name: &'static str| headers.iter().filter(move |(n, _)| n.eq_ignore_ascii_case(name));
+    if named("Transfer-Encoding").next().is_some() {
+        return Err(Refusal::new(
+            411,
+            "send the body with Content-Length, not Transfer-Encoding",
+        ));
+    }
+    let mut lengths = named("Content-Length").map(|(_, v)| v.parse::<usize>());
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => return Ok(0),
+        (Some(Ok(n)), None) => n,
+        _ => return Err(Refusal::new(400, "one Content-Length, a whole number")),
+    };
+    if length > MAX_BODY {
+        return Err(Refusal::new(413, format!("request body larger than {MAX_BODY} bytes")));
+    }
+    Ok(length)
+}
+
+/// The pairs of an `application/x-www-form-urlencoded` body (or query),
+/// decoded; pairs that do not decode are left out.
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(body);
+    text.split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            let decode = |s: &str| form_decode(&s.replace('+', " "));
+            Some((decode(k)?, decode(v)?))
+        })
+        .collect()
+}
+
+/// `%XX` decoding for form fields (control characters allowed: a
+/// field's own checks decide).
+fn form_decode(s: &str) -> Option<String> {
+    String::from_utf8(unescape(s)?).ok()
+}
+
+/// The bytes `%XX` escapes stand for; `None` if an escape is broken.
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// Whether the request line ends in an HTTP version (one Tower does not
@@ -128,21 +208,7 @@ fn split_target(target: &str) -> Result<(String, String), Refusal> {
 /// Decodes `%XX` escapes; `None` if an escape is broken or the result is
 /// not UTF-8 or holds control characters.
 fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = bytes.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let decoded = String::from_utf8(out).ok()?;
+    let decoded = String::from_utf8(unescape(s)?).ok()?;
     (!decoded.chars().any(char::is_control)).then_some(decoded)
 }
 
@@ -247,6 +313,39 @@ mod tests {
     fn what_follows_the_head_is_left_alone() {
         let r = complete("GET /status HTTP/1.1\r\n\r\nGET /metrics HTTP/1.1\r\n\r\n");
         assert_eq!(r.path, "/status");
+        assert!(r.body.is_empty());
+    }
+
+    #[test]
+    fn a_body_is_read_to_its_length_and_limited() {
+        let raw = b"POST /api/settings HTTP/1.1\r\nContent-Length: 10\r\n\r\n{\"a\": \"b\"}";
+        for cut in 0..raw.len() {
+            assert_eq!(parse(&raw[..cut]), Parse::Partial, "cut at {cut}");
+        }
+        assert_eq!(
+            complete(std::str::from_utf8(raw).expect("utf8")).body,
+            b"{\"a\": \"b\"}"
+        );
+        let big = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", MAX_BODY + 1);
+        assert_eq!(refused(big.as_bytes()), 413);
+        assert_eq!(refused(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), 411);
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"),
+            400
+        );
+        assert_eq!(refused(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"), 400);
+    }
+
+    #[test]
+    fn form_bodies_are_decoded() {
+        assert_eq!(
+            form_pairs(b"station.name=Caf%C3%A9+Radio&capture.level=-6dB&bad=%zz&x"),
+            vec![
+                ("station.name".to_string(), "Café Radio".to_string()),
+                ("capture.level".to_string(), "-6dB".to_string()),
+                ("x".to_string(), String::new()),
+            ]
+        );
     }
 
     proptest::proptest! {

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::guard::{Cut, Limits, Pending};
-use super::request::{self, MAX_HEAD, Parse, Refusal, Request};
+use super::request::{self, MAX_REQUEST, Parse, Refusal, Request};
 use crate::ratelog::LogGate;
 use crate::worker::StopSignal;
 
@@ -45,7 +45,8 @@ pub enum Answer<'a> {
 
 /// Answers requests; implemented by the routes in `super`.
 pub trait Handler {
-    fn answer(&self, request: &Request, peer: SocketAddr) -> Answer<'_>;
+    /// `local` is the address the client connected to (one of Tower's).
+    fn answer(&self, request: &Request, peer: SocketAddr, local: SocketAddr) -> Answer<'_>;
     /// The response to a request that could not be read (counted, logged).
     fn refuse(&self, refusal: &Refusal, peer: SocketAddr) -> Vec<u8>;
     /// Called once per turn of the loop (test hooks fire here).
@@ -79,6 +80,7 @@ enum State {
 struct Conn {
     stream: TcpStream,
     peer: SocketAddr,
+    local: SocketAddr,
     state: State,
 }
 
@@ -114,7 +116,7 @@ impl Conn {
                         Parse::Partial if open => return Next::Keep,
                         Parse::Partial => return Next::Close, // left half way
                         Parse::Refused(r) => handler.refuse(&r, self.peer),
-                        Parse::Complete(rq) => match handler.answer(&rq, self.peer) {
+                        Parse::Complete(rq) => match handler.answer(&rq, self.peer, self.local) {
                             Answer::Bytes(b) => b,
                             Answer::Join(join) => return Next::Join(join),
                         },
@@ -161,15 +163,15 @@ enum Got {
     Failed,
 }
 
-/// Reads what is there into `buf`, keeping at most [`MAX_HEAD`] bytes (the
+/// Reads what is there into `buf`, keeping at most [`MAX_REQUEST`] bytes (the
 /// parser refuses a head that fills it).
 fn read_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Got {
     let mut chunk = [0u8; READ_CHUNK];
-    while buf.len() < MAX_HEAD {
+    while buf.len() < MAX_REQUEST {
         match stream.read(&mut chunk) {
             Ok(0) => return Got::Ended,
             Ok(n) => {
-                let room = (MAX_HEAD - buf.len()).min(n);
+                let room = (MAX_REQUEST - buf.len()).min(n);
                 buf.extend_from_slice(&chunk[..room]);
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -345,6 +347,7 @@ impl<'a> Server<'a> {
         if stream.set_nonblocking(true).is_err() {
             return;
         }
+        let Ok(local) = stream.local_addr() else { return };
         self.accept_paused_until = None;
         self.next_id += 1;
         let id = self.next_id;
@@ -357,6 +360,7 @@ impl<'a> Server<'a> {
             Conn {
                 stream,
                 peer,
+                local,
                 state: State::Reading(Vec::new()),
             },
         );
@@ -406,7 +410,7 @@ mod tests {
     }
 
     impl Handler for Echo {
-        fn answer(&self, rq: &Request, _peer: SocketAddr) -> Answer<'_> {
+        fn answer(&self, rq: &Request, _peer: SocketAddr, _local: SocketAddr) -> Answer<'_> {
             if rq.path == "/join" {
                 return Answer::Join(Box::new(|mut s: TcpStream| {
                     let _ = s.write_all(b"joined\n");
@@ -488,7 +492,7 @@ mod tests {
             ..WIDE
         };
         let (w, addr, stats) = serve(limits);
-        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD * 4));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_REQUEST * 4));
         assert!(exchange(addr, big.as_bytes()).starts_with("HTTP/1.1 431"));
         let mut idle = TcpStream::connect(addr).expect("connect");
         idle.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");

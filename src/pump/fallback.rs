@@ -2,9 +2,10 @@
 //! longer than the grace period [FB1]–[FB3].
 //!
 //! Owned and called by the pump thread only. Priority: a WAV file looped
-//! seamlessly, else a 440 Hz tone, else silence. The file is read once at
-//! start; a file that cannot be used is logged once and skipped. Filling a
-//! frame never fails and never allocates.
+//! seamlessly, else a 440 Hz tone, else silence. The file is read once, at
+//! start or when the owner changes the fallback (on the service's thread,
+//! never the pump's); a file that cannot be used is logged once and
+//! skipped. Filling a frame never fails and never allocates.
 
 use std::f64::consts::TAU;
 use std::path::Path;
@@ -27,6 +28,20 @@ pub enum FallbackKind {
     Wav,
     Tone,
     Silence,
+}
+
+impl FallbackKind {
+    pub(crate) fn to_u8(self) -> u8 {
+        self as u8
+    }
+
+    pub(crate) fn from_u8(v: u8) -> Self {
+        match v {
+            0 => FallbackKind::Wav,
+            1 => FallbackKind::Tone,
+            _ => FallbackKind::Silence,
+        }
+    }
 }
 
 /// Why a fallback WAV file was not used.
@@ -60,16 +75,25 @@ impl Fallback {
     /// Builds the fallback from the configured WAV path (if any) and whether
     /// the tone is enabled. A WAV that cannot be used is logged once here.
     pub fn new(wav_path: Option<&Path>, tone: bool) -> Self {
+        Fallback::build(wav_path, tone).0
+    }
+
+    /// Like [`Fallback::new`], also telling why the WAV was not used.
+    pub fn build(wav_path: Option<&Path>, tone: bool) -> (Self, Option<WavError>) {
         if let Some(path) = wav_path {
             match load_wav(path) {
                 Ok(pcm) => {
                     tracing::info!(component = "fallback", path = %path.display(), seconds = pcm.len() as f64 / f64::from(SAMPLE_RATE) / 4.0, "fallback source: looping WAV file");
-                    return Fallback::looping(FallbackKind::Wav, pcm);
+                    return (Fallback::looping(FallbackKind::Wav, pcm), None);
                 }
-                Err(e) => tracing::error!(component = "fallback", "{e}; using the next fallback source"),
+                Err(e) => {
+                    tracing::error!(component = "fallback", "{e}; using the next fallback source");
+                    let next = if tone { Fallback::tone() } else { Fallback::silence() };
+                    return (next, Some(e));
+                }
             }
         }
-        if tone { Fallback::tone() } else { Fallback::silence() }
+        (if tone { Fallback::tone() } else { Fallback::silence() }, None)
     }
 
     /// The tone, computed once: [`tone_period`] samples hold a whole number

@@ -10,6 +10,11 @@
 //!
 //! [`Schedule`] and [`InputSelector`] are the pure decisions, with time passed
 //! in; the thread around them only sleeps, pops and writes.
+//!
+//! The owner may change the grace period and the fallback while it runs
+//! ([`Pump::tune`]): the new fallback is built on the caller's thread and
+//! taken by the pump at its next tick without waiting; the old one goes
+//! back to be freed off the real-time thread.
 
 pub mod fallback;
 mod memlock;
@@ -24,8 +29,9 @@ use crate::audio::router::{AudioInputRouter, FillGovernor};
 use crate::audio::{FRAME_DURATION, InputState, PcmFrame};
 use crate::histogram::{Histogram, Percentiles};
 use crate::hooks::{PanicTarget, TestHooks};
-use crate::pump::fallback::Fallback;
+use crate::pump::fallback::{Fallback, FallbackKind};
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
+use crossbeam::channel::{Receiver, Sender};
 
 /// How long a tick waits for a frame from the router [A2].
 pub const POP_TIMEOUT: Duration = Duration::from_millis(5);
@@ -109,6 +115,11 @@ impl InputSelector {
         }
     }
 
+    /// A new grace period, from the next tick.
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.grace = grace;
+    }
+
     pub fn since_pcm(&self, now: Instant) -> Duration {
         now.saturating_duration_since(self.last_pcm)
     }
@@ -127,6 +138,8 @@ pub struct PumpStats {
     input_state: AtomicU8,
     realtime: AtomicBool,
     memory_locked: AtomicBool,
+    /// The fallback's [`FallbackKind`], as a u8.
+    fallback: AtomicU8,
     tick_error: Histogram,
     /// When the last tick ran, in ms on [`mono_ms`]'s clock; 0 before the first.
     last_tick_ms: AtomicU64,
@@ -165,6 +178,11 @@ impl PumpStats {
 
     pub fn input_state(&self) -> InputState {
         InputState::from_u8(self.input_state.load(Ordering::Relaxed))
+    }
+
+    /// What the fallback plays.
+    pub fn fallback(&self) -> FallbackKind {
+        FallbackKind::from_u8(self.fallback.load(Ordering::Relaxed))
     }
 
     /// Total ticks so far; a watchdog sees the pump alive while it grows.
@@ -211,10 +229,23 @@ pub struct PumpConfig {
     pub hooks: Arc<TestHooks>,
 }
 
+/// A change the owner made: a new grace period, and a new fallback (built
+/// before it is sent).
+pub struct PumpChange {
+    pub grace: Duration,
+    pub fallback: Option<Fallback>,
+}
+
+/// Changes that may wait for the pump's next tick.
+const CHANGES: usize = 4;
+
 /// The running pump thread and its stats.
 pub struct Pump {
     worker: Worker<()>,
     stats: Arc<PumpStats>,
+    changes: Sender<PumpChange>,
+    /// Fallbacks the pump has replaced, to be freed here.
+    retired: Receiver<Fallback>,
 }
 
 impl Pump {
@@ -226,20 +257,45 @@ impl Pump {
         supervisor: &Supervisor,
     ) -> std::io::Result<Pump> {
         let stats = Arc::new(PumpStats::new());
+        stats.fallback.store(fallback.kind().to_u8(), Ordering::Relaxed);
         let thread_stats = stats.clone();
+        let (changes, changes_rx) = crossbeam::channel::bounded(CHANGES);
+        let (retired_tx, retired) = crossbeam::channel::bounded(CHANGES);
         let worker = Worker::spawn_supervised("audio-pump", supervisor, move |stop| {
-            run(&stop, &config, &router, &*sink, fallback, &thread_stats)
+            let tuning = Tuning {
+                changes: changes_rx,
+                retired: retired_tx,
+            };
+            run(&stop, &config, &router, &*sink, fallback, &thread_stats, &tuning)
         })?;
-        Ok(Pump { worker, stats })
+        Ok(Pump {
+            worker,
+            stats,
+            changes,
+            retired,
+        })
     }
 
     pub fn stats(&self) -> Arc<PumpStats> {
         self.stats.clone()
     }
 
+    /// Hands the pump a change for its next tick; false when changes are
+    /// arriving faster than it ticks (the caller says so).
+    pub fn tune(&self, change: PumpChange) -> bool {
+        while self.retired.try_recv().is_ok() {}
+        self.changes.try_send(change).is_ok()
+    }
+
     pub fn stop(self, timeout: Duration) -> Result<(), WorkerError> {
         self.worker.stop(timeout)
     }
+}
+
+/// The pump's ends of its change channels.
+struct Tuning {
+    changes: Receiver<PumpChange>,
+    retired: Sender<Fallback>,
 }
 
 fn run(
@@ -249,6 +305,7 @@ fn run(
     sink: &dyn PcmSink,
     mut fallback: Fallback,
     stats: &PumpStats,
+    tuning: &Tuning,
 ) {
     let (fifo, locked) = acquire_realtime(config.realtime_priority);
     stats.realtime.store(fifo, Ordering::Relaxed);
@@ -284,6 +341,15 @@ fn run(
 
         config.hooks.pump_stall();
         config.hooks.panic_point(PanicTarget::Pump);
+        if let Ok(change) = tuning.changes.try_recv() {
+            selector.set_grace(change.grace);
+            if let Some(new) = change.fallback {
+                stats.fallback.store(new.kind().to_u8(), Ordering::Relaxed);
+                let old = std::mem::replace(&mut fallback, new);
+                // Freed by the owner's thread, not here (it may be 11 MB).
+                let _ = tuning.retired.try_send(old);
+            }
+        }
         let frame = next_input(router, &mut governor, started, pop_wait(shown));
         let now = Instant::now();
         let state = selector.select(frame.is_some(), now);

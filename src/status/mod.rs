@@ -7,8 +7,8 @@
 //! Prometheus page from its fields, so a renamed field fails to compile
 //! instead of exporting 0.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -36,12 +36,58 @@ pub(crate) struct Board {
     pub(crate) capture: CaptureHandle,
     pub(crate) hub: Arc<Hub>,
     pub(crate) outputs: Arc<crate::broadcast::icecast::Outputs>,
-    pub(crate) fallback: FallbackKind,
     pub(crate) http: Arc<HttpStats>,
-    pub(crate) station: crate::broadcast::Station,
-    pub(crate) leds: crate::leds::LedStatus,
+    pub(crate) station: Arc<crate::live::Live<crate::broadcast::Station>>,
+    pub(crate) leds: Mutex<crate::leds::LedStatus>,
+    /// Settings changed while running (the history beside the encoder's).
+    pub(crate) changes: Arc<ChangeLog>,
+    /// Why Tower started from the backup of its configuration file.
+    pub(crate) config_notice: Option<String>,
     /// Workers that ended, by thread name.
     pub(crate) workers: std::sync::Mutex<BTreeMap<String, WorkerRecord>>,
+}
+
+/// Settings changed while Tower runs, newest last, at most
+/// [`ChangeLog::KEEP`]: what the pages show beside the encoder's history.
+#[derive(Debug, Default)]
+pub struct ChangeLog(Mutex<VecDeque<SettingChange>>);
+
+/// One changed setting; a secret's values are `***`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SettingChange {
+    pub at: String,
+    /// Who changed it: the address, or "calibrate".
+    pub who: String,
+    pub key: String,
+    pub old: String,
+    pub new: String,
+}
+
+impl ChangeLog {
+    pub const KEEP: usize = 50;
+
+    pub fn record(&self, who: &str, key: &str, old: &str, new: &str) {
+        let mut log = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if log.len() >= Self::KEEP {
+            log.pop_front();
+        }
+        log.push_back(SettingChange {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            who: who.to_string(),
+            key: key.to_string(),
+            old: old.to_string(),
+            new: new.to_string(),
+        });
+    }
+
+    pub fn list(&self) -> Vec<SettingChange> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 /// A worker's ends and restarts, as `/status` shows them.
@@ -124,7 +170,7 @@ impl Board {
             version: env!("CARGO_PKG_VERSION"),
             started_at: humantime::format_rfc3339_seconds(self.started_wall).to_string(),
             uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
-            station: self.station.clone(),
+            station: (*self.station.get()).clone(),
             encoder: enc,
             input: InputStatus {
                 state: self.pump.input_state(),
@@ -133,12 +179,14 @@ impl Board {
                 gain: capture.gain.clone(),
                 clipped_samples: capture.clipped_samples,
                 level_hint: capture.level_hint.clone(),
-                fallback_source: self.fallback,
+                fallback_source: self.pump.fallback(),
                 level: self.capture.levels(now),
                 capture,
             },
-            leds: self.leds.clone(),
+            leds: self.leds.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             workers: self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            settings_history: self.changes.list(),
+            config_notice: self.config_notice.clone(),
             listeners: hub,
             outputs: self.outputs.snapshot(),
             pcm_buffer: router,
@@ -162,6 +210,11 @@ pub struct Status {
     pub leds: crate::leds::LedStatus,
     /// Workers that ended (and were restarted), by thread name.
     pub workers: BTreeMap<String, WorkerRecord>,
+    /// Settings the owner changed while Tower runs (secrets as `***`).
+    pub settings_history: Vec<SettingChange>,
+    /// Set when the configuration file could not be used and Tower
+    /// started from its backup.
+    pub config_notice: Option<String>,
     pub listeners: HubSnapshot,
     pub outputs: Vec<OutputSnapshot>,
     pub pcm_buffer: RouterStats,

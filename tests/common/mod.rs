@@ -10,6 +10,7 @@ pub mod audio;
 pub mod browser;
 pub mod faults;
 pub mod icecast;
+pub mod settings;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -203,6 +204,32 @@ impl Tower {
         self.log_lines().join("\n")
     }
 
+    /// The addresses Tower said it listens on, in order (one per start).
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        self.log_lines()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.split("listening on http://").nth(1)?;
+                rest.split("/stream").next()?.parse::<SocketAddr>().ok()
+            })
+            .collect()
+    }
+
+    /// After a restart asked for on the settings page (the process starts
+    /// itself again, same pid): waits until it listens again (a listening
+    /// line beyond the first `before`) and takes its new address.
+    pub fn wait_restarted(&mut self, before: usize, timeout: Duration) -> bool {
+        let mut found = None;
+        let ok = wait_for(timeout, || {
+            found = self.listening().get(before).copied();
+            found.is_some()
+        });
+        if let Some(addr) = found {
+            self.addr = addr;
+        }
+        ok
+    }
+
     fn exited(&mut self) -> bool {
         self.child
             .as_mut()
@@ -335,6 +362,11 @@ pub fn http_raw(addr: SocketAddr, request: &str) -> HttpResponse {
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
     s.write_all(request.as_bytes()).expect("send");
+    read_response(&mut s)
+}
+
+/// Reads a whole response (the server closes the connection).
+pub fn read_response(s: &mut TcpStream) -> HttpResponse {
     let mut data = Vec::new();
     let _ = s.read_to_end(&mut data);
     let split = data.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(data.len());
@@ -353,7 +385,7 @@ pub fn stall(addr: SocketAddr, thread: &str, ms: u64) -> HttpResponse {
     http_raw(
         addr,
         &format!(
-            "POST /test/stall?thread={thread}&ms={ms} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+            "POST /test/stall?thread={thread}&ms={ms} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
             HOOKS.1
         ),
     )
@@ -382,7 +414,7 @@ pub fn panic_worker(addr: SocketAddr, worker: &str) -> HttpResponse {
     http_raw(
         addr,
         &format!(
-            "POST /test/panic?worker={worker} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
+            "POST /test/panic?worker={worker} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\n\r\n",
             HOOKS.1
         ),
     )
@@ -391,7 +423,7 @@ pub fn panic_worker(addr: SocketAddr, worker: &str) -> HttpResponse {
 pub fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
     http_raw(
         addr,
-        &format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"),
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
 }
 
@@ -751,6 +783,11 @@ pub fn write_alsa_conf(dir: &Path, input: &Path) -> PathBuf {
 /// ffmpeg, and two cores shared by several of them starve the listener
 /// threads that measure gaps.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Holds the other JACK-based tests of this binary back.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 pub struct Rig {
     _serial: std::sync::MutexGuard<'static, ()>,

@@ -1,0 +1,530 @@
+//! Saving the configuration where Tower reads it, so that a power cut at
+//! any instant leaves either the old file or the new one, never a mix.
+//!
+//! Called on the admin thread (a save from the owner's page) and at start
+//! (the plain-text admin password replaced by its hash).
+//!
+//! [`save_with_backup`] writes the new text to a temporary file beside
+//! the old one, `fsync`s it, renames it over the old file and `fsync`s the
+//! directory; before that, the file on disk becomes `tower.toml.bak` the
+//! same way (only a file that loads becomes the backup, so a broken file
+//! never replaces a good backup). A write that fails (disk full,
+//! read-only medium) removes its temporary file and leaves the file on
+//! disk as it was. [`load_or_backup`] is the other half: a file that
+//! cannot be used at start (half written by a file system without atomic
+//! rename, such as FAT, or broken by hand) gives way to its backup, and
+//! Tower says so on the page and in the log instead of refusing to start.
+//!
+//! Where Tower may not write the file itself (the SD image: the FAT
+//! partition is mounted read-only and only root may remount it), a
+//! [`SpoolStore`] hands the text to `tower config-commit`, run as root by a
+//! systemd path unit, and waits for its answer; [`commit`] is that
+//! helper's work: the same checks as at start, a remount for the write and
+//! back, and the same atomic save.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::{ConfigError, Loaded, Overrides, load, load_text};
+
+/// Why a save failed; the file on disk is as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error(
+        "Tower was started without a configuration file, so changes last until it stops; start it with --config PATH to keep them"
+    )]
+    NoFile,
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "{path} was changed on disk since Tower read it (by hand?); restart Tower to load it, then change settings here"
+    )]
+    ChangedOnDisk { path: PathBuf },
+    #[error(
+        "the configuration helper (tower-config-commit) did not answer within {0:?}; is tower-config-commit.path running?"
+    )]
+    NoAnswer(Duration),
+    #[error("the configuration helper could not save: {0}")]
+    Helper(String),
+    #[error("refused: {0}")]
+    Invalid(String),
+    #[error("cannot remount {mount} {mode}: {reason}")]
+    Remount {
+        mount: PathBuf,
+        mode: &'static str,
+        reason: String,
+    },
+}
+
+/// Where saved changes go.
+pub trait Store: Send {
+    /// The file, in words for the page.
+    fn describe(&self) -> String;
+    /// Saves `text` as the whole file. `loaded_text` is what Tower last
+    /// read or saved: a file that differs on disk (edited by hand while
+    /// Tower ran) is not overwritten.
+    fn save(&mut self, loaded_text: &str, text: &str) -> Result<(), SaveError>;
+}
+
+/// `tower.toml.bak` beside `tower.toml`.
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".bak");
+    path.with_file_name(name)
+}
+
+/// Writes `text` to `path` through a temporary file in the same
+/// directory: written, `fsync`ed, renamed over `path`, and the directory
+/// `fsync`ed. On error the temporary file is removed and `path` is as it
+/// was.
+pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    tmp_name.push(format!(".tmp{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let written = (|| {
+        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        File::open(&dir)?.sync_all()
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Saves `text` as `path`, keeping the file that was there as
+/// `path.bak` if it loads (see the module header).
+pub fn save_with_backup(path: &Path, text: &str) -> Result<(), SaveError> {
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| SaveError::Write { path, source }
+    };
+    if let Ok(old) = fs::read_to_string(path)
+        && old != text
+        && loads(path, &old)
+    {
+        write_atomically(&backup_path(path), &old).map_err(failed(&backup_path(path)))?;
+    }
+    write_atomically(path, text).map_err(failed(path))
+}
+
+fn loads(path: &Path, text: &str) -> bool {
+    load_text(Some((path, text)), &[], &Overrides::default()).is_ok()
+}
+
+/// The file as it is on disk now, if it can be read.
+fn on_disk(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok()
+}
+
+/// The configuration at `path`, or, when that file cannot be used and
+/// its backup can, the backup; then also the notice to show (the page,
+/// the log). Without a usable backup, the file's own error.
+pub fn load_or_backup(
+    path: Option<&Path>,
+    env: &[(String, String)],
+    flags: &Overrides,
+) -> Result<(Loaded, Option<String>), ConfigError> {
+    let error = match load(path, env, flags) {
+        Ok(l) => return Ok((l, None)),
+        Err(e) => e,
+    };
+    let Some(path) = path else { return Err(error) };
+    let bak = backup_path(path);
+    match load(Some(&bak), env, flags) {
+        Ok(mut loaded) if bak.exists() => {
+            loaded.file = Some(path.to_path_buf());
+            let notice = format!(
+                "{} could not be used ({error}); Tower started from the previous version, {}. \
+                 Saving a setting on the settings page writes a good {} again",
+                path.display(),
+                bak.display(),
+                path.display()
+            );
+            Ok((loaded, Some(notice)))
+        }
+        _ => Err(error),
+    }
+}
+
+/// Saves straight into the file (the Debian package's
+/// `/etc/tower/tower.toml`, or `--config PATH` by hand).
+pub struct FileStore {
+    pub path: PathBuf,
+}
+
+impl Store for FileStore {
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn save(&mut self, loaded_text: &str, text: &str) -> Result<(), SaveError> {
+        // A file edited by hand while Tower ran is the owner's newer word;
+        // a file that does not load (Tower started from its backup) is not.
+        if let Some(disk) = on_disk(&self.path)
+            && disk != loaded_text
+            && loads(&self.path, &disk)
+        {
+            return Err(SaveError::ChangedOnDisk {
+                path: self.path.clone(),
+            });
+        }
+        save_with_backup(&self.path, text)
+    }
+}
+
+/// No file to save to: changes apply until Tower stops.
+pub struct NoStore;
+
+impl Store for NoStore {
+    fn describe(&self) -> String {
+        "nowhere: Tower was started without a configuration file".into()
+    }
+
+    fn save(&mut self, _: &str, _: &str) -> Result<(), SaveError> {
+        Err(SaveError::NoFile)
+    }
+}
+
+/// Requests go in here, named `<n>.toml` (see [`SpoolStore`]).
+const SPOOL_IN: &str = "in";
+/// Answers come back here, named `<n>.result`: `ok`, or `error: …`.
+const SPOOL_OUT: &str = "out";
+/// The largest file the helper accepts.
+pub const MAX_FILE: usize = 256 * 1024;
+
+/// Hands the text to the root helper (`tower config-commit`) through a
+/// spool directory, and waits for its answer.
+pub struct SpoolStore {
+    pub spool: PathBuf,
+    /// The file the helper writes, for the page.
+    pub target: String,
+    pub timeout: Duration,
+    next: u64,
+}
+
+impl SpoolStore {
+    pub fn new(spool: PathBuf, target: String) -> SpoolStore {
+        SpoolStore {
+            spool,
+            target,
+            timeout: Duration::from_secs(15),
+            next: 0,
+        }
+    }
+}
+
+impl Store for SpoolStore {
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+
+    fn save(&mut self, _: &str, text: &str) -> Result<(), SaveError> {
+        self.next += 1;
+        let id = format!("{}-{}", std::process::id(), self.next);
+        let answer = self.spool.join(SPOOL_OUT).join(format!("{id}.result"));
+        let _ = fs::remove_file(&answer);
+        let request = self.spool.join(SPOOL_IN).join(format!("{id}.toml"));
+        write_atomically(&request, text).map_err(|source| SaveError::Write { path: request, source })?;
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            if let Ok(result) = fs::read_to_string(&answer) {
+                let _ = fs::remove_file(&answer);
+                let result = result.trim();
+                return match result.strip_prefix("error: ") {
+                    None if result == "ok" => Ok(()),
+                    Some(reason) => Err(SaveError::Helper(reason.to_string())),
+                    None => Err(SaveError::Helper(format!("unexpected answer {result:?}"))),
+                };
+            }
+            if Instant::now() >= deadline {
+                return Err(SaveError::NoAnswer(self.timeout));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The helper's work (`tower config-commit`, as root): every request in
+/// `spool/in` is checked like the file at start, saved as `target` (with
+/// its backup) with the file system remounted read-write if it was
+/// read-only, and answered in `spool/out`. Then `publish`, if given, gets
+/// a copy of the file and its backup for Tower to read. Returns how many
+/// requests were saved.
+pub fn commit(spool: &Path, target: &Path, publish: Option<&Path>) -> io::Result<usize> {
+    let mut saved = 0;
+    let mut requests: Vec<PathBuf> = fs::read_dir(spool.join(SPOOL_IN))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    // Oldest first: the last request wins, as it would in Tower.
+    requests.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    for request in requests {
+        let id = request
+            .file_stem()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_default();
+        let outcome = commit_one(&request, target);
+        let _ = fs::remove_file(&request);
+        let answer = match &outcome {
+            Ok(()) => "ok\n".to_string(),
+            Err(e) => format!("error: {e}\n"),
+        };
+        write_atomically(&spool.join(SPOOL_OUT).join(format!("{id}.result")), &answer)?;
+        if outcome.is_ok() {
+            saved += 1;
+        }
+    }
+    if let Some(dir) = publish {
+        publish_copy(target, dir)?;
+    }
+    Ok(saved)
+}
+
+fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
+    let meta = fs::symlink_metadata(request).map_err(|source| SaveError::Write {
+        path: request.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() || meta.len() as usize > MAX_FILE {
+        return Err(SaveError::Invalid(format!(
+            "not a regular file of at most {MAX_FILE} bytes"
+        )));
+    }
+    let text = fs::read_to_string(request).map_err(|source| SaveError::Write {
+        path: request.to_path_buf(),
+        source,
+    })?;
+    // The helper runs as root: only a configuration Tower would start
+    // with reaches the card.
+    load_text(Some((target, &text)), &[], &Overrides::default()).map_err(|e| SaveError::Invalid(e.to_string()))?;
+    let mount = remount::writable(target)?;
+    let saved = save_with_backup(target, &text);
+    let restored = mount.restore();
+    saved?;
+    restored
+}
+
+/// Copies `target` and its backup into `dir` (readable by Tower, which may
+/// not read the FAT partition itself).
+pub fn publish_copy(target: &Path, dir: &Path) -> io::Result<()> {
+    for from in [target.to_path_buf(), backup_path(target)] {
+        let Some(name) = from.file_name() else { continue };
+        let to = dir.join(name);
+        match fs::read_to_string(&from) {
+            Ok(text) => write_atomically(&to, &text)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let _ = fs::remove_file(&to);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Remounting the file system that holds a file read-write for a save,
+/// and back.
+mod remount {
+    use super::SaveError;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// The mount point holding `path`, and whether it is read-only, from
+    /// `/proc/self/mountinfo` (the longest mount point that contains it).
+    pub fn mount_of(path: &Path, mountinfo: &str) -> Option<(PathBuf, bool)> {
+        let mut best: Option<(PathBuf, bool)> = None;
+        for line in mountinfo.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(point), Some(options)) = (fields.get(4), fields.get(5)) else {
+                continue;
+            };
+            let point = PathBuf::from(point.replace("\\040", " "));
+            let longer = best
+                .as_ref()
+                .is_none_or(|(b, _)| point.as_os_str().len() >= b.as_os_str().len());
+            if path.starts_with(&point) && longer {
+                best = Some((point, options.split(',').any(|o| o == "ro")));
+            }
+        }
+        best
+    }
+
+    /// A file system remounted read-write for one save.
+    pub struct Writable(Option<PathBuf>);
+
+    pub fn writable(path: &Path) -> Result<Writable, SaveError> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        match mount_of(path, &info) {
+            Some((point, true)) => {
+                run(&point, "rw")?;
+                Ok(Writable(Some(point)))
+            }
+            _ => Ok(Writable(None)),
+        }
+    }
+
+    impl Writable {
+        /// Back to read-only, if it was.
+        pub fn restore(mut self) -> Result<(), SaveError> {
+            match self.0.take() {
+                Some(point) => run(&point, "ro"),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Drop for Writable {
+        fn drop(&mut self) {
+            if let Some(point) = self.0.take() {
+                let _ = run(&point, "ro");
+            }
+        }
+    }
+
+    fn run(point: &Path, mode: &'static str) -> Result<(), SaveError> {
+        let failed = |reason: String| SaveError::Remount {
+            mount: point.to_path_buf(),
+            mode,
+            reason,
+        };
+        let out = Command::new("mount")
+            .arg("-o")
+            .arg(format!("remount,{mode}"))
+            .arg(point)
+            .output()
+            .map_err(|e| failed(e.to_string()))?;
+        if !out.status.success() {
+            return Err(failed(String::from_utf8_lossy(&out.stderr).trim().to_string()));
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_longest_mount_point_holding_the_file_decides() {
+            let info = "22 1 8:2 / / rw,relatime shared:1 - ext4 /dev/root rw\n\
+                        30 22 8:1 / /boot/firmware ro,relatime shared:2 - vfat /dev/sda1 ro\n\
+                        31 22 0:5 / /boot rw,relatime shared:3 - tmpfs x rw\n";
+            assert_eq!(
+                mount_of(Path::new("/boot/firmware/tower.toml"), info),
+                Some((PathBuf::from("/boot/firmware"), true))
+            );
+            assert_eq!(
+                mount_of(Path::new("/etc/tower/tower.toml"), info),
+                Some((PathBuf::from("/"), false))
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "[station]\nname = \"Old\"\n";
+    const NEW: &str = "# kept\n[station]\nname = \"New\"\n";
+
+    #[test]
+    fn a_save_keeps_the_previous_file_as_bak_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tower.toml");
+        fs::write(&path, GOOD).expect("write");
+        let mut store = FileStore { path: path.clone() };
+        store.save(GOOD, NEW).expect("save");
+        assert_eq!(fs::read_to_string(&path).expect("read"), NEW);
+        assert_eq!(fs::read_to_string(backup_path(&path)).expect("bak"), GOOD);
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn a_file_changed_by_hand_is_not_overwritten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tower.toml");
+        fs::write(&path, "[station]\nname = \"Hand\"\n").expect("write");
+        let e = FileStore { path: path.clone() }.save(GOOD, NEW).expect_err("conflict");
+        assert!(matches!(e, SaveError::ChangedOnDisk { .. }), "{e}");
+        assert!(fs::read_to_string(&path).expect("read").contains("Hand"));
+    }
+
+    #[test]
+    fn a_broken_file_starts_from_its_backup_and_never_becomes_the_backup() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tower.toml");
+        fs::write(&path, GOOD).expect("write");
+        FileStore { path: path.clone() }.save(GOOD, NEW).expect("save");
+        // A power cut on FAT half way through the next write.
+        fs::write(&path, "[station]\nname = \"Ne").expect("write");
+        let (loaded, notice) = load_or_backup(Some(&path), &[], &Overrides::default()).expect("backup");
+        assert_eq!(loaded.config.station.name, "Old");
+        assert_eq!(loaded.file.as_deref(), Some(path.as_path()));
+        let notice = notice.expect("a notice");
+        assert!(
+            notice.contains("tower.toml.bak") && notice.contains("not valid TOML"),
+            "{notice}"
+        );
+        // The next save repairs the file and keeps the good backup.
+        FileStore { path: path.clone() }.save(&loaded.text, NEW).expect("save");
+        assert_eq!(fs::read_to_string(&path).expect("read"), NEW);
+        assert_eq!(fs::read_to_string(backup_path(&path)).expect("bak"), GOOD);
+        // Without a backup, the error is the file's own.
+        fs::remove_file(backup_path(&path)).expect("rm");
+        fs::write(&path, "nonsense =").expect("write");
+        assert!(load_or_backup(Some(&path), &[], &Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn the_helper_saves_what_loads_refuses_the_rest_and_answers_each_request() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = dir.path().join("spool");
+        let publish = dir.path().join("run");
+        for d in [spool.join(SPOOL_IN), spool.join(SPOOL_OUT), publish.clone()] {
+            fs::create_dir_all(d).expect("mkdir");
+        }
+        let target = dir.path().join("tower.toml");
+        fs::write(&target, GOOD).expect("write");
+        fs::write(spool.join(SPOOL_IN).join("1-1.toml"), "[pcm]\nbuffer_size = 1\n").expect("write");
+        assert_eq!(commit(&spool, &target, Some(&publish)).expect("commit"), 0);
+        let answer = fs::read_to_string(spool.join(SPOOL_OUT).join("1-1.result")).expect("answer");
+        assert!(
+            answer.starts_with("error: refused") && answer.contains("pcm.buffer_size"),
+            "{answer}"
+        );
+        assert_eq!(fs::read_to_string(&target).expect("read"), GOOD);
+
+        // Tower's side, answered by a helper running at the same time.
+        let mut store = SpoolStore::new(spool.clone(), target.display().to_string());
+        let (s, t, p) = (spool.clone(), target.clone(), publish.clone());
+        let helper = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if commit(&s, &t, Some(&p)).expect("commit") > 0 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        store.save(GOOD, NEW).expect("saved through the helper");
+        helper.join().expect("helper");
+        assert_eq!(fs::read_to_string(&target).expect("read"), NEW);
+        assert_eq!(fs::read_to_string(publish.join("tower.toml")).expect("copy"), NEW);
+        assert_eq!(fs::read_to_string(publish.join("tower.toml.bak")).expect("copy"), GOOD);
+        assert_eq!(fs::read_dir(spool.join(SPOOL_IN)).expect("dir").count(), 0);
+    }
+}
