@@ -81,3 +81,131 @@ fn the_status_page_plays_the_stream_shows_the_state_and_meters_the_input_in_chro
     std::fs::write(&out, &png).expect("screenshot");
     eprintln!("screenshot: {}", out.display());
 }
+
+/// Sets an input's value as typing would (the page listens for `input`
+/// and `change`).
+fn type_into(page: &common::browser::Session, id: &str, value: &str) {
+    let script = format!(
+        "const e = document.getElementById({id:?}); e.value = {value:?}; \
+         e.dispatchEvent(new Event('input', {{bubbles: true}})); \
+         e.dispatchEvent(new Event('change', {{bubbles: true}})); return e.value"
+    );
+    assert_eq!(page.exec(&script), serde_json::json!(value), "{id}");
+}
+
+fn visible(page: &common::browser::Session, id: &str) -> bool {
+    page.exec(&format!(
+        "const e = document.getElementById({id:?}); return !!e && !e.hidden"
+    ))
+    .as_bool()
+    .unwrap_or(false)
+}
+
+fn log_in(page: &common::browser::Session) {
+    assert!(
+        common::wait_for(Duration::from_secs(10), || visible(page, "login")),
+        "no login form"
+    );
+    type_into(page, "login-password", common::settings::PASSWORD);
+    page.exec("document.getElementById('login-form').requestSubmit(); return 0");
+    assert!(
+        common::wait_for(Duration::from_secs(15), || visible(page, "settings")),
+        "the settings did not open after logging in: {}",
+        page.exec("return document.getElementById('login-error').textContent")
+    );
+}
+
+/// The meter's peak reading (dBFS, left channel) on the settings page.
+fn meter_peak(page: &common::browser::Session) -> f64 {
+    page.exec("return parseFloat(document.querySelector('#meter .bar').dataset.db)")
+        .as_f64()
+        .unwrap_or(f64::NAN)
+}
+
+#[test]
+fn the_settings_page_changes_tower_live_and_everything_is_kept_across_a_restart_in_chromium() {
+    let mut s = common::settings::station("");
+    let warm = Listener::connect(s.tower.addr);
+    assert!(warm.wait_tone(1000.0, Duration::from_secs(15)), "no live input");
+
+    let driver = Driver::start();
+    let page = driver.session();
+    page.goto(&format!("http://{}/settings", s.tower.addr));
+    log_in(&page);
+
+    // The level: the slider moves, the meter follows (software gain on the
+    // JACK input: the tone's peak is -6 dBFS as found).
+    assert!(common::wait_for(Duration::from_secs(5), || (meter_peak(&page) - -6.0)
+        .abs()
+        < 1.5));
+    page.exec("document.getElementById('level-keep').click(); return 0");
+    assert_eq!(page.exec("return document.getElementById('level').disabled"), false);
+    type_into(&page, "level", "-20");
+    assert!(
+        common::wait_for(Duration::from_secs(5), || (meter_peak(&page) - -26.0).abs() < 1.5),
+        "the meter did not follow the level: {} dBFS",
+        meter_peak(&page)
+    );
+
+    // The input: the other test input, chosen from the list.
+    let options = page.exec("return [...document.getElementById('input-choice').options].map(o => o.value)");
+    assert!(
+        options
+            .as_array()
+            .expect("options")
+            .iter()
+            .any(|o| o == "alsa|jackfile2"),
+        "{options}"
+    );
+    type_into(&page, "input-choice", "alsa|jackfile2");
+    page.exec("document.querySelector('[data-save=input]').click(); return 0");
+    assert!(
+        warm.wait_tone(2000.0, Duration::from_secs(10)),
+        "the new input is not heard"
+    );
+    assert!(warm.ended().is_none(), "the listener was dropped");
+
+    // The station's name, seen on the status page.
+    type_into(&page, "station.name", "Kitchen Radio");
+    page.exec("document.querySelector('[data-save=station]').click(); return 0");
+    assert!(common::wait_for(Duration::from_secs(5), || {
+        page.exec("return document.querySelector('[data-ok=station]').textContent")
+            .as_str()
+            .is_some_and(|t| t.starts_with("Saved"))
+    }));
+    page.goto(&format!("http://{}/", s.tower.addr));
+    assert!(
+        common::wait_for(Duration::from_secs(5), || page
+            .exec("return document.getElementById('station').textContent")
+            == "Kitchen Radio"),
+        "the status page does not show the new name"
+    );
+    let history = page.exec("return document.getElementById('history').textContent");
+    assert!(history.as_str().expect("history").contains("station.name"), "{history}");
+
+    // A restart (the process starts itself again, on a new port here):
+    // every setting is kept, and so is the comment written by hand.
+    let before = s.tower.listening().len();
+    page.goto(&format!("http://{}/settings", s.tower.addr));
+    assert!(common::wait_for(Duration::from_secs(10), || visible(&page, "settings")));
+    page.exec("fetch('/api/restart', {method: 'POST', headers: {'X-Tower-Page': '1'}}); return 0");
+    assert!(
+        s.tower.wait_restarted(before, Duration::from_secs(20)),
+        "{}",
+        s.tower.log_text()
+    );
+    page.goto(&format!("http://{}/settings", s.tower.addr));
+    log_in(&page);
+    let kept = page.exec(
+        "return [document.getElementById('station.name').value, document.getElementById('level').value, \
+         document.getElementById('input-choice').value]",
+    );
+    assert_eq!(kept, serde_json::json!(["Kitchen Radio", "-20", "alsa|jackfile2"]));
+    let file = std::fs::read_to_string(&s.config).expect("config");
+    assert!(file.starts_with(common::settings::HAND_COMMENT), "{file}");
+
+    let png = page.screenshot_png();
+    let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("settings-page.png");
+    std::fs::write(&out, &png).expect("screenshot");
+    eprintln!("screenshot: {}", out.display());
+}

@@ -136,8 +136,11 @@ pub fn station_in(config_dir: Option<&Path>, extra: &str) -> Station {
     write_tone_raw(&two, 2000.0, 120.0);
     let conf = write_alsa_conf(dir.path(), &one);
     let mut alsa = std::fs::read_to_string(&conf).expect("conf");
+    // Both named in ALSA's hints, so `tower devices` and the page list them.
     alsa.push_str(&format!(
-        "pcm.jackfile2 {{ type file slave.pcm \"jackcap16\" file \"/dev/null\" infile \"{}\" format \"raw\" }}\n",
+        "pcm.jackfile2 {{ type file slave.pcm \"jackcap16\" file \"/dev/null\" infile \"{}\" format \"raw\" \
+         hint {{ show on description \"Test input, 2 kHz\" }} }}\n\
+         pcm.jackfile.hint {{ show on description \"Test input, 1 kHz\" }}\n",
         two.display()
     ));
     std::fs::write(&conf, alsa).expect("conf");
