@@ -37,6 +37,21 @@ impl<T> Live<T> {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Changes the value in place: `change` gets a copy of the current
+    /// value under the write lock, so two updaters never lose each
+    /// other's change.
+    pub fn update(&self, change: impl FnOnce(&mut T))
+    where
+        T: Clone,
+    {
+        let mut guard = self.value.write().unwrap_or_else(|p| p.into_inner());
+        let mut value = (**guard).clone();
+        change(&mut value);
+        *guard = Arc::new(value);
+        drop(guard);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
     /// Changes every time the value is set.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
@@ -87,5 +102,7 @@ mod tests {
         assert_eq!(w.changed().as_deref().map(String::as_str), Some("Garden"));
         assert!(w.changed().is_none());
         assert_eq!(live.get().as_str(), "Garden");
+        live.update(|s| s.push_str(" Radio"));
+        assert_eq!(w.changed().as_deref().map(String::as_str), Some("Garden Radio"));
     }
 }
