@@ -67,6 +67,10 @@ enum Command {
         /// Also copy the file and its .bak here, for Tower to read.
         #[arg(long, value_name = "DIR")]
         publish: Option<PathBuf>,
+        /// What to publish while the file does not exist (the packaged
+        /// defaults).
+        #[arg(long, value_name = "FILE", requires = "publish")]
+        default: Option<PathBuf>,
     },
 }
 
@@ -147,8 +151,18 @@ const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse();
-    if let Some(Command::ConfigCommit { spool, to, publish }) = &cli.command {
-        return match store::commit(spool, to, publish.as_deref()) {
+    if let Some(Command::ConfigCommit {
+        spool,
+        to,
+        publish,
+        default,
+    }) = &cli.command
+    {
+        let publish = publish.as_ref().map(|dir| store::Publish {
+            dir: dir.clone(),
+            default: default.clone(),
+        });
+        return match store::commit(spool, to, publish.as_ref()) {
             Ok(n) => {
                 println!("tower config-commit: {n} saved to {}", to.display());
                 ExitCode::SUCCESS

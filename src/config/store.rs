@@ -254,13 +254,21 @@ impl Store for SpoolStore {
     }
 }
 
+/// Where the helper publishes the file for Tower, and what it publishes
+/// while `target` does not exist yet (the packaged defaults).
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub dir: PathBuf,
+    pub default: Option<PathBuf>,
+}
+
 /// The helper's work (`tower config-commit`, as root): every request in
 /// `spool/in` is checked like the file at start, saved as `target` (with
 /// its backup) with the file system remounted read-write if it was
 /// read-only, and answered in `spool/out`. Then `publish`, if given, gets
 /// a copy of the file and its backup for Tower to read. Returns how many
 /// requests were saved.
-pub fn commit(spool: &Path, target: &Path, publish: Option<&Path>) -> io::Result<usize> {
+pub fn commit(spool: &Path, target: &Path, publish: Option<&Publish>) -> io::Result<usize> {
     let mut saved = 0;
     let mut requests: Vec<PathBuf> = fs::read_dir(spool.join(SPOOL_IN))?
         .filter_map(Result::ok)
@@ -285,8 +293,8 @@ pub fn commit(spool: &Path, target: &Path, publish: Option<&Path>) -> io::Result
             saved += 1;
         }
     }
-    if let Some(dir) = publish {
-        publish_copy(target, dir)?;
+    if let Some(p) = publish {
+        publish_copy(target, p)?;
     }
     Ok(saved)
 }
@@ -315,14 +323,25 @@ fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
     restored
 }
 
-/// Copies `target` and its backup into `dir` (readable by Tower, which may
-/// not read the FAT partition itself).
-pub fn publish_copy(target: &Path, dir: &Path) -> io::Result<()> {
-    for from in [target.to_path_buf(), backup_path(target)] {
-        let Some(name) = from.file_name() else { continue };
-        let to = dir.join(name);
+/// Copies `target` and its backup into the publishing directory (for
+/// Tower, which may not read the FAT partition itself): mode 0640, the
+/// directory's group. Without `target`, the packaged defaults stand in.
+pub fn publish_copy(target: &Path, publish: &Publish) -> io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let group = fs::metadata(&publish.dir)?.gid();
+    let source = match (target.exists(), &publish.default) {
+        (false, Some(default)) => default.clone(),
+        _ => target.to_path_buf(),
+    };
+    let Some(name) = target.file_name() else { return Ok(()) };
+    let to = publish.dir.join(name);
+    for (from, to) in [(source.clone(), to.clone()), (backup_path(target), backup_path(&to))] {
         match fs::read_to_string(&from) {
-            Ok(text) => write_atomically(&to, &text)?,
+            Ok(text) => {
+                write_atomically(&to, &text)?;
+                fs::set_permissions(&to, fs::Permissions::from_mode(0o640))?;
+                std::os::unix::fs::chown(&to, None, Some(group))?;
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let _ = fs::remove_file(&to);
             }
@@ -490,6 +509,21 @@ mod tests {
     }
 
     #[test]
+    fn without_a_file_the_packaged_defaults_are_published() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let default = dir.path().join("defaults.toml");
+        fs::write(&default, GOOD).expect("write");
+        let publish = Publish {
+            dir: dir.path().join("run"),
+            default: Some(default),
+        };
+        fs::create_dir(&publish.dir).expect("mkdir");
+        publish_copy(&dir.path().join("missing").join("tower.toml"), &publish).expect("publish");
+        assert_eq!(fs::read_to_string(publish.dir.join("tower.toml")).expect("copy"), GOOD);
+        assert!(!publish.dir.join("tower.toml.bak").exists());
+    }
+
+    #[test]
     fn the_helper_saves_what_loads_refuses_the_rest_and_answers_each_request() {
         let dir = tempfile::tempdir().expect("tmp");
         let spool = dir.path().join("spool");
@@ -500,7 +534,7 @@ mod tests {
         let target = dir.path().join("tower.toml");
         fs::write(&target, GOOD).expect("write");
         fs::write(spool.join(SPOOL_IN).join("1-1.toml"), "[pcm]\nbuffer_size = 1\n").expect("write");
-        assert_eq!(commit(&spool, &target, Some(&publish)).expect("commit"), 0);
+        assert_eq!(commit(&spool, &target, None).expect("commit"), 0);
         let answer = fs::read_to_string(spool.join(SPOOL_OUT).join("1-1.result")).expect("answer");
         assert!(
             answer.starts_with("error: refused") && answer.contains("pcm.buffer_size"),
@@ -510,6 +544,10 @@ mod tests {
 
         // Tower's side, answered by a helper running at the same time.
         let mut store = SpoolStore::new(spool.clone(), target.display().to_string());
+        let publish = Publish {
+            dir: publish,
+            default: None,
+        };
         let (s, t, p) = (spool.clone(), target.clone(), publish.clone());
         let helper = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -523,8 +561,17 @@ mod tests {
         store.save(GOOD, NEW).expect("saved through the helper");
         helper.join().expect("helper");
         assert_eq!(fs::read_to_string(&target).expect("read"), NEW);
-        assert_eq!(fs::read_to_string(publish.join("tower.toml")).expect("copy"), NEW);
-        assert_eq!(fs::read_to_string(publish.join("tower.toml.bak")).expect("copy"), GOOD);
+        assert_eq!(fs::read_to_string(publish.dir.join("tower.toml")).expect("copy"), NEW);
+        assert_eq!(
+            fs::read_to_string(publish.dir.join("tower.toml.bak")).expect("copy"),
+            GOOD
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(publish.dir.join("tower.toml"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
         assert_eq!(fs::read_dir(spool.join(SPOOL_IN)).expect("dir").count(), 0);
     }
 }
