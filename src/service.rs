@@ -52,7 +52,7 @@ use crate::leds::{LedConfig, Leds};
 use crate::live::Live;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
-use crate::status::{Board, ChangeLog};
+use crate::status::{AdminCounters, Board, ChangeLog};
 use crate::worker::{Ended, Supervisor, Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
@@ -319,6 +319,7 @@ impl Service {
         let hub = Arc::new(Hub::new(settings.hub));
         let station = Arc::new(Live::new(settings.station.clone()));
         let changes = Arc::new(ChangeLog::default());
+        let admin_counters = Arc::new(AdminCounters::default());
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -332,6 +333,7 @@ impl Service {
             station: station.clone(),
             leds: std::sync::Mutex::new(led_status),
             changes: changes.clone(),
+            admin: admin_counters.clone(),
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
         });
@@ -341,9 +343,16 @@ impl Service {
                     inbox: inbox_tx.clone(),
                     board: board.clone(),
                 };
-                let running = Admin::new(control, setup.loaded, setup.store, setup.notice, changes)
-                    .start(&supervisor)
-                    .map_err(thread("admin"))?;
+                let running = Admin::new(
+                    control,
+                    setup.loaded,
+                    setup.store,
+                    setup.notice,
+                    changes,
+                    admin_counters,
+                )
+                .start(&supervisor)
+                .map_err(thread("admin"))?;
                 (Some(running.worker), Some(running.desk as Arc<dyn Desk>))
             }
             None => (None, None),

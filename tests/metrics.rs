@@ -81,6 +81,11 @@ fn expected(s: &Value, name: &str, labels: &[(String, String)]) -> Option<f64> {
     Some(match name {
         "tower_build_info" => f64::from(u8::from(s["version"] == label("version"))),
         "tower_uptime_seconds" => num(&s["uptime_s"]),
+        "tower_admin_password_set" => num(&s["admin"]["password_set"]),
+        "tower_admin_wrong_passwords_total" => num(&s["admin"]["wrong_passwords"]),
+        "tower_admin_attempts_throttled_total" => num(&s["admin"]["attempts_throttled"]),
+        "tower_admin_desk_busy_total" => num(&s["admin"]["desk_busy"]),
+        "tower_admin_settings_changed_total" => num(&s["admin"]["settings_changed"]),
         "tower_encoder_state" => is(&s["encoder"]["state"], label("state")),
         "tower_encoder_restarts_total" => num(&s["encoder"]["restarts"]),
         "tower_encoder_failures_total" => num(&s["encoder"]["failures"][label("cause")]),

@@ -40,6 +40,7 @@ pub mod throttle;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ use crate::config::{Loaded, Origin};
 use crate::http::request::form_pairs;
 use crate::http::{Desk, DeskJob, Request, Response};
 use crate::ratelog::LogGate;
-use crate::status::ChangeLog;
+use crate::status::{AdminCounters, ChangeLog};
 use crate::worker::{StopSignal, Supervisor, Worker};
 use calibrate::{Calibration, Gain, Step};
 use session::Sessions;
@@ -94,16 +95,24 @@ pub trait Control: Send + 'static {
 pub struct DeskHandle {
     tx: SyncSender<Box<DeskJob>>,
     throttle: Arc<Mutex<Throttle>>,
+    counters: Arc<AdminCounters>,
 }
 
 impl Desk for DeskHandle {
     fn may_try(&self, peer: IpAddr, now: Instant) -> Result<(), Duration> {
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner()).check(peer, now)
+        let checked = self.throttle.lock().unwrap_or_else(|p| p.into_inner()).check(peer, now);
+        if checked.is_err() {
+            self.counters.attempts_throttled.fetch_add(1, Ordering::Relaxed);
+        }
+        checked
     }
 
     fn hand(&self, job: Box<DeskJob>) -> Result<(), Box<DeskJob>> {
-        self.tx.try_send(job).map_err(|e| match e {
-            TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+        self.tx.try_send(job).map_err(|e| {
+            self.counters.desk_busy.fetch_add(1, Ordering::Relaxed);
+            match e {
+                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
+            }
         })
     }
 }
@@ -125,6 +134,7 @@ pub struct Admin<C: Control> {
     throttle: Arc<Mutex<Throttle>>,
     calibration: Calibration,
     history: Arc<ChangeLog>,
+    counters: Arc<AdminCounters>,
     failed_log: LogGate,
 }
 
@@ -144,6 +154,7 @@ impl<C: Control> Admin<C> {
         store: Box<dyn Store>,
         notice: Option<String>,
         history: Arc<ChangeLog>,
+        counters: Arc<AdminCounters>,
     ) -> Admin<C> {
         let mut admin = Admin {
             control,
@@ -157,10 +168,16 @@ impl<C: Control> Admin<C> {
             throttle: Arc::new(Mutex::new(Throttle::default())),
             calibration: Calibration::default(),
             history,
+            counters,
             failed_log: LogGate::new(Duration::from_secs(10)),
         };
         admin.hash_plain_password();
+        admin.note_password();
         admin
+    }
+
+    fn note_password(&self) {
+        self.counters.password_set.store(self.hash.is_some(), Ordering::Relaxed);
     }
 
     fn hash_plain_password(&mut self) {
@@ -202,6 +219,7 @@ impl<C: Control> Admin<C> {
         let desk = Arc::new(DeskHandle {
             tx,
             throttle: self.throttle.clone(),
+            counters: self.counters.clone(),
         });
         let worker = Worker::spawn_supervised("admin", supervisor, move |stop| self.run(&stop, &rx))?;
         Ok(Running { worker, desk })
@@ -307,6 +325,7 @@ impl<C: Control> Admin<C> {
             t.check(peer.ip(), now).and_then(|()| t.take_hash(now))
         };
         if let Err(wait) = permitted {
+            self.counters.attempts_throttled.fetch_add(1, Ordering::Relaxed);
             let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
             return Err(
                 error(429, &format!("too many password attempts; try again in {secs} s"))
@@ -322,6 +341,7 @@ impl<C: Control> Admin<C> {
         }
         t.failed(peer.ip(), now);
         drop(t);
+        self.counters.wrong_passwords.fetch_add(1, Ordering::Relaxed);
         if let Some(suppressed) = self.failed_log.allow(now) {
             tracing::warn!(component = "admin", peer = %peer.ip(), suppressed, "wrong admin password");
         }
@@ -435,6 +455,7 @@ impl<C: Control> Admin<C> {
         ]);
         self.hash = Some(hash);
         self.recent.forget();
+        self.note_password();
         if let Err(e) = &saved {
             tracing::warn!(component = "admin", "the new admin password is not saved: {e}");
         }
@@ -533,6 +554,7 @@ impl<C: Control> Admin<C> {
             let (from, to) = (change::shown(key, old.get(key)), change::shown(key, new.get(key)));
             tracing::info!(component = "admin", peer = who, key = %key, "setting {key} changed by {who}: {from} → {to}");
             self.history.record(who, key, &from, &to);
+            self.counters.settings_changed.fetch_add(1, Ordering::Relaxed);
             if change::taker(key) == Taker::Restart {
                 self.pending_restart.insert(key.clone());
                 outcome.restart_needed.push(key.clone());

@@ -94,6 +94,7 @@ fn rig(file: &str) -> Rig {
         Box::new(store.clone()),
         None,
         Arc::new(ChangeLog::default()),
+        Arc::new(AdminCounters::default()),
     );
     Rig { admin, fake, store }
 }
@@ -271,6 +272,8 @@ fn wrong_passwords_are_throttled_before_any_hash() {
     }
     // Each refused by the throttle, before any hash.
     assert_eq!(r.admin.throttle.lock().expect("lock").refused, refused_before + 100);
+    let counted = r.admin.counters.snapshot();
+    assert_eq!((counted.wrong_passwords, counted.attempts_throttled >= 100), (6, true));
     // Even the right password waits out the lockout from that address …
     let right = request("POST", "/api/login", &[], r#"{"password": "correct horse"}"#);
     assert_eq!(parts(r.admin.answer(&right, peer(7), now)).0, 429);

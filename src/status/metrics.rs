@@ -103,6 +103,38 @@ pub fn render(status: &Status, tick_error: &Histogram) -> String {
         status.uptime_s,
     );
 
+    let admin = &status.admin;
+    o.one(
+        "admin_password_set",
+        "gauge",
+        "1 when an admin password is set.",
+        f64::from(u8::from(admin.password_set)),
+    );
+    o.one(
+        "admin_wrong_passwords_total",
+        "counter",
+        "Admin passwords checked and found wrong.",
+        n(admin.wrong_passwords),
+    );
+    o.one(
+        "admin_attempts_throttled_total",
+        "counter",
+        "Password attempts refused by the throttle, without hashing.",
+        n(admin.attempts_throttled),
+    );
+    o.one(
+        "admin_desk_busy_total",
+        "counter",
+        "Settings requests refused because the settings desk was busy.",
+        n(admin.desk_busy),
+    );
+    o.one(
+        "admin_settings_changed_total",
+        "counter",
+        "Settings changed while running.",
+        n(admin.settings_changed),
+    );
+
     let enc = &status.encoder;
     o.state(
         "encoder_state",

@@ -8,6 +8,7 @@
 //! instead of exporting 0.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -41,6 +42,8 @@ pub(crate) struct Board {
     pub(crate) leds: Mutex<crate::leds::LedStatus>,
     /// Settings changed while running (the history beside the encoder's).
     pub(crate) changes: Arc<ChangeLog>,
+    /// What the owner's desk counts.
+    pub(crate) admin: Arc<AdminCounters>,
     /// Why Tower started from the backup of its configuration file.
     pub(crate) config_notice: Option<String>,
     /// Workers that ended, by thread name.
@@ -87,6 +90,44 @@ impl ChangeLog {
             .iter()
             .cloned()
             .collect()
+    }
+}
+
+/// What the owner's desk counts (the admin thread and the accept loop
+/// write, `/status` reads).
+#[derive(Debug, Default)]
+pub struct AdminCounters {
+    pub password_set: std::sync::atomic::AtomicBool,
+    /// Passwords checked and found wrong (each cost a hash).
+    pub wrong_passwords: AtomicU64,
+    /// Password attempts refused by the throttle, without a hash.
+    pub attempts_throttled: AtomicU64,
+    /// Requests for the desk refused because its queue was full.
+    pub desk_busy: AtomicU64,
+    /// Settings changed (keys).
+    pub settings_changed: AtomicU64,
+}
+
+/// [`AdminCounters`] as `/status` shows them.
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminSnapshot {
+    pub password_set: bool,
+    pub wrong_passwords: u64,
+    pub attempts_throttled: u64,
+    pub desk_busy: u64,
+    pub settings_changed: u64,
+}
+
+impl AdminCounters {
+    pub fn snapshot(&self) -> AdminSnapshot {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        AdminSnapshot {
+            password_set: self.password_set.load(Ordering::Relaxed),
+            wrong_passwords: l(&self.wrong_passwords),
+            attempts_throttled: l(&self.attempts_throttled),
+            desk_busy: l(&self.desk_busy),
+            settings_changed: l(&self.settings_changed),
+        }
     }
 }
 
@@ -187,6 +228,7 @@ impl Board {
             workers: self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             settings_history: self.changes.list(),
             config_notice: self.config_notice.clone(),
+            admin: self.admin.snapshot(),
             listeners: hub,
             outputs: self.outputs.snapshot(),
             pcm_buffer: router,
@@ -215,6 +257,8 @@ pub struct Status {
     /// Set when the configuration file could not be used and Tower
     /// started from its backup.
     pub config_notice: Option<String>,
+    /// The owner's desk: whether a password is set, and refused attempts.
+    pub admin: AdminSnapshot,
     pub listeners: HubSnapshot,
     pub outputs: Vec<OutputSnapshot>,
     pub pcm_buffer: RouterStats,
