@@ -863,6 +863,135 @@ fn start_leds(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::fake::{FakeCapture, FakeCaptureScript};
+    use crate::config::change::{Incoming, propose};
+    use crate::config::{Overrides, load_text};
+    use crate::encoder::fake::{FakeLauncher, FakeMode};
+    use std::sync::Mutex;
+
+    /// A service on fakes, recording which devices and LED pins it was
+    /// asked for.
+    fn fake_service(file: &str) -> (Service, Loaded, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<LedConfig>>>) {
+        let loaded = load_text(
+            Some((std::path::Path::new("tower.toml"), file)),
+            &[],
+            &Overrides::default(),
+        )
+        .expect("valid");
+        let devices = Arc::new(Mutex::new(Vec::new()));
+        let pins = Arc::new(Mutex::new(Vec::new()));
+        let (d, p) = (devices.clone(), pins.clone());
+        let backends = Backends {
+            capture: Box::new(move |_: &Input, device: &str| {
+                d.lock().expect("lock").push(device.to_string());
+                let script = FakeCaptureScript {
+                    paced: true,
+                    ..FakeCaptureScript::default()
+                };
+                Ok(Box::new(FakeCapture::new(device, script)) as Box<dyn CaptureSource>)
+            }),
+            mixer: Box::new(|| Box::new(crate::audio::mixer::FakeMixer::default()) as Box<dyn Mixer>),
+            encoder: Box::new(FakeLauncher::new(FakeMode::Healthy)),
+            hooks: Arc::new(TestHooks::disabled()),
+            leds: Box::new(move |config: &LedConfig| {
+                p.lock().expect("lock").push(config.clone());
+                Box::new(crate::leds::RecordingLeds::default()) as Box<dyn Leds>
+            }),
+        };
+        let service = Service::start(&loaded.config, backends, None).expect("service");
+        (service, loaded, devices, pins)
+    }
+
+    fn change(service: &mut Service, loaded: &Loaded, json: serde_json::Value) -> BTreeMap<String, String> {
+        let asked: Vec<(String, Incoming)> = json
+            .as_object()
+            .expect("object")
+            .iter()
+            .map(|(k, v)| (k.clone(), Incoming::Json(v.clone())))
+            .collect();
+        let proposal = propose(loaded, &asked).expect("valid change");
+        let prepared = service.prepare(&proposal).expect("prepared");
+        service.apply(prepared)
+    }
+
+    #[test]
+    fn each_stage_takes_its_change_in_its_own_type() {
+        let (mut service, loaded, devices, pins) =
+            fake_service("listen = \"127.0.0.1:0\"\ndevice = \"fake-a\"\n[gpio]\nenabled = false\n");
+        let warnings = change(
+            &mut service,
+            &loaded,
+            serde_json::json!({
+                "device": "fake-b",
+                "station.name": "Garden",
+                "http.burst_ms": 480,
+                "gpio.encoder_pin": 5,
+                "capture.level": "-6dB",
+                "fallback.tone": false,
+                "pcm.grace_sec": 1.5,
+            }),
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        // The input: the capture thread was started again on the new device.
+        assert_eq!(*devices.lock().expect("lock"), ["fake-a", "fake-b"]);
+        assert_eq!(service.status().input.device.name, "fake-b");
+        // The LEDs: opened again on the new pins.
+        let opened = pins.lock().expect("lock").clone();
+        assert_eq!(opened.iter().map(|c| c.encoder_pin).collect::<Vec<_>>(), [17, 5]);
+        // The station, the burst, the level, the fallback.
+        assert_eq!(service.status().station.name, "Garden");
+        assert_eq!(service.hub.burst_frames.load(std::sync::atomic::Ordering::Relaxed), 20);
+        let level = || service.status().input.gain.configured;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while level() != "-6.0 dB" && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(level(), "-6.0 dB");
+        let fallback = || service.status().input.fallback_source;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fallback() != crate::pump::fallback::FallbackKind::Silence && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(fallback(), crate::pump::fallback::FallbackKind::Silence);
+        assert!(service.stop().is_empty());
+    }
+
+    #[test]
+    fn icecast_targets_are_replaced_live() {
+        let (mut service, loaded, _, _) = fake_service(
+            "listen = \"127.0.0.1:0\"\n[gpio]\nenabled = false\n\
+             [[icecast]]\nurl = \"http://127.0.0.1:9/old\"\npassword = \"p\"\n",
+        );
+        assert_eq!(service.status().outputs[0].target, "127.0.0.1:9/old");
+        let warnings = change(
+            &mut service,
+            &loaded,
+            serde_json::json!({ "icecast": [
+                {"url": "http://127.0.0.1:9/new", "password": "q"},
+                {"url": "http://127.0.0.1:9/second", "password": "r"},
+            ]}),
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let targets: Vec<String> = service.status().outputs.into_iter().map(|o| o.target).collect();
+        assert_eq!(targets, ["127.0.0.1:9/new", "127.0.0.1:9/second"]);
+        assert!(service.stop().is_empty());
+    }
+
+    #[test]
+    fn a_fallback_wav_that_cannot_be_played_is_taken_with_a_warning() {
+        let (mut service, loaded, _, _) = fake_service("listen = \"127.0.0.1:0\"\n[gpio]\nenabled = false\n");
+        let warnings = change(
+            &mut service,
+            &loaded,
+            serde_json::json!({ "fallback.wav_path": "/nonexistent/fallback.wav" }),
+        );
+        let w = warnings.get("fallback.wav_path").expect("a warning");
+        assert!(
+            w.contains("/nonexistent/fallback.wav") && w.contains("tone plays instead"),
+            "{w}"
+        );
+        assert!(service.stop().is_empty());
+    }
 
     #[test]
     fn a_worker_restarts_at_once_then_waits_longer_while_it_keeps_dying() {

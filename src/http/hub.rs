@@ -183,7 +183,7 @@ pub struct Hub {
     config: HubConfig,
     /// The burst a new listener gets unless it asks for its own: the
     /// owner may change it while Tower runs (`http.burst_ms`).
-    burst_frames: AtomicUsize,
+    pub(crate) burst_frames: AtomicUsize,
     inner: Mutex<Inner>,
     /// Listeners plus connections being set up: what the limit counts.
     admitted: AtomicUsize,
