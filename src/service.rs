@@ -871,7 +871,10 @@ mod tests {
 
     /// A service on fakes, recording which devices and LED pins it was
     /// asked for.
-    fn fake_service(file: &str) -> (Service, Loaded, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<LedConfig>>>) {
+    /// What a fake service was asked for: capture devices, LED configs.
+    type Asked<T> = Arc<Mutex<Vec<T>>>;
+
+    fn fake_service(file: &str) -> (Service, Loaded, Asked<String>, Asked<LedConfig>) {
         let loaded = load_text(
             Some((std::path::Path::new("tower.toml"), file)),
             &[],
