@@ -588,3 +588,55 @@ fn a_save_on_a_full_or_read_only_file_system_changes_nothing() {
     assert_eq!(status(&s)["station"]["name"], "Writable");
     drop(s);
 }
+
+#[test]
+fn other_names_and_web_pages_are_let_in_only_when_the_owner_lists_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = dir.path().join("tower.toml");
+    std::fs::write(
+        &config,
+        format!("device = \"tower_test_no_such_device\"\n[admin]\npassword = \"{PASSWORD}\"\n"),
+    )
+    .expect("write");
+    let tower = Tower::start(&["--config", config.to_str().expect("utf8")], &[]);
+    let addr = tower.addr;
+    let as_host = |host: &str, path: &str| {
+        common::http_raw(
+            addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .status
+    };
+    let from_page = |origin: &str| {
+        common::http_raw(
+            addr,
+            &format!("HEAD /stream HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\n\r\n"),
+        )
+        .header("access-control-allow-origin")
+    };
+    assert_eq!(as_host("tower.lan:8000", "/status"), 421);
+    assert_eq!(from_page("https://radio.example.org"), None);
+    let (code, answer) = api(
+        addr,
+        "POST",
+        "/api/settings",
+        r#"{"http.hosts": ["tower.lan"], "http.cors_origins": ["https://radio.example.org"]}"#,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(as_host("tower.lan:8000", "/status"), 200);
+    assert_eq!(as_host("evil.example", "/status"), 421);
+    assert_eq!(
+        from_page("https://radio.example.org").as_deref(),
+        Some("https://radio.example.org")
+    );
+    assert_eq!(from_page("https://evil.example"), None);
+    let (code, answer) = api(addr, "POST", "/api/settings", r#"{"http.hosts": ["not a name"]}"#);
+    assert_eq!(code, 400);
+    assert!(
+        answer["errors"]["http.hosts"]
+            .as_str()
+            .expect("error")
+            .contains("host names"),
+        "{answer}"
+    );
+}

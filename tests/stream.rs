@@ -360,6 +360,65 @@ fn invalid_configuration_stops_start_up_with_a_message_naming_the_key() {
 }
 
 #[test]
+fn no_configuration_mistake_shows_a_secret_on_stderr() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("tower.toml");
+    let path = file.to_str().expect("utf8");
+    for (text, names) in [
+        ("[admin]\npassword = hunter2hunter2\n", "line 2"),
+        ("[admin]\npassword = 98765432101\n", "admin.password"),
+        (
+            "[[icecast]]\nurl = \"http://a/m\"\npassword = 98765432101\n",
+            "icecast[0].password",
+        ),
+        (
+            "[[icecast]]\nurl = \"http://source:hunter2hunter2@a/m\"\npassword = \"x\"\n",
+            "icecast[0].url",
+        ),
+        (
+            "[[icecast]]\nurl = \"http://a/m\"\npassword = \"hunter2hunter2\"\nmethod = \"post\"\n",
+            "icecast[0].method",
+        ),
+    ] {
+        std::fs::write(&file, text).expect("write");
+        let err = run_expecting_config_error(&["--config", path], &[]);
+        assert!(err.contains(names), "{text:?}: {err}");
+        for secret in ["hunter2", "98765432101"] {
+            assert!(!err.contains(secret), "{text:?} shows its secret: {err}");
+        }
+    }
+    let err = run_expecting_config_error(&[], &[("TOWER_ADMIN_PASSWORD", "short")]);
+    assert!(err.contains("admin.password") && !err.contains("short"), "{err}");
+}
+
+#[test]
+fn other_programs_tower_variables_are_ignored_and_a_non_utf8_one_of_ours_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let out = Command::new(env!("CARGO_BIN_EXE_tower"))
+        .arg("--print-config")
+        .env("TOWER_HOST", "awx.example.org")
+        .env("TOWER_PASSWORD", "hunter2hunter2")
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_tower"))
+        .arg("--print-config")
+        .env("TOWER_DEVICE", std::ffi::OsStr::from_bytes(b"hw:\xff"))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("TOWER_DEVICE") && err.contains("UTF-8"), "{err}");
+    // Another program's variable that is not UTF-8 does not matter.
+    let out = Command::new(env!("CARGO_BIN_EXE_tower"))
+        .arg("--print-config")
+        .env("LANG_TEST_BYTES", std::ffi::OsStr::from_bytes(b"\xff\xfe"))
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn print_config_shows_the_effective_configuration() {
     let out = Command::new(env!("CARGO_BIN_EXE_tower"))
         .args(["--print-config", "--device", "hw:CARD=Test,DEV=0"])
