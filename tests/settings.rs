@@ -640,3 +640,41 @@ fn other_names_and_web_pages_are_let_in_only_when_the_owner_lists_them() {
         "{answer}"
     );
 }
+
+#[test]
+fn calibrate_brings_a_quiet_input_to_minus_6_dbfs() {
+    let s = station("\n[capture]\nlevel = \"-20dB\"\n");
+    let listener = Listener::connect(s.tower.addr);
+    assert!(listener.wait_tone(1000.0, Duration::from_secs(15)), "no live input");
+    // The test tone peaks at -6 dBFS; at -20 dB it peaks at -26 dBFS.
+    let t0 = Instant::now();
+    let (code, report) = api(s.tower.addr, "POST", "/api/calibrate", "{}");
+    assert_eq!(code, 202, "{report}");
+    let mut report = report;
+    assert!(
+        wait_for(Duration::from_secs(15), || {
+            report = api(s.tower.addr, "GET", "/api/calibrate", "").1;
+            report["state"] == "done" || report["state"] == "failed"
+        }),
+        "{report}"
+    );
+    eprintln!(
+        "figure: calibrate on a 1 kHz tone at -26 dBFS peak (level -20 dB): {} in {:.1} s",
+        report["message"],
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(report["state"], "done", "{report}");
+    let before = report["peak_before_dbfs"].as_f64().expect("before");
+    let after = report["peak_after_dbfs"].as_f64().expect("after");
+    assert!((before - -26.0).abs() < 1.0, "{report}");
+    assert!((after - -6.0).abs() < 1.0, "{report}");
+    assert_eq!(report["reachable"], true);
+    // Saved as any change, and said in the history as calibrate's.
+    let file = std::fs::read_to_string(&s.config).expect("config");
+    assert!(
+        file.contains("level = \"0.0dB\"") || file.contains("level = \"-0.0dB\""),
+        "{file}"
+    );
+    let history = status(&s)["settings_history"].to_string();
+    assert!(history.contains("\"who\":\"calibrate\""), "{history}");
+}
