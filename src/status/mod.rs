@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::audio::InputState;
 use crate::audio::capture::{CaptureHandle, CaptureSnapshot, DeviceState, GainState, Selection};
 use crate::audio::level::LevelReading;
+use crate::audio::program::{ProgramSnapshot, ProgramState};
 use crate::audio::router::{AudioInputRouter, RouterStats};
 use crate::broadcast::icecast::OutputSnapshot;
 use crate::encoder::ring::RingStats;
@@ -39,6 +40,10 @@ pub(crate) struct Board {
     pub(crate) http: Arc<HttpStats>,
     pub(crate) station: Arc<crate::live::Live<crate::broadcast::Station>>,
     pub(crate) leds: Mutex<crate::leds::LedStatus>,
+    /// What the LED thread did with the amplifier line.
+    pub(crate) amp: Arc<crate::leds::AmpBoard>,
+    /// The MQTT link, kept across its restarts.
+    pub(crate) mqtt: Arc<crate::mqtt::MqttStats>,
     /// Settings changed while running (the history beside the encoder's).
     pub(crate) changes: Arc<ChangeLog>,
     /// Why Tower started from the backup of its configuration file.
@@ -166,14 +171,22 @@ impl Board {
                 slow_listeners: hub.slow_dropped,
             },
         };
+        let input_state = self.pump.input_state();
+        let program = ProgramStatus {
+            source: input_source(input_state, self.pump.fallback(), &capture.selection.name),
+            detector: self.capture.program().snapshot(now),
+        };
         Status {
             version: env!("CARGO_PKG_VERSION"),
             started_at: humantime::format_rfc3339_seconds(self.started_wall).to_string(),
             uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
             station: (*self.station.get()).clone(),
             encoder: enc,
+            program,
+            amp: self.amp.snapshot(now),
+            mqtt: self.mqtt.snapshot(now),
             input: InputStatus {
-                state: self.pump.input_state(),
+                state: input_state,
                 device: capture.selection.clone(),
                 device_state: capture.state,
                 gain: capture.gain.clone(),
@@ -206,8 +219,14 @@ pub struct Status {
     pub uptime_s: f64,
     pub station: crate::broadcast::Station,
     pub encoder: EncoderSnapshot,
+    /// Whether something plays on the input [D1]–[D3].
+    pub program: ProgramStatus,
     pub input: InputStatus,
     pub leds: crate::leds::LedStatus,
+    /// The amplifier line [D4].
+    pub amp: crate::leds::AmpStatus,
+    /// The link to Home Assistant [D5].
+    pub mqtt: crate::mqtt::MqttSnapshot,
     /// Workers that ended (and were restarted), by thread name.
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Settings the owner changed while Tower runs (secrets as `***`).
@@ -222,6 +241,32 @@ pub struct Status {
     pub pump: PumpSnapshot,
     pub http: HttpSnapshot,
     pub counters: Counters,
+}
+
+/// Program detection, and what the listeners hear meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStatus {
+    #[serde(flatten)]
+    pub detector: ProgramSnapshot,
+    /// What plays: the input's device or socket, or the fallback (which is
+    /// never program).
+    pub source: String,
+}
+
+/// What the listeners hear, in words: the input's device (a sound card's
+/// name, or `unix:PATH` for the socket input), or the fallback [D3].
+pub fn input_source(state: InputState, fallback: FallbackKind, device: &str) -> String {
+    match state {
+        InputState::Live => device.to_string(),
+        InputState::Grace => format!("{device} (silent: the input stopped)"),
+        InputState::Fallback => format!(
+            "fallback ({})",
+            serde_json::to_value(fallback)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// Where the audio comes from and how it is.
@@ -271,6 +316,8 @@ pub struct LevelEvent {
     #[serde(flatten)]
     pub reading: LevelReading,
     pub state: InputState,
+    /// Whether program plays [D2].
+    pub program: ProgramState,
 }
 
 impl StatusSource for Board {
@@ -287,9 +334,15 @@ impl StatusSource for Board {
     }
 
     fn level_json(&self) -> String {
+        let program = if self.capture.program().is_program() {
+            ProgramState::Program
+        } else {
+            ProgramState::Idle
+        };
         let event = LevelEvent {
             reading: self.capture.levels(Instant::now()),
             state: self.pump.input_state(),
+            program,
         };
         serde_json::to_string(&event).unwrap_or_default()
     }
