@@ -538,6 +538,42 @@ mod tests {
     }
 
     #[test]
+    fn the_led_thread_switches_the_amp_on_within_a_second_of_program_and_off_after_the_delay() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let rec = RecordingLeds::default();
+        let board = Arc::new(AmpBoard::default());
+        let program = Arc::new(AtomicBool::new(false));
+        let p = program.clone();
+        let worker = start(
+            Box::new(rec.clone()),
+            Some((MS(300), board.clone())),
+            move || (EncoderState::Running, InputState::Live, p.load(Ordering::Relaxed)),
+            &Supervisor::none(),
+            Arc::new(TestHooks::disabled()),
+        )
+        .expect("thread");
+        let wait = |want: bool, within: Duration| {
+            let deadline = Instant::now() + within;
+            while rec.level(Led::Amp) != Some(want) && Instant::now() < deadline {
+                std::thread::sleep(MS(5));
+            }
+            rec.level(Led::Amp) == Some(want)
+        };
+        assert!(wait(false, Duration::from_secs(1)), "off while idle");
+        program.store(true, Ordering::Relaxed);
+        let on = Instant::now();
+        assert!(wait(true, Duration::from_secs(1)), "on within 1 s of program");
+        program.store(false, Ordering::Relaxed);
+        let ended = Instant::now();
+        assert!(wait(false, Duration::from_secs(2)), "off after the delay");
+        assert!(ended.elapsed() >= MS(300), "not before the delay");
+        assert!(on.elapsed() >= MS(300));
+        stop(worker, Duration::from_secs(1)).expect("stops");
+        assert_eq!(rec.level(Led::Amp), Some(false));
+        assert_eq!(board.snapshot(Instant::now()).switched_on, 1);
+    }
+
+    #[test]
     fn the_amp_line_alone_is_opened_with_the_leds_disabled() {
         let amp = AmpConfig {
             pin: 22,

@@ -432,6 +432,30 @@ mod tests {
     }
 
     #[test]
+    fn the_amplifier_line_is_found_with_the_leds_and_its_key_named() {
+        let pins: &[(u8, &str)] = &[(17, "encoder_pin"), (27, "input_pin"), (22, "amp_pin")];
+        let s = select(&ChipSpec::Auto, &[chip(0, "pinctrl-bcm2711", 58, true)], pins).expect("found");
+        assert_eq!(s.offsets, [17, 27, 22]);
+        // The amplifier alone (LEDs off).
+        let s = select(
+            &ChipSpec::Auto,
+            &[chip(0, "pinctrl-bcm2711", 58, true)],
+            &[(22, "amp_pin")],
+        )
+        .expect("found");
+        assert_eq!(s.offsets, [22]);
+        let mut c = chip(0, "pinctrl-bcm2835", 54, true);
+        c.probe.as_mut().expect("open").lines[22].consumer = Some("spi".into());
+        let e = select(&ChipSpec::Auto, &[c], pins).expect_err("busy");
+        assert_eq!(e.to_string(), "line 22 of gpiochip0 is busy (used by \"spi\")");
+        let e = select(&spec("gpiochip0"), &[chip(0, "small", 20, false)], &[(22, "amp_pin")]).expect_err("short");
+        assert_eq!(
+            e.to_string(),
+            "gpiochip0 has 20 lines; line 22 (gpio.amp_pin) is not one of them"
+        );
+    }
+
+    #[test]
     fn gpio_chip_values_parse_or_are_refused() {
         assert_eq!(spec(""), ChipSpec::Auto);
         assert_eq!(spec("/dev/gpiochip0"), ChipSpec::Path("/dev/gpiochip0".into()));

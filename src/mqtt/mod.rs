@@ -361,7 +361,7 @@ impl From<ConnectionError> for LinkError {
         match e {
             ConnectionError::ConnectionRefused(code) => LinkError::Refused(match code {
                 C::BadUserNamePassword => "the user name or password is wrong (mqtt.user, mqtt.password)",
-                C::NotAuthorized => "Tower is not authorised (check mqtt.user and the broker's ACL)",
+                C::NotAuthorized => "not authorised: check mqtt.user and mqtt.password (and the broker's ACL)",
                 C::BadClientId => "the client id was refused",
                 C::ServiceUnavailable => "the broker is unavailable",
                 C::RefusedProtocolVersion => "the broker does not speak MQTT 3.1.1",
@@ -371,6 +371,13 @@ impl From<ConnectionError> for LinkError {
             ConnectionError::NetworkTimeout => LinkError::Down("the broker did not answer in time".into()),
             other => LinkError::Down(format!("the connection failed: {other}")),
         }
+    }
+}
+
+impl LinkError {
+    /// An established connection broke.
+    fn lost(e: ConnectionError) -> LinkError {
+        LinkError::Down(format!("lost the connection to the broker: {e}"))
     }
 }
 
@@ -561,9 +568,9 @@ impl Link {
                     self.title(&p.payload);
                 }
                 Ok(Ok(_)) | Err(rumqttc::RecvTimeoutError::Timeout) => {}
-                Ok(Err(e)) => return End::Lost(e.into()),
+                Ok(Err(e)) => return End::Lost(LinkError::lost(e)),
                 Err(rumqttc::RecvTimeoutError::Disconnected) => {
-                    return End::Lost(ConnectionError::RequestsDone.into());
+                    return End::Lost(LinkError::lost(ConnectionError::RequestsDone));
                 }
             }
             let now = Instant::now();
