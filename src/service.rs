@@ -2,14 +2,15 @@
 //! happens when one dies [T1].
 //!
 //! Start order: encoder (supervisor and drains) → pump → capture → status
-//! LEDs → HTTP server → broadcast loop → systemd watchdog. Stop is the
-//! reverse, each step bounded in time, so a SIGTERM completes well within
-//! 2 s.
+//! LEDs (and the amplifier line) → HTTP server → broadcast loop → MQTT
+//! link → systemd watchdog. Stop is the reverse, each step bounded in
+//! time, so a SIGTERM completes well within 2 s.
 //!
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
 //! decides. Workers whose state can be rebuilt (capture, the status LEDs,
-//! the HTTP front end, each Icecast output) are started again in place,
+//! the HTTP front end, the MQTT link, each Icecast output) are started
+//! again in place,
 //! at once the first time and with a growing delay if they keep dying
 //! ([`RestartBook`]); listeners stay connected, and each end is logged and
 //! counted (`workers` in `/status`). The pump and the broadcast loop carry
