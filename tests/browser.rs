@@ -230,12 +230,13 @@ fn the_pages_show_program_and_the_broker_and_the_settings_page_changes_both_in_c
     page.goto(&format!("http://{}/", s.tower.addr));
     assert!(
         common::wait_for(Duration::from_secs(15), || text("program-badge") == "program"
+            && text("program-floor").ends_with("dBFS")
             && text("mqtt").starts_with("connected")),
-        "program {:?}, mqtt {:?}",
+        "program {:?}, floor {:?}, mqtt {:?}",
         text("program-badge"),
+        text("program-floor"),
         text("mqtt")
     );
-    assert!(text("program-floor").ends_with("dBFS"), "{}", text("program-floor"));
     let shot = |name: &str| {
         let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
         std::fs::write(&out, page.screenshot_png()).expect("screenshot");
