@@ -272,7 +272,11 @@ impl Service {
         let encoder =
             Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
 
-        // Icecast outputs, fed by the broadcast loop.
+        // Icecast outputs, fed by the broadcast loop; those set to stream
+        // only while program plays ask the capture thread's detector,
+        // which starts below.
+        let detector: Arc<std::sync::OnceLock<CaptureHandle>> = Arc::default();
+        let program = detector.clone();
         let outputs = Arc::new(
             crate::broadcast::icecast::Outputs::start(
                 &settings.icecast,
@@ -280,6 +284,7 @@ impl Service {
                 u64::from(settings.bitrate_kbps),
                 &supervisor,
                 &hooks,
+                Arc::new(move || program.get().is_some_and(|c| c.program().is_program())),
             )
             .map_err(thread("icecast"))?,
         );
@@ -314,6 +319,7 @@ impl Service {
         )
         .map_err(thread("capture"))?;
         capture.handle().program().tune(settings.program);
+        let _ = detector.set(capture.handle());
 
         // LEDs show the encoder's and the input's states; the amplifier
         // line follows program.

@@ -306,6 +306,7 @@ fn icecast_schema() -> Table {
         ("genre", Value::String(String::new())),
         ("public", Value::Boolean(false)),
         ("method", Value::String("put".into())),
+        ("only_while_program", Value::Boolean(false)),
     ] {
         t.insert(k.to_string(), v);
     }
