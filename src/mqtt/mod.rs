@@ -5,8 +5,9 @@
 //! set, again with new settings when the owner changes them). It speaks to
 //! the broker through rumqttc's blocking client, whose event loop runs in
 //! this thread only; it reads Tower's state through a closure the service
-//! gives it (atomics and the capture thread's boards: no lock the pump or
-//! the broadcast loop takes), every [`POLL`], and sends what changed (see
+//! gives it (atomics, the capture thread's boards and the station's texts,
+//! read-locked: no lock the pump takes, nothing the broadcast loop waits
+//! on), every [`POLL`], and sends what changed (see
 //! `discovery`). Nothing in the audio path ever waits for it: a broker that
 //! is slow, down or refusing only delays this thread.
 //!

@@ -258,7 +258,7 @@ pub struct ProgramStatus {
 pub fn input_source(state: InputState, fallback: FallbackKind, device: &str) -> String {
     match state {
         InputState::Live => device.to_string(),
-        InputState::Grace => format!("{device} (silent: the input stopped)"),
+        InputState::Grace => format!("{device} (silence: no audio from the input)"),
         InputState::Fallback => format!(
             "fallback ({})",
             serde_json::to_value(fallback)
@@ -371,5 +371,28 @@ impl StatusSource for Board {
             reasons.push(format!("audio pump stalled: no tick for {} ms", d.as_millis()));
         }
         reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_plays_is_the_device_or_the_fallback_by_name() {
+        let dev = "plughw:CARD=Device,DEV=0";
+        assert_eq!(input_source(InputState::Live, FallbackKind::Tone, dev), dev);
+        assert_eq!(
+            input_source(InputState::Grace, FallbackKind::Tone, "unix:/run/tower/pcm.sock"),
+            "unix:/run/tower/pcm.sock (silence: no audio from the input)"
+        );
+        assert_eq!(
+            input_source(InputState::Fallback, FallbackKind::Tone, dev),
+            "fallback (tone)"
+        );
+        assert_eq!(
+            input_source(InputState::Fallback, FallbackKind::Wav, dev),
+            "fallback (wav)"
+        );
     }
 }
