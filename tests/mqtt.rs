@@ -103,7 +103,7 @@ fn home_assistant_sees_tower_follows_program_sets_the_title_and_survives_a_broke
         .expect("program OFF over MQTT");
     let to_off = off.at.saturating_duration_since(stop.at);
     assert!(
-        (Duration::from_millis(1800)..Duration::from_millis(3200)).contains(&to_off),
+        (Duration::from_millis(1500)..Duration::from_millis(3500)).contains(&to_off),
         "OFF {to_off:?} after the tone stopped (hold 2 s)"
     );
 

@@ -84,8 +84,10 @@ fn hum_alone_is_idle_a_tone_over_it_is_program_within_a_second_and_idle_follows_
         .expect("idle");
     let to_idle = idle.at.saturating_duration_since(stop.at);
     let hold = Duration::from_secs_f64(HOLD_S);
+    // Level events are samples every 100 ms of a ~100 ms window, and may be
+    // late on a busy machine: the stop is seen up to a few tenths late.
     assert!(
-        to_idle >= hold - Duration::from_millis(200) && to_idle <= hold + Duration::from_secs(1),
+        to_idle >= hold - Duration::from_millis(500) && to_idle <= hold + Duration::from_secs(1),
         "idle {to_idle:?} after the tone stopped (hold {hold:?})"
     );
 
