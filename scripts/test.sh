@@ -8,6 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh
 apt_install ffmpeg libasound2-dev pkg-config gcc curl ca-certificates jackd2 libasound2-plugins \
-    mpv prometheus chromium chromium-driver icecast2
+    mpv prometheus chromium chromium-driver icecast2 mosquitto mosquitto-clients
 ensure_rust
 cargo test "$@"

@@ -22,6 +22,7 @@ pub mod http;
 pub mod leds;
 pub mod live;
 pub mod logging;
+pub mod mqtt;
 pub mod pump;
 pub mod ratelog;
 pub mod service;

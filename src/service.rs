@@ -2,14 +2,15 @@
 //! happens when one dies [T1].
 //!
 //! Start order: encoder (supervisor and drains) → pump → capture → status
-//! LEDs → HTTP server → broadcast loop → systemd watchdog. Stop is the
-//! reverse, each step bounded in time, so a SIGTERM completes well within
-//! 2 s.
+//! LEDs (and the amplifier line) → HTTP server → broadcast loop → MQTT
+//! link → systemd watchdog. Stop is the reverse, each step bounded in
+//! time, so a SIGTERM completes well within 2 s.
 //!
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
 //! decides. Workers whose state can be rebuilt (capture, the status LEDs,
-//! the HTTP front end, each Icecast output) are started again in place,
+//! the HTTP front end, the MQTT link, each Icecast output) are started
+//! again in place,
 //! at once the first time and with a growing delay if they keep dying
 //! ([`RestartBook`]); listeners stay connected, and each end is logged and
 //! counted (`workers` in `/status`). The pump and the broadcast loop carry
@@ -48,8 +49,9 @@ use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
 use crate::http::{Desk, HttpServer, HttpStats, Hub, Site};
-use crate::leds::{LedConfig, Leds};
+use crate::leds::{AmpBoard, LedConfig, Leds};
 use crate::live::Live;
+use crate::mqtt::{MqttSettings, MqttStats};
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
 use crate::status::{AdminCounters, Board, ChangeLog};
@@ -222,6 +224,7 @@ struct Rebuild {
     mixer: Factory<Box<dyn Mixer>>,
     leds: LedFactory,
     led_config: LedConfig,
+    mqtt: Option<MqttSettings>,
     capture_config: CaptureConfig,
     router: Arc<AudioInputRouter>,
     hooks: Arc<TestHooks>,
@@ -238,6 +241,7 @@ pub struct Service {
     pump: Option<Pump>,
     capture: Option<Capture>,
     leds: Option<Worker<()>>,
+    mqtt: Option<Worker<()>>,
     watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
@@ -268,7 +272,11 @@ impl Service {
         let encoder =
             Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
 
-        // Icecast outputs, fed by the broadcast loop.
+        // Icecast outputs, fed by the broadcast loop; those set to stream
+        // only while program plays ask the capture thread's detector,
+        // which starts below.
+        let detector: Arc<std::sync::OnceLock<CaptureHandle>> = Arc::default();
+        let program = detector.clone();
         let outputs = Arc::new(
             crate::broadcast::icecast::Outputs::start(
                 &settings.icecast,
@@ -276,6 +284,7 @@ impl Service {
                 u64::from(settings.bitrate_kbps),
                 &supervisor,
                 &hooks,
+                Arc::new(move || program.get().is_some_and(|c| c.program().is_program())),
             )
             .map_err(thread("icecast"))?,
         );
@@ -309,11 +318,26 @@ impl Service {
             &supervisor,
         )
         .map_err(thread("capture"))?;
+        capture.handle().program().tune(settings.program);
+        let _ = detector.set(capture.handle());
 
-        // LEDs show the encoder's and the input's states.
+        // LEDs show the encoder's and the input's states; the amplifier
+        // line follows program.
         let first_leds = (backends.leds)(&settings.leds);
         let led_status = first_leds.status();
-        let leds = start_leds(first_leds, &encoder, &pump_stats, &supervisor, &hooks).map_err(thread("leds"))?;
+        let amp = Arc::new(AmpBoard::default());
+        amp.reset(settings.leds.amp.as_ref(), first_leds.drives_pins());
+        let leds = start_leds(
+            first_leds,
+            &settings.leds,
+            &amp,
+            &encoder,
+            &pump_stats,
+            &capture.handle(),
+            &supervisor,
+            &hooks,
+        )
+        .map_err(thread("leds"))?;
 
         // 4. HTTP server, and the owner's desk.
         let hub = Arc::new(Hub::new(settings.hub));
@@ -332,6 +356,8 @@ impl Service {
             http: Arc::new(HttpStats::default()),
             station: station.clone(),
             leds: std::sync::Mutex::new(led_status),
+            amp,
+            mqtt: Arc::new(MqttStats::default()),
             changes: changes.clone(),
             admin: admin_counters.clone(),
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
@@ -377,6 +403,13 @@ impl Service {
             .map_err(thread("broadcast"))?;
         let turns = broadcast.turns();
 
+        // The MQTT link to Home Assistant, if configured: last, as nothing
+        // in the stream depends on it.
+        let mqtt = match &settings.mqtt {
+            Some(m) => Some(start_mqtt(m.clone(), &board, &supervisor).map_err(thread("mqtt"))?),
+            None => None,
+        };
+
         // 6. The systemd watchdog, if asked for: fed only while the pump
         // ticks and the broadcast loop turns.
         let pump_stats = board.pump.clone();
@@ -392,6 +425,7 @@ impl Service {
             pump: Some(pump),
             capture: Some(capture),
             leds: Some(leds),
+            mqtt,
             watchdog,
             http: Some(http),
             broadcast: Some(broadcast),
@@ -409,6 +443,7 @@ impl Service {
                 mixer: backends.mixer,
                 leds: backends.leds,
                 led_config: settings.leds,
+                mqtt: settings.mqtt,
                 capture_config,
                 router,
                 hooks,
@@ -519,10 +554,17 @@ impl Service {
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
                     self.hub.set_burst_frames(s.hub.burst_frames);
                 }
+                Taker::Program => self.board.capture.program().tune(s.program),
                 Taker::Leds => {
                     self.rebuild.led_config = s.leds.clone();
                     if let Err(e) = self.restart("leds") {
                         warnings.insert("gpio.enabled".into(), format!("cannot start the LEDs: {e}"));
+                    }
+                }
+                Taker::Mqtt => {
+                    self.rebuild.mqtt = s.mqtt.clone();
+                    if let Err(e) = self.restart("mqtt") {
+                        warnings.insert("mqtt.url".into(), format!("cannot start the MQTT link: {e}"));
                     }
                 }
                 Taker::Icecast => {
@@ -669,13 +711,26 @@ impl Service {
                 }
                 let leds = (r.leds)(&r.led_config);
                 *self.board.leds.lock().unwrap_or_else(|p| p.into_inner()) = leds.status();
+                self.board.amp.reset(r.led_config.amp.as_ref(), leds.drives_pins());
                 self.leds = Some(start_leds(
                     leds,
+                    &r.led_config,
+                    &self.board.amp,
                     &self.encoder,
                     &self.board.pump,
+                    &self.board.capture,
                     &r.supervisor,
                     &r.hooks,
                 )?);
+            }
+            "mqtt" => {
+                if let Some(old) = self.mqtt.take() {
+                    let _ = old.stop(MQTT_STOP_TIMEOUT);
+                }
+                self.board.mqtt.off();
+                if let Some(settings) = r.mqtt.clone() {
+                    self.mqtt = Some(start_mqtt(settings, &self.board, &r.supervisor)?);
+                }
             }
             // The front end's two threads (the accept loop and the status
             // pages' feed) start and stop together.
@@ -718,6 +773,11 @@ impl Service {
         if let Some(w) = self.watchdog.take() {
             note(w.stop(STEP_TIMEOUT));
         }
+        // The MQTT thread may be in a connection attempt (up to 2 s): it is
+        // told now and joined last, so its wait overlaps the other steps.
+        if let Some(m) = &self.mqtt {
+            m.stop_signal().stop();
+        }
         if let Some(admin) = self.admin.take() {
             note(stop_admin(admin, &self.rebuild.inbox));
         }
@@ -741,6 +801,9 @@ impl Service {
             note(p.stop(STEP_TIMEOUT));
         }
         note(self.encoder.stop(STEP_TIMEOUT * 2));
+        if let Some(m) = self.mqtt.take() {
+            note(m.stop(STEP_TIMEOUT));
+        }
         problems
     }
 }
@@ -843,20 +906,64 @@ impl Control for ServiceControl {
     }
 }
 
-/// The LED thread, showing the encoder's and the input's states.
+/// The LED thread, showing the encoder's and the input's states, and
+/// switching the amplifier with program.
+#[allow(clippy::too_many_arguments)]
 fn start_leds(
     leds: Box<dyn Leds>,
+    config: &LedConfig,
+    amp: &Arc<AmpBoard>,
     encoder: &Arc<EncoderManager>,
     pump: &Arc<crate::pump::PumpStats>,
+    capture: &CaptureHandle,
     supervisor: &Supervisor,
     hooks: &Arc<TestHooks>,
 ) -> std::io::Result<Worker<()>> {
-    let (enc, pump) = (encoder.clone(), pump.clone());
+    let (enc, pump, capture) = (encoder.clone(), pump.clone(), capture.clone());
+    let amp = config.amp.as_ref().map(|a| (a.off_delay, amp.clone()));
     crate::leds::start(
         leds,
-        move || (enc.state(), pump.input_state()),
+        amp,
+        move || (enc.state(), pump.input_state(), capture.program().is_program()),
         supervisor,
         hooks.clone(),
+    )
+}
+
+/// How long the service waits for the MQTT thread when it restarts it
+/// (it may be in a connection attempt).
+const MQTT_STOP_TIMEOUT: Duration = Duration::from_millis(2500);
+
+/// The MQTT thread, reading Tower's state from atomics and the capture
+/// thread's boards (nothing the pump or the broadcast loop locks).
+fn start_mqtt(settings: MqttSettings, board: &Arc<Board>, supervisor: &Supervisor) -> std::io::Result<Worker<()>> {
+    let (capture, hub, encoder, pump, station) = (
+        board.capture.clone(),
+        board.hub.clone(),
+        board.encoder.clone(),
+        board.pump.clone(),
+        board.station.clone(),
+    );
+    let read = move || {
+        let now = Instant::now();
+        let st = station.get();
+        let level = capture.levels(now).levels.rms_dbfs;
+        crate::mqtt::discovery::Readings {
+            program: capture.program().is_program(),
+            level_dbfs: level.iter().copied().fold(f32::MIN, f32::max),
+            listeners: hub.admitted(),
+            encoder: encoder.state().to_string(),
+            input: crate::status::input_source(pump.input_state(), pump.fallback(), &capture.selection().name),
+            title: st.title.clone(),
+            station: st.name.clone(),
+        }
+    };
+    crate::mqtt::start(
+        settings,
+        Box::new(read),
+        board.station.clone(),
+        board.mqtt.clone(),
+        supervisor,
     )
 }
 

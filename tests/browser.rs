@@ -209,3 +209,96 @@ fn the_settings_page_changes_tower_live_and_everything_is_kept_across_a_restart_
     std::fs::write(&out, &png).expect("screenshot");
     eprintln!("screenshot: {}", out.display());
 }
+
+#[test]
+fn the_pages_show_program_and_the_broker_and_the_settings_page_changes_both_in_chromium() {
+    let broker = common::mqtt::Broker::start_with_users(&[("tower", "hunter2hunter2")]);
+    let s = common::settings::station(&format!(
+        "\n[mqtt]\nurl = \"{}\"\nuser = \"tower\"\npassword = \"hunter2hunter2\"\n",
+        broker.url()
+    ));
+    let driver = Driver::start();
+    let page = driver.session();
+    let text = |id: &str| {
+        page.exec(&format!("return document.getElementById({id:?}).textContent"))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+
+    // The status page: the 1 kHz input is program; the broker is connected.
+    page.goto(&format!("http://{}/", s.tower.addr));
+    assert!(
+        common::wait_for(Duration::from_secs(15), || text("program-badge") == "program"
+            && text("program-floor").ends_with("dBFS")
+            && text("mqtt").starts_with("connected")),
+        "program {:?}, floor {:?}, mqtt {:?}",
+        text("program-badge"),
+        text("program-floor"),
+        text("mqtt")
+    );
+    let shot = |name: &str| {
+        let out = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+        std::fs::write(&out, page.screenshot_png()).expect("screenshot");
+        eprintln!("screenshot: {}", out.display());
+    };
+    shot("status-page-program.png");
+
+    // The settings page: the thresholds change at once.
+    page.goto(&format!("http://{}/settings", s.tower.addr));
+    log_in(&page);
+    let shown = page.exec(
+        "return [document.getElementById('program.hold_s').value, document.getElementById('mqtt.url').value, \
+         document.getElementById('mqtt.password').value]",
+    );
+    assert_eq!(
+        shown,
+        serde_json::json!(["20", broker.url(), ""]),
+        "the password is never sent to the page"
+    );
+    type_into(&page, "program.margin_db", "12");
+    type_into(&page, "program.hold_s", "3");
+    page.exec("document.querySelector('[data-save=program]').click(); return 0");
+    let saved = |card: &str| {
+        common::wait_for(Duration::from_secs(5), || {
+            page.exec(&format!(
+                "return document.querySelector('[data-ok={card}]').textContent"
+            ))
+            .as_str()
+            .is_some_and(|t| t.starts_with("Saved: in effect now"))
+        })
+    };
+    assert!(saved("program"), "{}", text("program-now"));
+    assert_eq!(s.tower.status()["program"]["margin_db"], 12.0);
+
+    // The broker: a new discovery prefix, the password left blank (kept):
+    // Tower connects again with it.
+    let before = s.tower.status()["mqtt"]["connects"].as_u64().unwrap_or(0);
+    type_into(&page, "mqtt.discovery_prefix", "ha2");
+    page.exec("document.querySelector('[data-save=mqtt]').click(); return 0");
+    assert!(saved("mqtt"), "{}", text("mqtt-now"));
+    assert!(
+        common::wait_for(Duration::from_secs(10), || {
+            let m = &s.tower.status()["mqtt"];
+            m["state"] == "connected" && m["discovery_prefix"] == "ha2" && m["connects"].as_u64() > Some(before)
+        }),
+        "{}",
+        s.tower.status()["mqtt"]
+    );
+    assert!(
+        common::wait_for(Duration::from_secs(5), || text("mqtt-now").contains("connected")),
+        "{}",
+        text("mqtt-now")
+    );
+    page.exec("document.querySelector('[data-card=program]').scrollIntoView(); return 0");
+    shot("settings-page-program.png");
+    let file = std::fs::read_to_string(&s.config).expect("config");
+    assert!(
+        file.contains("password = \"hunter2hunter2\"") && file.contains("discovery_prefix = \"ha2\""),
+        "{file}"
+    );
+    let (_, view) = common::settings::api(s.tower.addr, "GET", "/api/settings", "");
+    for text in [view.to_string(), s.tower.get("/status").body_text(), s.tower.log_text()] {
+        assert!(!text.contains("hunter2"), "the broker password shows: {text}");
+    }
+}

@@ -247,3 +247,71 @@ fn a_closed_port_is_reported_and_retried_and_local_streaming_goes_on() {
     );
     assert!(local.ended().is_none());
 }
+
+#[test]
+fn a_target_only_while_program_connects_when_program_plays_and_leaves_after_the_idle_hold() {
+    use common::program::{Events, Producer};
+    let ice = start_icecast();
+    let dir = tempfile::tempdir().expect("tmp");
+    let conf = dir.path().join("tower.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "[[icecast]]\nurl = \"http://127.0.0.1:{}/tower\"\npassword = \"{PASSWORD}\"\nonly_while_program = true\n",
+            ice.port
+        ),
+    )
+    .expect("tower.toml");
+    let (tower, socket, _sock_dir) = common::program::socket_tower(&[("TOWER_CONFIG", conf.to_str().expect("utf8"))]);
+    let events = Events::connect(tower.addr);
+    // Hum alone for 4 s, a tone over it until 9 s, hum again.
+    let _producer = Producer::start(&socket, 30.0, (4.0, 9.0));
+    let hum = events
+        .wait(Instant::now(), Duration::from_secs(10), |e| e.input == "live")
+        .expect("the hum arrives");
+    let tone = events
+        .wait(hum.at, Duration::from_secs(10), |e| e.rms_dbfs > -30.0)
+        .expect("the tone arrives");
+    let o = output(&tower);
+    assert_eq!(
+        (o["state"].as_str(), o["connects"].as_u64()),
+        (Some("idle"), Some(0)),
+        "{o}"
+    );
+
+    // Program: connected within 1 s of the tone.
+    assert!(
+        wait_for(Duration::from_secs(3), || output(&tower)["state"] == "streaming"),
+        "{}",
+        output(&tower)
+    );
+    let to_streaming = tone.at.elapsed();
+    assert!(to_streaming <= Duration::from_millis(1500), "{to_streaming:?}");
+    let remote = Listener::connect_to(ice.addr(), "/tower");
+    assert!(
+        remote.wait_frames(20, Duration::from_secs(5)),
+        "nothing through Icecast"
+    );
+
+    // The tone stops: disconnected once idle (the 2 s hold).
+    let stop = events
+        .wait(tone.at, Duration::from_secs(10), |e| e.rms_dbfs < -50.0)
+        .expect("the tone stops");
+    assert!(
+        wait_for(Duration::from_secs(5), || output(&tower)["state"] == "idle"),
+        "{}",
+        output(&tower)
+    );
+    let to_idle = stop.at.elapsed();
+    assert!(to_idle >= Duration::from_millis(1800), "{to_idle:?}");
+    assert!(
+        remote.wait_end(Duration::from_secs(5)).is_some(),
+        "Icecast's listener still gets a stream"
+    );
+    assert!(tower.log_text().contains("the input is idle (only_while_program)"));
+    eprintln!(
+        "only_while_program: tone start to streaming to Icecast {} ms; tone stop to disconnected {} ms (hold 2 s)",
+        to_streaming.as_millis(),
+        to_idle.as_millis()
+    );
+}

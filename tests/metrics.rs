@@ -134,6 +134,15 @@ fn expected(s: &Value, name: &str, labels: &[(String, String)]) -> Option<f64> {
             };
             num(&s["http"][field])
         }
+        "tower_program_playing" => is(&s["program"]["state"], "program"),
+        "tower_program_changes_total" => num(&s["program"]["changes"]),
+        "tower_program_margin_db" => num(&s["program"]["margin_db"]),
+        "tower_program_floor_dbfs" => num(&s["program"]["floor_dbfs"]),
+        "tower_amp_on" => num(&s["amp"]["on"]),
+        "tower_mqtt_state" => is(&s["mqtt"]["state"], label("state")),
+        "tower_mqtt_connects_total" => num(&s["mqtt"]["connects"]),
+        "tower_mqtt_published_total" => num(&s["mqtt"]["published"]),
+        "tower_mqtt_dropped_total" => num(&s["mqtt"]["dropped"]),
         "tower_pump_ticks_total" => num(&s["pump"]["ticks"]),
         "tower_pump_tick_lateness_seconds_count" => num(&s["pump"]["tick_error"]["count"]),
         // The histogram's buckets and sum have no /status counterpart.

@@ -482,6 +482,9 @@ impl<C: Control> Admin<C> {
                 continue;
             }
             let mut json = serde_json::to_value(&value).unwrap_or(Json::Null);
+            if crate::config::is_secret(&key) {
+                json = Json::String(String::new());
+            }
             if key == "icecast"
                 && let Some(list) = json.as_array_mut()
             {

@@ -23,6 +23,10 @@
 //! `mixer`) and publishes which device is in use and why (see `auto`);
 //! frames from a card with no capture control get the software gain before
 //! they are metered and queued, and clipped samples are counted.
+//!
+//! Each frame's level also feeds program detection (see `program`
+//! [D1]–[D3]), and every read that brings nothing tells it so; a change of
+//! state is logged here, one line with its reason.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -32,6 +36,7 @@ use serde::Serialize;
 
 use super::level::{Hint, LevelAdvisor, LevelBoard, LevelMeter, LevelReading, SilenceEvent, SilenceWatch};
 use super::mixer::{Applied, Level, Mixer, SoftGain, full_scale_samples};
+use super::program::ProgramBoard;
 pub use super::source::{Action, CaptureError, CaptureSource, ErrorClass, Selection, card_of};
 use super::source::{SocketSnapshot, SocketStatus};
 use super::{PCM_FRAME_BYTES, PcmFrame};
@@ -164,6 +169,8 @@ pub struct CaptureStats {
     clipped_samples: AtomicU64,
     errors: ErrorCounters,
     levels: LevelBoard,
+    /// Program detection, fed every frame.
+    program: ProgramBoard,
     /// Written on open and when the hint changes, never per frame.
     info: std::sync::Mutex<CaptureInfo>,
     /// The socket input's own board (set when the source starts).
@@ -264,11 +271,12 @@ impl CaptureHandle {
     }
 
     /// The same counters, for a capture of another device (the owner
-    /// chose another input).
+    /// chose another input, whose noise floor is learned afresh).
     pub fn for_device(&self, device: &str) -> CaptureHandle {
         if let Ok(mut info) = self.stats.info.lock() {
             info.selection = None;
         }
+        self.stats.program.forget_floor();
         CaptureHandle {
             device: device.to_string(),
             ..self.clone()
@@ -320,6 +328,17 @@ impl CaptureHandle {
     /// The input level over the last ~100 ms (silence when no input).
     pub fn levels(&self, now: Instant) -> LevelReading {
         self.stats.levels.read(now)
+    }
+
+    /// Which device is in use (or configured), without the counters.
+    pub fn selection(&self) -> Selection {
+        let chosen = self.stats.info.lock().ok().and_then(|i| i.selection.clone());
+        chosen.unwrap_or_else(|| Selection::configured(&self.device))
+    }
+
+    /// Program detection on this input.
+    pub fn program(&self) -> &ProgramBoard {
+        &self.stats.program
     }
 }
 
@@ -488,6 +507,7 @@ impl<'a> CaptureLoop<'a> {
             self.silence.reset();
             self.advisor.reset();
             self.publish_hint(None);
+            self.no_input(Instant::now());
             stop.sleep(self.backoff.next_delay());
         }
         self.source.close();
@@ -528,6 +548,7 @@ impl<'a> CaptureLoop<'a> {
             let now = Instant::now();
             match result {
                 Ok(0) => {
+                    self.no_input(now);
                     if now.saturating_duration_since(last_data) >= STALL_AFTER {
                         let reason = format!("no audio for {} ms", STALL_AFTER.as_millis());
                         if self.source.reopen_when_stalled() {
@@ -710,6 +731,13 @@ impl<'a> CaptureLoop<'a> {
         }
     }
 
+    /// Nothing came from the input: program detection counts it as quiet.
+    fn no_input(&self, now: Instant) {
+        if let Some(change) = self.stats.program.no_input(now) {
+            super::program::log_change(&change, self.source.device());
+        }
+    }
+
     /// Cuts, meters and queues delivered bytes.
     fn accept(&mut self, bytes: &[u8], now: Instant) {
         let (meter, silence, stats, router) = (&mut self.meter, &mut self.silence, self.stats, self.router);
@@ -727,6 +755,10 @@ impl<'a> CaptureLoop<'a> {
             let (levels, silent) = meter.add(&frame);
             let peak = levels.peak_dbfs.iter().copied().fold(f32::MIN, f32::max);
             advisor.observe(peak, silent, clipped, now);
+            let rms = levels.rms_dbfs.iter().copied().fold(f32::MIN, f32::max);
+            if let Some(change) = stats.program.observe(rms, now) {
+                super::program::log_change(&change, device);
+            }
             match silence.observe(silent, now) {
                 Some(SilenceEvent::Began) => tracing::warn!(
                     component = "capture",

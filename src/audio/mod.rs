@@ -12,6 +12,7 @@ pub mod devices;
 pub mod fake;
 pub mod level;
 pub mod mixer;
+pub mod program;
 pub mod router;
 pub mod socket;
 pub mod source;

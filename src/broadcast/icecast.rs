@@ -15,6 +15,10 @@
 //! use, server full…), and reconnects with a backoff: 1 s doubling to 30 s,
 //! and 30 s at once after a refusal, which a retry will not cure soon.
 //! Passwords appear nowhere but in the `Authorization` header.
+//!
+//! A target with `only_while_program` is connected only while program
+//! plays [D6]: it disconnects once the input has gone idle (after the
+//! hold), and connects again within [`GATE_POLL`] of program.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -39,6 +43,12 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts, and the wait after a refusal.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a target waiting for program looks again.
+pub const GATE_POLL: Duration = Duration::from_millis(100);
+
+/// Whether program plays (see `audio::program`), for targets that stream
+/// only then.
+pub type ProgramGate = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// One Icecast server Tower feeds as a source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,6 +72,9 @@ pub struct IcecastTarget {
     /// `put` (Icecast 2.4) or `source` (older servers).
     #[serde(default = "IcecastTarget::default_method")]
     pub method: String,
+    /// Connected only while program plays.
+    #[serde(default)]
+    pub only_while_program: bool,
 }
 
 impl IcecastTarget {
@@ -272,9 +285,10 @@ pub enum OutputState {
     Streaming,
     /// Waiting before the next attempt.
     Waiting,
+    /// Disconnected until program plays (`only_while_program`).
+    Idle,
 }
 
-#[derive(Debug)]
 struct Shared {
     endpoint: Endpoint,
     state: Mutex<(OutputState, String)>,
@@ -284,6 +298,15 @@ struct Shared {
     reconnects: AtomicU64,
     refusals: AtomicU64,
     dropped_full: AtomicU64,
+    /// For an `only_while_program` target: whether program plays.
+    gate: Option<ProgramGate>,
+}
+
+impl Shared {
+    /// Whether the target must stay disconnected now.
+    fn waits_for_program(&self) -> bool {
+        self.gate.as_ref().is_some_and(|program| !program())
+    }
 }
 
 /// One target as `/status` shows it (never its password).
@@ -332,6 +355,7 @@ impl Output {
 /// broadcast loop only takes a read lock to queue a frame.
 pub struct Outputs {
     outputs: std::sync::RwLock<Vec<Output>>,
+    program: ProgramGate,
 }
 
 impl Outputs {
@@ -343,9 +367,12 @@ impl Outputs {
         bitrate_kbps: u64,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
+        program: ProgramGate,
     ) -> io::Result<Outputs> {
+        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &program)?;
         Ok(Outputs {
-            outputs: std::sync::RwLock::new(Self::build(targets, station, bitrate_kbps, supervisor, hooks)?),
+            outputs: std::sync::RwLock::new(built),
+            program,
         })
     }
 
@@ -365,7 +392,7 @@ impl Outputs {
         timeout: Duration,
     ) -> (io::Result<()>, Vec<WorkerError>) {
         let stopped = self.stop(timeout);
-        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks);
+        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &self.program);
         let result = built.map(|new| *self.outputs.write().unwrap_or_else(|p| p.into_inner()) = new);
         (result, stopped)
     }
@@ -376,6 +403,7 @@ impl Outputs {
         bitrate_kbps: u64,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
+        program: &ProgramGate,
     ) -> io::Result<Vec<Output>> {
         let mut outputs = Vec::new();
         for (i, target) in targets.iter().enumerate() {
@@ -391,6 +419,7 @@ impl Outputs {
                 reconnects: AtomicU64::new(0),
                 refusals: AtomicU64::new(0),
                 dropped_full: AtomicU64::new(0),
+                gate: target.only_while_program.then(|| program.clone()),
             });
             let output = Output {
                 tx,
@@ -478,6 +507,8 @@ fn set_state(shared: &Shared, state: OutputState, error: &str) {
 enum Ended {
     Refused(String),
     Failed(String),
+    /// Program ended (`only_while_program`).
+    Idle,
     Stopped,
 }
 
@@ -487,6 +518,14 @@ fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame
     let mut failing_since: Option<Instant> = None;
     while !stop.is_stopped() {
         hooks.panic_point(PanicTarget::Icecast);
+        if shared.waits_for_program() {
+            set_state(shared, OutputState::Idle, "");
+            if stop.sleep(GATE_POLL) {
+                break;
+            }
+            while rx.try_recv().is_ok() {}
+            continue;
+        }
         set_state(shared, OutputState::Connecting, "");
         let ended = attempt(stop, shared, request, rx, hooks, &mut || {
             // Connected and accepted: the episode, if any, is over.
@@ -499,6 +538,10 @@ fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame
         });
         let (why, wait) = match ended {
             Ended::Stopped => break,
+            Ended::Idle => {
+                tracing::info!(component = "icecast", target = %shared.endpoint, "disconnected from {}: the input is idle (only_while_program); connecting again when program plays", shared.endpoint);
+                continue;
+            }
             Ended::Refused(why) => {
                 shared.refusals.fetch_add(1, Ordering::Relaxed);
                 (why, BACKOFF_MAX)
@@ -600,6 +643,9 @@ fn attempt(
             return Ended::Stopped;
         }
         hooks.panic_point(PanicTarget::Icecast);
+        if shared.waits_for_program() {
+            return Ended::Idle;
+        }
         let frame = match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => continue,
@@ -675,6 +721,7 @@ mod tests {
             genre: None,
             public: true,
             method: "put".into(),
+            only_while_program: false,
         };
         let ep = Endpoint::parse(&target.url).expect("url");
         let req = source_request(&target, &ep, &Station::default(), 128);

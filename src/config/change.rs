@@ -59,8 +59,12 @@ pub enum Taker {
     Station,
     /// The HTTP front end: names it answers to, CORS, the burst.
     Http,
-    /// The status LEDs: restarted on the new pins.
+    /// Program detection: new thresholds, the floor kept.
+    Program,
+    /// The status LEDs and the amplifier line: restarted on the new pins.
     Leds,
+    /// The MQTT link: restarted with the new broker or settings.
+    Mqtt,
     /// The Icecast outputs: restarted with the new targets.
     Icecast,
     /// The admin password (used from the next login).
@@ -78,7 +82,9 @@ pub fn taker(key: &str) -> Taker {
         "http.burst_ms" | "http.hosts" | "http.cors_origins" => Taker::Http,
         "icecast" => Taker::Icecast,
         k if k.starts_with("station.") => Taker::Station,
+        k if k.starts_with("program.") => Taker::Program,
         k if k.starts_with("gpio.") => Taker::Leds,
+        k if k.starts_with("mqtt.") => Taker::Mqtt,
         k if k.starts_with("admin.") => Taker::Admin,
         _ => Taker::Restart,
     }
@@ -155,6 +161,14 @@ fn value_for(
     }
     let origin = Origin::File(PathBuf::from(NO_FILE));
     let text = |t: &str| parse_text(key, t, default, &origin).map_err(|e| message(&e));
+    // The page shows secrets blank and cannot send them back: a blank one
+    // keeps the value saved (as an Icecast target's password does).
+    let blank = matches!(incoming, Incoming::Text(t) if t.is_empty())
+        || matches!(incoming, Incoming::Json(serde_json::Value::String(t)) if t.is_empty());
+    if blank && is_secret(key) {
+        let kept = flatten(&current.config).remove(key);
+        return kept.ok_or_else(|| format!("unknown setting{}", suggest(key, known)));
+    }
     match incoming {
         Incoming::Text(t) => text(t),
         Incoming::Json(serde_json::Value::String(s)) => text(s),
@@ -418,12 +432,41 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_broker_password_keeps_the_saved_one_and_a_new_one_replaces_it() {
+        let cur = loaded(
+            "[mqtt]\nurl = \"mqtt://ha.lan\"\nuser = \"tower\"\npassword = \"s3cret\"\n",
+            &[],
+        );
+        let p = propose(
+            &cur,
+            &ask(&[
+                ("mqtt.password", serde_json::json!("")),
+                ("mqtt.url", serde_json::json!("mqtt://ha.lan:1884")),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(p.loaded.config.mqtt.password, "s3cret");
+        assert_eq!(p.changed, ["mqtt.url"]);
+        let p = propose(&cur, &ask(&[("mqtt.password", serde_json::json!("n3w"))])).expect("valid");
+        assert_eq!(p.loaded.config.mqtt.password, "n3w");
+        assert_eq!(
+            shown("mqtt.password", flatten(&p.loaded.config).get("mqtt.password")),
+            "***"
+        );
+        let e = propose(&cur, &ask(&[("mqtt.url", serde_json::json!("mqtts://ha.lan"))])).expect_err("tls");
+        assert!(e["mqtt.url"].contains("TLS"), "{e:?}");
+    }
+
+    #[test]
     fn keys_are_taken_by_their_stage_or_need_a_restart() {
         assert_eq!(taker("capture.level"), Taker::Capture);
         assert_eq!(taker("device"), Taker::Input);
         assert_eq!(taker("fallback.wav_path"), Taker::Pump);
         assert_eq!(taker("station.title"), Taker::Station);
         assert_eq!(taker("gpio.encoder_pin"), Taker::Leds);
+        assert_eq!(taker("gpio.amp_pin"), Taker::Leds);
+        assert_eq!(taker("program.hold_s"), Taker::Program);
+        assert_eq!(taker("mqtt.url"), Taker::Mqtt);
         assert_eq!(taker("listen"), Taker::Restart);
         assert_eq!(taker("pcm.buffer_size"), Taker::Restart);
     }

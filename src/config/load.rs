@@ -85,7 +85,7 @@ pub struct Loaded {
 /// Keys whose values are secrets: never shown in an error, a log line,
 /// `/status`, `--print-config` or the owner's page.
 pub fn is_secret(key: &str) -> bool {
-    matches!(key, "admin.password" | "admin.password_hash")
+    matches!(key, "admin.password" | "admin.password_hash" | "mqtt.password")
         || (key.starts_with("icecast[") && key.ends_with("].password"))
 }
 
@@ -306,6 +306,7 @@ fn icecast_schema() -> Table {
         ("genre", Value::String(String::new())),
         ("public", Value::Boolean(false)),
         ("method", Value::String("put".into())),
+        ("only_while_program", Value::Boolean(false)),
     ] {
         t.insert(k.to_string(), v);
     }
@@ -675,6 +676,47 @@ impl Loaded {
         if let Err(accepted) = crate::leds::select::ChipSpec::parse(&c.gpio.chip) {
             return Err(self.invalid("gpio.chip", format!("{:?}", c.gpio.chip), accepted));
         }
+        let amp = c.gpio.amp_pin;
+        if amp == 1 || amp > 27 {
+            return Err(self.invalid(
+                "gpio.amp_pin",
+                amp,
+                "0 (no amplifier line) or a BCM GPIO number from 2 to 27",
+            ));
+        }
+        if amp != 0 && c.gpio.enabled && (amp == c.gpio.encoder_pin || amp == c.gpio.input_pin) {
+            return Err(self.invalid(
+                "gpio.amp_pin",
+                amp,
+                "a pin that is neither LED's (gpio.encoder_pin, gpio.input_pin)",
+            ));
+        }
+        self.range(
+            "gpio.amp_off_delay_s",
+            c.gpio.amp_off_delay_s,
+            0.0,
+            86_400.0,
+            " seconds",
+        )?;
+        self.range("program.margin_db", c.program.margin_db, 3.0, 60.0, " dB")?;
+        self.range("program.attack_s", c.program.attack_s, 0.05, 10.0, " seconds")?;
+        self.range("program.hold_s", c.program.hold_s, 0.5, 3600.0, " seconds")?;
+        self.range(
+            "program.floor_window_s",
+            c.program.floor_window_s,
+            10.0,
+            3600.0,
+            " seconds",
+        )?;
+        if let Err((key, accepted)) = crate::mqtt::MqttSettings::from_section(&c.mqtt) {
+            let value = match key {
+                "mqtt.url" => format!("{:?}", redact_url(&c.mqtt.url)),
+                "mqtt.user" => format!("{:?}", c.mqtt.user),
+                "mqtt.discovery_prefix" => format!("{:?}", c.mqtt.discovery_prefix),
+                _ => String::new(),
+            };
+            return Err(self.invalid(key, value, accepted));
+        }
         for (i, t) in c.icecast.iter().enumerate() {
             if let Err(e) = crate::broadcast::icecast::Endpoint::parse(&t.url) {
                 return Err(self.invalid(
@@ -936,6 +978,12 @@ mod tests {
                 "icecast[0].url",
             ),
             ("[admin]\npassword_hash = \"hunter2hunter2\"\n", "admin.password_hash"),
+            (
+                "[mqtt]\nurl = \"mqtt://ha\"\npassword = \"hunter2hunter2\"\n",
+                "mqtt.password",
+            ),
+            ("[mqtt]\npassword = 12345678901\n", "mqtt.password"),
+            ("[mqtt]\nurl = \"mqtt://u:hunter2@ha\"\n", "mqtt.url"),
         ] {
             let p = write(&dir, text);
             let t = err_text(load(Some(&p), &[], &Overrides::default()));
@@ -1044,6 +1092,57 @@ mod tests {
         let p = write(&dir, &format!("[gpio]\nchip = \"{}\"\n", "x".repeat(40)));
         let t = err_text(load(Some(&p), &[], &Overrides::default()));
         assert!(t.contains("gpio.chip") && t.contains("tower.toml"), "{t}");
+    }
+
+    #[test]
+    fn program_amp_and_mqtt_keys_are_checked_by_name_and_the_broker_password_never_shown() {
+        let flags = Overrides::default();
+        let c = load_text(
+            None,
+            &env(&[
+                ("TOWER_PROGRAM_HOLD_S", "2"),
+                ("TOWER_GPIO_AMP_PIN", "22"),
+                ("TOWER_GPIO_AMP_ACTIVE_LOW", "true"),
+                ("TOWER_MQTT_URL", "mqtt://127.0.0.1:1884"),
+                ("TOWER_MQTT_USER", "tower"),
+                ("TOWER_MQTT_PASSWORD", "hunter2hunter2"),
+            ]),
+            &flags,
+        )
+        .expect("valid")
+        .config;
+        let s = c.settings();
+        assert_eq!(s.program.hold, std::time::Duration::from_secs(2));
+        let amp = s.leds.amp.expect("amp");
+        assert_eq!((amp.pin, amp.active_low, amp.off_delay.as_secs()), (22, true, 60));
+        let m = s.mqtt.expect("mqtt");
+        assert_eq!(
+            (m.host.as_str(), m.port, m.prefix.as_str()),
+            ("127.0.0.1", 1884, "homeassistant")
+        );
+        let shown = c.to_toml();
+        assert!(!shown.contains("hunter2") && shown.contains(HIDDEN), "{shown}");
+        assert!(format!("{:?}", c.redacted()).contains("(hidden)"));
+        assert_eq!(Config::default().settings().leds.amp, None);
+        assert_eq!(Config::default().settings().mqtt, None);
+        for (var, value, key) in [
+            ("TOWER_GPIO_AMP_PIN", "1", "gpio.amp_pin"),
+            ("TOWER_GPIO_AMP_PIN", "28", "gpio.amp_pin"),
+            ("TOWER_GPIO_AMP_PIN", "17", "gpio.amp_pin"),
+            ("TOWER_GPIO_AMP_OFF_DELAY_S", "-1", "gpio.amp_off_delay_s"),
+            ("TOWER_PROGRAM_MARGIN_DB", "1", "program.margin_db"),
+            ("TOWER_PROGRAM_ATTACK_S", "0", "program.attack_s"),
+            ("TOWER_PROGRAM_HOLD_S", "0.1", "program.hold_s"),
+            ("TOWER_PROGRAM_FLOOR_WINDOW_S", "5", "program.floor_window_s"),
+            ("TOWER_MQTT_URL", "ha.lan", "mqtt.url"),
+            ("TOWER_MQTT_DISCOVERY_PREFIX", "a b", "mqtt.discovery_prefix"),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(var), "{var}={value}: {t}");
+        }
+        // An LED pin may be the amplifier's once the LEDs are off.
+        let e = env(&[("TOWER_GPIO_AMP_PIN", "17"), ("TOWER_GPIO_ENABLED", "false")]);
+        assert!(load_text(None, &e, &flags).is_ok());
     }
 
     #[test]

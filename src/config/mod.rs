@@ -62,7 +62,9 @@ pub struct Config {
     pub http: Http,
     pub pump: PumpSection,
     pub station: Station,
+    pub program: ProgramSection,
     pub gpio: GpioSection,
+    pub mqtt: MqttSection,
     pub admin: AdminSection,
     /// Icecast servers to push the stream to (`[[icecast]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -118,7 +120,7 @@ impl Default for SocketSection {
     }
 }
 
-/// Status LEDs (BCM pin numbers).
+/// Status LEDs and the amplifier line (BCM pin numbers).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GpioSection {
@@ -129,6 +131,12 @@ pub struct GpioSection {
     /// The GPIO chip: "" finds it by its line names; else a path, a chip
     /// name or a chip label (see `leds::select::ChipSpec`).
     pub chip: String,
+    /// The amplifier's line, on while program plays; 0 for none.
+    pub amp_pin: u64,
+    /// The amplifier is on when its pin is low.
+    pub amp_active_low: bool,
+    /// Seconds after program ends before the amplifier goes off.
+    pub amp_off_delay_s: f64,
 }
 
 impl Default for GpioSection {
@@ -139,6 +147,61 @@ impl Default for GpioSection {
             input_pin: 27,
             active_low: false,
             chip: String::new(),
+            amp_pin: 0,
+            amp_active_low: false,
+            amp_off_delay_s: 60.0,
+        }
+    }
+}
+
+/// Program detection: when something plays on the input (see
+/// `audio::program`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProgramSection {
+    /// How far above the noise floor the level must be.
+    pub margin_db: f64,
+    /// How long it must stay there.
+    pub attack_s: f64,
+    /// How long after the sound stops idle is reported.
+    pub hold_s: f64,
+    /// How far back the quietest second (the floor) is looked for.
+    pub floor_window_s: f64,
+}
+
+impl Default for ProgramSection {
+    fn default() -> Self {
+        let d = crate::audio::program::ProgramConfig::default();
+        ProgramSection {
+            margin_db: f64::from(d.margin_db),
+            attack_s: d.attack.as_secs_f64(),
+            hold_s: d.hold.as_secs_f64(),
+            floor_window_s: d.floor_window.as_secs_f64(),
+        }
+    }
+}
+
+/// An MQTT broker, for Home Assistant (see `mqtt`); off while `url` is
+/// empty.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttSection {
+    /// `mqtt://host:port`.
+    pub url: String,
+    pub user: String,
+    /// A secret: never shown or logged.
+    pub password: String,
+    /// Where Home Assistant looks for discovery configs.
+    pub discovery_prefix: String,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            url: String::new(),
+            user: String::new(),
+            password: String::new(),
+            discovery_prefix: crate::mqtt::DEFAULT_PREFIX.into(),
         }
     }
 }
@@ -219,7 +282,9 @@ impl Default for Config {
             http: Http::default(),
             pump: PumpSection::default(),
             station: Station::default(),
+            program: ProgramSection::default(),
             gpio: GpioSection::default(),
+            mqtt: MqttSection::default(),
             admin: AdminSection::default(),
             icecast: Vec::new(),
         }
@@ -306,6 +371,8 @@ pub struct Settings {
     /// Frames in the MP3 ring.
     pub mp3_ring_frames: usize,
     pub capture: crate::audio::capture::CaptureConfig,
+    /// Program detection's thresholds.
+    pub program: crate::audio::program::ProgramConfig,
     /// The pump's settings (its test hooks are the service's to add).
     pub pump: crate::pump::PumpConfig,
     pub fallback_wav: Option<PathBuf>,
@@ -317,6 +384,8 @@ pub struct Settings {
     pub hub: crate::http::HubConfig,
     pub site: crate::http::SiteConfig,
     pub leds: crate::leds::LedConfig,
+    /// The MQTT link to Home Assistant (`None`: off).
+    pub mqtt: Option<crate::mqtt::MqttSettings>,
 }
 
 impl Config {
@@ -336,6 +405,7 @@ impl Config {
                 silence_warn: Duration::from_secs_f64(self.pcm.silence_warn_sec),
                 level: self.capture_level(),
             },
+            program: self.program_config(),
             pump: crate::pump::PumpConfig {
                 grace: self.grace(),
                 realtime_priority: self.pump.realtime_priority as u8,
@@ -379,7 +449,24 @@ impl Config {
                 cors_origins: self.http.cors_origins.clone(),
             },
             leds: self.leds(),
+            mqtt: self.mqtt_settings(),
         }
+    }
+
+    pub fn program_config(&self) -> crate::audio::program::ProgramConfig {
+        let p = &self.program;
+        crate::audio::program::ProgramConfig {
+            margin_db: p.margin_db as f32,
+            attack: Duration::from_secs_f64(p.attack_s),
+            hold: Duration::from_secs_f64(p.hold_s),
+            floor_window: Duration::from_secs_f64(p.floor_window_s),
+        }
+    }
+
+    /// `[mqtt]`, validated in `load` (a hand-built config in a test with a
+    /// bad URL has MQTT off).
+    pub fn mqtt_settings(&self) -> Option<crate::mqtt::MqttSettings> {
+        crate::mqtt::MqttSettings::from_section(&self.mqtt).ok().flatten()
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -397,6 +484,11 @@ impl Config {
             input_pin: self.gpio.input_pin as u8,
             active_low: self.gpio.active_low,
             chip: self.gpio.chip.clone(),
+            amp: (self.gpio.amp_pin != 0).then(|| crate::leds::AmpConfig {
+                pin: self.gpio.amp_pin as u8,
+                active_low: self.gpio.amp_active_low,
+                off_delay: Duration::from_secs_f64(self.gpio.amp_off_delay_s),
+            }),
         }
     }
 
@@ -440,6 +532,7 @@ impl Config {
         };
         hide(&mut shown.admin.password);
         hide(&mut shown.admin.password_hash);
+        hide(&mut shown.mqtt.password);
         for t in &mut shown.icecast {
             hide(&mut t.password);
         }

@@ -372,6 +372,12 @@ impl Hub {
         self.len() == 0
     }
 
+    /// Listeners admitted (connected, or being set up): one atomic load,
+    /// for readers that must not take the hub's lock.
+    pub fn admitted(&self) -> usize {
+        self.admitted.load(Ordering::Relaxed)
+    }
+
     /// Closes every listener (service stop); they see the stream end.
     pub fn close_all(&self) {
         let listeners = std::mem::take(&mut self.lock().listeners);

@@ -2,9 +2,10 @@
 //! gpiocdev): Debian's kernel, Raspberry Pi OS and the Pi 5 all have it.
 //!
 //! [`probe`] and [`open`] run once on the main thread at start-up; the
-//! [`CdevLeds`] they return is then used only by the "leds" thread. Both
-//! lines are one request, held until Tower exits; a failed write is
-//! logged once.
+//! [`CdevLeds`] they return is then used only by the "leds" thread. The
+//! LED lines and the amplifier's are one request, held until Tower exits
+//! (each line with its own active-low setting); a failed write is logged
+//! once.
 
 use std::path::Path;
 
@@ -14,17 +15,20 @@ use gpiocdev::line::Value;
 use super::select::{ChipLines, ChipSpec, LineInfo, OpenError, ProbedChip, Selected};
 use super::{Led, LedConfig, LedError, LedStatus, Leds};
 
-/// The two LED lines, requested as outputs.
+/// The LED lines and the amplifier's, requested as outputs.
 pub struct CdevLeds {
     request: Request,
-    offsets: [u32; 2],
+    /// Each [`Led`]'s line, when requested.
+    offsets: [Option<u32>; 3],
     status: LedStatus,
     write_failed: bool,
 }
 
 impl Leds for CdevLeds {
     fn set(&mut self, led: Led, on: bool) {
-        let offset = self.offsets[led as usize];
+        let Some(offset) = self.offsets[led as usize] else {
+            return;
+        };
         if let Err(e) = self.request.set_value(offset, Value::from(on))
             && !std::mem::replace(&mut self.write_failed, true)
         {
@@ -33,8 +37,9 @@ impl Leds for CdevLeds {
     }
 
     fn release(&mut self) {
-        self.set(Led::Encoder, false);
-        self.set(Led::Input, false);
+        for led in Led::ALL {
+            self.set(led, false);
+        }
     }
 
     fn status(&self) -> LedStatus {
@@ -92,8 +97,8 @@ fn errno(e: &gpiocdev::Error) -> Option<i32> {
     }
 }
 
-/// Finds the chip (see [`super::select::select`]) and requests both lines
-/// as outputs, off.
+/// Finds the chip (see [`super::select::select`]) and requests the LED
+/// lines (when enabled) and the amplifier's (when set) as outputs, off.
 pub fn open(config: &LedConfig, spec: &ChipSpec) -> Result<CdevLeds, LedError> {
     // A path may be a link (a udev alias): compare the device it names.
     let spec = match spec {
@@ -101,25 +106,33 @@ pub fn open(config: &LedConfig, spec: &ChipSpec) -> Result<CdevLeds, LedError> {
         other => other.clone(),
     };
     let chips = probe();
-    let sel = super::select::select(&spec, &chips, [config.encoder_pin, config.input_pin])?;
+    let wanted = config.lines();
+    let pins: Vec<(u8, &'static str)> = wanted.iter().map(|&(_, pin, key)| (pin, key)).collect();
+    let sel = super::select::select(&spec, &chips, &pins)?;
+    let mut offsets = [None; 3];
     let mut builder = Request::builder();
-    builder
-        .on_chip(&sel.path)
-        .with_consumer("tower")
-        .with_lines(&sel.offsets)
-        .as_output(Value::Inactive);
-    if config.active_low {
-        // The kernel inverts: Active (lit) drives the line low.
-        builder.as_active_low();
+    builder.on_chip(&sel.path).with_consumer("tower");
+    for (&(led, _, _), &offset) in wanted.iter().zip(&sel.offsets) {
+        offsets[led as usize] = Some(offset);
+        builder.with_line(offset).as_output(Value::Inactive);
+        let active_low = match led {
+            Led::Amp => config.amp.as_ref().is_some_and(|a| a.active_low),
+            Led::Encoder | Led::Input => config.active_low,
+        };
+        if active_low {
+            // The kernel inverts: Active (lit, on) drives the line low.
+            builder.as_active_low();
+        }
     }
     let request = builder.request().map_err(|e| request_error(&sel, e))?;
     Ok(CdevLeds {
         request,
-        offsets: sel.offsets,
+        offsets,
         status: LedStatus {
             backend: "gpiochip",
             chip: Some(format!("{} {:?}", sel.path.display(), sel.label)),
-            lines: Some(sel.offsets),
+            lines: offsets[0].zip(offsets[1]).map(|(a, b)| [a, b]),
+            amp_line: offsets[Led::Amp as usize],
             off_because: None,
         },
         write_failed: false,
@@ -134,7 +147,7 @@ fn request_error(sel: &Selected, e: gpiocdev::Error) -> LedError {
         // EBUSY lands here too if a line was taken since the probe.
         _ => LedError::Request {
             chip: sel.name.clone(),
-            lines: format!("{} and {}", sel.offsets[0], sel.offsets[1]),
+            lines: sel.offsets.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
             reason: e.to_string(),
         },
     }

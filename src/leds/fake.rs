@@ -48,7 +48,8 @@ impl Leds for RecordingLeds {
     }
 
     fn release(&mut self) {
-        self.set(Led::Encoder, false);
-        self.set(Led::Input, false);
+        for led in Led::ALL {
+            self.set(led, false);
+        }
     }
 }

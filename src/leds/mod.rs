@@ -1,4 +1,5 @@
-//! Status LEDs on GPIO [T3]: one for the encoder, one for the input.
+//! Status LEDs on GPIO [T3]: one for the encoder, one for the input; and
+//! the amplifier line [D4], on while program plays (see `amp`).
 //!
 //! | LED     | steady on | 2 Hz blink            | 8 Hz blink | 0.5 Hz blink | off      |
 //! |---------|-----------|-----------------------|------------|--------------|----------|
@@ -14,10 +15,12 @@
 //! stream never depends on the LEDs.
 //!
 //! The "leds" thread ([`start`], owned by the service) wakes at the next
-//! blink edge, or [`STATE_POLL`] after its last look (or the stop signal),
-//! reads the states, and applies the pure patterns ([`pattern`]) through
-//! [`LedDriver`], which writes a line only when its level changes. [`stop`]
-//! joins it and turns both LEDs off.
+//! blink edge, the amplifier's switch-off, or [`STATE_POLL`] after its
+//! last look (or the stop signal), reads the states, and applies the pure
+//! patterns ([`pattern`], [`amp::AmpSwitch`]) through [`LedDriver`], which
+//! writes a line only when its level changes. [`stop`] joins it and turns
+//! every line off. The amplifier line works with the LEDs turned off
+//! (`gpio.enabled = false`); it shares their chip and their request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +30,7 @@ use crate::encoder::state::EncoderState;
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
+pub mod amp;
 #[cfg(all(feature = "gpio", target_os = "linux"))]
 mod cdev;
 mod error;
@@ -36,6 +40,7 @@ pub mod pattern;
 mod rppal;
 pub mod select;
 
+pub use amp::{AmpBoard, AmpConfig, AmpStatus, AmpSwitch};
 pub use error::LedError;
 pub use fake::NullLeds;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -50,11 +55,16 @@ pub const STATE_POLL: Duration = Duration::from_millis(100);
 /// responsive to a stop).
 pub const DARK_POLL: Duration = Duration::from_millis(250);
 
-/// Which LED.
+/// Which line: an LED, or the amplifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Led {
     Encoder,
     Input,
+    Amp,
+}
+
+impl Led {
+    pub const ALL: [Led; 3] = [Led::Encoder, Led::Input, Led::Amp];
 }
 
 /// The LED hardware.
@@ -85,6 +95,23 @@ pub struct LedConfig {
     /// `gpio.chip`: "" (find it), a path, a chip name or a label; see
     /// [`ChipSpec`].
     pub chip: String,
+    /// The amplifier line, if any (it works with `enabled` false too).
+    pub amp: Option<AmpConfig>,
+}
+
+impl LedConfig {
+    /// The lines to drive, with their BCM pins and the keys that set them.
+    pub fn lines(&self) -> Vec<(Led, u8, &'static str)> {
+        let mut out = Vec::new();
+        if self.enabled {
+            out.push((Led::Encoder, self.encoder_pin, "encoder_pin"));
+            out.push((Led::Input, self.input_pin, "input_pin"));
+        }
+        if let Some(amp) = &self.amp {
+            out.push((Led::Amp, amp.pin, "amp_pin"));
+        }
+        out
+    }
 }
 
 /// Which backend drives the LEDs, and on what.
@@ -98,6 +125,9 @@ pub struct LedStatus {
     /// The encoder's and the input's line offsets (BCM numbers for rppal).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lines: Option<[u32; 2]>,
+    /// The amplifier's line offset, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amp_line: Option<u32>,
     /// Why there are no LEDs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub off_because: Option<String>,
@@ -109,6 +139,7 @@ impl LedStatus {
             backend: "none",
             chip: None,
             lines: None,
+            amp_line: None,
             off_because: Some(why.into()),
         }
     }
@@ -129,17 +160,23 @@ impl Leds for Dark {
     }
 }
 
-/// The configured LEDs; without them a no-op with one warning saying why.
+/// The configured LEDs and amplifier line; without them a no-op with one
+/// warning saying why.
 pub fn open(config: &LedConfig) -> Box<dyn Leds> {
-    if !config.enabled {
+    if config.lines().is_empty() {
         return Box::new(Dark(LedStatus::off("gpio.enabled = false")));
     }
     match open_backend(config) {
         Ok(leds) => leds,
         Err(why) => {
+            let what = match (config.enabled, config.amp.is_some()) {
+                (true, true) => "status LEDs and the amplifier line",
+                (false, true) => "the amplifier line",
+                _ => "status LEDs",
+            };
             tracing::warn!(
                 component = "leds",
-                "status LEDs off: {why}. Streaming is not affected; set gpio.enabled = false to silence this"
+                "{what} off: {why}. Streaming is not affected; set gpio.enabled = false (and gpio.amp_pin = 0) to silence this"
             );
             Box::new(Dark(LedStatus::off(why.to_string())))
         }
@@ -167,10 +204,9 @@ fn open_backend(config: &LedConfig) -> Result<Box<dyn Leds>, LedError> {
             tracing::info!(
                 component = "leds",
                 backend = st.backend,
-                "status LEDs through the GPIO character device {}: encoder on line {}, input on line {}",
+                "GPIO through the character device {}: {}",
                 st.chip.as_deref().unwrap_or("?"),
-                config.encoder_pin,
-                config.input_pin
+                describe_lines(&st)
             );
             Ok(leds)
         }
@@ -182,15 +218,25 @@ fn open_backend(config: &LedConfig) -> Result<Box<dyn Leds>, LedError> {
             tracing::info!(
                 component = "leds",
                 backend = "rppal",
-                "status LEDs through rppal (/dev/gpiomem) on GPIO {} (encoder) and {} (input); \
-                 the GPIO character device did not serve: {cdev}",
-                config.encoder_pin,
-                config.input_pin
+                "GPIO through rppal (/dev/gpiomem): {}; the GPIO character device did not serve: {cdev}",
+                describe_lines(&leds.status())
             );
             Ok(leds)
         }
         Backend::None(e) => Err(e),
     }
+}
+
+/// "encoder LED on line 17, input LED on line 27, amplifier on line 22".
+fn describe_lines(st: &LedStatus) -> String {
+    let mut parts = Vec::new();
+    if let Some([e, i]) = st.lines {
+        parts.push(format!("encoder LED on line {e}, input LED on line {i}"));
+    }
+    if let Some(a) = st.amp_line {
+        parts.push(format!("amplifier on line {a}"));
+    }
+    parts.join(", ")
 }
 
 #[cfg(all(feature = "gpio", target_os = "linux"))]
@@ -217,9 +263,11 @@ fn open_rppal(_: &LedConfig) -> Result<Box<dyn Leds>, String> {
 pub struct LedDriver {
     leds: Box<dyn Leds>,
     start: Instant,
-    shown: [Option<bool>; 2],
+    shown: [Option<bool>; 3],
     /// No LED hardware: nothing to blink on time.
     dark: bool,
+    /// The amplifier's switch, and where its state is published.
+    amp: Option<(AmpSwitch, Arc<AmpBoard>)>,
 }
 
 impl LedDriver {
@@ -228,9 +276,33 @@ impl LedDriver {
         LedDriver {
             leds,
             start,
-            shown: [None, None],
+            shown: [None; 3],
             dark,
+            amp: None,
         }
+    }
+
+    /// Also drives the amplifier line, off `off_delay` after program.
+    pub fn with_amp(mut self, off_delay: Duration, board: Arc<AmpBoard>) -> Self {
+        self.amp = Some((AmpSwitch::new(off_delay), board));
+        self
+    }
+
+    /// Sets the amplifier line for `program` at `now` (written only when it
+    /// changes); returns when it is due to go off, if it is.
+    pub fn amp(&mut self, program: bool, now: Instant) -> Option<Instant> {
+        let (switch, board) = self.amp.as_mut()?;
+        let on = switch.update(program, now);
+        let off_at = switch.off_at();
+        let i = Led::Amp as usize;
+        if self.shown[i] != Some(on) {
+            self.leds.set(Led::Amp, on);
+            self.shown[i] = Some(on);
+            board.set(on, off_at);
+        } else if on {
+            board.set(on, off_at);
+        }
+        off_at
     }
 
     /// Sets each LED for the states at `now`; pins are written only when a
@@ -263,23 +335,34 @@ impl LedDriver {
 
     pub fn release(&mut self) {
         self.leds.release();
+        if let Some((_, board)) = &self.amp {
+            board.set(false, None);
+        }
     }
 }
 
-/// The "leds" thread, reading the states through `read`.
+/// The "leds" thread, reading the encoder's and the input's states and
+/// whether program plays through `read`; with `amp`, it drives the
+/// amplifier line too (its off delay, and where its state is shown).
 pub fn start(
     leds: Box<dyn Leds>,
-    read: impl Fn() -> (EncoderState, InputState) + Send + 'static,
+    amp: Option<(Duration, Arc<AmpBoard>)>,
+    read: impl Fn() -> (EncoderState, InputState, bool) + Send + 'static,
     supervisor: &Supervisor,
     hooks: Arc<TestHooks>,
 ) -> std::io::Result<Worker<()>> {
     Worker::spawn_supervised("leds", supervisor, move |stop: StopSignal| {
         let start = Instant::now();
         let mut driver = LedDriver::new(leds, start);
+        if let Some((off_delay, board)) = amp {
+            driver = driver.with_amp(off_delay, board);
+        }
         loop {
             hooks.panic_point(PanicTarget::Leds);
-            let (encoder, input) = read();
-            let next = driver.update(encoder, input, Instant::now());
+            let (encoder, input, program) = read();
+            let now = Instant::now();
+            let next = driver.update(encoder, input, now);
+            let next = driver.amp(program, now).map_or(next, |off| next.min(off));
             if stop.sleep_until(next) {
                 break;
             }
@@ -417,6 +500,103 @@ mod tests {
     }
 
     #[test]
+    fn the_amp_line_follows_program_and_goes_off_after_the_delay() {
+        let rec = RecordingLeds::default();
+        let board = Arc::new(AmpBoard::default());
+        let t0 = Instant::now();
+        let mut d = LedDriver::new(Box::new(rec.clone()), t0).with_amp(MS(1000), board.clone());
+        let amp_writes = |rec: &RecordingLeds| -> Vec<bool> {
+            rec.writes()
+                .into_iter()
+                .filter(|(l, _)| *l == Led::Amp)
+                .map(|(_, on)| on)
+                .collect()
+        };
+        // Idle: off (written once). Program: on at the next look.
+        assert_eq!(d.amp(false, t0), None);
+        assert_eq!(d.amp(true, t0 + MS(100)), None);
+        assert_eq!(rec.level(Led::Amp), Some(true));
+        assert!(board.snapshot(t0).on);
+        // Program ends: still on, and the thread is told when to look again.
+        assert_eq!(d.amp(false, t0 + MS(500)), Some(t0 + MS(1500)));
+        assert_eq!(d.amp(false, t0 + MS(1400)), Some(t0 + MS(1500)));
+        assert_eq!(rec.level(Led::Amp), Some(true));
+        let st = board.snapshot(t0 + MS(1000));
+        assert!((st.off_in_s.expect("due") - 0.5).abs() < 1e-6, "{st:?}");
+        assert_eq!(d.amp(false, t0 + MS(1500)), None);
+        assert_eq!(rec.level(Led::Amp), Some(false));
+        assert_eq!(amp_writes(&rec), [false, true, false], "written only on changes");
+        // Without an amplifier configured the line is never written.
+        let plain = RecordingLeds::default();
+        let mut d2 = LedDriver::new(Box::new(plain.clone()), t0);
+        assert_eq!(d2.amp(true, t0), None);
+        assert_eq!(plain.level(Led::Amp), None);
+        d.amp(true, t0 + MS(2000));
+        d.release();
+        assert_eq!(rec.level(Led::Amp), Some(false), "off when the thread stops");
+        assert!(!board.snapshot(t0).on);
+    }
+
+    #[test]
+    fn the_led_thread_switches_the_amp_on_within_a_second_of_program_and_off_after_the_delay() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let rec = RecordingLeds::default();
+        let board = Arc::new(AmpBoard::default());
+        let program = Arc::new(AtomicBool::new(false));
+        let p = program.clone();
+        let worker = start(
+            Box::new(rec.clone()),
+            Some((MS(300), board.clone())),
+            move || (EncoderState::Running, InputState::Live, p.load(Ordering::Relaxed)),
+            &Supervisor::none(),
+            Arc::new(TestHooks::disabled()),
+        )
+        .expect("thread");
+        let wait = |want: bool, within: Duration| {
+            let deadline = Instant::now() + within;
+            while rec.level(Led::Amp) != Some(want) && Instant::now() < deadline {
+                std::thread::sleep(MS(5));
+            }
+            rec.level(Led::Amp) == Some(want)
+        };
+        assert!(wait(false, Duration::from_secs(1)), "off while idle");
+        program.store(true, Ordering::Relaxed);
+        let on = Instant::now();
+        assert!(wait(true, Duration::from_secs(1)), "on within 1 s of program");
+        program.store(false, Ordering::Relaxed);
+        let ended = Instant::now();
+        assert!(wait(false, Duration::from_secs(2)), "off after the delay");
+        assert!(ended.elapsed() >= MS(300), "not before the delay");
+        assert!(on.elapsed() >= MS(300));
+        stop(worker, Duration::from_secs(1)).expect("stops");
+        assert_eq!(rec.level(Led::Amp), Some(false));
+        assert_eq!(board.snapshot(Instant::now()).switched_on, 1);
+    }
+
+    #[test]
+    fn the_amp_line_alone_is_opened_with_the_leds_disabled() {
+        let amp = AmpConfig {
+            pin: 22,
+            active_low: true,
+            off_delay: Duration::from_secs(60),
+        };
+        let mut cfg = LedConfig {
+            enabled: false,
+            encoder_pin: 17,
+            input_pin: 27,
+            active_low: false,
+            chip: String::new(),
+            amp: Some(amp),
+        };
+        assert_eq!(cfg.lines(), [(Led::Amp, 22, "amp_pin")]);
+        cfg.enabled = true;
+        assert_eq!(cfg.lines().len(), 3);
+        cfg.amp = None;
+        cfg.enabled = false;
+        assert!(cfg.lines().is_empty());
+    }
+
+    #[test]
     fn the_status_says_why_the_leds_are_off() {
         let cfg = LedConfig {
             enabled: false,
@@ -424,6 +604,7 @@ mod tests {
             input_pin: 27,
             active_low: false,
             chip: String::new(),
+            amp: None,
         };
         let st = open(&cfg).status();
         assert_eq!(

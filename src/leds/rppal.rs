@@ -8,20 +8,18 @@ use ::rppal::gpio::{Gpio, OutputPin};
 
 use super::{Led, LedConfig, LedStatus, Leds};
 
+/// Each [`Led`]'s pin (when configured), whether it is active low, and
+/// its BCM number.
 pub struct RppalLeds {
-    encoder: OutputPin,
-    input: OutputPin,
-    active_low: bool,
-    pins: [u32; 2],
+    pins: [Option<(OutputPin, bool, u8)>; 3],
 }
 
 impl Leds for RppalLeds {
     fn set(&mut self, led: Led, on: bool) {
-        let pin = match led {
-            Led::Encoder => &mut self.encoder,
-            Led::Input => &mut self.input,
+        let Some((pin, active_low, _)) = &mut self.pins[led as usize] else {
+            return;
         };
-        if on != self.active_low {
+        if on != *active_low {
             pin.set_high();
         } else {
             pin.set_low();
@@ -29,21 +27,25 @@ impl Leds for RppalLeds {
     }
 
     fn release(&mut self) {
-        self.set(Led::Encoder, false);
-        self.set(Led::Input, false);
+        for led in Led::ALL {
+            self.set(led, false);
+        }
     }
 
     fn status(&self) -> LedStatus {
+        let number = |led: Led| self.pins[led as usize].as_ref().map(|p| u32::from(p.2));
         LedStatus {
             backend: "rppal",
             chip: Some("/dev/gpiomem".into()),
-            lines: Some(self.pins),
+            lines: number(Led::Encoder).zip(number(Led::Input)).map(|(a, b)| [a, b]),
+            amp_line: number(Led::Amp),
             off_because: None,
         }
     }
 }
 
-/// Both pins as outputs, off; the error is rppal's, with what to check.
+/// The configured pins as outputs, off; the error is rppal's, with what to
+/// check.
 pub fn open(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
     let gpio = Gpio::new().map_err(|e| format!("{e} (is the user in group gpio?)"))?;
     let pin = |n: u8| {
@@ -57,11 +59,15 @@ pub fn open(config: &LedConfig) -> Result<Box<dyn Leds>, String> {
             .map_err(|e| format!("GPIO {n}: {e}"))
     };
     let mut leds = RppalLeds {
-        encoder: pin(config.encoder_pin)?,
-        input: pin(config.input_pin)?,
-        active_low: config.active_low,
-        pins: [config.encoder_pin.into(), config.input_pin.into()],
+        pins: [None, None, None],
     };
+    for (led, n, _) in config.lines() {
+        let active_low = match led {
+            Led::Amp => config.amp.as_ref().is_some_and(|a| a.active_low),
+            Led::Encoder | Led::Input => config.active_low,
+        };
+        leds.pins[led as usize] = Some((pin(n)?, active_low, n));
+    }
     leds.release();
     Ok(Box::new(leds))
 }

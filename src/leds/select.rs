@@ -108,21 +108,22 @@ impl fmt::Display for FoundBy {
     }
 }
 
-/// The chip and the two line offsets (encoder, input) to request.
+/// The chip and the line offsets to request (in the order of the pins).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Selected {
     pub path: PathBuf,
     pub name: String,
     pub label: String,
-    pub offsets: [u32; 2],
+    pub offsets: Vec<u32>,
     pub found_by: FoundBy,
 }
 
-/// The LED chip among `chips` for `spec`, with the offsets of `pins`
-/// (encoder, input; BCM numbers). Lines named `GPIO<pin>` give their own
-/// offsets; on a chip without such names the offset is the pin number.
-pub fn select(spec: &ChipSpec, chips: &[ProbedChip], pins: [u8; 2]) -> Result<Selected, LedError> {
-    let names = pins.map(|p| format!("GPIO{p}"));
+/// The chip among `chips` for `spec`, with the offsets of `pins` (BCM
+/// numbers, each with the key that set it: `encoder_pin`, `input_pin`,
+/// `amp_pin`). Lines named `GPIO<pin>` give their own offsets; on a chip
+/// without such names the offset is the pin number.
+pub fn select(spec: &ChipSpec, chips: &[ProbedChip], pins: &[(u8, &'static str)]) -> Result<Selected, LedError> {
+    let names: Vec<String> = pins.iter().map(|(p, _)| format!("GPIO{p}")).collect();
     let opened = || chips.iter().filter_map(|c| c.probe.as_ref().ok().map(|l| (c, l)));
     let (chip, lines, found_by) = match spec {
         ChipSpec::Auto => {
@@ -150,8 +151,8 @@ pub fn select(spec: &ChipSpec, chips: &[ProbedChip], pins: [u8; 2]) -> Result<Se
         ChipSpec::Path(path) => by(chips, |c| c.path == *path, &path.display().to_string())?,
         ChipSpec::Name(name) => by(chips, |c| c.name == *name, name)?,
     };
-    let offsets = named_offsets(lines, &names).unwrap_or(pins.map(u32::from));
-    for (offset, key) in offsets.into_iter().zip(["encoder_pin", "input_pin"]) {
+    let offsets = named_offsets(lines, &names).unwrap_or_else(|| pins.iter().map(|(p, _)| u32::from(*p)).collect());
+    for (&offset, &(_, key)) in offsets.iter().zip(pins) {
         match lines.lines.get(offset as usize) {
             None => {
                 return Err(LedError::NoSuchLine {
@@ -193,9 +194,11 @@ pub fn user(consumer: &str) -> String {
 }
 
 /// The offsets of the lines called `names` on this chip, if it has them all.
-fn named_offsets(chip: &ChipLines, names: &[String; 2]) -> Option<[u32; 2]> {
-    let find = |n: &String| chip.lines.iter().position(|l| &l.name == n).map(|i| i as u32);
-    Some([find(&names[0])?, find(&names[1])?])
+fn named_offsets(chip: &ChipLines, names: &[String]) -> Option<Vec<u32>> {
+    names
+        .iter()
+        .map(|n| chip.lines.iter().position(|l| &l.name == n).map(|i| i as u32))
+        .collect()
 }
 
 /// The chip `matches` picks, opened.
@@ -309,7 +312,7 @@ mod tests {
         }
     }
 
-    const PINS: [u8; 2] = [17, 27];
+    const PINS: &[(u8, &str)] = &[(17, "encoder_pin"), (27, "input_pin")];
 
     fn spec(s: &str) -> ChipSpec {
         ChipSpec::parse(s).expect("valid gpio.chip")
@@ -322,7 +325,7 @@ mod tests {
         let s = select(&ChipSpec::Auto, &[exp, soc], PINS).expect("found");
         assert_eq!(
             (s.name.as_str(), s.offsets, s.found_by),
-            ("gpiochip1", [17, 27], FoundBy::LineNames)
+            ("gpiochip1", vec![17, 27], FoundBy::LineNames)
         );
     }
 
@@ -347,7 +350,7 @@ mod tests {
         let s = select(&ChipSpec::Auto, &chips, PINS).expect("found");
         assert_eq!(
             (s.name.as_str(), s.offsets, s.found_by),
-            ("gpiochip4", [17, 27], FoundBy::Label)
+            ("gpiochip4", vec![17, 27], FoundBy::Label)
         );
     }
 
@@ -397,7 +400,7 @@ mod tests {
             let got = select(&spec(s), &chips, PINS).expect(s);
             assert_eq!(
                 (got.name.as_str(), got.offsets, got.found_by),
-                ("gpiochip1", [17, 27], FoundBy::Config),
+                ("gpiochip1", vec![17, 27], FoundBy::Config),
                 "{s}"
             );
         }
@@ -425,6 +428,30 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "gpiochip0 has 8 lines; line 17 (gpio.encoder_pin) is not one of them"
+        );
+    }
+
+    #[test]
+    fn the_amplifier_line_is_found_with_the_leds_and_its_key_named() {
+        let pins: &[(u8, &str)] = &[(17, "encoder_pin"), (27, "input_pin"), (22, "amp_pin")];
+        let s = select(&ChipSpec::Auto, &[chip(0, "pinctrl-bcm2711", 58, true)], pins).expect("found");
+        assert_eq!(s.offsets, [17, 27, 22]);
+        // The amplifier alone (LEDs off).
+        let s = select(
+            &ChipSpec::Auto,
+            &[chip(0, "pinctrl-bcm2711", 58, true)],
+            &[(22, "amp_pin")],
+        )
+        .expect("found");
+        assert_eq!(s.offsets, [22]);
+        let mut c = chip(0, "pinctrl-bcm2835", 54, true);
+        c.probe.as_mut().expect("open").lines[22].consumer = Some("spi".into());
+        let e = select(&ChipSpec::Auto, &[c], pins).expect_err("busy");
+        assert_eq!(e.to_string(), "line 22 of gpiochip0 is busy (used by \"spi\")");
+        let e = select(&spec("gpiochip0"), &[chip(0, "small", 20, false)], &[(22, "amp_pin")]).expect_err("short");
+        assert_eq!(
+            e.to_string(),
+            "gpiochip0 has 20 lines; line 22 (gpio.amp_pin) is not one of them"
         );
     }
 

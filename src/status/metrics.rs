@@ -12,8 +12,10 @@ use serde::Serialize;
 
 use super::Status;
 use crate::audio::InputState;
+use crate::audio::program::ProgramState;
 use crate::encoder::EncoderState;
 use crate::histogram::Histogram;
+use crate::mqtt::LinkState;
 
 /// Upper bounds (µs) of the pump lateness buckets.
 const LATENESS_BUCKETS_US: [u64; 10] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000];
@@ -26,6 +28,13 @@ const ENCODER_STATES: [EncoderState; 5] = [
     EncoderState::Stopped,
 ];
 const INPUT_STATES: [InputState; 3] = [InputState::Live, InputState::Grace, InputState::Fallback];
+const MQTT_STATES: [LinkState; 5] = [
+    LinkState::Off,
+    LinkState::Connecting,
+    LinkState::Connected,
+    LinkState::Down,
+    LinkState::Refused,
+];
 
 struct Out(String);
 
@@ -162,6 +171,63 @@ pub fn render(status: &Status, tick_error: &Histogram) -> String {
         "Where the audio comes from (1 for the current one).",
         &INPUT_STATES,
         &input.state,
+    );
+    let p = &status.program.detector;
+    o.one(
+        "program_playing",
+        "gauge",
+        "1 while program plays on the input (the level a margin above its noise floor).",
+        f64::from(u8::from(p.state == ProgramState::Program)),
+    );
+    o.one(
+        "program_changes_total",
+        "counter",
+        "Changes between program and idle.",
+        n(p.changes),
+    );
+    o.one(
+        "program_margin_db",
+        "gauge",
+        "How far above the noise floor program must be, dB.",
+        f64::from(p.margin_db),
+    );
+    o.family(
+        "program_floor_dbfs",
+        "gauge",
+        "The input's noise floor learned (the quietest second of the window), dBFS.",
+    );
+    if let Some(floor) = p.floor_dbfs {
+        o.sample("program_floor_dbfs", &[], f64::from(floor));
+    }
+    o.one(
+        "amp_on",
+        "gauge",
+        "1 while the amplifier line is on.",
+        f64::from(u8::from(status.amp.on)),
+    );
+    o.state(
+        "mqtt_state",
+        "The MQTT link to Home Assistant (1 for the current state).",
+        &MQTT_STATES,
+        &status.mqtt.state,
+    );
+    o.one(
+        "mqtt_connects_total",
+        "counter",
+        "Connections to the MQTT broker (the first, and every reconnection).",
+        n(status.mqtt.connects),
+    );
+    o.one(
+        "mqtt_published_total",
+        "counter",
+        "MQTT messages queued for the broker.",
+        n(status.mqtt.published),
+    );
+    o.one(
+        "mqtt_dropped_total",
+        "counter",
+        "MQTT messages dropped because the client's queue was full.",
+        n(status.mqtt.dropped),
     );
     o.family("input_level_peak_dbfs", "gauge", "Input peak level over ~100 ms, dBFS.");
     for (i, ch) in ["left", "right"].iter().enumerate() {

@@ -17,6 +17,7 @@ use serde::Serialize;
 use crate::audio::InputState;
 use crate::audio::capture::{CaptureHandle, CaptureSnapshot, DeviceState, GainState, Selection};
 use crate::audio::level::LevelReading;
+use crate::audio::program::{ProgramSnapshot, ProgramState};
 use crate::audio::router::{AudioInputRouter, RouterStats};
 use crate::broadcast::icecast::OutputSnapshot;
 use crate::encoder::ring::RingStats;
@@ -40,6 +41,10 @@ pub(crate) struct Board {
     pub(crate) http: Arc<HttpStats>,
     pub(crate) station: Arc<crate::live::Live<crate::broadcast::Station>>,
     pub(crate) leds: Mutex<crate::leds::LedStatus>,
+    /// What the LED thread did with the amplifier line.
+    pub(crate) amp: Arc<crate::leds::AmpBoard>,
+    /// The MQTT link, kept across its restarts.
+    pub(crate) mqtt: Arc<crate::mqtt::MqttStats>,
     /// Settings changed while running (the history beside the encoder's).
     pub(crate) changes: Arc<ChangeLog>,
     /// What the owner's desk counts.
@@ -207,14 +212,22 @@ impl Board {
                 slow_listeners: hub.slow_dropped,
             },
         };
+        let input_state = self.pump.input_state();
+        let program = ProgramStatus {
+            source: input_source(input_state, self.pump.fallback(), &capture.selection.name),
+            detector: self.capture.program().snapshot(now),
+        };
         Status {
             version: env!("CARGO_PKG_VERSION"),
             started_at: humantime::format_rfc3339_seconds(self.started_wall).to_string(),
             uptime_s: now.saturating_duration_since(self.started).as_secs_f64(),
             station: (*self.station.get()).clone(),
             encoder: enc,
+            program,
+            amp: self.amp.snapshot(now),
+            mqtt: self.mqtt.snapshot(now),
             input: InputStatus {
-                state: self.pump.input_state(),
+                state: input_state,
                 device: capture.selection.clone(),
                 device_state: capture.state,
                 gain: capture.gain.clone(),
@@ -248,8 +261,14 @@ pub struct Status {
     pub uptime_s: f64,
     pub station: crate::broadcast::Station,
     pub encoder: EncoderSnapshot,
+    /// Whether something plays on the input [D1]–[D3].
+    pub program: ProgramStatus,
     pub input: InputStatus,
     pub leds: crate::leds::LedStatus,
+    /// The amplifier line [D4].
+    pub amp: crate::leds::AmpStatus,
+    /// The link to Home Assistant [D5].
+    pub mqtt: crate::mqtt::MqttSnapshot,
     /// Workers that ended (and were restarted), by thread name.
     pub workers: BTreeMap<String, WorkerRecord>,
     /// Settings the owner changed while Tower runs (secrets as `***`).
@@ -266,6 +285,32 @@ pub struct Status {
     pub pump: PumpSnapshot,
     pub http: HttpSnapshot,
     pub counters: Counters,
+}
+
+/// Program detection, and what the listeners hear meanwhile.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProgramStatus {
+    #[serde(flatten)]
+    pub detector: ProgramSnapshot,
+    /// What plays: the input's device or socket, or the fallback (which is
+    /// never program).
+    pub source: String,
+}
+
+/// What the listeners hear, in words: the input's device (a sound card's
+/// name, or `unix:PATH` for the socket input), or the fallback [D3].
+pub fn input_source(state: InputState, fallback: FallbackKind, device: &str) -> String {
+    match state {
+        InputState::Live => device.to_string(),
+        InputState::Grace => format!("{device} (silence: no audio from the input)"),
+        InputState::Fallback => format!(
+            "fallback ({})",
+            serde_json::to_value(fallback)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
+    }
 }
 
 /// Where the audio comes from and how it is.
@@ -315,6 +360,8 @@ pub struct LevelEvent {
     #[serde(flatten)]
     pub reading: LevelReading,
     pub state: InputState,
+    /// Whether program plays [D2].
+    pub program: ProgramState,
 }
 
 impl StatusSource for Board {
@@ -331,9 +378,15 @@ impl StatusSource for Board {
     }
 
     fn level_json(&self) -> String {
+        let program = if self.capture.program().is_program() {
+            ProgramState::Program
+        } else {
+            ProgramState::Idle
+        };
         let event = LevelEvent {
             reading: self.capture.levels(Instant::now()),
             state: self.pump.input_state(),
+            program,
         };
         serde_json::to_string(&event).unwrap_or_default()
     }
@@ -362,5 +415,28 @@ impl StatusSource for Board {
             reasons.push(format!("audio pump stalled: no tick for {} ms", d.as_millis()));
         }
         reasons
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_plays_is_the_device_or_the_fallback_by_name() {
+        let dev = "plughw:CARD=Device,DEV=0";
+        assert_eq!(input_source(InputState::Live, FallbackKind::Tone, dev), dev);
+        assert_eq!(
+            input_source(InputState::Grace, FallbackKind::Tone, "unix:/run/tower/pcm.sock"),
+            "unix:/run/tower/pcm.sock (silence: no audio from the input)"
+        );
+        assert_eq!(
+            input_source(InputState::Fallback, FallbackKind::Tone, dev),
+            "fallback (tone)"
+        );
+        assert_eq!(
+            input_source(InputState::Fallback, FallbackKind::Wav, dev),
+            "fallback (wav)"
+        );
     }
 }

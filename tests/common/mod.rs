@@ -10,6 +10,8 @@ pub mod audio;
 pub mod browser;
 pub mod faults;
 pub mod icecast;
+pub mod mqtt;
+pub mod program;
 pub mod settings;
 
 use std::io::{BufRead, BufReader, Read, Write};
