@@ -497,9 +497,12 @@ fn an_unusable_file_gives_way_to_its_backup_and_says_so() {
     assert!(tower.log_text().contains("Tower started from the previous version"));
     // Without a backup, the file's own error stops Tower (exit 2).
     std::fs::remove_file(dir.path().join("tower.toml.bak")).expect("rm");
-    let err = Tower::try_start(&["--config", config.to_str().expect("utf8")], &[])
-        .err()
-        .expect("refused");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tower"))
+        .args(["--print-config", "--config", config.to_str().expect("utf8")])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("not valid TOML"), "{err}");
 }
 
