@@ -10,7 +10,8 @@
 //! The worker connects, sends the Icecast 2.4 source request (HTTP `PUT`
 //! with `Expect: 100-continue`, `Content-Type: audio/mpeg`, `ice-*`
 //! headers and Basic auth; the legacy `SOURCE` method if configured), waits
-//! for the server's answer, then streams frames. On any failure it closes,
+//! for the server's answer (at most 4 KiB of it, within one 5 s deadline,
+//! so a server streaming garbage costs nothing), then streams frames. On any failure it closes,
 //! logs the server's reason once per episode (wrong password, mount in
 //! use, server full…), and reconnects with a backoff: 1 s doubling to 30 s,
 //! and 30 s at once after a refusal, which a retry will not cure soon.
@@ -34,8 +35,11 @@ use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// Frames a target may fall behind before frames are dropped: 2.4 s.
 pub const QUEUE_FRAMES: usize = 100;
-/// Connecting, the server's answer, and each write may take this long.
+/// Connecting, the server's whole answer, and each write may take this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest any step of an attempt blocks before the stop signal is
+/// looked at again.
+const SLICE: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts, and the wait after a refusal.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -228,7 +232,8 @@ pub fn classify(response: &str) -> Answer {
     let (proto, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let reason = parts.next().unwrap_or("").trim();
     if !proto.starts_with("HTTP/") && !proto.starts_with("ICE/") {
-        return Answer::Failed(format!("not an Icecast server (it answered {line:?})"));
+        let start: String = line.chars().take(60).collect();
+        return Answer::Failed(format!("not an Icecast server (it answered {start:?})"));
     }
     let body = response.split("\r\n\r\n").nth(1).map(text_of).unwrap_or_default();
     let said = if body.is_empty() {
@@ -476,6 +481,77 @@ fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame
     }
 }
 
+/// The most of an answer Tower keeps: its head and the start of a
+/// refusal's reason. Whatever arrives, no more is read.
+pub const MAX_ANSWER: usize = 4096;
+/// How long a refusal's reason may take to follow its head.
+const REASON_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads the server's answer to the source request from `s` (whose reads
+/// time out after [`SLICE`]) until its head is complete (and, for a
+/// refusal, a moment more for the reason in its body), the server closes,
+/// or `deadline`. At most [`MAX_ANSWER`] bytes are kept; each read is
+/// searched for the blank line only where it could end; the stop signal
+/// is looked at between reads. `Err` is how the attempt ends.
+fn read_answer(s: &mut impl Read, stop: &StopSignal, deadline: Instant) -> Result<Vec<u8>, Ended> {
+    let mut answer = Vec::with_capacity(MAX_ANSWER);
+    let mut buf = [0u8; 2048];
+    // When the head ended: only a refusal's reason is still awaited.
+    let mut head_done: Option<Instant> = None;
+    loop {
+        if stop.is_stopped() {
+            return Err(Ended::Stopped);
+        }
+        let now = Instant::now();
+        let until = head_done.map_or(deadline, |at| deadline.min(at + REASON_WAIT));
+        if now >= until {
+            break;
+        }
+        let room = MAX_ANSWER - answer.len();
+        if room == 0 {
+            if head_done.is_some() {
+                break;
+            }
+            let start = String::from_utf8_lossy(&answer[..60]).into_owned();
+            return Err(Ended::Failed(format!(
+                "not an Icecast server: {MAX_ANSWER} bytes came without the end of an HTTP head (it answered {start:?}...)"
+            )));
+        }
+        let want = room.min(buf.len());
+        let n = match s.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(Ended::Failed(format!("reading the answer: {e}"))),
+        };
+        // The blank line may straddle two reads: look from 3 bytes back.
+        let from = answer.len().saturating_sub(3);
+        answer.extend_from_slice(&buf[..n]);
+        if head_done.is_none() && answer[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            if answer.starts_with(b"HTTP/1.1 100") || answer.starts_with(b"HTTP/1.0 200") {
+                break;
+            }
+            head_done = Some(now);
+        }
+    }
+    if answer.is_empty() {
+        let why = if Instant::now() >= deadline {
+            format!("no answer within {} s", IO_TIMEOUT.as_secs())
+        } else {
+            "the server closed without answering".into()
+        };
+        return Err(Ended::Failed(why));
+    }
+    Ok(answer)
+}
+
 fn attempt(
     stop: &StopSignal,
     shared: &Shared,
@@ -506,34 +582,14 @@ fn attempt(
     shared.connects.fetch_add(1, Ordering::Relaxed);
     let _ = s.set_nodelay(true);
     let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+    let _ = s.set_read_timeout(Some(SLICE));
     if let Err(e) = s.write_all(request.as_bytes()) {
         return Ended::Failed(format!("sending the source request: {e}"));
     }
-    // The answer: its head, and what came with it.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 2048];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                answer.extend_from_slice(&buf[..n]);
-                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
-                    // A refusal's reason follows its head; give it a moment.
-                    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-                    if answer.starts_with(b"HTTP/1.1 100") || answer.starts_with(b"HTTP/1.0 200") || answer.len() > 4096
-                    {
-                        break;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => break,
-            Err(e) => return Ended::Failed(format!("reading the answer: {e}")),
-        }
-    }
-    if answer.is_empty() {
-        return Ended::Failed("the server closed without answering".into());
-    }
+    let answer = match read_answer(&mut s, stop, Instant::now() + IO_TIMEOUT) {
+        Ok(a) => a,
+        Err(ended) => return ended,
+    };
     match classify(&String::from_utf8_lossy(&answer)) {
         Answer::Accepted => {}
         Answer::Refused(why) => return Ended::Refused(why),
@@ -641,6 +697,80 @@ mod tests {
             req.starts_with("SOURCE /live HTTP/1.0\r\n") && !req.contains("Expect"),
             "{req}"
         );
+    }
+
+    /// Counts the bytes read through it.
+    struct Counted<R>(R, usize);
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    /// A connection with nothing to read yet (its read timeout passed).
+    struct Quiet;
+
+    impl Read for Quiet {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn an_endless_answer_without_a_blank_line_is_cut_at_the_cap() {
+        let mut garbage = Counted(io::repeat(b'x'), 0);
+        let later = Instant::now() + Duration::from_secs(3600);
+        let Err(Ended::Failed(why)) = read_answer(&mut garbage, &StopSignal::new(), later) else {
+            panic!("garbage is not an answer")
+        };
+        assert!(garbage.1 <= MAX_ANSWER, "{} bytes read", garbage.1);
+        assert!(
+            why.contains("not an Icecast server") && why.contains("4096 bytes"),
+            "{why}"
+        );
+        assert!(why.len() < 200, "the garbage is not quoted whole: {why}");
+    }
+
+    #[test]
+    fn an_answer_in_pieces_is_read_to_its_reason_and_no_further() {
+        let refusal = b"HTTP/1.0 403 Forbidden\r\nContent-Type: text/html\r\n\r\n<b>Mountpoint in use</b>";
+        // Byte by byte, so the blank line straddles reads.
+        let mut bytes = &refusal[..];
+        struct OneByOne<'a, R>(&'a mut R);
+        impl<R: Read> Read for OneByOne<'_, R> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(&mut buf[..1])
+            }
+        }
+        let later = Instant::now() + Duration::from_secs(3600);
+        let answer = read_answer(&mut OneByOne(&mut bytes), &StopSignal::new(), later)
+            .ok()
+            .expect("an answer");
+        let Answer::Refused(why) = classify(&String::from_utf8_lossy(&answer)) else {
+            panic!("a refusal")
+        };
+        assert!(why.contains("Mountpoint in use"), "{why}");
+        // Accepted: read no further than the head.
+        let mut go = io::Read::chain(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], io::repeat(b'z'));
+        let answer = read_answer(&mut OneByOne(&mut go), &StopSignal::new(), later)
+            .ok()
+            .expect("an answer");
+        assert_eq!(answer, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn waiting_for_an_answer_ends_at_the_deadline_or_the_stop_signal() {
+        let stop = StopSignal::new();
+        let Err(Ended::Failed(why)) = read_answer(&mut Quiet, &stop, Instant::now()) else {
+            panic!("no answer by the deadline")
+        };
+        assert!(why.contains("no answer within"), "{why}");
+        stop.stop();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(matches!(read_answer(&mut Quiet, &stop, later), Err(Ended::Stopped)));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod audio;
 pub mod browser;
 pub mod faults;
 pub mod icecast;
+pub mod push;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
