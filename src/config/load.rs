@@ -537,6 +537,20 @@ impl Loaded {
             10_000,
             "",
         )?;
+        self.range(
+            "http.max_listeners_per_address",
+            c.http.max_listeners_per_address,
+            1,
+            10_000,
+            "",
+        )?;
+        self.range(
+            "http.max_status_pages_per_address",
+            c.http.max_status_pages_per_address,
+            1,
+            crate::http::MAX_EVENT_CLIENTS as u64,
+            " (the status pages open at once in all)",
+        )?;
         self.range("gpio.encoder_pin", c.gpio.encoder_pin, 0, 27, " (a BCM GPIO number)")?;
         self.range("gpio.input_pin", c.gpio.input_pin, 0, 27, " (a BCM GPIO number)")?;
         if c.gpio.enabled && c.gpio.encoder_pin == c.gpio.input_pin {
@@ -831,6 +845,32 @@ mod tests {
         let p = write(&dir, &format!("[gpio]\nchip = \"{}\"\n", "x".repeat(40)));
         let t = err_text(load(Some(&p), &[], &Overrides::default()));
         assert!(t.contains("gpio.chip") && t.contains("tower.toml"), "{t}");
+    }
+
+    #[test]
+    fn the_per_address_caps_of_listeners_and_status_pages_are_checked_by_name() {
+        let flags = Overrides::default();
+        for (var, value, key, range) in [
+            (
+                "TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS",
+                "0",
+                "http.max_listeners_per_address",
+                "1 to 10000",
+            ),
+            (
+                "TOWER_HTTP_MAX_STATUS_PAGES_PER_ADDRESS",
+                "33",
+                "http.max_status_pages_per_address",
+                "1 to 32",
+            ),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(range) && t.contains(var), "{t}");
+        }
+        let c = load_text(None, &env(&[("TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS", "500")]), &flags)
+            .expect("valid")
+            .config;
+        assert_eq!(c.http.max_listeners_per_address, 500);
     }
 
     #[test]

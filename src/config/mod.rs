@@ -165,6 +165,8 @@ pub struct Http {
     pub header_timeout_ms: u64,
     pub max_connections_per_address: u64,
     pub max_other_connections: u64,
+    pub max_listeners_per_address: u64,
+    pub max_status_pages_per_address: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -250,6 +252,8 @@ impl Default for Http {
             header_timeout_ms: 10_000,
             max_connections_per_address: 32,
             max_other_connections: 256,
+            max_listeners_per_address: 50,
+            max_status_pages_per_address: 8,
         }
     }
 }
