@@ -387,3 +387,71 @@ fn malformed_requests_get_4xx_or_a_close_and_never_hurt_the_stream() {
     let bad_lines = log.lines().filter(|l| l.contains("bad request")).count();
     assert!(bad_lines >= 1, "bad requests are logged: {log}");
 }
+
+/// Sends a GET for `path` on `s` and reads the answer's head (and a
+/// little more); the status code, or 0 if the server closed first.
+fn request_status(s: &mut TcpStream, path: &str) -> (u16, String) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return (0, String::new());
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    // A refusal's reason follows its head.
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    if let Ok(n) = s.read(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn one_address_cannot_take_every_listener_or_status_page_slot() {
+    let tower = Tower::start(&[], NO_DEVICE);
+    for (path, cap, key, count) in [
+        ("/stream", 50, "http.max_listeners_per_address", 500),
+        ("/events", 8, "http.max_status_pages_per_address", 40),
+    ] {
+        // `count` connections from one address, held open.
+        let mut held = Vec::new();
+        let (mut admitted, mut refused) = (0, 0);
+        for _ in 0..count {
+            let mut s = connect_from([127, 0, 3, 1], tower.addr, None);
+            let (code, text) = request_status(&mut s, path);
+            match code {
+                200 => admitted += 1,
+                503 => {
+                    refused += 1;
+                    assert!(
+                        text.contains(key) && text.to_ascii_lowercase().contains("retry-after"),
+                        "{text}"
+                    );
+                }
+                other => panic!("{path}: status {other}: {text}"),
+            }
+            held.push(s);
+        }
+        eprintln!(
+            "{count} connections to {path} from one address: {admitted} admitted, {refused} refused ({key} = {cap})"
+        );
+        assert_eq!(admitted, cap, "{path}");
+        // Another address still gets in.
+        let mut other = connect_from([127, 0, 3, 2], tower.addr, None);
+        let (code, text) = request_status(&mut other, path);
+        assert_eq!(code, 200, "{path} from another address: {text}");
+        drop(held);
+    }
+    let l = &tower.status()["listeners"];
+    assert_eq!(l["rejected_per_address"], 450, "{l}");
+    assert_eq!(l["rejected_full"], 0, "{l}");
+}

@@ -337,6 +337,7 @@ impl Config {
             hub: crate::http::HubConfig {
                 slow_timeout: ms(self.http.slow_listener_timeout_ms),
                 max_listeners: self.http.max_listeners as usize,
+                per_address: self.http.max_listeners_per_address as usize,
                 burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
             },
             site: crate::http::Site {
@@ -348,6 +349,7 @@ impl Config {
                     per_address: self.http.max_connections_per_address as usize,
                     total: self.http.max_other_connections as usize,
                 },
+                pages_per_address: self.http.max_status_pages_per_address as usize,
             },
             leds: self.leds(),
         }

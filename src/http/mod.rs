@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink};
+pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, Refusal};
 pub use request::Request;
 
 use crate::hooks::TestHooks;
@@ -64,6 +64,8 @@ pub struct Site {
     pub icy_metaint: usize,
     /// The connection guard's limits.
     pub guard: guard::Limits,
+    /// The most status pages (`/events`) open from one address.
+    pub pages_per_address: usize,
 }
 
 /// The owner's status page, served as is.
@@ -193,6 +195,7 @@ impl HttpServer {
             events: Arc::new(Hub::new(HubConfig {
                 slow_timeout: Duration::from_secs(5),
                 max_listeners: MAX_EVENT_CLIENTS,
+                per_address: site.pages_per_address,
                 burst_frames: 1,
             })),
             site,
@@ -322,7 +325,7 @@ impl Handler for Shared {
             }
             "/stream" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
-            "/events" => self.events(rq),
+            "/events" => self.events(rq, peer),
             "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
             "/metrics" => reply(
                 Response::new(200, "text/plain; version=0.0.4; charset=utf-8", self.status.metrics())
@@ -391,11 +394,20 @@ impl Shared {
     }
 
     /// `/events`: Server-Sent Events for the status page.
-    fn events(&self, rq: &Request) -> Answer<'_> {
-        let Some(admission) = self.events.admit() else {
-            let resp = Response::text(503, "too many status pages open; try again later")
-                .with("Retry-After", RETRY_AFTER_S.to_string());
-            return Answer::Bytes(resp.into_bytes(rq.is_head()));
+    fn events(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
+        let admission = match self.events.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                let message = match why {
+                    Refusal::Full => format!("too many status pages open ({MAX_EVENT_CLIENTS}); try again later"),
+                    Refusal::PerAddress => format!(
+                        "too many status pages open from {} (http.max_status_pages_per_address = {}); try again later",
+                        peer.ip(),
+                        self.site.pages_per_address
+                    ),
+                };
+                return Answer::Bytes(busy(&message).into_bytes(rq.is_head()));
+            }
         };
         let head = "HTTP/1.1 200 OK\r\n\
                     Content-Type: text/event-stream\r\n\
@@ -460,12 +472,23 @@ impl Shared {
 
     fn stream(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
         let head_only = rq.is_head();
-        let Some(admission) = self.hub.admit() else {
-            let max = self.hub.snapshot().max;
-            tracing::warn!(component = "http", peer = %peer, max, "listener refused: limit reached");
-            let resp = Response::text(503, &format!("listener limit ({max}) reached; try again later"))
-                .with("Retry-After", RETRY_AFTER_S.to_string());
-            return Answer::Bytes(resp.into_bytes(head_only));
+        let admission = match self.hub.admit(peer.ip()) {
+            Ok(a) => a,
+            Err(why) => {
+                let message = match why {
+                    Refusal::Full => format!(
+                        "listener limit (http.max_listeners = {}) reached; try again later",
+                        self.hub.snapshot().max
+                    ),
+                    Refusal::PerAddress => format!(
+                        "too many listeners from {} (http.max_listeners_per_address = {}); try again later",
+                        peer.ip(),
+                        self.hub.per_address()
+                    ),
+                };
+                tracing::warn!(component = "http", peer = %peer, "listener refused: {message}");
+                return Answer::Bytes(busy(&message).into_bytes(head_only));
+            }
         };
         let burst = match rq.query_param("burst_ms").map(str::parse::<u64>) {
             None => None,
@@ -488,6 +511,11 @@ impl Shared {
             }
         }))
     }
+}
+
+/// `503` with `Retry-After`: a limit was reached; `message` says which.
+fn busy(message: &str) -> Response {
+    Response::text(503, message).with("Retry-After", RETRY_AFTER_S.to_string())
 }
 
 /// The `Host` the client used, if it is a plain host[:port]; anything else
@@ -542,13 +570,13 @@ fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
 /// Writes `head` on a freshly accepted connection (its send buffer is
 /// empty, so a head of a few hundred bytes goes at once) and makes it a
 /// hub's sink. `None` if the client went away (or for `HEAD`).
-fn take_over(mut stream: TcpStream, head: &str, head_only: bool) -> Option<(String, Box<dyn ListenerSink>)> {
+fn take_over(mut stream: TcpStream, head: &str, head_only: bool) -> Option<(SocketAddr, Box<dyn ListenerSink>)> {
     let peer = stream.peer_addr().ok()?;
     if stream.write_all(head.as_bytes()).is_err() || head_only {
         return None;
     }
     match socket::SocketSink::new(stream) {
-        Ok(sink) => Some((peer.to_string(), Box::new(sink))),
+        Ok(sink) => Some((peer, Box::new(sink))),
         Err(e) => {
             tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the connection");
             None
