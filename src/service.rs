@@ -9,9 +9,9 @@
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
 //! decides. Workers whose state can be rebuilt (capture, the status LEDs,
-//! the HTTP front end, each Icecast output) are started again in place,
-//! at once the first time and with a growing delay if they keep dying
-//! ([`RestartBook`]); listeners stay connected, and each end is logged and
+//! the HTTP front end, the connection log, each Icecast output) are started
+//! again in place, at once the first time and with a growing delay if they
+//! keep dying ([`RestartBook`]); listeners stay connected, and each end is logged and
 //! counted (`workers` in `/status`). The pump and the broadcast loop carry
 //! the stream's clock and position and cannot be rebuilt in place: their
 //! end makes `/health` answer 503 with the reason, stops the systemd
@@ -33,7 +33,7 @@ use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
-use crate::http::{HttpServer, HttpStats, Hub, Site};
+use crate::http::{ConnLog, ConnLogger, HttpServer, HttpStats, Hub, Site, Who};
 use crate::leds::Leds;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpConfig};
@@ -173,6 +173,8 @@ pub struct Service {
     watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
+    /// Writes out the hubs' connection events.
+    conn_log: Option<ConnLogger>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     addr: SocketAddr,
@@ -243,8 +245,10 @@ impl Service {
         let led_status = first_leds.status();
         let leds = start_leds(first_leds, &encoder, &pump_stats, &supervisor, &hooks).map_err(thread("leds"))?;
 
-        // 4. HTTP server.
-        let hub = Arc::new(Hub::new(settings.hub));
+        // 4. HTTP server, and the thread that logs its connections.
+        let conn_log = Arc::new(ConnLog::default());
+        let conn_logger = conn_log.start(&supervisor).map_err(thread("conn-log"))?;
+        let hub = Arc::new(Hub::new(settings.hub, Who::Listener, conn_log));
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -297,6 +301,7 @@ impl Service {
             watchdog,
             http: Some(http),
             broadcast: Some(broadcast),
+            conn_log: Some(conn_logger),
             hub,
             board,
             addr: bound,
@@ -431,6 +436,12 @@ impl Service {
                     &r.supervisor,
                 )?);
             }
+            "conn-log" => {
+                if let Some(dead) = self.conn_log.take() {
+                    let _ = dead.stop(STEP_TIMEOUT);
+                }
+                self.conn_log = Some(self.hub.log().start(&r.supervisor)?);
+            }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
             }
@@ -458,6 +469,9 @@ impl Service {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
+        if let Some(l) = self.conn_log.take() {
+            note(l.stop(STEP_TIMEOUT));
+        }
         for e in self.board.outputs.stop(STEP_TIMEOUT) {
             note(Err(e));
         }

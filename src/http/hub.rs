@@ -13,11 +13,12 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::connlog::{ConnLog, Event, What, Who};
 use crate::audio::FRAME_DURATION;
 use crate::encoder::Mp3Frame;
 
@@ -179,6 +180,8 @@ pub struct HubSnapshot {
     /// Refused with 503 at the limit per client address.
     pub rejected_per_address: u64,
     pub frames_broadcast: u64,
+    /// Connection events the log never saw (its queue was full).
+    pub log_events_lost: u64,
 }
 
 struct Inner {
@@ -190,6 +193,10 @@ struct Inner {
 
 pub struct Hub {
     config: HubConfig,
+    /// Whom it serves, for the log.
+    who: Who,
+    /// Where connections, departures and refusals are logged.
+    log: Arc<ConnLog>,
     inner: Mutex<Inner>,
     /// Listeners plus connections being set up: what the limit counts.
     admitted: AtomicUsize,
@@ -223,9 +230,12 @@ pub enum Refusal {
 }
 
 impl Hub {
-    pub fn new(config: HubConfig) -> Self {
+    /// A hub serving `who`, logging through `log`.
+    pub fn new(config: HubConfig, who: Who, log: Arc<ConnLog>) -> Self {
         Hub {
             config,
+            who,
+            log,
             inner: Mutex::new(Inner {
                 listeners: Vec::new(),
                 recent: VecDeque::new(),
@@ -241,25 +251,33 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reserves a place for a new listener from `ip`, or says why not
-    /// (counted): the limit in all, or the limit per address.
-    pub fn admit(&self, ip: IpAddr) -> Result<Admission<'_>, Refusal> {
+    /// Reserves a place for a new client at `peer`, or says why not
+    /// (counted and logged): the limit in all, or the limit per address.
+    pub fn admit(&self, peer: SocketAddr) -> Result<Admission<'_>, Refusal> {
+        let ip = peer.ip();
+        let refuse = |why: Refusal, counter: &AtomicU64, limit: usize| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.note(0, peer, What::Refused { why, limit });
+            Err(why)
+        };
         let max = self.config.max_listeners;
         let ok = self
             .admitted
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .is_ok();
         if !ok {
-            self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::Full);
+            return refuse(Refusal::Full, &self.counters.rejected_full, max);
         }
         let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let mine = per_address.entry(ip).or_insert(0);
         if *mine >= self.config.per_address {
             drop(per_address);
             self.admitted.fetch_sub(1, Ordering::SeqCst);
-            self.counters.rejected_per_address.fetch_add(1, Ordering::Relaxed);
-            return Err(Refusal::PerAddress);
+            return refuse(
+                Refusal::PerAddress,
+                &self.counters.rejected_per_address,
+                self.config.per_address,
+            );
         }
         *mine += 1;
         Ok(Admission {
@@ -267,6 +285,20 @@ impl Hub {
             ip,
             used: false,
         })
+    }
+
+    fn note(&self, id: u64, peer: SocketAddr, what: What) {
+        self.log.note(Event {
+            who: self.who,
+            id,
+            peer,
+            what,
+        });
+    }
+
+    /// Where this hub logs (the status pages' hub shares the listeners').
+    pub fn log(&self) -> Arc<ConnLog> {
+        self.log.clone()
     }
 
     /// Gives back a place taken by `ip`.
@@ -319,9 +351,9 @@ impl Hub {
         inner.listeners.push(listener);
         let count = inner.listeners.len();
         let left = verdict.and_then(|leave| Some((inner.listeners.pop()?, leave)));
-        // Log (and close) outside the lock: the broadcast thread waits on it.
+        // Close outside the lock: the broadcast thread waits on it.
         drop(inner);
-        tracing::info!(component = "http", listener = id, peer = %peer, listeners = count, "listener connected");
+        self.note(id, peer, What::Connected { count });
         if let Some((l, leave)) = left {
             self.remove(l, leave, now);
         }
@@ -351,17 +383,25 @@ impl Hub {
 
     fn remove(&self, mut l: Listener, why: Leave, now: Instant) {
         self.release(l.ip);
-        let secs = now.saturating_duration_since(l.connected_at).as_secs_f64();
-        match why {
+        let seconds = now.saturating_duration_since(l.connected_at).as_secs_f64();
+        let what = match why {
             Leave::Slow => {
                 self.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, queued = l.queue.len(), "listener dropped: it could not take data for {} ms", self.config.slow_timeout.as_millis());
+                What::Dropped {
+                    seconds,
+                    queued: l.queue.len(),
+                    timeout: self.config.slow_timeout,
+                }
             }
             Leave::Gone => {
                 self.counters.disconnected.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, bytes = l.bytes, "listener disconnected");
+                What::Left {
+                    seconds,
+                    bytes: l.bytes,
+                }
             }
-        }
+        };
+        self.note(l.id, l.peer, what);
         l.sink.close(why == Leave::Slow);
     }
 
@@ -436,6 +476,7 @@ impl Hub {
             rejected_full: l(&c.rejected_full),
             rejected_per_address: l(&c.rejected_per_address),
             frames_broadcast: l(&c.frames),
+            log_events_lost: self.log.lost(),
         }
     }
 }
@@ -449,7 +490,6 @@ impl crate::broadcast::Listeners for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// A fake connection: takes up to `room` bytes, then WouldBlock.
     #[derive(Default)]
@@ -502,7 +542,11 @@ mod tests {
     }
 
     fn hub_with_burst(burst_frames: usize) -> Hub {
-        Hub::new(config(3, 3, burst_frames))
+        listener_hub(config(3, 3, burst_frames))
+    }
+
+    fn listener_hub(config: HubConfig) -> Hub {
+        Hub::new(config, Who::Listener, Arc::new(ConnLog::default()))
     }
 
     /// A 250 ms slow timeout and these limits and burst.
@@ -522,7 +566,7 @@ mod tests {
 
     /// Admits and adds a listener from `peer` backed by `sink`.
     fn join_from(h: &Hub, peer: SocketAddr, sink: &FakeSink, now: Instant) {
-        let admission = h.admit(peer.ip()).expect("room");
+        let admission = h.admit(peer).expect("room");
         h.add(admission, peer, Box::new(sink.clone()), None, now);
     }
 
@@ -559,12 +603,12 @@ mod tests {
         assert_eq!((write_batch(4), write_batch(8), write_batch(9)), (2, 4, 4));
         assert_eq!((write_batch(17), write_batch(209)), (8, 8));
         for listeners in [1, 3, 1_600] {
-            let h = Hub::new(config(2_000, 2_000, 8));
+            let h = listener_hub(config(2_000, 2_000, 8));
             let t0 = Instant::now();
             h.broadcast(&frame(0), t0);
             let sinks: Vec<Counting> = (0..listeners).map(|_| Counting::default()).collect();
             for s in &sinks {
-                h.add(h.admit(PEER.ip()).expect("room"), PEER, Box::new(s.clone()), None, t0);
+                h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
             }
             let before: Vec<usize> = sinks.iter().map(|s| s.0.lock().expect("lock").0).collect();
             for t in 1..=40u8 {
@@ -594,13 +638,7 @@ mod tests {
         let h = hub_with_burst(8);
         let t0 = Instant::now();
         let s = Counting::default();
-        h.add(
-            h.admit(PEER.ip()).expect("room"),
-            PEER,
-            Box::new(s.clone()),
-            Some(1),
-            t0,
-        );
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), Some(1), t0);
         for t in 0..10u8 {
             h.broadcast(&frame(t), t0 + P * u32::from(t));
             let c = s.0.lock().expect("lock");
@@ -655,7 +693,7 @@ mod tests {
         // A listener may ask for its own burst.
         let b = FakeSink::open(usize::MAX);
         h.add(
-            h.admit(PEER.ip()).expect("room"),
+            h.admit(PEER).expect("room"),
             PEER,
             Box::new(b.clone()),
             Some(2),
@@ -739,21 +777,21 @@ mod tests {
         for s in &sinks {
             join(&h, s, t0);
         }
-        assert!(h.admit(PEER.ip()).is_err());
+        assert!(h.admit(PEER).is_err());
         assert_eq!(h.snapshot().rejected_full, 1);
         // An admission given up (setup failed) does not leak a place.
         sinks[0].get().gone = true;
         h.broadcast(&frame(1), t0);
         {
-            let a = h.admit(PEER.ip()).expect("a place came free");
+            let a = h.admit(PEER).expect("a place came free");
             drop(a);
         }
-        assert!(h.admit(PEER.ip()).is_ok());
+        assert!(h.admit(PEER).is_ok());
     }
 
     #[test]
     fn one_address_takes_no_more_than_its_share_and_others_still_get_in() {
-        let h = Hub::new(config(10, 3, 1));
+        let h = listener_hub(config(10, 3, 1));
         let t0 = Instant::now();
         let other = SocketAddr::from(([10, 0, 0, 2], 50_000));
         let sinks: Vec<FakeSink> = (0..3).map(|_| FakeSink::open(usize::MAX)).collect();
@@ -761,7 +799,7 @@ mod tests {
             join(&h, s, t0);
         }
         for _ in 0..500 {
-            assert_eq!(h.admit(PEER.ip()).err(), Some(Refusal::PerAddress));
+            assert_eq!(h.admit(PEER).err(), Some(Refusal::PerAddress));
         }
         join_from(&h, other, &FakeSink::open(usize::MAX), t0);
         let s = h.snapshot();
@@ -770,11 +808,44 @@ mod tests {
         // address's place back.
         sinks[0].get().gone = true;
         h.broadcast(&frame(1), t0);
-        drop(h.admit(PEER.ip()).expect("a place came free"));
+        drop(h.admit(PEER).expect("a place came free"));
         join(&h, &FakeSink::open(usize::MAX), t0);
-        assert_eq!(h.admit(PEER.ip()).err(), Some(Refusal::PerAddress));
+        assert_eq!(h.admit(PEER).err(), Some(Refusal::PerAddress));
         h.close_all();
         assert!(h.per_address.lock().expect("lock").is_empty(), "nothing left counted");
+    }
+
+    #[test]
+    fn arrivals_departures_drops_and_refusals_go_to_the_log_without_blocking() {
+        let h = listener_hub(config(1, 1, 1));
+        let t0 = Instant::now();
+        let a = FakeSink::open(usize::MAX);
+        join(&h, &a, t0);
+        assert_eq!(h.admit(PEER).err(), Some(Refusal::Full));
+        a.get().gone = true;
+        h.broadcast(&frame(1), t0 + P);
+        let stuck = FakeSink::open(0);
+        join(&h, &stuck, t0 + P);
+        h.broadcast(&frame(2), t0 + P * 20);
+        h.broadcast(&frame(3), t0 + P * 40);
+        let what: Vec<&str> = h
+            .log()
+            .drain()
+            .iter()
+            .map(|e| match e.what {
+                What::Connected { .. } => "connected",
+                What::Left { .. } => "left",
+                What::Dropped { .. } => "dropped",
+                What::Refused { .. } => "refused",
+            })
+            .collect();
+        assert_eq!(what, ["connected", "refused", "left", "connected", "dropped"]);
+        // Nobody takes the events: the hub goes on, and counts the loss.
+        for _ in 0..2_000 {
+            join(&h, &FakeSink::open(usize::MAX), t0);
+            h.close_all();
+        }
+        assert!(h.log().lost() > 0);
     }
 
     #[test]
@@ -786,6 +857,6 @@ mod tests {
         assert_eq!(a.get().closed, Some(false));
         assert_eq!(h.snapshot().closed_on_shutdown, 1);
         assert!(h.is_empty());
-        assert!(h.admit(PEER.ip()).is_ok());
+        assert!(h.admit(PEER).is_ok());
     }
 }

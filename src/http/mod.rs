@@ -12,6 +12,7 @@
 //! second, built once for all pages, so pages cost listeners nothing).
 //! Every connection serves one request and closes (`Connection: close`).
 
+pub mod connlog;
 pub mod guard;
 pub mod hub;
 pub mod icy;
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use connlog::{ConnLog, ConnLogger, Who};
 pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, Refusal};
 pub use request::Request;
 
@@ -191,13 +193,17 @@ impl HttpServer {
         let bound = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr: bound,
-            hub,
-            events: Arc::new(Hub::new(HubConfig {
-                slow_timeout: Duration::from_secs(5),
-                max_listeners: MAX_EVENT_CLIENTS,
-                per_address: site.pages_per_address,
-                burst_frames: 1,
-            })),
+            hub: hub.clone(),
+            events: Arc::new(Hub::new(
+                HubConfig {
+                    slow_timeout: Duration::from_secs(5),
+                    max_listeners: MAX_EVENT_CLIENTS,
+                    per_address: site.pages_per_address,
+                    burst_frames: 1,
+                },
+                Who::Page,
+                hub.log(),
+            )),
             site,
             status,
             counters,
@@ -395,7 +401,7 @@ impl Shared {
 
     /// `/events`: Server-Sent Events for the status page.
     fn events(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
-        let admission = match self.events.admit(peer.ip()) {
+        let admission = match self.events.admit(peer) {
             Ok(a) => a,
             Err(why) => {
                 let message = match why {
@@ -472,7 +478,7 @@ impl Shared {
 
     fn stream(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
         let head_only = rq.is_head();
-        let admission = match self.hub.admit(peer.ip()) {
+        let admission = match self.hub.admit(peer) {
             Ok(a) => a,
             Err(why) => {
                 let message = match why {
@@ -486,7 +492,6 @@ impl Shared {
                         self.hub.per_address()
                     ),
                 };
-                tracing::warn!(component = "http", peer = %peer, "listener refused: {message}");
                 return Answer::Bytes(busy(&message).into_bytes(head_only));
             }
         };
