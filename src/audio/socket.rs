@@ -14,7 +14,9 @@
 //! (at start-up, so a path that cannot be used stops Tower with an error
 //! naming the key) and stays bound until the source is dropped, which
 //! removes the file. One producer at a time: a second one is logged and
-//! closed, and the first keeps playing. Reads hand the capture loop whole
+//! closed, and the first keeps playing, unless the first has sent no whole
+//! frame for [`GIVE_WAY_AFTER`] (hung, or connected and silent): then it
+//! is closed and the new one takes its place. Reads hand the capture loop whole
 //! 4608-byte frames only, so a producer that leaves mid-frame loses just
 //! that partial frame (counted) and the next producer starts aligned. A
 //! source without a producer, or with one that sends nothing, returns
@@ -49,6 +51,13 @@ pub const ALSA: &str = "alsa";
 pub const RUNTIME_DIR: &str = "/run/tower";
 /// A connected producer that has sent nothing for this long is idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// A producer that has sent no whole frame for this long gives its place
+/// to a new one that connects. Long enough for any producer that is
+/// working (they send 42 frames a second; a pause of a few seconds is a
+/// hiccup), and as long as listeners hear silence before the fallback
+/// by default (`pcm.grace_sec`): by the time the fallback plays, a
+/// waiting producer can take over.
+pub const GIVE_WAY_AFTER: Duration = Duration::from_secs(5);
 /// The longest socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_PATH_BYTES: usize = 107;
 
@@ -201,6 +210,7 @@ pub struct SocketBoard {
     connected: AtomicBool,
     accepted: AtomicU64,
     refused: AtomicU64,
+    displaced: AtomicU64,
     partial_frames_dropped: AtomicU64,
     frames: AtomicU64,
 }
@@ -215,6 +225,7 @@ impl SocketBoard {
             connected: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            displaced: AtomicU64::new(0),
             partial_frames_dropped: AtomicU64::new(0),
             frames: AtomicU64::new(0),
         }
@@ -264,6 +275,7 @@ impl SocketBoard {
             since_audio_s,
             producers_accepted: self.accepted.load(Ordering::Relaxed),
             producers_refused: self.refused.load(Ordering::Relaxed),
+            producers_displaced: self.displaced.load(Ordering::Relaxed),
             partial_frames_dropped: self.partial_frames_dropped.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
         }
@@ -365,6 +377,8 @@ struct Producer {
     stream: UnixStream,
     peer: Option<Peer>,
     since: Instant,
+    /// Its last whole frame (at first, when it connected).
+    last_frame: Instant,
     frames: u64,
 }
 
@@ -420,7 +434,8 @@ impl SocketCapture {
     }
 
     /// Takes every pending connection: the first becomes the producer if
-    /// none is connected, the others are refused and closed.
+    /// none is connected, or if the one connected has been silent for
+    /// [`GIVE_WAY_AFTER`]; the others are refused and closed.
     fn accept_all(&mut self, now: Instant) {
         loop {
             let stream = match self.bound.listener.accept() {
@@ -435,6 +450,16 @@ impl SocketCapture {
             };
             let peer = peer_of(&stream);
             match &self.producer {
+                Some(current) if now.saturating_duration_since(current.last_frame) >= GIVE_WAY_AFTER => {
+                    let silent = now.saturating_duration_since(current.last_frame).as_secs_f64();
+                    self.board.displaced.fetch_add(1, Ordering::Relaxed);
+                    let why = format!(
+                        "it sent nothing for {silent:.1} s and gave way to a new producer ({})",
+                        describe(peer)
+                    );
+                    self.disconnect(&why, now);
+                    self.adopt(stream, peer, now);
+                }
                 Some(current) => self.refuse(stream, peer, current.peer, now),
                 None => self.adopt(stream, peer, now),
             }
@@ -461,6 +486,7 @@ impl SocketCapture {
             stream,
             peer,
             since: now,
+            last_frame: now,
             frames: 0,
         });
     }
@@ -477,9 +503,10 @@ impl SocketCapture {
                 refused_total = n,
                 suppressed,
                 "socket input: refused a second producer ({}) and closed its connection: one producer at a time, \
-                 and the one connected ({}) keeps playing",
+                 and the one connected ({}) keeps playing (one silent for {} s gives way)",
                 describe(peer),
-                describe(current)
+                describe(current),
+                GIVE_WAY_AFTER.as_secs()
             );
         }
     }
@@ -605,6 +632,9 @@ impl CaptureSource for SocketCapture {
                     Got::Frame => {
                         buf[..PCM_FRAME_BYTES].copy_from_slice(&self.frame[..]);
                         self.board.frame(now);
+                        if let Some(p) = self.producer.as_mut() {
+                            p.last_frame = now;
+                        }
                         return Ok(PCM_FRAME_BYTES);
                     }
                     Got::More => {}
@@ -770,6 +800,52 @@ mod tests {
         assert_eq!(next_frame(&mut s, 20), Some(two));
         let snap = s.board().snapshot(Instant::now());
         assert_eq!((snap.producers_accepted, snap.producers_refused), (1, 1));
+    }
+
+    /// A socket input in a fresh directory, and its path.
+    fn bound() -> (tempfile::TempDir, SocketCapture, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SocketCapture::bind(&settings(dir.path())).expect("bind");
+        let path = dir.path().join("pcm.sock");
+        (dir, s, path)
+    }
+
+    /// A producer's connection whose reads give up after 5 s.
+    fn producer(path: &Path) -> UnixStream {
+        let p = UnixStream::connect(path).expect("connect");
+        p.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        p
+    }
+
+    #[test]
+    fn a_producer_silent_for_the_bound_gives_way_to_a_new_one() {
+        let (_dir, mut s, path) = bound();
+        // Connects and sends nothing (hung, or anyone in the group).
+        let mut silent = producer(&path);
+        assert!(next_frame(&mut s, 2).is_none());
+        let connected = Instant::now();
+        // Within the bound, a second producer is refused.
+        let mut early = producer(&path);
+        assert!(next_frame(&mut s, 2).is_none());
+        let mut b = [0u8; 1];
+        assert_eq!(early.read(&mut b).expect("refused: end of stream"), 0);
+        // Past it, the next one takes the place.
+        let mut next = producer(&path);
+        s.accept_all(connected + GIVE_WAY_AFTER);
+        assert_eq!(silent.read(&mut b).expect("closed: end of stream"), 0);
+        let fresh = pattern(1, 3);
+        next.write_all(&fresh).expect("write");
+        assert_eq!(next_frame(&mut s, 20), Some(fresh));
+        let snap = s.board().snapshot(Instant::now());
+        assert_eq!(
+            (
+                snap.producers_accepted,
+                snap.producers_refused,
+                snap.producers_displaced
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(snap.state, SocketState::Receiving);
     }
 
     #[test]
