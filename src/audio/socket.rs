@@ -58,6 +58,9 @@ pub const IDLE_AFTER: Duration = Duration::from_secs(1);
 /// by default (`pcm.grace_sec`): by the time the fallback plays, a
 /// waiting producer can take over.
 pub const GIVE_WAY_AFTER: Duration = Duration::from_secs(5);
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// The longest socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_PATH_BYTES: usize = 107;
 
@@ -211,6 +214,7 @@ pub struct SocketBoard {
     accepted: AtomicU64,
     refused: AtomicU64,
     displaced: AtomicU64,
+    accept_errors: AtomicU64,
     partial_frames_dropped: AtomicU64,
     frames: AtomicU64,
 }
@@ -226,6 +230,7 @@ impl SocketBoard {
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             displaced: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             partial_frames_dropped: AtomicU64::new(0),
             frames: AtomicU64::new(0),
         }
@@ -276,6 +281,7 @@ impl SocketBoard {
             producers_accepted: self.accepted.load(Ordering::Relaxed),
             producers_refused: self.refused.load(Ordering::Relaxed),
             producers_displaced: self.displaced.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
             partial_frames_dropped: self.partial_frames_dropped.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
         }
@@ -401,6 +407,11 @@ pub struct SocketCapture {
     filled: usize,
     board: Arc<SocketBoard>,
     refused_log: LogGate,
+    /// No accepting until then (an accept failed; see `accept_failed`).
+    accept_paused_until: Option<Instant>,
+    /// The next pause, should accepting fail again.
+    accept_pause: Duration,
+    accept_log: LogGate,
 }
 
 impl SocketCapture {
@@ -425,6 +436,9 @@ impl SocketCapture {
             frame: Box::new([0; PCM_FRAME_BYTES]),
             filled: 0,
             refused_log: LogGate::new(Duration::from_secs(10)),
+            accept_paused_until: None,
+            accept_pause: ACCEPT_PAUSE_FIRST,
+            accept_log: LogGate::new(Duration::from_secs(60)),
         })
     }
 
@@ -437,17 +451,18 @@ impl SocketCapture {
     /// none is connected, or if the one connected has been silent for
     /// [`GIVE_WAY_AFTER`]; the others are refused and closed.
     fn accept_all(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
         loop {
             let stream = match self.bound.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        tracing::warn!(component = "capture", device = %self.name, "socket input: accept failed: {e}");
-                    }
-                    return;
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => return self.accept_failed(&e, now),
             };
+            self.accept_pause = ACCEPT_PAUSE_FIRST;
+            self.accept_paused_until = None;
             let peer = peer_of(&stream);
             match &self.producer {
                 Some(current) if now.saturating_duration_since(current.last_frame) >= GIVE_WAY_AFTER => {
@@ -463,6 +478,28 @@ impl SocketCapture {
                 Some(current) => self.refuse(stream, peer, current.peer, now),
                 None => self.adopt(stream, peer, now),
             }
+        }
+    }
+
+    /// `accept` failed with the connection still queued (out of
+    /// descriptors, EMFILE or ENFILE; or of kernel memory, ENOBUFS or
+    /// ENOMEM): trying again at once would fail the same way, over and
+    /// over. Accepting pauses (100 ms, doubling to 1 s while it keeps
+    /// failing); the failure is counted and logged at most once a minute.
+    fn accept_failed(&mut self, e: &std::io::Error, now: Instant) {
+        let total = self.board.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let pause = self.accept_pause;
+        self.accept_paused_until = Some(now + pause);
+        self.accept_pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+        if let Some(suppressed) = self.accept_log.allow(now) {
+            tracing::warn!(
+                component = "capture",
+                device = %self.name,
+                errors_total = total,
+                suppressed,
+                "socket input: cannot accept a producer's connection: {e}; trying again in {} ms",
+                pause.as_millis()
+            );
         }
     }
 
@@ -563,7 +600,14 @@ impl SocketCapture {
 
     /// Waits at most `wait` for a connection or the producer's data;
     /// returns (a connection is pending, the producer has data or left).
-    fn wait(&self, wait: Duration) -> (bool, bool) {
+    /// While accepting is paused the listener is left out (its queued
+    /// connection would end every wait at once) and the wait ends when
+    /// the pause does.
+    fn wait(&self, wait: Duration, now: Instant) -> (bool, bool) {
+        let (listen, wait) = match self.accept_paused_until {
+            Some(until) if now < until => (PollFlags::empty(), wait.min(until - now)),
+            _ => (PollFlags::POLLIN, wait),
+        };
         // Round up: a sub-millisecond wait must not become a busy loop.
         let ms = wait.as_micros().div_ceil(1000);
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
@@ -571,7 +615,7 @@ impl SocketCapture {
         match &self.producer {
             Some(p) => {
                 let mut fds = [
-                    PollFd::new(self.bound.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.bound.listener.as_fd(), listen),
                     PollFd::new(p.stream.as_fd(), PollFlags::POLLIN),
                 ];
                 match poll(&mut fds, timeout) {
@@ -580,7 +624,7 @@ impl SocketCapture {
                 }
             }
             None => {
-                let mut fds = [PollFd::new(self.bound.listener.as_fd(), PollFlags::POLLIN)];
+                let mut fds = [PollFd::new(self.bound.listener.as_fd(), listen)];
                 match poll(&mut fds, timeout) {
                     Ok(_) => (ready(&fds[0]), false),
                     Err(_) => (false, false),
@@ -622,7 +666,7 @@ impl CaptureSource for SocketCapture {
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
-            let (connecting, readable) = self.wait(deadline.saturating_duration_since(now));
+            let (connecting, readable) = self.wait(deadline.saturating_duration_since(now), now);
             let now = Instant::now();
             if connecting {
                 self.accept_all(now);
@@ -846,6 +890,56 @@ mod tests {
             (2, 1, 1)
         );
         assert_eq!(snap.state, SocketState::Receiving);
+    }
+
+    /// Set in the child process of the test below.
+    const EMFILE_CHILD: &str = "SOCKET_INPUT_EMFILE_CHILD";
+
+    #[test]
+    fn out_of_descriptors_accepting_backs_off_instead_of_spinning_and_recovers() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            // The descriptor limit is the whole process's: lower it in a
+            // child running only this test.
+            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "audio::socket::tests::out_of_descriptors_accepting_backs_off_instead_of_spinning_and_recovers",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(EMFILE_CHILD, "1")
+                .output()
+                .expect("run the child");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            eprintln!("{}", text.lines().find(|l| l.contains("accept attempts")).unwrap_or(""));
+            return;
+        }
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_dir, mut s, path) = bound();
+        let mut p = producer(&path);
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
+        let mut hog = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        // For a second every accept fails (EMFILE) with the producer queued.
+        let mut buf = vec![0u8; PCM_FRAME_BYTES];
+        assert_eq!(s.read(&mut buf, Duration::from_secs(1)).expect("read"), 0);
+        let errors = s.board().snapshot(Instant::now()).accept_errors;
+        eprintln!("accept attempts while out of descriptors for 1 s: {errors}");
+        assert!((1..=6).contains(&errors), "{errors} failed accepts in 1 s");
+        // Descriptors free again: the producer is accepted and heard.
+        drop(hog);
+        let frame = pattern(1, 7);
+        p.write_all(&frame).expect("write");
+        assert_eq!(next_frame(&mut s, 60), Some(frame));
+        assert_eq!(s.board().snapshot(Instant::now()).producers_accepted, 1);
     }
 
     #[test]

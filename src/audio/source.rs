@@ -224,6 +224,9 @@ pub struct SocketSnapshot {
     ///
     /// [`GIVE_WAY_AFTER`]: super::socket::GIVE_WAY_AFTER
     pub producers_displaced: u64,
+    /// Failed accepts of a producer's connection (out of descriptors or
+    /// memory); each pauses accepting for a moment.
+    pub accept_errors: u64,
     /// Partial frames lost when a producer left mid-frame.
     pub partial_frames_dropped: u64,
     /// Whole frames received.
