@@ -36,10 +36,12 @@ use support::{
     ClickRig, cpu_over, cpu_percent, first_byte_times, listen_clicks_for, open_stream, pair_clicks, proc_stat, summary,
 };
 
-/// No capture device: the binary streams the fallback tone.
+/// No capture device: the binary streams the fallback tone. Every
+/// listener comes from 127.0.0.1, so the per-address listener cap is raised.
 const NO_DEVICE: &[(&str, &str)] = &[
     ("TOWER_DEVICE", "tower_bench_no_device"),
     ("TOWER_PCM_GRACE_SEC", "0.2"),
+    ("TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS", "10000"),
 ];
 
 /// 1. Connect → first audio byte.

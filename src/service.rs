@@ -9,10 +9,10 @@
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
 //! decides. Workers whose state can be rebuilt (capture, the status LEDs,
-//! the HTTP front end, the MQTT link, each Icecast output) are started
-//! again in place,
-//! at once the first time and with a growing delay if they keep dying
-//! ([`RestartBook`]); listeners stay connected, and each end is logged and
+//! the HTTP front end, the MQTT link, the connection log, each Icecast
+//! output) are started again in place, at once the first time and with a
+//! growing delay if they keep dying ([`RestartBook`]); listeners stay
+//! connected, and each end is logged and
 //! counted (`workers` in `/status`). The pump and the broadcast loop carry
 //! the stream's clock and position and cannot be rebuilt in place: their
 //! end makes `/health` answer 503 with the reason, stops the systemd
@@ -48,7 +48,7 @@ use crate::encoder::command::{custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
-use crate::http::{Desk, HttpServer, HttpStats, Hub, Site};
+use crate::http::{ConnLog, ConnLogger, Desk, HttpServer, HttpStats, Hub, Site, Who};
 use crate::leds::{AmpBoard, LedConfig, Leds};
 use crate::live::Live;
 use crate::mqtt::{MqttSettings, MqttStats};
@@ -246,6 +246,8 @@ pub struct Service {
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
     admin: Option<Worker<()>>,
+    /// Writes out the hubs' connection events.
+    conn_log: Option<ConnLogger>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     station: Arc<Live<Station>>,
@@ -339,8 +341,11 @@ impl Service {
         )
         .map_err(thread("leds"))?;
 
-        // 4. HTTP server, and the owner's desk.
-        let hub = Arc::new(Hub::new(settings.hub));
+        // 4. HTTP server and the thread that logs its connections, and the
+        // owner's desk.
+        let conn_log = Arc::new(ConnLog::default());
+        let conn_logger = conn_log.start(&supervisor).map_err(thread("conn-log"))?;
+        let hub = Arc::new(Hub::new(settings.hub, Who::Listener, conn_log));
         let station = Arc::new(Live::new(settings.station.clone()));
         let changes = Arc::new(ChangeLog::default());
         let admin_counters = Arc::new(AdminCounters::default());
@@ -430,6 +435,7 @@ impl Service {
             http: Some(http),
             broadcast: Some(broadcast),
             admin: admin_worker,
+            conn_log: Some(conn_logger),
             hub,
             board,
             station,
@@ -749,6 +755,12 @@ impl Service {
                     &r.supervisor,
                 )?);
             }
+            "conn-log" => {
+                if let Some(dead) = self.conn_log.take() {
+                    let _ = dead.stop(STEP_TIMEOUT);
+                }
+                self.conn_log = Some(self.hub.log().start(&r.supervisor)?);
+            }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
             }
@@ -788,6 +800,9 @@ impl Service {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
+        if let Some(l) = self.conn_log.take() {
+            note(l.stop(STEP_TIMEOUT));
+        }
         for e in self.board.outputs.stop(STEP_TIMEOUT) {
             note(Err(e));
         }

@@ -387,3 +387,142 @@ fn malformed_requests_get_4xx_or_a_close_and_never_hurt_the_stream() {
     let bad_lines = log.lines().filter(|l| l.contains("bad request")).count();
     assert!(bad_lines >= 1, "bad requests are logged: {log}");
 }
+
+/// Sends a GET for `path` on `s` and reads until the answer's head is in
+/// (or the server closes); what was read.
+fn get_head(s: &mut TcpStream, path: &str) -> Vec<u8> {
+    let mut got = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return got;
+    }
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    got
+}
+
+/// Sends a GET for `path` on `s` and reads the answer's head (and a
+/// little more); the status code, or 0 if the server closed first.
+fn request_status(s: &mut TcpStream, path: &str) -> (u16, String) {
+    let mut got = get_head(s, path);
+    let mut buf = [0u8; 1024];
+    // A refusal's reason follows its head.
+    s.set_read_timeout(Some(Duration::from_millis(200))).expect("timeout");
+    if let Ok(n) = s.read(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).into_owned();
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, text)
+}
+
+#[test]
+fn one_address_cannot_take_every_listener_or_status_page_slot() {
+    let tower = Tower::start(&[], NO_DEVICE);
+    for (path, cap, key, count) in [
+        ("/stream", 50, "http.max_listeners_per_address", 500),
+        ("/events", 8, "http.max_status_pages_per_address", 40),
+    ] {
+        // `count` connections from one address, held open.
+        let mut held = Vec::new();
+        let (mut admitted, mut refused) = (0, 0);
+        for _ in 0..count {
+            let mut s = connect_from([127, 0, 3, 1], tower.addr, None);
+            let (code, text) = request_status(&mut s, path);
+            match code {
+                200 => admitted += 1,
+                503 => {
+                    refused += 1;
+                    assert!(
+                        text.contains(key) && text.to_ascii_lowercase().contains("retry-after"),
+                        "{text}"
+                    );
+                }
+                other => panic!("{path}: status {other}: {text}"),
+            }
+            held.push(s);
+        }
+        eprintln!(
+            "{count} connections to {path} from one address: {admitted} admitted, {refused} refused ({key} = {cap})"
+        );
+        assert_eq!(admitted, cap, "{path}");
+        // Another address still gets in.
+        let mut other = connect_from([127, 0, 3, 2], tower.addr, None);
+        let (code, text) = request_status(&mut other, path);
+        assert_eq!(code, 200, "{path} from another address: {text}");
+        drop(held);
+    }
+    let l = &tower.status()["listeners"];
+    assert_eq!(l["rejected_per_address"], 450, "{l}");
+    assert_eq!(l["rejected_full"], 0, "{l}");
+}
+
+/// Clients that connect to `/stream`, read the answer's head and leave,
+/// `per_s` a second for `d`. Returns Tower's log lines per second of the
+/// churn, counted until `settle` after it ended (summaries come late).
+fn churn_log_rate(tower: &Tower, per_s: u32, d: Duration, settle: Duration) -> f64 {
+    let before = tower.log_lines().len();
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < d {
+        let due = start + Duration::from_secs_f64(f64::from(n) / f64::from(per_s));
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let mut s = TcpStream::connect(tower.addr).expect("connect");
+        get_head(&mut s, "/stream");
+        n += 1;
+    }
+    let took = start.elapsed();
+    std::thread::sleep(settle);
+    let lines = tower.log_lines().len() - before;
+    eprintln!(
+        "{n} connects in {took:.1?} ({:.0}/s): {lines} log lines until {settle:?} after, {:.1} lines per second of churn",
+        f64::from(n) / took.as_secs_f64(),
+        lines as f64 / took.as_secs_f64()
+    );
+    lines as f64 / took.as_secs_f64()
+}
+
+#[test]
+fn a_connect_flood_is_summarised_in_the_log_and_a_lone_listener_gets_its_own_lines() {
+    let tower = Tower::start(&[], NO_DEVICE);
+    // At home: a line when a listener comes, one when it goes, naming it.
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_frames(3, Duration::from_secs(10)));
+    l.close();
+    let own_lines = wait_for(Duration::from_secs(5), || {
+        let log = tower.log_text();
+        log.contains("listener connected from 127.0.0.1") && log.contains("listener from 127.0.0.1 left")
+    });
+    assert!(own_lines, "{}", tower.log_text());
+    // A flood: 200 connects a second for 3 s.
+    let rate = churn_log_rate(&tower, 200, Duration::from_secs(3), Duration::from_millis(500));
+    assert!(rate < 20.0, "{rate:.0} lines a second");
+    // What was not logged one by one is summed up.
+    let summed = wait_for(Duration::from_secs(15), || {
+        tower.log_text().contains("not logged one by one")
+    });
+    assert!(summed, "{}", tower.log_text());
+    let summary = tower
+        .log_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.contains("not logged one by one"));
+    eprintln!("{summary:?}");
+}
+
+/// The figure for issue 26: log lines per second under 200 connects a
+/// second for 10 s. `cargo test --test hostile -- --ignored --nocapture
+/// log_lines_per_second`.
+#[test]
+#[ignore = "a 20 s figure"]
+fn log_lines_per_second_under_200_connects_per_second() {
+    let tower = Tower::start(&[], NO_DEVICE);
+    churn_log_rate(&tower, 200, Duration::from_secs(10), Duration::from_secs(10));
+}

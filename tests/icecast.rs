@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::icecast::{Icecast, free_port};
+use common::push::FakeTarget;
 use common::{Arrival, Listener, Tower, wait_for};
 
 const PASSWORD: &str = "tower-test-secret";
@@ -314,4 +315,78 @@ fn a_target_only_while_program_connects_when_program_plays_and_leaves_after_the_
         to_streaming.as_millis(),
         to_idle.as_millis()
     );
+}
+
+/// Tower's resident memory, in kB.
+fn rss_kb(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS")
+}
+
+/// Tower's CPU time so far (user + system), in seconds.
+fn cpu_s(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat.rsplit(')').next().expect("stat").split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+#[test]
+fn a_push_target_streaming_garbage_costs_bounded_memory_is_reported_and_retried() {
+    let garbage = FakeTarget::garbage(2 << 20);
+    let dir = tempfile::tempdir().expect("tmp");
+    let tower = tower_pushing(dir.path(), &garbage.url(), PASSWORD, &[]);
+    let local = Listener::connect(tower.addr);
+    assert!(local.wait_frames(5, Duration::from_secs(10)));
+    let before = rss_kb(tower.pid());
+    let reported = wait_for(Duration::from_secs(20), || {
+        let o = output(&tower);
+        o["reconnects"].as_u64() >= Some(2) && o["last_error"].as_str().is_some_and(|e| e.contains("not an Icecast"))
+    });
+    assert!(reported, "{}", output(&tower));
+    let after = rss_kb(tower.pid());
+    eprintln!(
+        "garbage-streaming push target: {} kB sent to Tower, RSS {before} -> {after} kB, {}",
+        garbage.sent.load(std::sync::atomic::Ordering::Relaxed) >> 10,
+        output(&tower)
+    );
+    assert!(after < before + 2048, "RSS grew {before} -> {after} kB");
+    let log = tower.log_text();
+    assert!(log.contains("not an Icecast server"), "{log}");
+    // Retried with the backoff (1 s, then 2 s), not in a tight loop.
+    assert!(garbage.accepted.load(std::sync::atomic::Ordering::Relaxed) <= 4);
+    // Local listeners never noticed.
+    assert!(local.ended().is_none());
+    assert!(
+        local.wait_tone(440.0, Duration::from_secs(10)),
+        "local streaming stopped"
+    );
+    assert_eq!(tower.status()["listeners"]["slow_dropped"], 0);
+}
+
+/// The figure for issue 26: Tower's RSS while a push target streams
+/// garbage at 4 MB/s for 60 s. `cargo test --test icecast -- --ignored
+/// --nocapture rss_with_a_garbage`.
+#[test]
+#[ignore = "a 60 s figure"]
+fn rss_with_a_garbage_streaming_push_target_for_60_s() {
+    let garbage = FakeTarget::garbage(4 << 20);
+    let dir = tempfile::tempdir().expect("tmp");
+    let tower = tower_pushing(dir.path(), &garbage.url(), PASSWORD, &[]);
+    let start = Instant::now();
+    let start_kb = rss_kb(tower.pid());
+    for s in (10..=60).step_by(10) {
+        std::thread::sleep((start + Duration::from_secs(s)).saturating_duration_since(Instant::now()));
+        eprintln!(
+            "after {s} s: RSS {} kB (at start {start_kb} kB), CPU {:.1} s, {} MB of garbage taken, {}",
+            rss_kb(tower.pid()),
+            cpu_s(tower.pid()),
+            garbage.sent.load(std::sync::atomic::Ordering::Relaxed) >> 20,
+            output(&tower)
+        );
+    }
 }

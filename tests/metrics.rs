@@ -116,6 +116,7 @@ fn expected(s: &Value, name: &str, labels: &[(String, String)]) -> Option<f64> {
         "tower_listeners_connected_total" => num(&s["listeners"]["connected_total"]),
         "tower_listeners_slow_dropped_total" => num(&s["listeners"]["slow_dropped"]),
         "tower_listeners_rejected_total" => num(&s["listeners"]["rejected_full"]),
+        "tower_listeners_rejected_per_address_total" => num(&s["listeners"]["rejected_per_address"]),
         "tower_output_bytes_sent_total" => num(&output(label("target"))["bytes_sent"]),
         "tower_output_reconnects_total" => num(&output(label("target"))["reconnects"]),
         "tower_output_refusals_total" => num(&output(label("target"))["refusals"]),

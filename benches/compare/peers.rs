@@ -61,14 +61,15 @@ pub enum Running {
 /// `extra` settings (environment overrides) on top.
 fn start_tower(listeners: usize, extra: &[(&str, &str)]) -> Running {
     let limit = (listeners + 100).to_string();
-    // Every listener comes from 127.0.0.1: the per-address guard caps
-    // (for connections that are not yet listeners) are raised.
+    // Every listener comes from 127.0.0.1: the per-address caps (for
+    // listeners, and for connections that are not yet listeners) are raised.
     let mut env = vec![
         TONE[0],
         TONE[1],
         ("TOWER_HTTP_MAX_LISTENERS", limit.as_str()),
         ("TOWER_HTTP_MAX_CONNECTIONS_PER_ADDRESS", "10000"),
         ("TOWER_HTTP_MAX_OTHER_CONNECTIONS", "10000"),
+        ("TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS", "10000"),
     ];
     env.extend_from_slice(extra);
     let tower = Tower::start(&[], &env);

@@ -14,7 +14,9 @@
 //! (at start-up, so a path that cannot be used stops Tower with an error
 //! naming the key) and stays bound until the source is dropped, which
 //! removes the file. One producer at a time: a second one is logged and
-//! closed, and the first keeps playing. Reads hand the capture loop whole
+//! closed, and the first keeps playing, unless the first has sent no whole
+//! frame for [`GIVE_WAY_AFTER`] (hung, or connected and silent): then it
+//! is closed and the new one takes its place. Reads hand the capture loop whole
 //! 4608-byte frames only, so a producer that leaves mid-frame loses just
 //! that partial frame (counted) and the next producer starts aligned. A
 //! source without a producer, or with one that sends nothing, returns
@@ -49,6 +51,16 @@ pub const ALSA: &str = "alsa";
 pub const RUNTIME_DIR: &str = "/run/tower";
 /// A connected producer that has sent nothing for this long is idle.
 pub const IDLE_AFTER: Duration = Duration::from_secs(1);
+/// A producer that has sent no whole frame for this long gives its place
+/// to a new one that connects. Long enough for any producer that is
+/// working (they send 42 frames a second; a pause of a few seconds is a
+/// hiccup), and as long as listeners hear silence before the fallback
+/// by default (`pcm.grace_sec`): by the time the fallback plays, a
+/// waiting producer can take over.
+pub const GIVE_WAY_AFTER: Duration = Duration::from_secs(5);
+/// The first pause after a failed accept, and the longest.
+const ACCEPT_PAUSE_FIRST: Duration = Duration::from_millis(100);
+const ACCEPT_PAUSE_MAX: Duration = Duration::from_secs(1);
 /// The longest socket path the kernel accepts (`sun_path` less its NUL).
 const MAX_PATH_BYTES: usize = 107;
 
@@ -201,6 +213,8 @@ pub struct SocketBoard {
     connected: AtomicBool,
     accepted: AtomicU64,
     refused: AtomicU64,
+    displaced: AtomicU64,
+    accept_errors: AtomicU64,
     partial_frames_dropped: AtomicU64,
     frames: AtomicU64,
 }
@@ -215,6 +229,8 @@ impl SocketBoard {
             connected: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            displaced: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             partial_frames_dropped: AtomicU64::new(0),
             frames: AtomicU64::new(0),
         }
@@ -264,6 +280,8 @@ impl SocketBoard {
             since_audio_s,
             producers_accepted: self.accepted.load(Ordering::Relaxed),
             producers_refused: self.refused.load(Ordering::Relaxed),
+            producers_displaced: self.displaced.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
             partial_frames_dropped: self.partial_frames_dropped.load(Ordering::Relaxed),
             frames: self.frames.load(Ordering::Relaxed),
         }
@@ -365,6 +383,8 @@ struct Producer {
     stream: UnixStream,
     peer: Option<Peer>,
     since: Instant,
+    /// Its last whole frame (at first, when it connected).
+    last_frame: Instant,
     frames: u64,
 }
 
@@ -387,6 +407,11 @@ pub struct SocketCapture {
     filled: usize,
     board: Arc<SocketBoard>,
     refused_log: LogGate,
+    /// No accepting until then (an accept failed; see `accept_failed`).
+    accept_paused_until: Option<Instant>,
+    /// The next pause, should accepting fail again.
+    accept_pause: Duration,
+    accept_log: LogGate,
 }
 
 impl SocketCapture {
@@ -411,6 +436,9 @@ impl SocketCapture {
             frame: Box::new([0; PCM_FRAME_BYTES]),
             filled: 0,
             refused_log: LogGate::new(Duration::from_secs(10)),
+            accept_paused_until: None,
+            accept_pause: ACCEPT_PAUSE_FIRST,
+            accept_log: LogGate::new(Duration::from_secs(60)),
         })
     }
 
@@ -420,24 +448,58 @@ impl SocketCapture {
     }
 
     /// Takes every pending connection: the first becomes the producer if
-    /// none is connected, the others are refused and closed.
+    /// none is connected, or if the one connected has been silent for
+    /// [`GIVE_WAY_AFTER`]; the others are refused and closed.
     fn accept_all(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|until| now < until) {
+            return;
+        }
         loop {
             let stream = match self.bound.listener.accept() {
                 Ok((stream, _)) => stream,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    if e.kind() != ErrorKind::WouldBlock {
-                        tracing::warn!(component = "capture", device = %self.name, "socket input: accept failed: {e}");
-                    }
-                    return;
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) => return self.accept_failed(&e, now),
             };
+            self.accept_pause = ACCEPT_PAUSE_FIRST;
+            self.accept_paused_until = None;
             let peer = peer_of(&stream);
             match &self.producer {
+                Some(current) if now.saturating_duration_since(current.last_frame) >= GIVE_WAY_AFTER => {
+                    let silent = now.saturating_duration_since(current.last_frame).as_secs_f64();
+                    self.board.displaced.fetch_add(1, Ordering::Relaxed);
+                    let why = format!(
+                        "it sent nothing for {silent:.1} s and gave way to a new producer ({})",
+                        describe(peer)
+                    );
+                    self.disconnect(&why, now);
+                    self.adopt(stream, peer, now);
+                }
                 Some(current) => self.refuse(stream, peer, current.peer, now),
                 None => self.adopt(stream, peer, now),
             }
+        }
+    }
+
+    /// `accept` failed with the connection still queued (out of
+    /// descriptors, EMFILE or ENFILE; or of kernel memory, ENOBUFS or
+    /// ENOMEM): trying again at once would fail the same way, over and
+    /// over. Accepting pauses (100 ms, doubling to 1 s while it keeps
+    /// failing); the failure is counted and logged at most once a minute.
+    fn accept_failed(&mut self, e: &std::io::Error, now: Instant) {
+        let total = self.board.accept_errors.fetch_add(1, Ordering::Relaxed) + 1;
+        let pause = self.accept_pause;
+        self.accept_paused_until = Some(now + pause);
+        self.accept_pause = (pause * 2).min(ACCEPT_PAUSE_MAX);
+        if let Some(suppressed) = self.accept_log.allow(now) {
+            tracing::warn!(
+                component = "capture",
+                device = %self.name,
+                errors_total = total,
+                suppressed,
+                "socket input: cannot accept a producer's connection: {e}; trying again in {} ms",
+                pause.as_millis()
+            );
         }
     }
 
@@ -461,6 +523,7 @@ impl SocketCapture {
             stream,
             peer,
             since: now,
+            last_frame: now,
             frames: 0,
         });
     }
@@ -477,9 +540,10 @@ impl SocketCapture {
                 refused_total = n,
                 suppressed,
                 "socket input: refused a second producer ({}) and closed its connection: one producer at a time, \
-                 and the one connected ({}) keeps playing",
+                 and the one connected ({}) keeps playing (one silent for {} s gives way)",
                 describe(peer),
-                describe(current)
+                describe(current),
+                GIVE_WAY_AFTER.as_secs()
             );
         }
     }
@@ -536,7 +600,14 @@ impl SocketCapture {
 
     /// Waits at most `wait` for a connection or the producer's data;
     /// returns (a connection is pending, the producer has data or left).
-    fn wait(&self, wait: Duration) -> (bool, bool) {
+    /// While accepting is paused the listener is left out (its queued
+    /// connection would end every wait at once) and the wait ends when
+    /// the pause does.
+    fn wait(&self, wait: Duration, now: Instant) -> (bool, bool) {
+        let (listen, wait) = match self.accept_paused_until {
+            Some(until) if now < until => (PollFlags::empty(), wait.min(until - now)),
+            _ => (PollFlags::POLLIN, wait),
+        };
         // Round up: a sub-millisecond wait must not become a busy loop.
         let ms = wait.as_micros().div_ceil(1000);
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
@@ -544,7 +615,7 @@ impl SocketCapture {
         match &self.producer {
             Some(p) => {
                 let mut fds = [
-                    PollFd::new(self.bound.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.bound.listener.as_fd(), listen),
                     PollFd::new(p.stream.as_fd(), PollFlags::POLLIN),
                 ];
                 match poll(&mut fds, timeout) {
@@ -553,7 +624,7 @@ impl SocketCapture {
                 }
             }
             None => {
-                let mut fds = [PollFd::new(self.bound.listener.as_fd(), PollFlags::POLLIN)];
+                let mut fds = [PollFd::new(self.bound.listener.as_fd(), listen)];
                 match poll(&mut fds, timeout) {
                     Ok(_) => (ready(&fds[0]), false),
                     Err(_) => (false, false),
@@ -595,7 +666,7 @@ impl CaptureSource for SocketCapture {
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
-            let (connecting, readable) = self.wait(deadline.saturating_duration_since(now));
+            let (connecting, readable) = self.wait(deadline.saturating_duration_since(now), now);
             let now = Instant::now();
             if connecting {
                 self.accept_all(now);
@@ -605,6 +676,9 @@ impl CaptureSource for SocketCapture {
                     Got::Frame => {
                         buf[..PCM_FRAME_BYTES].copy_from_slice(&self.frame[..]);
                         self.board.frame(now);
+                        if let Some(p) = self.producer.as_mut() {
+                            p.last_frame = now;
+                        }
                         return Ok(PCM_FRAME_BYTES);
                     }
                     Got::More => {}
@@ -770,6 +844,102 @@ mod tests {
         assert_eq!(next_frame(&mut s, 20), Some(two));
         let snap = s.board().snapshot(Instant::now());
         assert_eq!((snap.producers_accepted, snap.producers_refused), (1, 1));
+    }
+
+    /// A socket input in a fresh directory, and its path.
+    fn bound() -> (tempfile::TempDir, SocketCapture, PathBuf) {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = SocketCapture::bind(&settings(dir.path())).expect("bind");
+        let path = dir.path().join("pcm.sock");
+        (dir, s, path)
+    }
+
+    /// A producer's connection whose reads give up after 5 s.
+    fn producer(path: &Path) -> UnixStream {
+        let p = UnixStream::connect(path).expect("connect");
+        p.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        p
+    }
+
+    #[test]
+    fn a_producer_silent_for_the_bound_gives_way_to_a_new_one() {
+        let (_dir, mut s, path) = bound();
+        // Connects and sends nothing (hung, or anyone in the group).
+        let mut silent = producer(&path);
+        assert!(next_frame(&mut s, 2).is_none());
+        let connected = Instant::now();
+        // Within the bound, a second producer is refused.
+        let mut early = producer(&path);
+        assert!(next_frame(&mut s, 2).is_none());
+        let mut b = [0u8; 1];
+        assert_eq!(early.read(&mut b).expect("refused: end of stream"), 0);
+        // Past it, the next one takes the place.
+        let mut next = producer(&path);
+        s.accept_all(connected + GIVE_WAY_AFTER);
+        assert_eq!(silent.read(&mut b).expect("closed: end of stream"), 0);
+        let fresh = pattern(1, 3);
+        next.write_all(&fresh).expect("write");
+        assert_eq!(next_frame(&mut s, 20), Some(fresh));
+        let snap = s.board().snapshot(Instant::now());
+        assert_eq!(
+            (
+                snap.producers_accepted,
+                snap.producers_refused,
+                snap.producers_displaced
+            ),
+            (2, 1, 1)
+        );
+        assert_eq!(snap.state, SocketState::Receiving);
+    }
+
+    /// Set in the child process of the test below.
+    const EMFILE_CHILD: &str = "SOCKET_INPUT_EMFILE_CHILD";
+
+    #[test]
+    fn out_of_descriptors_accepting_backs_off_instead_of_spinning_and_recovers() {
+        if std::env::var_os(EMFILE_CHILD).is_none() {
+            // The descriptor limit is the whole process's: lower it in a
+            // child running only this test.
+            let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+                .args([
+                    "--exact",
+                    "audio::socket::tests::out_of_descriptors_accepting_backs_off_instead_of_spinning_and_recovers",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(EMFILE_CHILD, "1")
+                .output()
+                .expect("run the child");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success() && text.contains("1 passed"), "{text}");
+            eprintln!("{}", text.lines().find(|l| l.contains("accept attempts")).unwrap_or(""));
+            return;
+        }
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        let (_dir, mut s, path) = bound();
+        let mut p = producer(&path);
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        setrlimit(Resource::RLIMIT_NOFILE, 64, hard).expect("setrlimit");
+        let mut hog = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            hog.push(f);
+        }
+        // For a second every accept fails (EMFILE) with the producer queued.
+        let mut buf = vec![0u8; PCM_FRAME_BYTES];
+        assert_eq!(s.read(&mut buf, Duration::from_secs(1)).expect("read"), 0);
+        let errors = s.board().snapshot(Instant::now()).accept_errors;
+        eprintln!("accept attempts while out of descriptors for 1 s: {errors}");
+        assert!((1..=6).contains(&errors), "{errors} failed accepts in 1 s");
+        // Descriptors free again: the producer is accepted and heard.
+        drop(hog);
+        let frame = pattern(1, 7);
+        p.write_all(&frame).expect("write");
+        assert_eq!(next_frame(&mut s, 60), Some(frame));
+        assert_eq!(s.board().snapshot(Instant::now()).producers_accepted, 1);
     }
 
     #[test]

@@ -217,8 +217,16 @@ pub struct SocketSnapshot {
     pub since_audio_s: Option<f64>,
     /// Producers accepted since start.
     pub producers_accepted: u64,
-    /// Producers refused because another was connected.
+    /// Producers refused because another was connected and sending.
     pub producers_refused: u64,
+    /// Producers that had sent nothing for [`GIVE_WAY_AFTER`] and were
+    /// closed when a new one connected.
+    ///
+    /// [`GIVE_WAY_AFTER`]: super::socket::GIVE_WAY_AFTER
+    pub producers_displaced: u64,
+    /// Failed accepts of a producer's connection (out of descriptors or
+    /// memory); each pauses accepting for a moment.
+    pub accept_errors: u64,
     /// Partial frames lost when a producer left mid-frame.
     pub partial_frames_dropped: u64,
     /// Whole frames received.

@@ -10,7 +10,8 @@
 //! The worker connects, sends the Icecast 2.4 source request (HTTP `PUT`
 //! with `Expect: 100-continue`, `Content-Type: audio/mpeg`, `ice-*`
 //! headers and Basic auth; the legacy `SOURCE` method if configured), waits
-//! for the server's answer, then streams frames. On any failure it closes,
+//! for the server's answer (at most 4 KiB of it, within one 5 s deadline,
+//! so a server streaming garbage costs nothing), then streams frames. On any failure it closes,
 //! logs the server's reason once per episode (wrong password, mount in
 //! use, server full…), and reconnects with a backoff: 1 s doubling to 30 s,
 //! and 30 s at once after a refusal, which a retry will not cure soon.
@@ -21,7 +22,8 @@
 //! hold), and connects again within [`GATE_POLL`] of program.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -38,8 +40,16 @@ use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 
 /// Frames a target may fall behind before frames are dropped: 2.4 s.
 pub const QUEUE_FRAMES: usize = 100;
-/// Connecting, the server's answer, and each write may take this long.
+/// Connecting, the server's whole answer, and each write may take this long.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
+/// The kernel's send buffer for a target (it doubles the figure for its
+/// bookkeeping): about 4 s of audio at 128 kbit/s. Left to autotuning it
+/// grows to 4 MiB, minutes of audio, which a server that stopped reading
+/// would hold as lag before Tower noticed.
+const SEND_BUFFER: usize = 32 * 1024;
+/// The longest any step of an attempt blocks before the stop signal is
+/// looked at again.
+const SLICE: Duration = Duration::from_millis(100);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between two attempts, and the wait after a refusal.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -257,7 +267,8 @@ pub fn classify(response: &str) -> Answer {
     let (proto, code) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let reason = parts.next().unwrap_or("").trim();
     if !proto.starts_with("HTTP/") && !proto.starts_with("ICE/") {
-        return Answer::Failed(format!("not an Icecast server (it answered {line:?})"));
+        let start: String = line.chars().take(60).collect();
+        return Answer::Failed(format!("not an Icecast server (it answered {start:?})"));
     }
     let body = response.split("\r\n\r\n").nth(1).map(text_of).unwrap_or_default();
     let said = if body.is_empty() {
@@ -332,6 +343,7 @@ struct Output {
     request: String,
     name: String,
     shared: Arc<Shared>,
+    resolver: Arc<dyn Resolve>,
     /// Taken by [`Outputs::stop`].
     worker: Mutex<Option<Worker<()>>>,
 }
@@ -344,8 +356,16 @@ impl Output {
             self.rx.clone(),
             hooks.clone(),
         );
+        let mut lookups = Lookups::new(self.resolver.clone(), &self.name);
         Worker::spawn_supervised(&self.name, supervisor, move |stop| {
-            run(&stop, &s, &request, &rx, &hooks)
+            let task = Task {
+                stop: &stop,
+                shared: &s,
+                request: &request,
+                rx: &rx,
+                hooks: &hooks,
+            };
+            run(&task, &mut lookups)
         })
     }
 }
@@ -356,11 +376,13 @@ impl Output {
 pub struct Outputs {
     outputs: std::sync::RwLock<Vec<Output>>,
     program: ProgramGate,
+    /// How host names are looked up (the system's, or a fake in tests).
+    resolver: Arc<dyn Resolve>,
 }
 
 impl Outputs {
     /// Starts a worker per target (targets were validated with the
-    /// configuration).
+    /// configuration), looking host names up with the system's resolver.
     pub fn start(
         targets: &[IcecastTarget],
         station: &Station,
@@ -369,10 +391,33 @@ impl Outputs {
         hooks: &Arc<TestHooks>,
         program: ProgramGate,
     ) -> io::Result<Outputs> {
-        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &program)?;
+        Self::start_with(
+            targets,
+            station,
+            bitrate_kbps,
+            supervisor,
+            hooks,
+            program,
+            Arc::new(SystemResolver),
+        )
+    }
+
+    /// Like [`Outputs::start`], looking host names up with `resolver`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        targets: &[IcecastTarget],
+        station: &Station,
+        bitrate_kbps: u64,
+        supervisor: &Supervisor,
+        hooks: &Arc<TestHooks>,
+        program: ProgramGate,
+        resolver: Arc<dyn Resolve>,
+    ) -> io::Result<Outputs> {
+        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &program, &resolver)?;
         Ok(Outputs {
             outputs: std::sync::RwLock::new(built),
             program,
+            resolver,
         })
     }
 
@@ -392,7 +437,15 @@ impl Outputs {
         timeout: Duration,
     ) -> (io::Result<()>, Vec<WorkerError>) {
         let stopped = self.stop(timeout);
-        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &self.program);
+        let built = Self::build(
+            targets,
+            station,
+            bitrate_kbps,
+            supervisor,
+            hooks,
+            &self.program,
+            &self.resolver,
+        );
         let result = built.map(|new| *self.outputs.write().unwrap_or_else(|p| p.into_inner()) = new);
         (result, stopped)
     }
@@ -404,6 +457,7 @@ impl Outputs {
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         program: &ProgramGate,
+        resolver: &Arc<dyn Resolve>,
     ) -> io::Result<Vec<Output>> {
         let mut outputs = Vec::new();
         for (i, target) in targets.iter().enumerate() {
@@ -427,6 +481,7 @@ impl Outputs {
                 request: source_request(target, &endpoint, station, bitrate_kbps),
                 name: format!("icecast-{i}"),
                 shared,
+                resolver: resolver.clone(),
                 worker: Mutex::new(None),
             };
             let worker = output.spawn(supervisor, hooks)?;
@@ -485,8 +540,10 @@ impl Outputs {
             .collect()
     }
 
-    /// Stops every worker (their connections close); later calls do nothing.
+    /// Stops every worker (their connections close) within `timeout` in
+    /// all; later calls do nothing.
     pub fn stop(&self, timeout: Duration) -> Vec<WorkerError> {
+        let deadline = Instant::now() + timeout;
         let workers: Vec<Worker<()>> = self
             .read()
             .iter()
@@ -495,7 +552,10 @@ impl Outputs {
         for w in &workers {
             w.stop_signal().stop();
         }
-        workers.into_iter().filter_map(|w| w.stop(timeout).err()).collect()
+        workers
+            .into_iter()
+            .filter_map(|w| w.stop(deadline.saturating_duration_since(Instant::now())).err())
+            .collect()
     }
 }
 
@@ -512,7 +572,23 @@ enum Ended {
     Stopped,
 }
 
-fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame>, hooks: &TestHooks) {
+/// What a worker streams, and where.
+struct Task<'a> {
+    stop: &'a StopSignal,
+    shared: &'a Shared,
+    request: &'a str,
+    rx: &'a Receiver<Mp3Frame>,
+    hooks: &'a TestHooks,
+}
+
+fn run(task: &Task<'_>, lookups: &mut Lookups) {
+    let &Task {
+        stop,
+        shared,
+        rx,
+        hooks,
+        ..
+    } = task;
     let mut backoff = BACKOFF_FIRST;
     let log = LogGate::new(Duration::from_secs(600));
     let mut failing_since: Option<Instant> = None;
@@ -527,7 +603,7 @@ fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame
             continue;
         }
         set_state(shared, OutputState::Connecting, "");
-        let ended = attempt(stop, shared, request, rx, hooks, &mut || {
+        let ended = attempt(task, lookups, &mut || {
             // Connected and accepted: the episode, if any, is over.
             if let Some(since) = failing_since.take() {
                 tracing::info!(component = "icecast", target = %shared.endpoint, "streaming to {} again after {:.1} s", shared.endpoint, since.elapsed().as_secs_f64());
@@ -571,28 +647,100 @@ fn run(stop: &StopSignal, shared: &Shared, request: &str, rx: &Receiver<Mp3Frame
     }
 }
 
-fn attempt(
-    stop: &StopSignal,
-    shared: &Shared,
-    request: &str,
-    rx: &Receiver<Mp3Frame>,
-    hooks: &TestHooks,
-    on_accepted: &mut dyn FnMut(),
-) -> Ended {
+/// The most of an answer Tower keeps: its head and the start of a
+/// refusal's reason. Whatever arrives, no more is read.
+pub const MAX_ANSWER: usize = 4096;
+/// How long a refusal's reason may take to follow its head.
+const REASON_WAIT: Duration = Duration::from_millis(100);
+
+/// Reads the server's answer to the source request from `s` (whose reads
+/// time out after [`SLICE`]) until its head is complete (and, for a
+/// refusal, a moment more for the reason in its body), the server closes,
+/// or `deadline`. At most [`MAX_ANSWER`] bytes are kept; each read is
+/// searched for the blank line only where it could end; the stop signal
+/// is looked at between reads. `Err` is how the attempt ends.
+fn read_answer(s: &mut impl Read, stop: &StopSignal, deadline: Instant) -> Result<Vec<u8>, Ended> {
+    let mut answer = Vec::with_capacity(MAX_ANSWER);
+    let mut buf = [0u8; 2048];
+    // When the head ended: only a refusal's reason is still awaited.
+    let mut head_done: Option<Instant> = None;
+    loop {
+        if stop.is_stopped() {
+            return Err(Ended::Stopped);
+        }
+        let now = Instant::now();
+        let until = head_done.map_or(deadline, |at| deadline.min(at + REASON_WAIT));
+        if now >= until {
+            break;
+        }
+        let room = MAX_ANSWER - answer.len();
+        if room == 0 {
+            if head_done.is_some() {
+                break;
+            }
+            let start = String::from_utf8_lossy(&answer[..60]).into_owned();
+            return Err(Ended::Failed(format!(
+                "not an Icecast server: {MAX_ANSWER} bytes came without the end of an HTTP head (it answered {start:?}...)"
+            )));
+        }
+        let want = room.min(buf.len());
+        let n = match s.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(Ended::Failed(format!("reading the answer: {e}"))),
+        };
+        // The blank line may straddle two reads: look from 3 bytes back.
+        let from = answer.len().saturating_sub(3);
+        answer.extend_from_slice(&buf[..n]);
+        if head_done.is_none() && answer[from..].windows(4).any(|w| w == b"\r\n\r\n") {
+            if answer.starts_with(b"HTTP/1.1 100") || answer.starts_with(b"HTTP/1.0 200") {
+                break;
+            }
+            head_done = Some(now);
+        }
+    }
+    if answer.is_empty() {
+        let why = if Instant::now() >= deadline {
+            format!("no answer within {} s", IO_TIMEOUT.as_secs())
+        } else {
+            "the server closed without answering".into()
+        };
+        return Err(Ended::Failed(why));
+    }
+    Ok(answer)
+}
+
+fn attempt(task: &Task<'_>, lookups: &mut Lookups, on_accepted: &mut dyn FnMut()) -> Ended {
+    let &Task {
+        stop,
+        shared,
+        request,
+        rx,
+        hooks,
+    } = task;
     let ep = &shared.endpoint;
-    let addrs: Vec<SocketAddr> = match (ep.host.as_str(), ep.port).to_socket_addrs() {
-        Ok(a) => a.collect(),
-        Err(e) => return Ended::Failed(format!("cannot resolve {}: {e}", ep.host)),
+    let addrs = match lookups.resolve(&ep.host, ep.port, stop, Instant::now() + IO_TIMEOUT) {
+        Ok(a) => a,
+        Err(ended) => return ended,
     };
     let mut stream = None;
     let mut last = String::from("no address");
     for a in addrs {
-        match TcpStream::connect_timeout(&a, IO_TIMEOUT) {
+        match connect(a, stop, Instant::now() + IO_TIMEOUT) {
             Ok(s) => {
                 stream = Some(s);
                 break;
             }
-            Err(e) => last = format!("cannot connect to {a}: {e}"),
+            Err(Ended::Failed(why)) => last = why,
+            Err(ended) => return ended,
         }
     }
     let Some(mut s) = stream else {
@@ -600,41 +748,21 @@ fn attempt(
     };
     shared.connects.fetch_add(1, Ordering::Relaxed);
     let _ = s.set_nodelay(true);
-    let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-    let _ = s.set_read_timeout(Some(IO_TIMEOUT));
-    if let Err(e) = s.write_all(request.as_bytes()) {
-        return Ended::Failed(format!("sending the source request: {e}"));
+    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
+    let _ = s.set_write_timeout(Some(SLICE));
+    let _ = s.set_read_timeout(Some(SLICE));
+    if let Err(ended) = write_all(&mut s, request.as_bytes(), stop) {
+        return ended.context("sending the source request");
     }
-    // The answer: its head, and what came with it.
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 2048];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                answer.extend_from_slice(&buf[..n]);
-                if answer.windows(4).any(|w| w == b"\r\n\r\n") {
-                    // A refusal's reason follows its head; give it a moment.
-                    let _ = s.set_read_timeout(Some(Duration::from_millis(100)));
-                    if answer.starts_with(b"HTTP/1.1 100") || answer.starts_with(b"HTTP/1.0 200") || answer.len() > 4096
-                    {
-                        break;
-                    }
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut => break,
-            Err(e) => return Ended::Failed(format!("reading the answer: {e}")),
-        }
-    }
-    if answer.is_empty() {
-        return Ended::Failed("the server closed without answering".into());
-    }
+    let answer = match read_answer(&mut s, stop, Instant::now() + IO_TIMEOUT) {
+        Ok(a) => a,
+        Err(ended) => return ended,
+    };
     match classify(&String::from_utf8_lossy(&answer)) {
         Answer::Accepted => {}
         Answer::Refused(why) => return Ended::Refused(why),
         Answer::Failed(why) => return Ended::Failed(why),
     }
-    let _ = s.set_read_timeout(None);
     set_state(shared, OutputState::Streaming, "");
     on_accepted();
     while rx.try_recv().is_ok() {} // start live
@@ -646,16 +774,190 @@ fn attempt(
         if shared.waits_for_program() {
             return Ended::Idle;
         }
-        let frame = match rx.recv_timeout(Duration::from_millis(100)) {
+        let frame = match rx.recv_timeout(SLICE) {
             Ok(f) => f,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return Ended::Stopped,
         };
-        if let Err(e) = s.write_all(&frame) {
-            return Ended::Failed(format!("the connection broke: {e}"));
+        if let Err(ended) = write_all(&mut s, &frame, stop) {
+            return ended.context("the connection broke");
         }
         shared.bytes_sent.fetch_add(frame.len() as u64, Ordering::Relaxed);
         shared.frames_sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Ended {
+    /// A failure's reason, with what was being done in front.
+    fn context(self, doing: &str) -> Ended {
+        match self {
+            Ended::Failed(why) => Ended::Failed(format!("{doing}: {why}")),
+            other => other,
+        }
+    }
+}
+
+/// Writes all of `bytes` to `s` (whose writes time out after [`SLICE`]),
+/// looking at the stop signal whenever the server takes nothing for a
+/// slice. A server that takes nothing for [`IO_TIMEOUT`] has stalled.
+fn write_all(s: &mut impl Write, mut bytes: &[u8], stop: &StopSignal) -> Result<(), Ended> {
+    let mut progress = Instant::now();
+    while !bytes.is_empty() {
+        match s.write(bytes) {
+            Ok(0) => return Err(Ended::Failed("the server closed the connection".into())),
+            Ok(n) => {
+                bytes = &bytes[n..];
+                progress = Instant::now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if stop.is_stopped() {
+                    return Err(Ended::Stopped);
+                }
+                if progress.elapsed() >= IO_TIMEOUT {
+                    return Err(Ended::Failed(format!(
+                        "the server took no data for {} s",
+                        IO_TIMEOUT.as_secs()
+                    )));
+                }
+            }
+            Err(e) => return Err(Ended::Failed(e.to_string())),
+        }
+    }
+    Ok(())
+}
+
+/// Connects to `addr` by `deadline`, looking at the stop signal every
+/// [`SLICE`] (a blocking connect to an address that drops packets would
+/// hold the thread for the whole timeout). The stream returned blocks.
+fn connect(addr: SocketAddr, stop: &StopSignal, deadline: Instant) -> Result<TcpStream, Ended> {
+    use nix::errno::Errno;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, SockaddrStorage, sockopt};
+    let failed = |e: io::Error| Ended::Failed(format!("cannot connect to {addr}: {e}"));
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let flags = SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC;
+    let fd = sock::socket(family, SockType::Stream, flags, None).map_err(|e| failed(e.into()))?;
+    match sock::connect(fd.as_raw_fd(), &SockaddrStorage::from(addr)) {
+        Ok(()) | Err(Errno::EINPROGRESS) => {}
+        Err(e) => return Err(failed(e.into())),
+    }
+    loop {
+        if stop.is_stopped() {
+            return Err(Ended::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(failed(io::ErrorKind::TimedOut.into()));
+        }
+        let wait = PollTimeout::from(left.min(SLICE).as_millis() as u16);
+        match poll(&mut [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)], wait) {
+            Ok(0) | Err(Errno::EINTR) => {}
+            Ok(_) => break,
+            Err(e) => return Err(failed(e.into())),
+        }
+    }
+    match sock::getsockopt(&fd, sockopt::SocketError) {
+        Ok(0) => {}
+        Ok(errno) => return Err(failed(io::Error::from_raw_os_error(errno))),
+        Err(e) => return Err(failed(e.into())),
+    }
+    let s = TcpStream::from(fd);
+    s.set_nonblocking(false).map_err(failed)?;
+    Ok(s)
+}
+
+/// Looks a target's host up: the system's resolver (`/etc/hosts`, DNS,
+/// mDNS for `.local` names), or a fake in tests.
+pub trait Resolve: Send + Sync + 'static {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>>;
+}
+
+/// `getaddrinfo`, which may block for as long as the resolver's
+/// configuration allows (timeouts × attempts × servers: minutes).
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        Ok((host, port).to_socket_addrs()?.collect())
+    }
+}
+
+type LookupResult = io::Result<Vec<SocketAddr>>;
+
+/// A worker's host lookups. A name (not an address) is looked up on a
+/// thread of its own ("icecast-N-dns"), so the worker waits for it in
+/// slices, looking at the stop signal, and gives up at its deadline. A
+/// lookup that outlives its deadline is waited for again by the next
+/// attempt, never started twice: each target has at most one in flight.
+/// When the worker stops, a lookup still hanging in the resolver is left
+/// to end on its own (nothing can interrupt `getaddrinfo`); it holds no
+/// lock and writes only into a channel nobody reads.
+struct Lookups {
+    resolver: Arc<dyn Resolve>,
+    thread_name: String,
+    pending: Option<Receiver<LookupResult>>,
+}
+
+impl Lookups {
+    fn new(resolver: Arc<dyn Resolve>, worker: &str) -> Lookups {
+        Lookups {
+            resolver,
+            thread_name: format!("{worker}-dns"),
+            pending: None,
+        }
+    }
+
+    /// The addresses of `host`, by `deadline`.
+    fn resolve(
+        &mut self,
+        host: &str,
+        port: u16,
+        stop: &StopSignal,
+        deadline: Instant,
+    ) -> Result<Vec<SocketAddr>, Ended> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let failed = |why: String| Ended::Failed(format!("cannot resolve {host}: {why}"));
+        let rx = match self.pending.take() {
+            Some(rx) => rx,
+            None => {
+                let (tx, rx) = channel::bounded(1);
+                let (resolver, name) = (self.resolver.clone(), host.to_string());
+                std::thread::Builder::new()
+                    .name(self.thread_name.clone())
+                    .stack_size(crate::worker::DEFAULT_STACK)
+                    .spawn(move || {
+                        let _ = tx.send(resolver.resolve(&name, port));
+                    })
+                    .map_err(|e| failed(format!("cannot start a lookup thread: {e}")))?;
+                rx
+            }
+        };
+        loop {
+            if stop.is_stopped() {
+                return Err(Ended::Stopped);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.pending = Some(rx);
+                return Err(failed(format!(
+                    "no answer from the resolver within {} s",
+                    IO_TIMEOUT.as_secs()
+                )));
+            }
+            match rx.recv_timeout(left.min(SLICE)) {
+                Ok(Ok(addrs)) => return Ok(addrs),
+                Ok(Err(e)) => return Err(failed(e.to_string())),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Err(failed("the lookup thread ended".into())),
+            }
+        }
     }
 }
 
@@ -746,6 +1048,214 @@ mod tests {
             req.starts_with("SOURCE /live HTTP/1.0\r\n") && !req.contains("Expect"),
             "{req}"
         );
+    }
+
+    /// Counts the bytes read through it.
+    struct Counted<R>(R, usize);
+
+    impl<R: Read> Read for Counted<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1 += n;
+            Ok(n)
+        }
+    }
+
+    /// A connection with nothing to read yet (its read timeout passed).
+    struct Quiet;
+
+    impl Read for Quiet {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    #[test]
+    fn an_endless_answer_without_a_blank_line_is_cut_at_the_cap() {
+        let mut garbage = Counted(io::repeat(b'x'), 0);
+        let later = Instant::now() + Duration::from_secs(3600);
+        let Err(Ended::Failed(why)) = read_answer(&mut garbage, &StopSignal::new(), later) else {
+            panic!("garbage is not an answer")
+        };
+        assert!(garbage.1 <= MAX_ANSWER, "{} bytes read", garbage.1);
+        assert!(
+            why.contains("not an Icecast server") && why.contains("4096 bytes"),
+            "{why}"
+        );
+        assert!(why.len() < 200, "the garbage is not quoted whole: {why}");
+    }
+
+    #[test]
+    fn an_answer_in_pieces_is_read_to_its_reason_and_no_further() {
+        let refusal = b"HTTP/1.0 403 Forbidden\r\nContent-Type: text/html\r\n\r\n<b>Mountpoint in use</b>";
+        // Byte by byte, so the blank line straddles reads.
+        let mut bytes = &refusal[..];
+        struct OneByOne<'a, R>(&'a mut R);
+        impl<R: Read> Read for OneByOne<'_, R> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                self.0.read(&mut buf[..1])
+            }
+        }
+        let later = Instant::now() + Duration::from_secs(3600);
+        let answer = read_answer(&mut OneByOne(&mut bytes), &StopSignal::new(), later)
+            .ok()
+            .expect("an answer");
+        let Answer::Refused(why) = classify(&String::from_utf8_lossy(&answer)) else {
+            panic!("a refusal")
+        };
+        assert!(why.contains("Mountpoint in use"), "{why}");
+        // Accepted: read no further than the head.
+        let mut go = io::Read::chain(&b"HTTP/1.1 100 Continue\r\n\r\n"[..], io::repeat(b'z'));
+        let answer = read_answer(&mut OneByOne(&mut go), &StopSignal::new(), later)
+            .ok()
+            .expect("an answer");
+        assert_eq!(answer, b"HTTP/1.1 100 Continue\r\n\r\n");
+    }
+
+    #[test]
+    fn waiting_for_an_answer_ends_at_the_deadline_or_the_stop_signal() {
+        let stop = StopSignal::new();
+        let Err(Ended::Failed(why)) = read_answer(&mut Quiet, &stop, Instant::now()) else {
+            panic!("no answer by the deadline")
+        };
+        assert!(why.contains("no answer within"), "{why}");
+        stop.stop();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(matches!(read_answer(&mut Quiet, &stop, later), Err(Ended::Stopped)));
+    }
+
+    /// A resolver that hangs until the test process ends, counting the
+    /// lookups.
+    #[derive(Default)]
+    struct Hanging {
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Resolve for Hanging {
+        fn resolve(&self, _: &str, _: u16) -> io::Result<Vec<SocketAddr>> {
+            self.asked.fetch_add(1, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_secs(3600));
+            Err(io::ErrorKind::TimedOut.into())
+        }
+    }
+
+    #[test]
+    fn a_hanging_lookup_ends_at_its_deadline_is_never_started_twice_and_gives_way_to_stop() {
+        let resolver = Arc::new(Hanging::default());
+        let mut lookups = Lookups::new(resolver.clone(), "icecast-t");
+        let stop = StopSignal::new();
+        for _ in 0..3 {
+            let Err(Ended::Failed(why)) = lookups.resolve("hangs.example", 8000, &stop, Instant::now()) else {
+                panic!("no answer by the deadline")
+            };
+            assert!(why.contains("no answer from the resolver"), "{why}");
+        }
+        assert!(
+            resolver.asked.load(Ordering::SeqCst) <= 1,
+            "one lookup in flight at most"
+        );
+        // An address is not looked up at all.
+        let addrs = lookups
+            .resolve("::1", 8000, &stop, Instant::now())
+            .ok()
+            .expect("an address");
+        assert_eq!(addrs, vec![SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 8000))]);
+        stop.stop();
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(matches!(
+            lookups.resolve("hangs.example", 8000, &stop, later),
+            Err(Ended::Stopped)
+        ));
+        // A worker stuck in a lookup stops when asked.
+        let target = IcecastTarget {
+            url: "http://hangs.example:8000/live".into(),
+            user: "source".into(),
+            password: "p".into(),
+            name: None,
+            description: None,
+            genre: None,
+            public: false,
+            method: "put".into(),
+            only_while_program: false,
+        };
+        let hooks = Arc::new(TestHooks::disabled());
+        let outputs = Outputs::start_with(
+            &[target],
+            &Station::default(),
+            128,
+            &Supervisor::none(),
+            &hooks,
+            Arc::new(|| true),
+            Arc::new(Hanging::default()),
+        )
+        .expect("start");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(outputs.snapshot()[0].state, OutputState::Connecting);
+        let errors = outputs.stop(Duration::from_millis(400));
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    /// A listening socket on 127.0.0.1 whose accept queue is full: a
+    /// connect to it hangs, as to an address that drops packets.
+    fn full_backlog() -> (std::net::TcpListener, TcpStream) {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket};
+        let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).expect("socket");
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).expect("bind");
+        listen(&fd, Backlog::new(0).expect("backlog")).expect("listen");
+        let l = std::net::TcpListener::from(fd);
+        let first = TcpStream::connect(l.local_addr().expect("addr")).expect("the one queued");
+        (l, first)
+    }
+
+    #[test]
+    fn a_connect_that_hangs_ends_at_its_deadline_or_the_stop_signal() {
+        let (l, _first) = full_backlog();
+        let addr = l.local_addr().expect("addr");
+        let soon = Instant::now() + Duration::from_millis(200);
+        let Err(Ended::Failed(why)) = connect(addr, &StopSignal::new(), soon) else {
+            panic!("the connect cannot complete")
+        };
+        assert!(why.contains("cannot connect") && why.contains("timed out"), "{why}");
+        let stop = StopSignal::new();
+        let s = stop.clone();
+        let stopper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s.stop();
+        });
+        let later = Instant::now() + Duration::from_secs(3600);
+        assert!(matches!(connect(addr, &stop, later), Err(Ended::Stopped)));
+        stopper.join().expect("stopper");
+        // A server that is there: connected, and the stream blocks.
+        let open = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let s = connect(open.local_addr().expect("addr"), &StopSignal::new(), later)
+            .ok()
+            .expect("connected");
+        assert!(s.peer_addr().is_ok());
+    }
+
+    /// A connection that takes nothing (its write timeout passes).
+    struct Full;
+
+    impl Write for Full {
+        fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_write_the_server_does_not_take_gives_way_to_stop() {
+        let stop = StopSignal::new();
+        stop.stop();
+        assert!(matches!(write_all(&mut Full, b"frame", &stop), Err(Ended::Stopped)));
+        let mut out = Vec::new();
+        assert!(
+            write_all(&mut out, b"frame", &stop).is_ok(),
+            "a write that goes through is done"
+        );
+        assert_eq!(out, b"frame");
     }
 
     #[test]

@@ -664,6 +664,20 @@ impl Loaded {
             10_000,
             "",
         )?;
+        self.range(
+            "http.max_listeners_per_address",
+            c.http.max_listeners_per_address,
+            1,
+            10_000,
+            "",
+        )?;
+        self.range(
+            "http.max_status_pages_per_address",
+            c.http.max_status_pages_per_address,
+            1,
+            crate::http::MAX_EVENT_CLIENTS as u64,
+            " (the status pages open at once in all)",
+        )?;
         self.range("gpio.encoder_pin", c.gpio.encoder_pin, 0, 27, " (a BCM GPIO number)")?;
         self.range("gpio.input_pin", c.gpio.input_pin, 0, 27, " (a BCM GPIO number)")?;
         if c.gpio.enabled && c.gpio.encoder_pin == c.gpio.input_pin {
@@ -1143,6 +1157,32 @@ mod tests {
         // An LED pin may be the amplifier's once the LEDs are off.
         let e = env(&[("TOWER_GPIO_AMP_PIN", "17"), ("TOWER_GPIO_ENABLED", "false")]);
         assert!(load_text(None, &e, &flags).is_ok());
+    }
+
+    #[test]
+    fn the_per_address_caps_of_listeners_and_status_pages_are_checked_by_name() {
+        let flags = Overrides::default();
+        for (var, value, key, range) in [
+            (
+                "TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS",
+                "0",
+                "http.max_listeners_per_address",
+                "1 to 10000",
+            ),
+            (
+                "TOWER_HTTP_MAX_STATUS_PAGES_PER_ADDRESS",
+                "33",
+                "http.max_status_pages_per_address",
+                "1 to 32",
+            ),
+        ] {
+            let t = err_text(load_text(None, &env(&[(var, value)]), &flags));
+            assert!(t.contains(key) && t.contains(range) && t.contains(var), "{t}");
+        }
+        let c = load_text(None, &env(&[("TOWER_HTTP_MAX_LISTENERS_PER_ADDRESS", "500")]), &flags)
+            .expect("valid")
+            .config;
+        assert_eq!(c.http.max_listeners_per_address, 500);
     }
 
     #[test]

@@ -251,6 +251,8 @@ pub struct Http {
     pub header_timeout_ms: u64,
     pub max_connections_per_address: u64,
     pub max_other_connections: u64,
+    pub max_listeners_per_address: u64,
+    pub max_status_pages_per_address: u64,
     /// Host names Tower answers to besides its own (its hostname, that
     /// name with `.local`, `localhost` and the address a client connected
     /// to): a name the router's DNS gives the box.
@@ -345,6 +347,8 @@ impl Default for Http {
             header_timeout_ms: 10_000,
             max_connections_per_address: 32,
             max_other_connections: 256,
+            max_listeners_per_address: 50,
+            max_status_pages_per_address: 8,
             hosts: Vec::new(),
             cors_origins: Vec::new(),
         }
@@ -435,6 +439,7 @@ impl Config {
             hub: crate::http::HubConfig {
                 slow_timeout: ms(self.http.slow_listener_timeout_ms),
                 max_listeners: self.http.max_listeners as usize,
+                per_address: self.http.max_listeners_per_address as usize,
                 burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
             },
             site: crate::http::SiteConfig {
@@ -445,6 +450,7 @@ impl Config {
                     per_address: self.http.max_connections_per_address as usize,
                     total: self.http.max_other_connections as usize,
                 },
+                pages_per_address: self.http.max_status_pages_per_address as usize,
                 hosts: self.http.hosts.clone(),
                 cors_origins: self.http.cors_origins.clone(),
             },

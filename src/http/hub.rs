@@ -2,20 +2,23 @@
 //! slow the others [H1]–[H3].
 //!
 //! Called by the broadcast thread ([`Hub::broadcast`], every frame) and by
-//! HTTP worker threads ([`Hub::admit`], [`Hub::add`]). Writes are
+//! HTTP worker threads ([`Hub::admit`], [`Hub::add`]). Admission is bounded
+//! in all and per client address, so one host cannot take every place. Writes are
 //! non-blocking; a listener keeps a short queue of whole frames it has not
 //! taken yet. A listener that cannot take everything queued for
 //! `slow_timeout` (250 ms by default), or whose queue overflows, is dropped
 //! and counted; a write error means the client left. Time is passed in.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::connlog::{ConnLog, Event, What, Who};
 use crate::audio::FRAME_DURATION;
 use crate::encoder::Mp3Frame;
 
@@ -39,6 +42,8 @@ pub trait ListenerSink: Send {
 pub struct HubConfig {
     pub slow_timeout: Duration,
     pub max_listeners: usize,
+    /// The most connections from one client address.
+    pub per_address: usize,
     /// Recent frames a new listener gets at once (at least 1).
     pub burst_frames: usize,
 }
@@ -80,7 +85,9 @@ impl HubConfig {
 
 struct Listener {
     id: u64,
-    peer: String,
+    peer: SocketAddr,
+    /// The address its admission counted against.
+    ip: IpAddr,
     sink: Box<dyn ListenerSink>,
     queue: VecDeque<Mp3Frame>,
     /// Frames it may have queued before it counts as slow.
@@ -154,6 +161,7 @@ struct Counters {
     disconnected: AtomicU64,
     closed_on_shutdown: AtomicU64,
     rejected_full: AtomicU64,
+    rejected_per_address: AtomicU64,
     frames: AtomicU64,
 }
 
@@ -169,7 +177,11 @@ pub struct HubSnapshot {
     pub closed_on_shutdown: u64,
     /// Refused with 503 at the listener limit.
     pub rejected_full: u64,
+    /// Refused with 503 at the limit per client address.
+    pub rejected_per_address: u64,
     pub frames_broadcast: u64,
+    /// Connection events the log never saw (its queue was full).
+    pub log_events_lost: u64,
 }
 
 struct Inner {
@@ -184,37 +196,57 @@ pub struct Hub {
     /// The burst a new listener gets unless it asks for its own: the
     /// owner may change it while Tower runs (`http.burst_ms`).
     pub(crate) burst_frames: AtomicUsize,
+    /// Whom it serves, for the log.
+    who: Who,
+    /// Where connections, departures and refusals are logged.
+    log: Arc<ConnLog>,
     inner: Mutex<Inner>,
     /// Listeners plus connections being set up: what the limit counts.
     admitted: AtomicUsize,
+    /// The same, per client address (addresses with none are removed).
+    per_address: Mutex<HashMap<IpAddr, usize>>,
     counters: Counters,
 }
 
-/// A reserved place under the listener limit; released if not used.
+/// A reserved place under the limits; released if not used.
 pub struct Admission<'a> {
     hub: &'a Hub,
+    ip: IpAddr,
     used: bool,
 }
 
 impl Drop for Admission<'_> {
     fn drop(&mut self) {
         if !self.used {
-            self.hub.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.hub.release(self.ip);
         }
     }
 }
 
+/// Why a place was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Every place is taken.
+    Full,
+    /// The client's address holds its share already.
+    PerAddress,
+}
+
 impl Hub {
-    pub fn new(config: HubConfig) -> Self {
+    /// A hub serving `who`, logging through `log`.
+    pub fn new(config: HubConfig, who: Who, log: Arc<ConnLog>) -> Self {
         Hub {
             config,
             burst_frames: AtomicUsize::new(config.burst_frames),
+            who,
+            log,
             inner: Mutex::new(Inner {
                 listeners: Vec::new(),
                 recent: VecDeque::new(),
                 next_id: 1,
             }),
             admitted: AtomicUsize::new(0),
+            per_address: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
     }
@@ -230,18 +262,65 @@ impl Hub {
             .store(frames.clamp(1, MAX_BURST_FRAMES), Ordering::Relaxed);
     }
 
-    /// Reserves a place for a new listener, or `None` at the limit (counted).
-    pub fn admit(&self) -> Option<Admission<'_>> {
+    /// Reserves a place for a new client at `peer`, or says why not
+    /// (counted and logged): the limit in all, or the limit per address.
+    pub fn admit(&self, peer: SocketAddr) -> Result<Admission<'_>, Refusal> {
+        let ip = peer.ip();
+        let refuse = |why: Refusal, counter: &AtomicU64, limit: usize| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            self.note(0, peer, What::Refused { why, limit });
+            Err(why)
+        };
         let max = self.config.max_listeners;
         let ok = self
             .admitted
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
             .is_ok();
-        if ok {
-            Some(Admission { hub: self, used: false })
-        } else {
-            self.counters.rejected_full.fetch_add(1, Ordering::Relaxed);
-            None
+        if !ok {
+            return refuse(Refusal::Full, &self.counters.rejected_full, max);
+        }
+        let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = per_address.entry(ip).or_insert(0);
+        if *mine >= self.config.per_address {
+            drop(per_address);
+            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            return refuse(
+                Refusal::PerAddress,
+                &self.counters.rejected_per_address,
+                self.config.per_address,
+            );
+        }
+        *mine += 1;
+        Ok(Admission {
+            hub: self,
+            ip,
+            used: false,
+        })
+    }
+
+    fn note(&self, id: u64, peer: SocketAddr, what: What) {
+        self.log.note(Event {
+            who: self.who,
+            id,
+            peer,
+            what,
+        });
+    }
+
+    /// Where this hub logs (the status pages' hub shares the listeners').
+    pub fn log(&self) -> Arc<ConnLog> {
+        self.log.clone()
+    }
+
+    /// Gives back a place taken by `ip`.
+    fn release(&self, ip: IpAddr) {
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = per_address.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_address.remove(&ip);
+            }
         }
     }
 
@@ -252,7 +331,7 @@ impl Hub {
     pub fn add(
         &self,
         mut admission: Admission<'_>,
-        peer: String,
+        peer: SocketAddr,
         sink: Box<dyn ListenerSink>,
         burst: Option<usize>,
         now: Instant,
@@ -267,6 +346,7 @@ impl Hub {
         let mut listener = Listener {
             id,
             peer,
+            ip: admission.ip,
             sink,
             queue: VecDeque::new(),
             max_queue: self.config.max_queue(burst),
@@ -280,13 +360,13 @@ impl Hub {
         listener.queue.extend(inner.recent.iter().skip(skip).cloned());
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
-        let peer = listener.peer.clone();
+        let peer = listener.peer;
         inner.listeners.push(listener);
         let count = inner.listeners.len();
         let left = verdict.and_then(|leave| Some((inner.listeners.pop()?, leave)));
-        // Log (and close) outside the lock: the broadcast thread waits on it.
+        // Close outside the lock: the broadcast thread waits on it.
         drop(inner);
-        tracing::info!(component = "http", listener = id, peer = %peer, listeners = count, "listener connected");
+        self.note(id, peer, What::Connected { count });
         if let Some((l, leave)) = left {
             self.remove(l, leave, now);
         }
@@ -315,18 +395,26 @@ impl Hub {
     }
 
     fn remove(&self, mut l: Listener, why: Leave, now: Instant) {
-        self.admitted.fetch_sub(1, Ordering::SeqCst);
-        let secs = now.saturating_duration_since(l.connected_at).as_secs_f64();
-        match why {
+        self.release(l.ip);
+        let seconds = now.saturating_duration_since(l.connected_at).as_secs_f64();
+        let what = match why {
             Leave::Slow => {
                 self.counters.slow_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, queued = l.queue.len(), "listener dropped: it could not take data for {} ms", self.config.slow_timeout.as_millis());
+                What::Dropped {
+                    seconds,
+                    queued: l.queue.len(),
+                    timeout: self.config.slow_timeout,
+                }
             }
             Leave::Gone => {
                 self.counters.disconnected.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(component = "http", listener = l.id, peer = %l.peer, connected_s = secs, bytes = l.bytes, "listener disconnected");
+                What::Left {
+                    seconds,
+                    bytes: l.bytes,
+                }
             }
-        }
+        };
+        self.note(l.id, l.peer, what);
         l.sink.close(why == Leave::Slow);
     }
 
@@ -368,6 +456,11 @@ impl Hub {
         self.lock().listeners.len()
     }
 
+    /// The most listeners from one address.
+    pub fn per_address(&self) -> usize {
+        self.config.per_address
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -384,7 +477,7 @@ impl Hub {
         for mut l in listeners {
             let _ = l.flush();
             l.sink.close(false);
-            self.admitted.fetch_sub(1, Ordering::SeqCst);
+            self.release(l.ip);
             self.counters.closed_on_shutdown.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -400,7 +493,9 @@ impl Hub {
             disconnected: l(&c.disconnected),
             closed_on_shutdown: l(&c.closed_on_shutdown),
             rejected_full: l(&c.rejected_full),
+            rejected_per_address: l(&c.rejected_per_address),
             frames_broadcast: l(&c.frames),
+            log_events_lost: self.log.lost(),
         }
     }
 }
@@ -414,7 +509,6 @@ impl crate::broadcast::Listeners for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     /// A fake connection: takes up to `room` bytes, then WouldBlock.
     #[derive(Default)]
@@ -459,27 +553,40 @@ mod tests {
         }
     }
 
+    /// Where the test listeners connect from.
+    const PEER: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1)), 50_000);
+
     fn hub() -> Hub {
         hub_with_burst(1)
     }
 
     fn hub_with_burst(burst_frames: usize) -> Hub {
-        Hub::new(HubConfig {
+        listener_hub(config(3, 3, burst_frames))
+    }
+
+    fn listener_hub(config: HubConfig) -> Hub {
+        Hub::new(config, Who::Listener, Arc::new(ConnLog::default()))
+    }
+
+    /// A 250 ms slow timeout and these limits and burst.
+    fn config(max_listeners: usize, per_address: usize, burst_frames: usize) -> HubConfig {
+        HubConfig {
             slow_timeout: Duration::from_millis(250),
-            max_listeners: 3,
+            max_listeners,
+            per_address,
             burst_frames,
-        })
+        }
     }
 
     /// Admits and adds a listener backed by `sink`.
     fn join(h: &Hub, sink: &FakeSink, now: Instant) {
-        h.add(
-            h.admit().expect("room"),
-            "test".into(),
-            Box::new(sink.clone()),
-            None,
-            now,
-        );
+        join_from(h, PEER, sink, now);
+    }
+
+    /// Admits and adds a listener from `peer` backed by `sink`.
+    fn join_from(h: &Hub, peer: SocketAddr, sink: &FakeSink, now: Instant) {
+        let admission = h.admit(peer).expect("room");
+        h.add(admission, peer, Box::new(sink.clone()), None, now);
     }
 
     fn frame(tag: u8) -> Mp3Frame {
@@ -515,16 +622,12 @@ mod tests {
         assert_eq!((write_batch(4), write_batch(8), write_batch(9)), (2, 4, 4));
         assert_eq!((write_batch(17), write_batch(209)), (8, 8));
         for listeners in [1, 3, 1_600] {
-            let h = Hub::new(HubConfig {
-                slow_timeout: Duration::from_millis(250),
-                max_listeners: 2_000,
-                burst_frames: 8,
-            });
+            let h = listener_hub(config(2_000, 2_000, 8));
             let t0 = Instant::now();
             h.broadcast(&frame(0), t0);
             let sinks: Vec<Counting> = (0..listeners).map(|_| Counting::default()).collect();
             for s in &sinks {
-                h.add(h.admit().expect("room"), "t".into(), Box::new(s.clone()), None, t0);
+                h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
             }
             let before: Vec<usize> = sinks.iter().map(|s| s.0.lock().expect("lock").0).collect();
             for t in 1..=40u8 {
@@ -554,7 +657,7 @@ mod tests {
         let h = hub_with_burst(8);
         let t0 = Instant::now();
         let s = Counting::default();
-        h.add(h.admit().expect("room"), "t".into(), Box::new(s.clone()), Some(1), t0);
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), Some(1), t0);
         for t in 0..10u8 {
             h.broadcast(&frame(t), t0 + P * u32::from(t));
             let c = s.0.lock().expect("lock");
@@ -609,8 +712,8 @@ mod tests {
         // A listener may ask for its own burst.
         let b = FakeSink::open(usize::MAX);
         h.add(
-            h.admit().expect("room"),
-            "b".into(),
+            h.admit(PEER).expect("room"),
+            PEER,
             Box::new(b.clone()),
             Some(2),
             t0 + P * 31,
@@ -693,16 +796,75 @@ mod tests {
         for s in &sinks {
             join(&h, s, t0);
         }
-        assert!(h.admit().is_none());
+        assert!(h.admit(PEER).is_err());
         assert_eq!(h.snapshot().rejected_full, 1);
         // An admission given up (setup failed) does not leak a place.
         sinks[0].get().gone = true;
         h.broadcast(&frame(1), t0);
         {
-            let a = h.admit().expect("a place came free");
+            let a = h.admit(PEER).expect("a place came free");
             drop(a);
         }
-        assert!(h.admit().is_some());
+        assert!(h.admit(PEER).is_ok());
+    }
+
+    #[test]
+    fn one_address_takes_no_more_than_its_share_and_others_still_get_in() {
+        let h = listener_hub(config(10, 3, 1));
+        let t0 = Instant::now();
+        let other = SocketAddr::from(([10, 0, 0, 2], 50_000));
+        let sinks: Vec<FakeSink> = (0..3).map(|_| FakeSink::open(usize::MAX)).collect();
+        for s in &sinks {
+            join(&h, s, t0);
+        }
+        for _ in 0..500 {
+            assert_eq!(h.admit(PEER).err(), Some(Refusal::PerAddress));
+        }
+        join_from(&h, other, &FakeSink::open(usize::MAX), t0);
+        let s = h.snapshot();
+        assert_eq!((s.current, s.rejected_per_address, s.rejected_full), (4, 500, 0));
+        // A listener that leaves, or an admission not used, gives its
+        // address's place back.
+        sinks[0].get().gone = true;
+        h.broadcast(&frame(1), t0);
+        drop(h.admit(PEER).expect("a place came free"));
+        join(&h, &FakeSink::open(usize::MAX), t0);
+        assert_eq!(h.admit(PEER).err(), Some(Refusal::PerAddress));
+        h.close_all();
+        assert!(h.per_address.lock().expect("lock").is_empty(), "nothing left counted");
+    }
+
+    #[test]
+    fn arrivals_departures_drops_and_refusals_go_to_the_log_without_blocking() {
+        let h = listener_hub(config(1, 1, 1));
+        let t0 = Instant::now();
+        let a = FakeSink::open(usize::MAX);
+        join(&h, &a, t0);
+        assert_eq!(h.admit(PEER).err(), Some(Refusal::Full));
+        a.get().gone = true;
+        h.broadcast(&frame(1), t0 + P);
+        let stuck = FakeSink::open(0);
+        join(&h, &stuck, t0 + P);
+        h.broadcast(&frame(2), t0 + P * 20);
+        h.broadcast(&frame(3), t0 + P * 40);
+        let what: Vec<&str> = h
+            .log()
+            .drain()
+            .iter()
+            .map(|e| match e.what {
+                What::Connected { .. } => "connected",
+                What::Left { .. } => "left",
+                What::Dropped { .. } => "dropped",
+                What::Refused { .. } => "refused",
+            })
+            .collect();
+        assert_eq!(what, ["connected", "refused", "left", "connected", "dropped"]);
+        // Nobody takes the events: the hub goes on, and counts the loss.
+        for _ in 0..2_000 {
+            join(&h, &FakeSink::open(usize::MAX), t0);
+            h.close_all();
+        }
+        assert!(h.log().lost() > 0);
     }
 
     #[test]
@@ -714,6 +876,6 @@ mod tests {
         assert_eq!(a.get().closed, Some(false));
         assert_eq!(h.snapshot().closed_on_shutdown, 1);
         assert!(h.is_empty());
-        assert!(h.admit().is_some());
+        assert!(h.admit(PEER).is_ok());
     }
 }

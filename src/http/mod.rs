@@ -17,6 +17,7 @@
 //! second, built once for all pages, so pages cost listeners nothing).
 //! Every connection serves one request and closes (`Connection: close`).
 
+pub mod connlog;
 pub mod guard;
 pub mod host;
 pub mod hub;
@@ -34,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink};
+pub use connlog::{ConnLog, ConnLogger, Who};
+pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, Refusal};
 pub use request::Request;
 
 use crate::broadcast::Station;
@@ -79,6 +81,8 @@ pub struct Site {
     pub hosts: host::Hosts,
     /// Web origins whose scripts may read `/stream`.
     pub cors_origins: Vec<String>,
+    /// The most status pages (`/events`) open from one address.
+    pub pages_per_address: usize,
 }
 
 /// The front end's settings, from the configuration.
@@ -87,6 +91,8 @@ pub struct SiteConfig {
     pub bitrate_kbps: u64,
     pub icy_metaint: usize,
     pub guard: guard::Limits,
+    /// The most status pages (`/events`) open from one address.
+    pub pages_per_address: usize,
     /// `http.hosts`: names to answer to besides the machine's own.
     pub hosts: Vec<String>,
     pub cors_origins: Vec<String>,
@@ -100,6 +106,7 @@ impl Site {
             bitrate_kbps: config.bitrate_kbps,
             icy_metaint: config.icy_metaint,
             guard: config.guard,
+            pages_per_address: config.pages_per_address,
             hosts: host::Hosts::system(&config.hosts),
             cors_origins: config.cors_origins.clone(),
         }
@@ -265,12 +272,17 @@ impl HttpServer {
         let bound = listener.local_addr()?;
         let shared = Arc::new(Shared {
             addr: bound,
-            hub,
-            events: Arc::new(Hub::new(HubConfig {
-                slow_timeout: Duration::from_secs(5),
-                max_listeners: MAX_EVENT_CLIENTS,
-                burst_frames: 1,
-            })),
+            hub: hub.clone(),
+            events: Arc::new(Hub::new(
+                HubConfig {
+                    slow_timeout: Duration::from_secs(5),
+                    max_listeners: MAX_EVENT_CLIENTS,
+                    per_address: site.get().pages_per_address,
+                    burst_frames: 1,
+                },
+                Who::Page,
+                hub.log(),
+            )),
             site,
             desk,
             status,
@@ -425,7 +437,7 @@ impl Handler for Shared {
             ),
             "/stream" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
-            "/events" => self.events(rq),
+            "/events" => self.events(rq, peer),
             "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
             "/metrics" => reply(
                 Response::new(200, "text/plain; version=0.0.4; charset=utf-8", self.status.metrics())
@@ -552,11 +564,20 @@ impl Shared {
     }
 
     /// `/events`: Server-Sent Events for the status page.
-    fn events(&self, rq: &Request) -> Answer<'_> {
-        let Some(admission) = self.events.admit() else {
-            let resp = Response::text(503, "too many status pages open; try again later")
-                .with("Retry-After", RETRY_AFTER_S.to_string());
-            return Answer::Bytes(resp.into_bytes(rq.is_head()));
+    fn events(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
+        let admission = match self.events.admit(peer) {
+            Ok(a) => a,
+            Err(why) => {
+                let message = match why {
+                    Refusal::Full => format!("too many status pages open ({MAX_EVENT_CLIENTS}); try again later"),
+                    Refusal::PerAddress => format!(
+                        "too many status pages open from {} (http.max_status_pages_per_address = {}); try again later",
+                        peer.ip(),
+                        self.site.get().pages_per_address
+                    ),
+                };
+                return Answer::Bytes(busy(&message).into_bytes(rq.is_head()));
+            }
         };
         let head = "HTTP/1.1 200 OK\r\n\
                     Content-Type: text/event-stream\r\n\
@@ -621,12 +642,22 @@ impl Shared {
 
     fn stream(&self, rq: &Request, peer: SocketAddr) -> Answer<'_> {
         let head_only = rq.is_head();
-        let Some(admission) = self.hub.admit() else {
-            let max = self.hub.snapshot().max;
-            tracing::warn!(component = "http", peer = %peer, max, "listener refused: limit reached");
-            let resp = Response::text(503, &format!("listener limit ({max}) reached; try again later"))
-                .with("Retry-After", RETRY_AFTER_S.to_string());
-            return Answer::Bytes(resp.into_bytes(head_only));
+        let admission = match self.hub.admit(peer) {
+            Ok(a) => a,
+            Err(why) => {
+                let message = match why {
+                    Refusal::Full => format!(
+                        "listener limit (http.max_listeners = {}) reached; try again later",
+                        self.hub.snapshot().max
+                    ),
+                    Refusal::PerAddress => format!(
+                        "too many listeners from {} (http.max_listeners_per_address = {}); try again later",
+                        peer.ip(),
+                        self.hub.per_address()
+                    ),
+                };
+                return Answer::Bytes(busy(&message).into_bytes(head_only));
+            }
         };
         let burst = match rq.query_param("burst_ms").map(str::parse::<u64>) {
             None => None,
@@ -662,6 +693,11 @@ fn cors_origin<'a>(origin: Option<&'a str>, allowed: &'a [String]) -> Option<&'a
     }
     let origin = origin?;
     allowed.iter().find(|a| a.eq_ignore_ascii_case(origin)).map(|_| origin)
+}
+
+/// `503` with `Retry-After`: a limit was reached; `message` says which.
+fn busy(message: &str) -> Response {
+    Response::text(503, message).with("Retry-After", RETRY_AFTER_S.to_string())
 }
 
 /// The `Host` the client used, if it is a plain host[:port]; anything else
@@ -718,13 +754,13 @@ fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
 /// Writes `head` on a freshly accepted connection (its send buffer is
 /// empty, so a head of a few hundred bytes goes at once) and makes it a
 /// hub's sink. `None` if the client went away (or for `HEAD`).
-fn take_over(mut stream: TcpStream, head: &str, head_only: bool) -> Option<(String, Box<dyn ListenerSink>)> {
+fn take_over(mut stream: TcpStream, head: &str, head_only: bool) -> Option<(SocketAddr, Box<dyn ListenerSink>)> {
     let peer = stream.peer_addr().ok()?;
     if stream.write_all(head.as_bytes()).is_err() || head_only {
         return None;
     }
     match socket::SocketSink::new(stream) {
-        Ok(sink) => Some((peer.to_string(), Box::new(sink))),
+        Ok(sink) => Some((peer, Box::new(sink))),
         Err(e) => {
             tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the connection");
             None

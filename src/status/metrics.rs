@@ -358,6 +358,12 @@ pub fn render(status: &Status, tick_error: &Histogram) -> String {
         "Listeners refused with 503 at the limit.",
         n(l.rejected_full),
     );
+    o.one(
+        "listeners_rejected_per_address_total",
+        "counter",
+        "Listeners refused with 503 at the limit per client address.",
+        n(l.rejected_per_address),
+    );
     type Field = fn(&crate::broadcast::icecast::OutputSnapshot) -> u64;
     let per_output: [(&str, &str, Field); 4] = [
         ("output_bytes_sent_total", "Bytes pushed to each Icecast target.", |o| {

@@ -13,6 +13,7 @@ pub mod icecast;
 pub mod mqtt;
 pub mod program;
 pub mod settings;
+pub mod push;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
