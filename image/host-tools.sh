@@ -31,3 +31,77 @@ need_commands() {
         command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "${pair%%:*} is still missing (package ${pair#*:})" >&2; return 1; }
     done
 }
+
+# need_qemu: qemu-system-aarch64 and qemu-img from one QEMU version, in one
+# apt transaction. qemu-system-arm and qemu-utils must match: bookworm's
+# qemu-system-arm 7.2 conflicts with backports' qemu-utils 10, so
+# installing one alone removes the other (and its program). The version is
+# the one of whichever is installed already (with its suite added as a
+# source when it is backports and not configured), else apt's candidate.
+need_qemu() {
+    local pkgs=(qemu-system-arm qemu-utils) p v="" suite="" codename src
+    if command -v qemu-system-aarch64 >/dev/null 2>&1 && command -v qemu-img >/dev/null 2>&1; then
+        qemu_same_version
+        return
+    fi
+    for p in "${pkgs[@]}"; do
+        v="$(dpkg-query -W -f='${Status} ${Version}' "$p" 2>/dev/null | sed -n 's/^install ok installed //p')"
+        [ -n "$v" ] && { echo "      $p $v is installed: installing ${pkgs[*]} at $v"; break; }
+    done
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    if [ -n "$v" ]; then
+        suite="$(qemu_suite "$v")"
+        codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
+        if [ -z "$suite" ] && [[ "$v" == *~bpo* ]] && [ -n "$codename" ]; then
+            src=/etc/apt/sources.list.d/tower-image-backports.sources
+            echo "      $v is from $codename-backports, which apt does not list: adding it ($src)"
+            printf 'Types: deb\nURIs: http://deb.debian.org/debian\nSuites: %s-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+                "$codename" | as_root tee "$src" >/dev/null
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+            suite="$(qemu_suite "$v")"
+        fi
+        if [ -z "$suite" ]; then
+            echo "      no configured source has both ${pkgs[*]} at $v: taking apt's candidate for both"
+            v=""
+        fi
+    fi
+    if [ -z "$v" ]; then
+        v="$(apt-cache policy qemu-system-arm | sed -n 's/^ *Candidate: //p')"
+        suite="$(qemu_suite "$v")"
+    fi
+    if [ -z "$suite" ] || [ "$v" = "(none)" ]; then
+        echo "no source has qemu-system-arm (apt-cache policy qemu-system-arm)" >&2
+        return 1
+    fi
+    echo "      apt-get install -t $suite ${pkgs[*]/%/=$v}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --reinstall --allow-downgrades \
+        -t "$suite" "${pkgs[@]/%/=$v}" >/dev/null
+    for p in qemu-system-aarch64:qemu-system-arm qemu-img:qemu-utils; do
+        command -v "${p%%:*}" >/dev/null 2>&1 || { echo "${p%%:*} is still missing (package ${p#*:} $v)" >&2; return 1; }
+    done
+    qemu_same_version
+}
+
+# qemu_suite VERSION: the suite (e.g. bookworm-backports) that has both
+# qemu-system-arm and qemu-utils at VERSION; empty when none does.
+qemu_suite() {
+    local p s="" found
+    for p in qemu-system-arm qemu-utils; do
+        found="$(apt-cache madison "$p" | awk -F' [|] ' -v v="$1" '$2 == v { split($3, a, " "); split(a[2], b, "/"); print b[1]; exit }')"
+        [ -n "$found" ] || return 0
+        s="$found"
+    done
+    echo "$s"
+}
+
+# Both programs report one QEMU version.
+qemu_same_version() {
+    local sys img
+    sys="$(qemu-system-aarch64 --version | sed -n '1s/^QEMU emulator version \([^ ]*\).*/\1/p')"
+    img="$(qemu-img --version | sed -n '1s/^qemu-img version \([^ ]*\).*/\1/p')"
+    echo "      qemu-system-aarch64 $sys, qemu-img $img"
+    if [ -z "$sys" ] || [ "$sys" != "$img" ]; then
+        echo "qemu-system-aarch64 ($sys) and qemu-img ($img) differ: install qemu-system-arm and qemu-utils at one version" >&2
+        return 1
+    fi
+}
