@@ -5,7 +5,7 @@ per check as "PASS|check|figure" or "FAIL|check|figure".
 
 usage: boot-test.py SERIAL_LOG CHECKS PORT LEVEL_DB STATUS_JSON TONE_BEFORE_KILL
   CHECKS            which checks, space-separated: device level leds journal
-                    avahi wifi
+                    avahi wifi wifi-short hotplug
   LEVEL_DB          the capture level tower.toml sets, in dB
   TONE_BEFORE_KILL  yes: the host decoded the tone before the guest killed
                     ffmpeg; no: only after; never: not at all
@@ -163,13 +163,67 @@ def avahi():
 
 
 # --- Wi-Fi -----------------------------------------------------------------
+def wifi_lines():
+    link = (guest("wifi: tower-wifi.service ") or ["no report"])[0].strip()
+    status = (guest("wifi: status file ") or ["no report"])[0].strip()
+    journal = " / ".join(l.strip() for l in guest("wifi: journal: ")) or "none"
+    return link, status, journal
+
+
 def wifi():
-    link = (guest("wifi: tower-wifi.service ") or [""])[0]
-    ap = (guest("wifi: access point: ") or [""])[0]
+    """A good wifi.txt joins the hidden access point (scan_ssid=1)."""
+    link, status, journal = wifi_lines()
+    ap = (guest("wifi: access point: ") or ["no report"])[0].strip()
+    hidden = (guest("wifi: hidden: ") or ["no report"])[0].strip()
     ok = bool(re.search(r"wpa_state=COMPLETED", link) and re.search(r"key_mgmt=WPA2-PSK", link)
               and re.search(r"address 192\.168\.77\.\d+/24 dynamic", link))
     out(ok, "wifi: wifi.txt joins the WPA2 access point, DHCP address",
-        "tower-wifi.service %s; access point: %s" % (link.strip() or "no report", ap.strip() or "no report"))
+        "tower-wifi.service %s; access point: %s" % (link, ap))
+    # The network really is hidden: its beacons name no SSID (element 00,
+    # length 0); it was joined all the same.
+    ok = ok and "ignore_broadcast_ssid=1" in hidden and "(length 0)" in hidden
+    out(ok, "wifi: a hidden network (beacons without SSID) is joined (scan_ssid=1)", hidden)
+    ok = status.endswith('as user tower: ok: joining "Tower selftest" on wlan0') and "mode 644" in status
+    out(ok, "wifi: status file for Tower's page says ok", "%s; journal: %s" % (status, journal))
+
+
+def wifi_short():
+    """A wifi.txt whose password is one character short: the reason in the
+    status file (readable by tower) and the journal, no config, no join."""
+    link, status, journal = wifi_lines()
+    reason = "the password (psk=) is 7 characters long; WPA needs 8 to 63"
+    ok = (reason in status and "as user tower: error: " in status and "mode 644" in status
+          and reason in journal and link.startswith("failed;")
+          and "wpa_supplicant-wlan0.conf absent" in link and "wpa_supplicant@wlan0 inactive" in link
+          and "address none" in link)
+    out(ok, "wifi: a 7-character password: the reason in the status file and journal, no config",
+        "%s; journal: %s; %s" % (status, journal, link))
+
+
+# --- a capture card plugged in while Tower runs: the guest's side ------------
+def hotplug():
+    """The kernel's and Tower's journal lines from the PCIe slot's event on
+    (the card plugged in through QMP), on the guest's monotonic clock."""
+    lines = [l.strip() for l in guest("hotplug: journal: ")]
+    present = (guest("hotplug: capture card present at ") or ["never"])[0].strip()
+    first = {}
+    for l in lines:
+        m = re.match(r"([\d.]+) (.*)", l)
+        for key, pat in (("slot", r"pciehp"), ("driver", r"virtio|snd"), ("tower", r"capture device \S+ open")):
+            if m and key not in first and re.search(pat, m.group(2)):
+                first[key] = float(m.group(1))
+    # The guest's own look at /proc/asound every 0.1 s (uptime, the same
+    # clock as the journal's monotonic one in a VM that never sleeps).
+    seen = re.match(r"([\d.]+) s: /proc/asound/card\d+/pcm\d+c", present)
+    if seen:
+        first["card"] = float(seen.group(1))
+    ok = "slot" in first and "tower" in first
+    times = ", ".join("%s %s" % (what, ("%.2f s" % first[k]) if k in first else "none") for k, what in
+                      (("slot", "PCIe slot event"), ("driver", "driver binds"), ("card", "capture device in /proc/asound"),
+                       ("tower", "Tower opens the card")))
+    out(ok, "hot-plug: the guest's kernel and Tower, from the journal",
+        "%s (%s after the slot event); %s" % (times, ("%.2f s" % (first["tower"] - first["slot"])) if ok else "?",
+                                              " / ".join(lines)))
 
 
 if "journal" in checks:
@@ -178,3 +232,7 @@ if "avahi" in checks:
     avahi()
 if "wifi" in checks:
     wifi()
+if "wifi-short" in checks:
+    wifi_short()
+if "hotplug" in checks:
+    hotplug()
