@@ -393,7 +393,7 @@ fn malformed_requests_get_4xx_or_a_close_and_never_hurt_the_stream() {
 fn get_head(s: &mut TcpStream, path: &str) -> Vec<u8> {
     let mut got = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
-    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+    if s.write_all(format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
         .is_err()
     {
         return got;
