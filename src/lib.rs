@@ -5,7 +5,9 @@
 //! `GET /stream`. The stages are folders in data-flow order (`audio`,
 //! `pump`, `encoder`, `broadcast`, `http`); flat modules are plumbing.
 //! Beside them, `admin` is the owner's desk: the password, and the path a
-//! setting changed from the settings page takes to the stage that owns it.
+//! setting changed from the settings page takes to the stage that owns it;
+//! `wifi` is the SD image's Wi-Fi and setup hotspot (its own root process,
+//! whose state Tower reads).
 //! See `service` for how the pieces are wired and who owns which thread,
 //! and `docs/DESIGN.md` for the design and the promises (`[A2]`, `[S4]`, …)
 //! cited in the module docs.
@@ -28,4 +30,5 @@ pub mod ratelog;
 pub mod service;
 pub mod status;
 pub mod watchdog;
+pub mod wifi;
 pub mod worker;

@@ -5,7 +5,9 @@
 //! program again in this process (same pid, same arguments).
 //!
 //! `tower config-commit` is the SD image's root helper that saves what the
-//! settings page changed onto the FAT partition (see `config::store`).
+//! settings page changed onto the FAT partition (see `config::store`);
+//! `tower wifi-manager` runs the image's Wi-Fi and its setup hotspot, and
+//! `tower captive-portal` that hotspot's DNS and port 80 (see `wifi`).
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -71,6 +73,45 @@ enum Command {
         /// defaults).
         #[arg(long, value_name = "FILE", requires = "publish")]
         default: Option<PathBuf>,
+        /// Where a Wi-Fi request (`NAME.wifi`) is saved as `wifi.txt`;
+        /// without it such requests are refused.
+        #[arg(long, value_name = "FILE")]
+        wifi_to: Option<PathBuf>,
+        /// The image's wifi.txt reader (`wifi-setup`), whose `--check` must
+        /// pass too.
+        #[arg(long, value_name = "SCRIPT", requires = "wifi_to")]
+        wifi_check: Option<PathBuf>,
+    },
+    /// Run the SD image's Wi-Fi (as root, tower-wifi.service): join the
+    /// network of wifi.txt, or open the setup hotspot when there is none,
+    /// it cannot be joined, and no Ethernet cable is in.
+    WifiManager {
+        #[arg(long, default_value = "wlan0")]
+        interface: String,
+        #[arg(long, value_name = "FILE", default_value = "/boot/firmware/wifi.txt")]
+        wifi_txt: PathBuf,
+        /// The image's wifi.txt reader, which makes wpa_supplicant's configuration.
+        #[arg(long, value_name = "SCRIPT", default_value = "/usr/local/lib/tower-image/wifi-setup")]
+        check: PathBuf,
+        /// The state directory (state.json, status, in/).
+        #[arg(long, value_name = "DIR", default_value = "/run/tower-wifi")]
+        dir: PathBuf,
+        /// Tower's configuration (for the port the captive portal sends phones to).
+        #[arg(long, value_name = "FILE", default_value = "/run/tower-config/tower.toml")]
+        tower_config: PathBuf,
+        /// Seconds between two tries of the saved network while the
+        /// hotspot is open and no phone is on it.
+        #[arg(long, value_name = "S", default_value_t = 300)]
+        retry_s: u64,
+    },
+    /// The setup hotspot's captive portal (tower-captive.service): DNS that
+    /// answers every name with ADDRESS, and a redirect on port 80 to
+    /// Tower's settings page.
+    CaptivePortal {
+        #[arg(long, value_name = "ADDRESS")]
+        address: std::net::Ipv4Addr,
+        #[arg(long, value_name = "PORT")]
+        tower_port: u16,
     },
 }
 
@@ -144,6 +185,76 @@ fn raise_fd_limit(config: &mut config::Config) {
     }
 }
 
+/// `tower wifi-manager` and `tower captive-portal`: they run until SIGTERM,
+/// and log like Tower.
+fn root_helpers(cli: &Cli) -> Option<ExitCode> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch_signals = || {
+        for signal in [SIGTERM, SIGINT] {
+            if let Err(e) = signal_hook::flag::register(signal, stop.clone()) {
+                eprintln!("tower: cannot install signal handlers: {e}");
+                return false;
+            }
+        }
+        true
+    };
+    match &cli.command {
+        Some(Command::WifiManager {
+            interface,
+            wifi_txt,
+            check,
+            dir,
+            tower_config,
+            retry_s,
+        }) => {
+            tower::logging::init("info");
+            if !watch_signals() {
+                return Some(ExitCode::from(1));
+            }
+            let opts = tower::wifi::manager::Options {
+                interface: interface.clone(),
+                wifi_txt: wifi_txt.clone(),
+                check: check.clone(),
+                dir: dir.clone(),
+                tower_config: tower_config.clone(),
+                ctrl_dir: PathBuf::from("/run/wpa_supplicant"),
+                network_dir: PathBuf::from("/run/systemd/network"),
+                retry: std::time::Duration::from_secs(*retry_s),
+            };
+            Some(match tower::wifi::manager::run_manager(opts, &stop) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(component = "wifi", "{e}");
+                    ExitCode::from(1)
+                }
+            })
+        }
+        Some(Command::CaptivePortal { address, tower_port }) => {
+            tower::logging::init("info");
+            if !watch_signals() {
+                return Some(ExitCode::from(1));
+            }
+            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            tracing::info!(
+                component = "captive",
+                "captive portal on {address}: DNS answers every name with {address}; port 80 sends phones to port {tower_port}"
+            );
+            let dns = std::net::SocketAddrV4::new(*address, 53);
+            let http = std::net::SocketAddrV4::new(*address, 80);
+            Some(
+                match tower::wifi::captive::serve(dns, http, *tower_port, hostname.trim(), stop) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        tracing::error!(component = "captive", "{e}");
+                        ExitCode::from(1)
+                    }
+                },
+            )
+        }
+        _ => None,
+    }
+}
+
 /// How often the supervisor loop looks for a signal (worker ends wake it
 /// at once).
 const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200);
@@ -151,18 +262,27 @@ const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = Cli::parse();
+    if let Some(code) = root_helpers(&cli) {
+        return code;
+    }
     if let Some(Command::ConfigCommit {
         spool,
         to,
         publish,
         default,
+        wifi_to,
+        wifi_check,
     }) = &cli.command
     {
         let publish = publish.as_ref().map(|dir| store::Publish {
             dir: dir.clone(),
             default: default.clone(),
         });
-        return match store::commit(spool, to, publish.as_ref()) {
+        let wifi = wifi_to.as_ref().map(|path| store::WifiTarget {
+            path: path.clone(),
+            check: wifi_check.clone(),
+        });
+        return match store::commit(spool, to, wifi.as_ref(), publish.as_ref()) {
             Ok(n) => {
                 println!("tower config-commit: {n} saved to {}", to.display());
                 ExitCode::SUCCESS

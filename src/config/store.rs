@@ -27,6 +27,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::edit::{self, Edit};
 use super::{ConfigError, Loaded, Overrides, load, load_text};
 
 /// Why a save failed; the file on disk is as it was.
@@ -50,6 +51,8 @@ pub enum SaveError {
     Helper(String),
     #[error("refused: {0}")]
     Invalid(String),
+    #[error("Wi-Fi is not managed by Tower here (only on the SD image)")]
+    NoWifi,
     #[error("cannot remount {mount} {mode}: {reason}")]
     Remount {
         mount: PathBuf,
@@ -66,6 +69,10 @@ pub trait Store: Send {
     /// read or saved: a file that differs on disk (edited by hand while
     /// Tower ran) is not overwritten.
     fn save(&mut self, loaded_text: &str, text: &str) -> Result<(), SaveError>;
+    /// Saves `text` as the SD image's `wifi.txt` (checked again there).
+    fn save_wifi(&mut self, _text: &str) -> Result<(), SaveError> {
+        Err(SaveError::NoWifi)
+    }
 }
 
 /// `tower.toml.bak` beside `tower.toml`.
@@ -102,7 +109,8 @@ pub fn write_atomically(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// Saves `text` as `path`, keeping the file that was there as
-/// `path.bak` if it loads (see the module header).
+/// `path.bak` if it loads (see the module header), but never a plain
+/// admin password: see [`backup_text`].
 pub fn save_with_backup(path: &Path, text: &str) -> Result<(), SaveError> {
     let failed = |path: &Path| {
         let path = path.to_path_buf();
@@ -112,9 +120,32 @@ pub fn save_with_backup(path: &Path, text: &str) -> Result<(), SaveError> {
         && old != text
         && loads(path, &old)
     {
-        write_atomically(&backup_path(path), &old).map_err(failed(&backup_path(path)))?;
+        write_atomically(&backup_path(path), &backup_text(&old, text)).map_err(failed(&backup_path(path)))?;
     }
     write_atomically(path, text).map_err(failed(path))
+}
+
+/// What `old` is kept as when `new` replaces it: as it is, except that a
+/// plain `[admin] password` (the owner's, before Tower hashed it) becomes
+/// the hash `new` holds, so the backup works as the file did and the
+/// password's text does not stay on the card.
+pub fn backup_text(old: &str, new: &str) -> String {
+    let admin = |text: &str, key: &str| -> Option<String> {
+        let doc: toml::Table = text.parse().ok()?;
+        let value = doc.get("admin")?.get(key)?.as_str()?;
+        (!value.is_empty()).then(|| value.to_string())
+    };
+    if admin(old, "password").is_none() {
+        return old.to_string();
+    }
+    let hash = admin(new, "password_hash").unwrap_or_default();
+    let edits = [
+        Edit::Remove("admin.password".into()),
+        Edit::Set("admin.password_hash".into(), toml::Value::String(hash)),
+    ];
+    // A file that loads is TOML, so the edit works; if it ever did not,
+    // the password's text is still not kept.
+    edit::apply(old, &edits).unwrap_or_default()
 }
 
 fn loads(path: &Path, text: &str) -> bool {
@@ -195,12 +226,17 @@ impl Store for NoStore {
     }
 }
 
-/// Requests go in here, named `<n>.toml` (see [`SpoolStore`]).
+/// Requests go in here, named `<n>.toml` (the configuration) or
+/// `<n>.wifi` (a `wifi.txt`; see [`SpoolStore`]).
 const SPOOL_IN: &str = "in";
 /// Answers come back here, named `<n>.result`: `ok`, or `error: …`.
 const SPOOL_OUT: &str = "out";
 /// The largest file the helper accepts.
 pub const MAX_FILE: usize = 256 * 1024;
+/// The largest `wifi.txt` the helper accepts.
+pub const MAX_WIFI_FILE: usize = 4096;
+/// A request still being written after this was left by a writer that died.
+const STALE_PART: Duration = Duration::from_secs(10);
 
 /// Hands the text to the root helper (`tower config-commit`) through a
 /// spool directory, and waits for its answer.
@@ -221,20 +257,16 @@ impl SpoolStore {
             next: 0,
         }
     }
-}
 
-impl Store for SpoolStore {
-    fn describe(&self) -> String {
-        self.target.clone()
-    }
-
-    fn save(&mut self, _: &str, text: &str) -> Result<(), SaveError> {
+    /// Leaves `text` as a request of `kind` (`toml`, `wifi`) and waits for
+    /// the helper's answer.
+    fn request(&mut self, kind: &str, text: &str) -> Result<(), SaveError> {
         self.next += 1;
         let id = format!("{}-{}", std::process::id(), self.next);
         let answer = self.spool.join(SPOOL_OUT).join(format!("{id}.result"));
         let _ = fs::remove_file(&answer);
-        let request = self.spool.join(SPOOL_IN).join(format!("{id}.toml"));
-        write_atomically(&request, text).map_err(|source| SaveError::Write { path: request, source })?;
+        let request = self.spool.join(SPOOL_IN).join(format!("{id}.{kind}"));
+        hand_over(&request, text).map_err(|source| SaveError::Write { path: request, source })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Ok(result) = fs::read_to_string(&answer) {
@@ -254,6 +286,46 @@ impl Store for SpoolStore {
     }
 }
 
+impl Store for SpoolStore {
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+
+    fn save(&mut self, _: &str, text: &str) -> Result<(), SaveError> {
+        self.request("toml", text)
+    }
+
+    fn save_wifi(&mut self, text: &str) -> Result<(), SaveError> {
+        self.request("wifi", text)
+    }
+}
+
+/// Leaves `text` at `path` for the helper: written beside it, then renamed
+/// in, so the helper never reads half a request. Nothing is `fsync`ed: the
+/// spool is in RAM (`/run`), the helper's own write to the card is the one
+/// that must last, and Tower may not even open the spool's `in/` to sync
+/// it (mode 0730: it may only drop requests there).
+pub fn hand_over(path: &Path, text: &str) -> io::Result<()> {
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(path.file_name().unwrap_or_default());
+    tmp_name.push(".part");
+    let tmp = path.with_file_name(tmp_name);
+    let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+    let written = f.write_all(text.as_bytes()).and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Where the helper puts a `wifi.txt` that passed, and the image's own
+/// reader to ask as well (`wifi-setup --check`), if any.
+#[derive(Debug, Clone)]
+pub struct WifiTarget {
+    pub path: PathBuf,
+    pub check: Option<PathBuf>,
+}
+
 /// Where the helper publishes the file for Tower, and what it publishes
 /// while `target` does not exist yet (the packaged defaults).
 #[derive(Debug, Clone)]
@@ -263,27 +335,54 @@ pub struct Publish {
 }
 
 /// The helper's work (`tower config-commit`, as root): every request in
-/// `spool/in` is checked like the file at start, saved as `target` (with
-/// its backup) with the file system remounted read-write if it was
-/// read-only, and answered in `spool/out`. Then `publish`, if given, gets
-/// a copy of the file and its backup for Tower to read. Returns how many
-/// requests were saved.
-pub fn commit(spool: &Path, target: &Path, publish: Option<&Publish>) -> io::Result<usize> {
+/// `spool/in` is answered in `spool/out`, oldest first. A `.toml` is
+/// checked like the file at start and saved as `target` (with its
+/// backup); a `.wifi` is checked by the `wifi.txt` rules ([`WifiTarget`])
+/// and saved, rewritten in its plain form, as `wifi.path`; anything else
+/// is refused and removed. The file system is remounted read-write for a
+/// write if it was read-only, and back. Then `publish`, if given, gets a
+/// copy of the configuration and its backup for Tower to read. Returns how
+/// many requests were saved.
+pub fn commit(spool: &Path, target: &Path, wifi: Option<&WifiTarget>, publish: Option<&Publish>) -> io::Result<usize> {
     let mut saved = 0;
-    let mut requests: Vec<PathBuf> = fs::read_dir(spool.join(SPOOL_IN))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-        .collect();
+    let mut requests = Vec::new();
+    for entry in fs::read_dir(spool.join(SPOOL_IN))?.filter_map(Result::ok) {
+        let path = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with('.') {
+            requests.push(path);
+            continue;
+        }
+        // A request being written (`.NAME.part`) is renamed in at once;
+        // one left behind (its writer died) would start this again and
+        // again (the path unit starts it while the directory holds a file).
+        let age = fs::symlink_metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok());
+        if age.is_none_or(|a| a > STALE_PART) {
+            let _ = fs::remove_file(&path);
+        }
+    }
     // Oldest first: the last request wins, as it would in Tower.
-    requests.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    requests.sort_by_key(|p| fs::symlink_metadata(p).and_then(|m| m.modified()).ok());
     for request in requests {
         let id = request
             .file_stem()
             .map(|s| s.to_string_lossy().to_string())
             .unwrap_or_default();
-        let outcome = commit_one(&request, target);
-        let _ = fs::remove_file(&request);
+        let kind = request.extension().map(|x| x.to_string_lossy().to_string());
+        let outcome = match (kind.as_deref(), wifi) {
+            (Some("toml"), _) => commit_one(&request, target),
+            (Some("wifi"), Some(w)) => commit_wifi(&request, w),
+            (Some("wifi"), None) => Err(SaveError::Invalid("Wi-Fi is not managed on this system".into())),
+            _ => Err(SaveError::Invalid("not a request (NAME.toml or NAME.wifi)".into())),
+        };
+        match fs::symlink_metadata(&request) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&request)?,
+            _ => {
+                let _ = fs::remove_file(&request);
+            }
+        }
         let answer = match &outcome {
             Ok(()) => "ok\n".to_string(),
             Err(e) => format!("error: {e}\n"),
@@ -299,20 +398,24 @@ pub fn commit(spool: &Path, target: &Path, publish: Option<&Publish>) -> io::Res
     Ok(saved)
 }
 
-fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
+/// The request's text, if it is a regular file of at most `max` bytes.
+fn read_request(request: &Path, max: usize) -> Result<Vec<u8>, SaveError> {
     let meta = fs::symlink_metadata(request).map_err(|source| SaveError::Write {
         path: request.to_path_buf(),
         source,
     })?;
-    if !meta.is_file() || meta.len() as usize > MAX_FILE {
-        return Err(SaveError::Invalid(format!(
-            "not a regular file of at most {MAX_FILE} bytes"
-        )));
+    if !meta.is_file() || meta.len() as usize > max {
+        return Err(SaveError::Invalid(format!("not a regular file of at most {max} bytes")));
     }
-    let text = fs::read_to_string(request).map_err(|source| SaveError::Write {
+    fs::read(request).map_err(|source| SaveError::Write {
         path: request.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
+    let text = String::from_utf8(read_request(request, MAX_FILE)?)
+        .map_err(|_| SaveError::Invalid("the configuration is not UTF-8 text".into()))?;
     // The helper runs as root: only a configuration Tower would start
     // with reaches the card.
     load_text(Some((target, &text)), &[], &Overrides::default()).map_err(|e| SaveError::Invalid(e.to_string()))?;
@@ -321,6 +424,58 @@ fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
     let restored = mount.restore();
     saved?;
     restored
+}
+
+/// A `wifi.txt` request: read by the rules of `wifi.txt` (and by the
+/// image's own reader, when there is one), then written in its plain form
+/// (only `country`, `ssid`, `psk`), so nothing else Tower sent reaches the
+/// card.
+fn commit_wifi(request: &Path, wifi: &WifiTarget) -> Result<(), SaveError> {
+    let bytes = read_request(request, MAX_WIFI_FILE)?;
+    let parsed = crate::wifi::txt::parse(&bytes, "wifi.txt").map_err(|e| SaveError::Invalid(e.to_string()))?;
+    let text = parsed.render();
+    if let Some(script) = &wifi.check {
+        check_with_script(script, &text)?;
+    }
+    let mount = remount::writable(&wifi.path)?;
+    let saved = write_atomically(&wifi.path, &text).map_err(|source| SaveError::Write {
+        path: wifi.path.clone(),
+        source,
+    });
+    let restored = mount.restore();
+    saved?;
+    restored
+}
+
+/// `SCRIPT --check FILE` on `text` (in a file of the helper's own, which
+/// Tower cannot reach), which must pass. Its message on stderr never holds
+/// the password.
+fn check_with_script(script: &Path, text: &str) -> Result<(), SaveError> {
+    let dir = std::env::temp_dir().join(format!("tower-wifi-check-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    let file = dir.join("wifi.txt");
+    let run = (|| -> io::Result<std::process::Output> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        fs::write(&file, text)?;
+        std::process::Command::new("sh")
+            .arg(script)
+            .arg("--check")
+            .arg(&file)
+            .output()
+    })();
+    let _ = fs::remove_dir_all(&dir);
+    let out = run.map_err(|e| SaveError::Invalid(format!("cannot run {}: {e}", script.display())))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let why = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .unwrap_or("refused")
+        .replace(&file.display().to_string(), "wifi.txt");
+    Err(SaveError::Invalid(why))
 }
 
 /// Copies `target` and its backup into the publishing directory (for
@@ -534,7 +689,7 @@ mod tests {
         let target = dir.path().join("tower.toml");
         fs::write(&target, GOOD).expect("write");
         fs::write(spool.join(SPOOL_IN).join("1-1.toml"), "[pcm]\nbuffer_size = 1\n").expect("write");
-        assert_eq!(commit(&spool, &target, None).expect("commit"), 0);
+        assert_eq!(commit(&spool, &target, None, None).expect("commit"), 0);
         let answer = fs::read_to_string(spool.join(SPOOL_OUT).join("1-1.result")).expect("answer");
         assert!(
             answer.starts_with("error: refused") && answer.contains("pcm.buffer_size"),
@@ -552,7 +707,7 @@ mod tests {
         let helper = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
-                if commit(&s, &t, Some(&p)).expect("commit") > 0 {
+                if commit(&s, &t, None, Some(&p)).expect("commit") > 0 {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -573,5 +728,153 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o640);
         assert_eq!(fs::read_dir(spool.join(SPOOL_IN)).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn the_backup_never_keeps_the_plain_admin_password() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("tower.toml");
+        let plain = "# mine\n[station]\nname = \"Old\"\n[admin]\npassword = \"my secret words\"\n";
+        fs::write(&path, plain).expect("write");
+        let hashed = "# mine\n[station]\nname = \"Old\"\n[admin]\npassword_hash = \"$argon2id$v=19$m=12288,t=3,p=1$c2FsdA$aGFzaA\"\n";
+        FileStore { path: path.clone() }.save(plain, hashed).expect("save");
+        let bak = fs::read_to_string(backup_path(&path)).expect("bak");
+        assert!(!bak.contains("my secret words"), "{bak}");
+        assert!(
+            bak.contains("password_hash = \"$argon2id$"),
+            "the backup still has the password: {bak}"
+        );
+        assert!(bak.contains("# mine") && bak.contains("name = \"Old\""), "{bak}");
+        // A file without a plain password is kept as it is.
+        assert_eq!(backup_text(GOOD, NEW), GOOD);
+    }
+
+    /// A spool (in/, out/) and a wifi.txt target in a temporary directory.
+    fn wifi_spool(dir: &Path) -> (PathBuf, WifiTarget) {
+        let spool = dir.join("spool");
+        for d in [spool.join(SPOOL_IN), spool.join(SPOOL_OUT)] {
+            fs::create_dir_all(d).expect("mkdir");
+        }
+        let target = WifiTarget {
+            path: dir.join("wifi.txt"),
+            check: None,
+        };
+        (spool, target)
+    }
+
+    fn answer(spool: &Path, id: &str) -> String {
+        fs::read_to_string(spool.join(SPOOL_OUT).join(format!("{id}.result"))).expect("answer")
+    }
+
+    #[test]
+    fn a_wifi_request_is_checked_and_written_in_its_plain_form_only() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (spool, wifi) = wifi_spool(dir.path());
+        let config = dir.path().join("tower.toml");
+        fs::write(&config, GOOD).expect("write");
+        // Extra lines, comments and blanks: only country, ssid, psk reach the card.
+        fs::write(
+            spool.join(SPOOL_IN).join("1-1.wifi"),
+            "# sneaky\ncountry=gb\nssid = Home net \npsk=\"correct horse\"\n",
+        )
+        .expect("write");
+        assert_eq!(commit(&spool, &config, Some(&wifi), None).expect("commit"), 1);
+        assert_eq!(answer(&spool, "1-1"), "ok\n");
+        let written = fs::read_to_string(&wifi.path).expect("wifi.txt");
+        assert!(!written.contains("sneaky"), "{written}");
+        let back = crate::wifi::txt::parse(written.as_bytes(), "wifi.txt").expect("reads back");
+        assert_eq!(
+            (back.country.as_deref(), back.ssid.as_str(), back.psk.as_deref()),
+            (Some("GB"), "Home net", Some("correct horse"))
+        );
+        assert_eq!(fs::read_to_string(&config).expect("read"), GOOD, "tower.toml untouched");
+        // A bad one: refused with the reason (no password in it), nothing written.
+        fs::write(spool.join(SPOOL_IN).join("1-2.wifi"), "ssid=Home\npsk=short\n").expect("write");
+        fs::write(spool.join(SPOOL_IN).join("1-3.wifi"), "ssid=Home\nkey_mgmt=NONE\n").expect("write");
+        assert_eq!(commit(&spool, &config, Some(&wifi), None).expect("commit"), 0);
+        let refused = answer(&spool, "1-2");
+        assert!(
+            refused.contains("5 characters long") && !refused.contains("short"),
+            "{refused}"
+        );
+        assert!(answer(&spool, "1-3").contains("unknown key \"key_mgmt\""));
+        assert_eq!(fs::read_to_string(&wifi.path).expect("wifi.txt"), written);
+        // Without a Wi-Fi target (the .deb), a request is refused.
+        fs::write(spool.join(SPOOL_IN).join("1-4.wifi"), "ssid=Home\n").expect("write");
+        commit(&spool, &config, None, None).expect("commit");
+        assert!(answer(&spool, "1-4").contains("not managed"));
+    }
+
+    #[test]
+    fn anything_else_in_the_spool_is_refused_and_removed_so_the_helper_is_not_started_again_and_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (spool, wifi) = wifi_spool(dir.path());
+        let config = dir.path().join("tower.toml");
+        fs::write(&config, GOOD).expect("write");
+        let inbox = spool.join(SPOOL_IN);
+        fs::write(inbox.join("1-1.txt"), "ssid=Home\n").expect("write");
+        fs::create_dir(inbox.join("1-2.toml")).expect("mkdir");
+        std::os::unix::fs::symlink(&config, inbox.join("1-3.wifi")).expect("symlink");
+        fs::write(inbox.join(".1-4.toml.part"), "half").expect("write");
+        let old = std::time::SystemTime::now() - Duration::from_secs(60);
+        File::options()
+            .write(true)
+            .open(inbox.join(".1-4.toml.part"))
+            .and_then(|f| f.set_modified(old))
+            .expect("age");
+        fs::write(inbox.join(".1-5.toml.part"), "being written").expect("write");
+        assert_eq!(commit(&spool, &config, Some(&wifi), None).expect("commit"), 0);
+        assert!(answer(&spool, "1-1").starts_with("error: refused: not a request"));
+        assert!(answer(&spool, "1-2").starts_with("error: refused: not a regular file"));
+        assert!(answer(&spool, "1-3").starts_with("error: refused: not a regular file"));
+        let left: Vec<String> = fs::read_dir(&inbox)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
+            .collect();
+        assert_eq!(left, [".1-5.toml.part"], "only a request still being written stays");
+        assert_eq!(
+            fs::read_to_string(&config).expect("read"),
+            GOOD,
+            "the symlink's target is untouched"
+        );
+        assert!(!wifi.path.exists());
+    }
+
+    #[test]
+    fn the_image_reader_is_asked_too_and_its_refusal_wins() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (spool, mut wifi) = wifi_spool(dir.path());
+        let script = dir.path().join("wifi-setup");
+        fs::write(
+            &script,
+            "[ \"$1\" = --check ] || exit 2\ngrep -q 'ssid=\"Home\"' \"$2\" && exit 0\necho \"error: $2: no, not that one\" >&2\nexit 1\n",
+        )
+        .expect("script");
+        wifi.check = Some(script);
+        let config = dir.path().join("tower.toml");
+        fs::write(&config, GOOD).expect("write");
+        fs::write(spool.join(SPOOL_IN).join("1-1.wifi"), "ssid=Home\n").expect("write");
+        fs::write(spool.join(SPOOL_IN).join("1-2.wifi"), "ssid=Elsewhere\n").expect("write");
+        assert_eq!(commit(&spool, &config, Some(&wifi), None).expect("commit"), 1);
+        assert_eq!(answer(&spool, "1-1"), "ok\n");
+        assert_eq!(answer(&spool, "1-2"), "error: refused: wifi.txt: no, not that one\n");
+        assert!(fs::read_to_string(&wifi.path).expect("wifi").contains("ssid=\"Home\""));
+    }
+
+    #[test]
+    fn a_request_is_handed_over_whole_without_opening_the_spool() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("7-1.toml");
+        hand_over(&path, NEW).expect("hand over");
+        assert_eq!(fs::read_to_string(&path).expect("read"), NEW);
+        assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1, "no part file left");
+        // A name taken by a part file (another writer) is refused, and
+        // that file left alone.
+        fs::write(dir.path().join(".7-2.toml.part"), "other").expect("write");
+        assert!(hand_over(&dir.path().join("7-2.toml"), NEW).is_err());
+        assert_eq!(
+            fs::read_to_string(dir.path().join(".7-2.toml.part")).expect("read"),
+            "other"
+        );
     }
 }
