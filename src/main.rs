@@ -46,6 +46,11 @@ struct Cli {
     /// whose FAT partition Tower may not write itself).
     #[arg(long, value_name = "DIR")]
     save_via: Option<PathBuf>,
+    /// Read the Wi-Fi state from this directory (`tower wifi-manager`'s,
+    /// on the SD image) for the LEDs and the settings page, and save a new
+    /// network through --save-via.
+    #[arg(long, value_name = "DIR")]
+    wifi_via: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -381,6 +386,9 @@ fn main() -> ExitCode {
         store: store_for(loaded.file.as_deref(), cli.save_via),
         loaded,
         notice,
+        wifi: cli
+            .wifi_via
+            .map(|dir| std::sync::Arc::new(tower::wifi::WifiWatch::new(dir))),
     };
     let mut service = match Service::start(&cfg, backends, Some(admin)) {
         Ok(s) => s,

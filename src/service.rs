@@ -89,6 +89,9 @@ pub struct AdminSetup {
     pub loaded: Loaded,
     pub store: Box<dyn Store>,
     pub notice: Option<String>,
+    /// The SD image's Wi-Fi manager's state (the LEDs show its setup
+    /// hotspot; the settings page its network).
+    pub wifi: Option<Arc<crate::wifi::WifiWatch>>,
 }
 
 impl Backends {
@@ -224,6 +227,7 @@ struct Rebuild {
     mixer: Factory<Box<dyn Mixer>>,
     leds: LedFactory,
     led_config: LedConfig,
+    wifi: Option<Arc<crate::wifi::WifiWatch>>,
     mqtt: Option<MqttSettings>,
     capture_config: CaptureConfig,
     router: Arc<AudioInputRouter>,
@@ -329,6 +333,7 @@ impl Service {
         let led_status = first_leds.status();
         let amp = Arc::new(AmpBoard::default());
         amp.reset(settings.leds.amp.as_ref(), first_leds.drives_pins());
+        let wifi = admin.as_ref().and_then(|a| a.wifi.clone());
         let leds = start_leds(
             first_leds,
             &settings.leds,
@@ -336,6 +341,7 @@ impl Service {
             &encoder,
             &pump_stats,
             &capture.handle(),
+            wifi.clone(),
             &supervisor,
             &hooks,
         )
@@ -382,6 +388,7 @@ impl Service {
                     changes,
                     admin_counters,
                 )
+                .with_wifi(setup.wifi)
                 .start(&supervisor)
                 .map_err(thread("admin"))?;
                 (Some(running.worker), Some(running.desk as Arc<dyn Desk>))
@@ -449,6 +456,7 @@ impl Service {
                 mixer: backends.mixer,
                 leds: backends.leds,
                 led_config: settings.leds,
+                wifi,
                 mqtt: settings.mqtt,
                 capture_config,
                 router,
@@ -725,6 +733,7 @@ impl Service {
                     &self.encoder,
                     &self.board.pump,
                     &self.board.capture,
+                    r.wifi.clone(),
                     &r.supervisor,
                     &r.hooks,
                 )?);
@@ -931,6 +940,7 @@ fn start_leds(
     encoder: &Arc<EncoderManager>,
     pump: &Arc<crate::pump::PumpStats>,
     capture: &CaptureHandle,
+    wifi: Option<Arc<crate::wifi::WifiWatch>>,
     supervisor: &Supervisor,
     hooks: &Arc<TestHooks>,
 ) -> std::io::Result<Worker<()>> {
@@ -939,7 +949,15 @@ fn start_leds(
     crate::leds::start(
         leds,
         amp,
-        move || (enc.state(), pump.input_state(), capture.program().is_program()),
+        move || crate::leds::Looks {
+            encoder: enc.state(),
+            input: pump.input_state(),
+            program: capture.program().is_program(),
+            wifi: wifi
+                .as_ref()
+                .and_then(|w| w.state(Instant::now()))
+                .and_then(|s| s.led_show()),
+        },
         supervisor,
         hooks.clone(),
     )

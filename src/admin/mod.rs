@@ -36,6 +36,7 @@ pub mod calibrate;
 pub mod password;
 pub mod session;
 pub mod throttle;
+mod wifi;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -136,6 +137,8 @@ pub struct Admin<C: Control> {
     history: Arc<ChangeLog>,
     counters: Arc<AdminCounters>,
     failed_log: LogGate,
+    /// The SD image's Wi-Fi manager (see `wifi`).
+    wifi: Option<Arc<crate::wifi::WifiWatch>>,
 }
 
 /// The desk's thread and the handle the HTTP front end hands jobs to.
@@ -170,6 +173,7 @@ impl<C: Control> Admin<C> {
             history,
             counters,
             failed_log: LogGate::new(Duration::from_secs(10)),
+            wifi: None,
         };
         admin.hash_plain_password();
         admin.note_password();
@@ -275,6 +279,7 @@ impl<C: Control> Admin<C> {
                     _ => error(405, "use GET to read and POST to change"),
                 }
             }
+            (_, "/api/wifi" | "/api/wifi/scan") => self.wifi(rq, peer, now),
             (_, "/api/session" | "/api/claim" | "/api/login" | "/api/logout" | "/api/password") => {
                 error(405, "use POST (GET for /api/session)")
             }

@@ -53,6 +53,8 @@ impl Control for Fake {
 #[derive(Clone, Default)]
 struct Memory {
     saved: Arc<Mutex<Vec<String>>>,
+    /// `wifi.txt` files saved (see `wifi_tests`).
+    wifi: Arc<Mutex<Vec<String>>>,
     full: Arc<AtomicBool>,
 }
 
@@ -69,6 +71,11 @@ impl Store for Memory {
             });
         }
         self.saved.lock().expect("lock").push(text.to_string());
+        Ok(())
+    }
+
+    fn save_wifi(&mut self, text: &str) -> Result<(), SaveError> {
+        self.wifi.lock().expect("lock").push(text.to_string());
         Ok(())
     }
 }
@@ -462,3 +469,6 @@ fn basic_credentials_are_decoded() {
     assert_eq!(basic_credentials("Basic !!!"), None);
     assert_eq!(basic_credentials("Basic YWRtaW4="), None, "no colon");
 }
+
+#[path = "wifi_tests.rs"]
+mod wifi;

@@ -6,6 +6,11 @@
 //! | encoder | RUNNING   | STARTING / RESTARTING | FAILED     |              | STOPPED  |
 //! | input   | live      |                       |            | grace        | fallback |
 //!
+//! On the SD image the Wi-Fi setup takes both over while it has something
+//! to say [W6]: the setup hotspot open (the two take turns once a second),
+//! or the address just joined from it (flashed digit by digit); see
+//! `pattern::wifi_patterns`.
+//!
 //! [`open`] runs once on the main thread at start-up and picks the backend
 //! ([`select::choose_backend`] over what was probed): the kernel's GPIO
 //! character device (`cdev`, Cargo feature `gpio`, any Linux), else rppal
@@ -45,7 +50,7 @@ pub use error::LedError;
 pub use fake::NullLeds;
 #[cfg(any(test, feature = "test-hooks"))]
 pub use fake::RecordingLeds;
-pub use pattern::{Pattern, encoder_pattern, input_pattern};
+pub use pattern::{Pattern, encoder_pattern, input_pattern, wifi_patterns};
 use select::{Backend, ChipSpec};
 
 /// How often the LED thread looks at the states when no blink is due to
@@ -259,6 +264,17 @@ fn open_rppal(_: &LedConfig) -> Result<Box<dyn Leds>, String> {
     Err("this build has no rppal backend".into())
 }
 
+/// What the LED thread looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Looks {
+    pub encoder: EncoderState,
+    pub input: InputState,
+    /// Program plays (the amplifier line).
+    pub program: bool,
+    /// What the Wi-Fi setup shows instead of the states, if anything.
+    pub wifi: Option<crate::wifi::LedShow>,
+}
+
 /// Applies the patterns; pure but for the [`Leds`] it drives.
 pub struct LedDriver {
     leds: Box<dyn Leds>,
@@ -310,11 +326,21 @@ impl LedDriver {
     /// [`STATE_POLL`] from now if that is sooner (or no LED blinks), or
     /// [`DARK_POLL`] from now without LED hardware.
     pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) -> Instant {
+        self.show(encoder_pattern(encoder), input_pattern(input), now)
+    }
+
+    /// [`LedDriver::update`], with the Wi-Fi setup's patterns in place of
+    /// the states' while it has something to show.
+    pub fn update_with(&mut self, looks: &Looks, now: Instant) -> Instant {
+        match looks.wifi.map(wifi_patterns) {
+            Some([encoder, input]) => self.show(encoder, input, now),
+            None => self.update(looks.encoder, looks.input, now),
+        }
+    }
+
+    fn show(&mut self, encoder: Pattern, input: Pattern, now: Instant) -> Instant {
         let t = now.saturating_duration_since(self.start);
-        let patterns = [
-            (Led::Encoder, encoder_pattern(encoder)),
-            (Led::Input, input_pattern(input)),
-        ];
+        let patterns = [(Led::Encoder, encoder), (Led::Input, input)];
         for (i, (led, pattern)) in patterns.into_iter().enumerate() {
             let on = pattern.level(t);
             if self.shown[i] != Some(on) {
@@ -341,13 +367,14 @@ impl LedDriver {
     }
 }
 
-/// The "leds" thread, reading the encoder's and the input's states and
-/// whether program plays through `read`; with `amp`, it drives the
-/// amplifier line too (its off delay, and where its state is shown).
+/// The "leds" thread, reading the encoder's and the input's states,
+/// whether program plays and what the Wi-Fi setup shows through `read`;
+/// with `amp`, it drives the amplifier line too (its off delay, and where
+/// its state is shown).
 pub fn start(
     leds: Box<dyn Leds>,
     amp: Option<(Duration, Arc<AmpBoard>)>,
-    read: impl Fn() -> (EncoderState, InputState, bool) + Send + 'static,
+    read: impl Fn() -> Looks + Send + 'static,
     supervisor: &Supervisor,
     hooks: Arc<TestHooks>,
 ) -> std::io::Result<Worker<()>> {
@@ -359,10 +386,10 @@ pub fn start(
         }
         loop {
             hooks.panic_point(PanicTarget::Leds);
-            let (encoder, input, program) = read();
+            let looks = read();
             let now = Instant::now();
-            let next = driver.update(encoder, input, now);
-            let next = driver.amp(program, now).map_or(next, |off| next.min(off));
+            let next = driver.update_with(&looks, now);
+            let next = driver.amp(looks.program, now).map_or(next, |off| next.min(off));
             if stop.sleep_until(next) {
                 break;
             }
@@ -547,7 +574,12 @@ mod tests {
         let worker = start(
             Box::new(rec.clone()),
             Some((MS(300), board.clone())),
-            move || (EncoderState::Running, InputState::Live, p.load(Ordering::Relaxed)),
+            move || Looks {
+                encoder: EncoderState::Running,
+                input: InputState::Live,
+                program: p.load(Ordering::Relaxed),
+                wifi: None,
+            },
             &Supervisor::none(),
             Arc::new(TestHooks::disabled()),
         )
@@ -571,6 +603,39 @@ mod tests {
         stop(worker, Duration::from_secs(1)).expect("stops");
         assert_eq!(rec.level(Led::Amp), Some(false));
         assert_eq!(board.snapshot(Instant::now()).switched_on, 1);
+    }
+
+    #[test]
+    fn the_wifi_setup_takes_both_leds_over_and_gives_them_back() {
+        use crate::wifi::LedShow;
+        let rec = RecordingLeds::default();
+        let t0 = Instant::now();
+        let mut d = LedDriver::new(Box::new(rec.clone()), t0);
+        let mut looks = Looks {
+            encoder: EncoderState::Running,
+            input: InputState::Live,
+            program: false,
+            wifi: Some(LedShow::Hotspot),
+        };
+        // The hotspot: one LED on, the other off, swapping every 0.5 s.
+        let next = d.update_with(&looks, t0);
+        assert_eq!(
+            (rec.level(Led::Encoder), rec.level(Led::Input)),
+            (Some(true), Some(false))
+        );
+        assert_eq!(next, t0 + MS(100), "polls for a new state before its edge");
+        d.update_with(&looks, t0 + MS(500));
+        assert_eq!(
+            (rec.level(Led::Encoder), rec.level(Led::Input)),
+            (Some(false), Some(true))
+        );
+        // Gone: the states again.
+        looks.wifi = None;
+        d.update_with(&looks, t0 + MS(600));
+        assert_eq!(
+            (rec.level(Led::Encoder), rec.level(Led::Input)),
+            (Some(true), Some(true))
+        );
     }
 
     #[test]
