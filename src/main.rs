@@ -239,7 +239,7 @@ fn root_helpers(cli: &Cli) -> Option<ExitCode> {
             if !watch_signals() {
                 return Some(ExitCode::from(1));
             }
-            let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let hostname = tower::wifi::captive::hostname();
             tracing::info!(
                 component = "captive",
                 "captive portal on {address}: DNS answers every name with {address}; port 80 sends phones to port {tower_port}"
