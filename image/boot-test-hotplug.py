@@ -83,7 +83,9 @@ class Listener(threading.Thread):
 
 def status():
     try:
-        with urllib.request.urlopen("http://127.0.0.1:%d/status" % port, timeout=2) as r:
+        # As "localhost": Tower answers /status only to names it knows.
+        rq = urllib.request.Request("http://127.0.0.1:%d/status" % port, headers={"Host": "localhost:%d" % port})
+        with urllib.request.urlopen(rq, timeout=2) as r:
             inp = json.load(r).get("input") or {}
             return (inp.get("device") or {}).get("name", ""), inp.get("state", "")
     except (OSError, ValueError):

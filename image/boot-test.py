@@ -4,8 +4,8 @@ lines of image/boot-test.d's units) and Tower's /status, and prints one line
 per check as "PASS|check|figure" or "FAIL|check|figure".
 
 usage: boot-test.py SERIAL_LOG CHECKS PORT LEVEL_DB STATUS_JSON TONE_BEFORE_KILL
-  CHECKS            which checks, space-separated: device level leds journal
-                    avahi wifi wifi-short hotplug
+  CHECKS            which checks, space-separated: device level leds amp
+                    journal avahi wifi wifi-short hotplug settings
   LEVEL_DB          the capture level tower.toml sets, in dB
   TONE_BEFORE_KILL  yes: the host decoded the tone before the guest killed
                     ffmpeg; no: only after; never: not at all
@@ -72,7 +72,7 @@ if "level" in checks:
             "no capture control with a dB value: %s" % ("; ".join(lines) or "no mixer lines"))
 
 # --- LEDs ----------------------------------------------------------------------
-samples = [(float(t), a, b) for t, a, b in re.findall(r"TOWER-LED ([\d.]+) (\S) (\S)", log)]
+samples = [(float(t), a, b, c or "-") for t, a, b, c in re.findall(r"TOWER-LED ([\d.]+) (\S) (\S)(?: (\S))?", log)]
 kill = re.search(r"killed Tower's ffmpeg \(pid ([^,]*), child of tower pid (\d+)\) with SIGKILL at ([\d.]+) s", log)
 again = re.search(r"leds: both on and unchanged for 10 s again at ([\d.]+) s", log)
 done = re.search(r"TOWER-SELFTEST: done at ([\d.]+) s", log)
@@ -135,6 +135,43 @@ else:
            {"yes": "before the kill", "no": "only after the kill", "never": "never"}.get(tone_before_kill, tone_before_kill))
         if last_in[1] == "1" else "GPIO27 was %s at the kill (since %.2f s)" % (last_in[1], last_in[0]))
 
+# --- the amplifier line ------------------------------------------------------
+def amp():
+    """GPIO22 (gpio.amp_pin = 22) follows the tone: off before it, on
+    within ~2 s of its start, off program.hold_s (3 s) + gpio.amp_off_delay_s
+    (5 s) after it stopped; /status and the journal say the same."""
+    start = re.search(r"TOWER-SELFTEST: tone: 1000 Hz into \S+ from ([\d.]+) s", log)
+    stop = re.search(r"TOWER-SELFTEST: tone: stopped at ([\d.]+) s", log)
+    during = (guest("amp: while the tone plays: ") or ["no report"])[0].strip()
+    after = (guest("amp: 12 s after the tone stopped: ") or ["no report"])[0].strip()
+    journal = (guest("amp: journal: ") or ["no report"])[0].strip()
+    line = changes(3)
+    if not start or not stop:
+        out(False, "amp line: GPIO22 off before the tone, on within 2 s of its start",
+            "tone start %s, stop %s; GPIO22 changes: %s" % (start and start.group(1), stop and stop.group(1),
+                                                             " ".join("%.2f:%s" % c for c in line[:12])))
+        return
+    ts, te = float(start.group(1)), float(stop.group(1))
+    before = [c for c in line if c[0] <= ts]
+    was = before[-1] if before else (0.0, "none")
+    on = next((c for c in line if c[0] > ts and c[1] == "1"), None)
+    off = next((c for c in line if on and c[0] > on[0] and c[1] != "1"), None)
+    ok = was[1] == "0" and on is not None and on[0] - ts <= 2.0 and on[0] < te
+    out(ok, "amp line: GPIO22 off before the tone, on within 2 s of its start",
+        "GPIO22 %s from %.2f s; tone from %.2f s; on at %s" % (was[1], was[0], ts,
+                                                             "%.2f s (+%.2f s)" % (on[0], on[0] - ts) if on else "never"))
+    ok = off is not None and off[1] == "0" and abs(off[0] - te - 8.0) <= 1.0
+    out(ok, "amp line: GPIO22 off 3 s hold + 5 s delay after the tone stopped",
+        "on from %s, tone stopped at %.2f s, off at %s" % ("%.2f s" % on[0] if on else "never", te,
+                                                          "%.2f s (+%.2f s, want 8 +/- 1)" % (off[0], off[0] - te) if off else "never"))
+    ok = (re.search(r"program=program amp=\{[^}]*\"driven\":true[^}]*\"on\":true", during) is not None
+          and re.search(r"program=idle amp=\{[^}]*\"driven\":true[^}]*\"on\":false", after) is not None)
+    out(ok, "amp line: /status amp.driven, program.state following the tone",
+        "while the tone plays: %s; 12 s after it stopped: %s" % (during, after))
+    ok = journal.startswith('1 x "program: something plays", 1 x "idle: the input went quiet"')
+    out(ok, "amp line: one program line and one idle line in Tower's journal", journal)
+
+
 # --- journald --------------------------------------------------------------
 def journal():
     entries = [e.strip() for e in guest("journal: encoder entry: ")]
@@ -189,13 +226,12 @@ def wifi():
 
 def wifi_short():
     """A wifi.txt whose password is one character short: the reason in the
-    status file (readable by tower) and the journal, no config, no join."""
+    status file (readable by tower) and the journal, no network in
+    wpa_supplicant's config, no join (and, with Ethernet, no hotspot)."""
     link, status, journal = wifi_lines()
     reason = "the password (psk=) is 7 characters long; WPA needs 8 to 63"
     ok = (reason in status and "as user tower: error: " in status and "mode 644" in status
-          and reason in journal and link.startswith("failed;")
-          and "wpa_supplicant-wlan0.conf absent" in link and "wpa_supplicant@wlan0 inactive" in link
-          and "address none" in link)
+          and reason in journal and "0 network(s)" in link and "address none" in link)
     out(ok, "wifi: a 7-character password: the reason in the status file and journal, no config",
         "%s; journal: %s; %s" % (status, journal, link))
 
@@ -226,8 +262,176 @@ def hotplug():
                                               " / ".join(lines)))
 
 
+
+# --- the setup hotspot (issue 24) ------------------------------------------
+def hs(prefix):
+    """The hotspot script's lines that start with prefix."""
+    return [l.strip() for l in guest("hotspot: " + prefix)]
+
+
+def hs1(prefix):
+    return (hs(prefix) or [""])[0]
+
+
+def secs(pattern, text):
+    m = re.search(pattern, text)
+    return float(m.group(1)) if m else None
+
+
+def hotspot_visible():
+    line = hs1("hotspot visible at ")
+    t = secs(r"^([\d.]+) s", line)
+    ok = t is not None and "Tower-setup-" in line and "WPA2-PSK" in line
+    out(ok, "hotspot: visible to the phone, WPA2 (no wifi.txt, no cable)",
+        "boot to hotspot visible: %s (guest uptime); %s" % ("%.1f s" % t if t is not None else "never", line or "; ".join(hs("the hotspot was never"))))
+    return t
+
+
+def hotspot_phone():
+    joined = hs1("phone joined ")
+    lease = hs1("phone DHCP: ")
+    out("wpa_state=COMPLETED" in joined and "key_mgmt=WPA2-PSK" in joined
+        and re.match(r"192\.168\.4\.\d+/24 router 192\.168\.4\.1 dns 192\.168\.4\.1", lease) is not None,
+        "hotspot: the phone joins it and gets an address by DHCP (router and DNS: Tower)", "%s; DHCP: %s" % (joined, lease or "none"))
+    dns = hs1("dns: ")
+    names = re.findall(r"(\S+) -> ([\d.,]*);", dns)
+    out(len(names) == 4 and all(a == "192.168.4.1" for _, a in names),
+        "hotspot: every name resolves to Tower (captive DNS)", dns or "no report")
+    page = hs1("page loaded at ")
+    took = secs(r"\(([\d.]+) s after the phone joined\)", page)
+    ok = ("HTTP/1.1 302 Found Location: http://192.168.4.1:%d/settings HTTP/1.1 200 OK" % port in page
+          and "<title>Settings" in page)
+    out(ok, "hotspot: a phone's captive-portal probe lands on the settings page",
+        "phone joined to setup page loaded: %s; %s" % ("%.1f s" % took if took is not None else "never", page or "no report"))
+    local = hs1("tower.local: ")
+    ok = ("HTTP/1.1 302 Found Location: http://tower.local:%d/ HTTP/1.1 200 OK" % port in local
+          and "<title>" in local)
+    out(ok, "hotspot: http://tower.local/ works", local or "no report")
+
+
+def hotspot_setup():
+    hotspot_visible()
+    hotspot_phone()
+    listed = hs1("api: networks Tower lists: ")
+    got = hs1("api: GET /api/wifi: ")
+    out(got.startswith("HTTP/1.1 200") and '"Tower home"' in listed,
+        "hotspot: the page lists the networks the radio sees (admin password, HTTP Basic)",
+        "GET /api/wifi %s; %s" % (got[:14], listed or "no list"))
+    wrong = hs1("posting the home network with a wrong password")
+    back = hs1("hotspot back: ")
+    after = hs1("api: after the wrong password: ")
+    took = secs(r"\(([\d.]+) s after the answer\)", back)
+    ok = ("HTTP/1.1 200" in wrong and took is not None and took <= 150
+          and '"mode": "hotspot"' in after and '"code": "wrong_password"' in after)
+    out(ok, "hotspot: a wrong password brings the hotspot back, and the page says why",
+        "failed join to hotspot back: %s; save answered: %s; then: %s" % (
+            "%.1f s" % took if took is not None else "never", wrong.split(": ", 1)[-1][:60], after or "; ".join(hs("the hotspot did not"))))
+    right = hs1("posting the home network with its password")
+    joined = hs1("joined the home network at ")
+    took = secs(r"\(([\d.]+) s after the answer\)", joined)
+    out("HTTP/1.1 200" in right and took is not None,
+        "hotspot: the home network saved from the phone is joined",
+        "save to joined home network: %s; %s" % ("%.1f s" % took if took is not None else "never",
+                                                  joined or "; ".join(hs("Tower did not join"))))
+    listener = hs1("home listener: ")
+    seconds = secs(r"\(([\d.]+) s of audio\)", listener)
+    out(seconds is not None and seconds >= 2.0, "hotspot: a listener on the home network hears Tower's stream",
+        listener or "no report")
+    card = hs1("wifi.txt on the card: ")
+    out("ssid=\"Tower home\"" in card and "psk line present" in card,
+        "hotspot: the network is saved in wifi.txt on the FAT partition", card or "no report")
+    hotspot_leds()
+
+
+def hotspot_leds():
+    """The LEDs while the hotspot is open (they take turns once a second),
+    and just after the join (the last number of the address, flashed)."""
+    visible = secs(r"^([\d.]+) s", hs1("hotspot visible at "))
+    posted = secs(r"at ([\d.]+) s:", hs1("posting the home network with a wrong password"))
+    joined_line = hs1("joined the home network at ")
+    joined = secs(r"^([\d.]+) s", joined_line)
+    if visible is None or posted is None:
+        out(False, "LEDs: the setup hotspot's pattern (the two LEDs take turns once a second)", "no hotspot window")
+        return
+    window = [s for s in samples if visible <= s[0] <= posted]
+    both = [(t, a, b) for t, a, b, _ in window]
+    turns = all(a != b and a in "01" and b in "01" for _, a, b in both)
+    edges = [both[i][0] for i in range(1, len(both)) if both[i][1] != both[i - 1][1]]
+    halves = [round((edges[i + 1] - edges[i]) * 1000) for i in range(len(edges) - 1)]
+    mid = statistics.median(halves) if halves else 0
+    out(turns and len(halves) >= 4 and 400 <= mid <= 600,
+        "LEDs: the setup hotspot's pattern (the two LEDs take turns once a second)",
+        "%d samples from %.1f to %.1f s: GPIO17 and GPIO27 %s; %d changes, median %d ms between them (%s)" % (
+            len(both), visible, posted, "always opposite" if turns else "not always opposite", len(edges), mid,
+            " ".join(map(str, halves[:8]))))
+    addr = re.search(r"address 192\.168\.77\.(\d+)", joined_line)
+    if joined is None or not addr:
+        out(False, "LEDs: the new address's last number flashed after the join", "no join")
+        return
+    digits = [int(d) or 10 for d in addr.group(1)]
+    on = [(t, a) for t, a, _, _ in samples if joined - 5 <= t <= joined + 25]
+    groups, count, last_off = [], 0, None
+    for i in range(1, len(on)):
+        if on[i][1] == "1" and on[i - 1][1] != "1":
+            if last_off is not None and on[i][0] - last_off > 0.8:
+                groups.append(count)
+                count = 0
+            count += 1
+        elif on[i][1] != "1" and on[i - 1][1] == "1":
+            last_off = on[i][0]
+    groups.append(count)
+    text = ",".join(map(str, groups))
+    ok = any(groups[i:i + len(digits)] == digits for i in range(len(groups)))
+    out(ok, "LEDs: the new address's last number flashed after the join",
+        "address ...%s: flash groups from %.1f s: %s (want %s in a row)" % (addr.group(1), joined - 5, text,
+                                                                       ",".join(map(str, digits))))
+
+
+def hotspot_cut():
+    hotspot_visible()
+    cable_in = hs1("cable in at ")
+    took_in = secs(r"closed within ([\d.]+) s", cable_in)
+    out(took_in is not None, "hotspot: an Ethernet cable plugged in closes it", cable_in or "no report")
+    cable_out = hs1("cable out at ")
+    took_out = secs(r"open again within ([\d.]+) s", cable_out)
+    out(took_out is not None and took_out <= 60, "hotspot: the cable out, the hotspot opens again", cable_out or "no report")
+    hotspot_phone()
+    posted = hs1("posted: ")
+    try:
+        host = open(log_path.replace("-serial.log", "-host.txt"), errors="replace").read()
+    except OSError:
+        host = ""
+    cut = re.search(r"power cut: SIGKILL to QEMU.*", host)
+    out(posted.startswith("HTTP/1.1 200") and cut is not None and not hs("still running"),
+        "hotspot: power cut right after the save was answered (during the switch)",
+        "%s; host: %s" % (posted or "not posted", cut.group(0) if cut else "no cut"))
+
+
+def hotspot_after():
+    outcome = hs1("after the power cut: ")
+    ok = outcome.startswith("joined the home network") or outcome.startswith("the setup hotspot visible")
+    out(ok, "hotspot: after the power cut the box offers the hotspot or joins the home network",
+        outcome or "no report")
+    card = hs1("wifi.txt on the card: ")
+    out(True, "hotspot: wifi.txt after the power cut (information)", card or "none")
+    moved = hs1("moved house: ")
+    took = secs(r"visible ([\d.]+) s after", moved)
+    if outcome.startswith("joined"):
+        out(took is not None and took <= 160, "hotspot: a box that moved house opens the hotspot",
+            "network gone to hotspot visible: %s; %s" % ("%.1f s" % took if took is not None else "never", moved))
+        again = hs1("never gives up: ")
+        took = secs(r"again ([\d.]+) s after", again)
+        out(took is not None, "hotspot: it never gives up: the home network back is joined again (retry 60 s here)",
+            again or "no report")
+
+
+if "amp" in checks:
+    amp()
 if "journal" in checks:
     journal()
+for kind in ("setup", "cut", "after"):
+    if "hotspot-" + kind in checks:
+        globals()["hotspot_" + kind]()
 if "avahi" in checks:
     avahi()
 if "wifi" in checks:
