@@ -259,8 +259,10 @@ fn the_pages_show_program_and_the_broker_and_the_settings_page_changes_both_in_c
     type_into(&page, "program.margin_db", "12");
     type_into(&page, "program.hold_s", "3");
     page.exec("document.querySelector('[data-save=program]').click(); return 0");
+    // Generous: restarting the MQTT link joins a thread that may be in a
+    // connection attempt, and the machine may be busy.
     let saved = |card: &str| {
-        common::wait_for(Duration::from_secs(5), || {
+        common::wait_for(Duration::from_secs(15), || {
             page.exec(&format!(
                 "return document.querySelector('[data-ok={card}]').textContent"
             ))

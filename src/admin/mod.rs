@@ -146,8 +146,8 @@ pub struct Running {
 
 impl<C: Control> Admin<C> {
     /// The desk over `loaded`, saving to `store`. A plain password in the
-    /// file is replaced there by its hash now (and kept in memory as a
-    /// hash if the file cannot be written).
+    /// file is replaced there by its hash when the thread starts (see
+    /// [`Admin::settle`]).
     pub fn new(
         control: C,
         loaded: Loaded,
@@ -171,9 +171,20 @@ impl<C: Control> Admin<C> {
             counters,
             failed_log: LogGate::new(Duration::from_secs(10)),
         };
-        admin.hash_plain_password();
+        admin.hash = (!admin.loaded.config.admin.password_hash.is_empty())
+            .then(|| admin.loaded.config.admin.password_hash.clone());
         admin.note_password();
         admin
+    }
+
+    /// What the thread does first, before any request: a plain password in
+    /// the file is replaced there by its hash (and kept in memory as a hash
+    /// if the file cannot be written). Not at construction: hashing and a
+    /// save (which on the SD image waits for a root helper) must not hold
+    /// up the start of the audio.
+    pub fn settle(&mut self) {
+        self.hash_plain_password();
+        self.note_password();
     }
 
     fn note_password(&self) {
@@ -227,6 +238,7 @@ impl<C: Control> Admin<C> {
 
     fn run(mut self, stop: &StopSignal, jobs: &Receiver<Box<DeskJob>>) {
         lower_priority();
+        self.settle();
         while !stop.is_stopped() {
             let wait = if self.calibration.running() {
                 CALIBRATE_EVERY

@@ -88,7 +88,7 @@ fn rig(file: &str) -> Rig {
     .expect("valid");
     let fake = Fake::default();
     let store = Memory::default();
-    let admin = Admin::new(
+    let mut admin = Admin::new(
         fake.clone(),
         loaded,
         Box::new(store.clone()),
@@ -96,6 +96,7 @@ fn rig(file: &str) -> Rig {
         Arc::new(ChangeLog::default()),
         Arc::new(AdminCounters::default()),
     );
+    admin.settle();
     Rig { admin, fake, store }
 }
 

@@ -12,8 +12,8 @@ pub mod faults;
 pub mod icecast;
 pub mod mqtt;
 pub mod program;
-pub mod settings;
 pub mod push;
+pub mod settings;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
