@@ -127,6 +127,46 @@ fn icy_metadata_comes_exactly_every_metaint_bytes_and_only_to_clients_that_ask()
 }
 
 #[test]
+fn stream_mp3_is_the_same_stream_with_the_same_head_burst_icy_and_head() {
+    let mut env = NO_DEVICE.to_vec();
+    env.extend([("TOWER_HTTP_ICY_METAINT", "1000"), ("TOWER_STATION_TITLE", "Side A")]);
+    let tower = Tower::start(&[], &env);
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_tone(440.0, Duration::from_secs(10)), "no fallback tone");
+    // The same head, the same frames (both asked at once, with a burst
+    // long enough that the two bodies overlap).
+    let get = |path: &str| {
+        let addr = tower.addr;
+        let rq = format!("GET {path}?burst_ms=2000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        std::thread::spawn(move || read_raw(addr, &rq, 30_000))
+    };
+    let (a, b) = (get("/stream"), get("/stream.mp3"));
+    let ((head_a, body_a), (head_b, body_b)) = (a.join().expect("a"), b.join().expect("b"));
+    assert_eq!(head_a, head_b, "the two names give the same head");
+    let ((fa, ga), (fb, gb)) = (frames_of(&body_a), frames_of(&body_b));
+    assert_eq!((ga, gb), (0, 0));
+    let start = fa
+        .iter()
+        .position(|f| *f == fb[10])
+        .expect("a frame of one is in the other");
+    let common = fa[start..].iter().zip(&fb[10..]).take_while(|(x, y)| x == y).count();
+    assert!(common >= 40, "only {common} frames in common");
+    assert!(tone_440(&fb[fb.len() - 30..]) > 0.9);
+    // HEAD: the head alone.
+    let r = http_raw(tower.addr, "HEAD /stream.mp3 HTTP/1.0\r\n\r\n");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-type").as_deref(), Some("audio/mpeg"));
+    // ICY, from any host name (like /stream).
+    let (head, body) = read_raw(
+        tower.addr,
+        "GET /stream.mp3 HTTP/1.1\r\nHost: speaker.example\r\nIcy-MetaData: 1\r\n\r\n",
+        3_000,
+    );
+    assert_eq!(header(&head, "icy-metaint"), Some("1000"), "{head}");
+    assert_eq!(&body[1001..1001 + 21], b"StreamTitle='Side A';");
+}
+
+#[test]
 fn a_new_listener_gets_the_burst_at_once_then_real_time() {
     let mut env = NO_DEVICE.to_vec();
     env.push(("TOWER_HTTP_BURST_MS", "480"));
@@ -173,7 +213,8 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
         assert_eq!(r.header("content-type").as_deref(), Some("audio/x-mpegurl"));
         assert_eq!(
             r.body_text(),
-            "#EXTM3U\n#EXTINF:-1,Hall\nhttp://tower.local:8000/stream\n"
+            "#EXTM3U\n#EXTINF:-1,Hall\nhttp://tower.local:8000/stream\n\
+             #EXTINF:-1,Hall (.mp3)\nhttp://tower.local:8000/stream.mp3\n"
         );
     }
     // A Host with characters no host has is not echoed.

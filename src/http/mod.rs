@@ -144,11 +144,12 @@ const LEVEL_EVERY: Duration = Duration::from_millis(100);
 /// Level events between two status events.
 const STATUS_EVERY: u32 = 10;
 /// The paths served (other than the test hooks and the desk's).
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "/",
     "/index.html",
     "/settings",
     "/stream",
+    "/stream.mp3",
     "/stream.m3u",
     "/listen.m3u",
     "/events",
@@ -200,7 +201,7 @@ pub struct HttpSnapshot {
 
 /// Paths any host name may ask for: listening is open to the network, and
 /// a producer on this machine paces itself from the input queue's fill.
-const PUBLIC: [&str; 4] = ["/stream", "/stream.m3u", "/listen.m3u", "/tower/buffer"];
+const PUBLIC: [&str; 5] = ["/stream", "/stream.mp3", "/stream.m3u", "/listen.m3u", "/tower/buffer"];
 
 struct Shared {
     addr: SocketAddr,
@@ -423,7 +424,9 @@ impl Handler for Shared {
                     .with("X-Frame-Options", "DENY")
                     .with("Content-Security-Policy", "frame-ancestors 'none'"),
             ),
-            "/stream" => self.stream(rq, peer),
+            // The same stream under a name ending in `.mp3`: UPnP renderers
+            // and Sonos refuse a URL that does not (error 714).
+            "/stream" | "/stream.mp3" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
             "/events" => self.events(rq),
             "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
@@ -541,11 +544,15 @@ impl Shared {
     }
 
     /// `/stream.m3u`: a playlist pointing at the stream as the client
-    /// reached the server, so opening it starts the user's player.
+    /// reached the server, so opening it starts the user's player. Both
+    /// names of the stream are in it: a player that cannot play the first
+    /// goes on to the second (`.mp3`, for players that go by the name).
     fn playlist(&self, rq: &Request) -> Response {
         let host = client_host(rq).map_or_else(|| self.addr.to_string(), str::to_string);
         let name = self.site.get().station.get().name.clone();
-        let body = format!("#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/stream\n");
+        let body = format!(
+            "#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/stream\n#EXTINF:-1,{name} (.mp3)\nhttp://{host}/stream.mp3\n"
+        );
         Response::new(200, "audio/x-mpegurl", body)
             .with("Content-Disposition", "inline; filename=\"tower.m3u\"")
             .with("Cache-Control", "no-cache")
