@@ -38,7 +38,8 @@ use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource
 use crate::audio::mixer::Mixer;
 use crate::audio::router::AudioInputRouter;
 use crate::audio::socket::Input;
-use crate::broadcast::{Broadcast, Station};
+use crate::broadcast::title::{IcecastTitles, TitleFeed, TitleSocket, TitleStats};
+use crate::broadcast::{Broadcast, NowPlaying, Station, TitleAudit, clean_title};
 use crate::config::change::{FieldErrors, Proposal, Taker, taker};
 use crate::config::store::Store;
 use crate::config::{Config, Loaded, Settings};
@@ -227,6 +228,8 @@ struct Rebuild {
     hooks: Arc<TestHooks>,
     site: Arc<Live<Site>>,
     desk: Option<Arc<dyn Desk>>,
+    now_playing: NowPlaying,
+    title_feed: TitleFeed,
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
@@ -242,9 +245,15 @@ pub struct Service {
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
     admin: Option<Worker<()>>,
+    /// The producer's title socket, while the input is a socket.
+    titles: Option<TitleSocket>,
+    icecast_titles: Option<IcecastTitles>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     station: Arc<Live<Station>>,
+    /// `station.title` in force: the title at start, which a change of
+    /// other station texts must not put back over what is playing.
+    configured_title: String,
     addr: SocketAddr,
     rebuild: Rebuild,
 }
@@ -317,8 +326,20 @@ impl Service {
 
         // 4. HTTP server, and the owner's desk.
         let hub = Arc::new(Hub::new(settings.hub));
-        let station = Arc::new(Live::new(settings.station.clone()));
+        let station = Arc::new(Live::new(Station {
+            title: clean_title(&settings.station.title),
+            ..settings.station.clone()
+        }));
         let changes = Arc::new(ChangeLog::default());
+        let now_playing = NowPlaying::new(station.clone(), title_audit(changes.clone()));
+        let title_feed = TitleFeed {
+            station: station.clone(),
+            outputs: outputs.clone(),
+            targets: Arc::new(Live::new(settings.icecast.clone())),
+            stats: Arc::new(TitleStats::default()),
+        };
+        let icecast_titles = IcecastTitles::start(title_feed.clone(), &supervisor).map_err(thread("icecast-titles"))?;
+        let titles = start_title_socket(&settings.input, &now_playing, &supervisor);
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -332,6 +353,7 @@ impl Service {
             station: station.clone(),
             leds: std::sync::Mutex::new(led_status),
             changes: changes.clone(),
+            titles: title_feed.stats.clone(),
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
         });
@@ -340,6 +362,7 @@ impl Service {
                 let control = ServiceControl {
                     inbox: inbox_tx.clone(),
                     board: board.clone(),
+                    now_playing: now_playing.clone(),
                 };
                 let running = Admin::new(control, setup.loaded, setup.store, setup.notice, changes)
                     .start(&supervisor)
@@ -387,9 +410,12 @@ impl Service {
             http: Some(http),
             broadcast: Some(broadcast),
             admin: admin_worker,
+            titles,
+            icecast_titles: Some(icecast_titles),
             hub,
             board,
             station,
+            configured_title: settings.station.title.clone(),
             addr: bound,
             rebuild: Rebuild {
                 supervisor,
@@ -405,6 +431,8 @@ impl Service {
                 hooks,
                 site,
                 desk,
+                now_playing,
+                title_feed,
                 book: RestartBook::default(),
                 due: Vec::new(),
             },
@@ -495,7 +523,10 @@ impl Service {
                         c.handle().tune(s.capture.clone());
                     }
                 }
-                Taker::Input => self.switch_input(p.source.take(), s, &mut warnings),
+                Taker::Input => {
+                    self.switch_input(p.source.take(), s, &mut warnings);
+                    self.restart_titles();
+                }
                 Taker::Pump => {
                     let change = PumpChange {
                         grace: s.pump.grace,
@@ -505,7 +536,21 @@ impl Service {
                         warnings.insert("pcm.grace_sec".into(), "the pump is busy; try again".into());
                     }
                 }
-                Taker::Station => self.station.set(s.station.clone()),
+                Taker::Station => {
+                    // What is playing stays, unless the owner changed the
+                    // title itself.
+                    let playing = self.station.get().title.clone();
+                    let title = if s.station.title == self.configured_title {
+                        playing
+                    } else {
+                        clean_title(&s.station.title)
+                    };
+                    self.configured_title = s.station.title.clone();
+                    self.station.set(Station {
+                        title,
+                        ..s.station.clone()
+                    });
+                }
                 Taker::Http => {
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
                     self.hub.set_burst_frames(s.hub.burst_frames);
@@ -528,6 +573,7 @@ impl Service {
                     for e in stopped {
                         tracing::warn!(component = "service", "{e}");
                     }
+                    self.rebuild.title_feed.targets.set(s.icecast.clone());
                     if let Err(e) = started {
                         warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
                     }
@@ -584,6 +630,15 @@ impl Service {
                     .push((Instant::now() + RESTART_FIRST, "capture".into()));
             }
         }
+    }
+
+    /// Closes the title socket and opens the one for the input in force.
+    fn restart_titles(&mut self) {
+        if let Some(old) = self.titles.take() {
+            let _ = stop_worker(old.worker);
+        }
+        let r = &self.rebuild;
+        self.titles = start_title_socket(&r.input, &r.now_playing, &r.supervisor);
     }
 
     fn ended(&mut self, ended: Ended, now: Instant) -> Result<(), Fatal> {
@@ -685,6 +740,13 @@ impl Service {
                     &r.supervisor,
                 )?);
             }
+            "titles" => self.restart_titles(),
+            "icecast-titles" => {
+                if let Some(old) = self.icecast_titles.take() {
+                    let _ = old.worker.stop(STEP_TIMEOUT);
+                }
+                self.icecast_titles = Some(IcecastTitles::start(r.title_feed.clone(), &r.supervisor)?);
+            }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
             }
@@ -719,6 +781,12 @@ impl Service {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
+        if let Some(t) = self.titles.take() {
+            note(stop_worker(t.worker));
+        }
+        if let Some(t) = self.icecast_titles.take() {
+            note(stop_worker(t.worker));
+        }
         for e in self.board.outputs.stop(STEP_TIMEOUT) {
             note(Err(e));
         }
@@ -733,6 +801,40 @@ impl Service {
         }
         note(self.encoder.stop(STEP_TIMEOUT * 2));
         problems
+    }
+}
+
+fn stop_worker(worker: Worker<()>) -> Result<(), WorkerError> {
+    worker.stop_signal().stop();
+    worker.stop(STEP_TIMEOUT)
+}
+
+/// The journal line and the history entry for a new title.
+fn title_audit(changes: Arc<ChangeLog>) -> TitleAudit {
+    Arc::new(move |who: &str, old: &str, new: &str| {
+        tracing::info!(
+            component = "broadcast",
+            peer = who,
+            key = "title",
+            "now playing, set by {who}: {old:?} → {new:?} (not saved)"
+        );
+        changes.record(who, "title", old, new);
+    })
+}
+
+/// The producer's title socket beside the socket input (none for a sound
+/// card). One that cannot be made is a warning: the audio matters more.
+fn start_title_socket(input: &Input, now: &NowPlaying, supervisor: &Supervisor) -> Option<TitleSocket> {
+    let Input::Socket(pcm) = input else { return None };
+    match TitleSocket::start(pcm, now.clone(), supervisor) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                component = "titles",
+                "no title socket: {e}; titles can still be set on the page"
+            );
+            None
+        }
     }
 }
 
@@ -753,6 +855,7 @@ fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerEr
 struct ServiceControl {
     inbox: Sender<Inbox>,
     board: Arc<Board>,
+    now_playing: NowPlaying,
 }
 
 impl ServiceControl {
@@ -778,6 +881,10 @@ impl Control for ServiceControl {
 
     fn restart(&self) {
         let _ = self.inbox.send(Inbox::Order(Order::Restart));
+    }
+
+    fn set_title(&self, who: &str, title: &str) -> String {
+        self.now_playing.set(who, title)
     }
 
     fn peak_dbfs(&self) -> f64 {

@@ -81,6 +81,9 @@ pub trait Control: Send + 'static {
     fn apply(&self, prepared: Self::Prepared) -> BTreeMap<String, String>;
     /// Stops Tower and starts it again (for keys read only at start).
     fn restart(&self);
+    /// Sets what is playing (cleaned, audited, not saved); returns the
+    /// title in force.
+    fn set_title(&self, who: &str, title: &str) -> String;
     /// The input's peak level now, in dBFS (the louder channel).
     fn peak_dbfs(&self) -> f64;
     /// The capture gain in force and its range, or why it is unknown.
@@ -244,7 +247,7 @@ impl<C: Control> Admin<C> {
             ("POST", "/api/login") => self.login(rq, peer, now),
             ("POST", "/api/logout") => self.logout(rq),
             ("POST", "/api/password") => self.change_password(rq, peer, now),
-            (_, "/api/settings" | "/api/calibrate" | "/api/restart") => {
+            (_, "/api/settings" | "/api/calibrate" | "/api/restart" | "/api/title") => {
                 if let Err(refused) = self.authorize(rq, peer, now) {
                     return refused;
                 }
@@ -254,6 +257,7 @@ impl<C: Control> Admin<C> {
                     ("GET", "/api/calibrate") => Response::json(&self.calibration.report()),
                     ("POST", "/api/calibrate") => self.start_calibration(now),
                     ("POST", "/api/restart") => self.restart(peer),
+                    ("POST", "/api/title") => self.set_title(rq, peer),
                     _ => error(405, "use GET to read and POST to change"),
                 }
             }
@@ -573,6 +577,17 @@ impl<C: Control> Admin<C> {
             });
             self.calibration.level_set(outcome, now);
         }
+    }
+
+    /// `POST /api/title {"title": "…"}`: what is playing now. Not saved
+    /// (a title is not configuration): `station.title` stays the title at
+    /// start.
+    fn set_title(&mut self, rq: &Request, peer: SocketAddr) -> Response {
+        let Some(title) = field(rq, "title") else {
+            return error(400, "send the title as title, e.g. {\"title\": \"Side B\"}");
+        };
+        let title = self.control.set_title(&peer.ip().to_string(), &title);
+        Response::json(&json!({ "title": title }))
     }
 
     fn restart(&mut self, peer: SocketAddr) -> Response {

@@ -41,6 +41,8 @@ pub(crate) struct Board {
     pub(crate) leds: Mutex<crate::leds::LedStatus>,
     /// Settings changed while running (the history beside the encoder's).
     pub(crate) changes: Arc<ChangeLog>,
+    /// Title updates sent to the Icecast servers.
+    pub(crate) titles: Arc<crate::broadcast::title::TitleStats>,
     /// Why Tower started from the backup of its configuration file.
     pub(crate) config_notice: Option<String>,
     /// Workers that ended, by thread name.
@@ -189,6 +191,7 @@ impl Board {
             config_notice: self.config_notice.clone(),
             listeners: hub,
             outputs: self.outputs.snapshot(),
+            icecast_titles: self.titles.snapshot(),
             pcm_buffer: router,
             mp3_buffer: ring,
             pump,
@@ -217,6 +220,8 @@ pub struct Status {
     pub config_notice: Option<String>,
     pub listeners: HubSnapshot,
     pub outputs: Vec<OutputSnapshot>,
+    /// The title sent to the Icecast servers (metadata updates).
+    pub icecast_titles: crate::broadcast::title::TitleSnapshot,
     pub pcm_buffer: RouterStats,
     pub mp3_buffer: RingStats,
     pub pump: PumpSnapshot,
