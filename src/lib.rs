@@ -25,6 +25,7 @@ pub mod logging;
 pub mod pump;
 pub mod ratelog;
 pub mod service;
+pub mod speakers;
 pub mod status;
 pub mod watchdog;
 pub mod worker;

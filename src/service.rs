@@ -53,6 +53,7 @@ use crate::leds::{LedConfig, Leds};
 use crate::live::Live;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
+use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox};
 use crate::status::{Board, ChangeLog};
 use crate::worker::{Ended, Supervisor, Worker, WorkerError};
 
@@ -230,6 +231,8 @@ struct Rebuild {
     desk: Option<Arc<dyn Desk>>,
     now_playing: NowPlaying,
     title_feed: TitleFeed,
+    /// The speakers thread's inbox and settings (when it runs).
+    speakers: Option<(SpeakersInbox, Arc<SpeakersConfig>)>,
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
@@ -247,6 +250,7 @@ pub struct Service {
     admin: Option<Worker<()>>,
     /// The producer's title socket, while the input is a socket.
     titles: Option<TitleSocket>,
+    speakers: Option<Worker<()>>,
     icecast_titles: Option<IcecastTitles>,
     hub: Arc<Hub>,
     board: Arc<Board>,
@@ -357,12 +361,21 @@ impl Service {
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
         });
+        let speakers_desk = settings.speakers.then(|| {
+            let hub = hub.clone();
+            crate::speakers::desk(Arc::new(move |ip| {
+                hub.listeners(Instant::now())
+                    .iter()
+                    .any(|l| l.peer.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+            }))
+        });
         let (admin_worker, desk) = match admin {
             Some(setup) => {
                 let control = ServiceControl {
                     inbox: inbox_tx.clone(),
                     board: board.clone(),
                     now_playing: now_playing.clone(),
+                    speakers: speakers_desk.as_ref().map(|(d, _)| d.clone()),
                 };
                 let running = Admin::new(control, setup.loaded, setup.store, setup.notice, changes)
                     .start(&supervisor)
@@ -385,6 +398,24 @@ impl Service {
         )
         .map_err(|source| ServiceError::Bind { addr, source })?;
         let bound = http.local_addr();
+
+        // The speakers thread: it gives renderers the port bound.
+        let speakers = match speakers_desk {
+            Some((_, inbox)) => {
+                let config = Arc::new(SpeakersConfig {
+                    listen: bound,
+                    station: station.clone(),
+                });
+                let worker =
+                    crate::speakers::start(inbox.clone(), config.clone(), &supervisor).map_err(thread("speakers"))?;
+                Some((worker, (inbox, config)))
+            }
+            None => None,
+        };
+        let (speakers, speakers_rebuild) = match speakers {
+            Some((w, r)) => (Some(w), Some(r)),
+            None => (None, None),
+        };
 
         // 5. Broadcast loop.
         let broadcast = Broadcast::start(encoder.clone(), hub.clone(), outputs, &supervisor, hooks.clone())
@@ -411,6 +442,7 @@ impl Service {
             broadcast: Some(broadcast),
             admin: admin_worker,
             titles,
+            speakers,
             icecast_titles: Some(icecast_titles),
             hub,
             board,
@@ -433,6 +465,7 @@ impl Service {
                 desk,
                 now_playing,
                 title_feed,
+                speakers: speakers_rebuild,
                 book: RestartBook::default(),
                 due: Vec::new(),
             },
@@ -741,6 +774,14 @@ impl Service {
                 )?);
             }
             "titles" => self.restart_titles(),
+            "speakers" => {
+                if let Some((inbox, config)) = &r.speakers {
+                    if let Some(old) = self.speakers.take() {
+                        let _ = old.stop(STEP_TIMEOUT);
+                    }
+                    self.speakers = Some(crate::speakers::start(inbox.clone(), config.clone(), &r.supervisor)?);
+                }
+            }
             "icecast-titles" => {
                 if let Some(old) = self.icecast_titles.take() {
                     let _ = old.worker.stop(STEP_TIMEOUT);
@@ -776,6 +817,9 @@ impl Service {
         }
         if let Some(b) = self.broadcast.take() {
             note(b.stop(STEP_TIMEOUT));
+        }
+        if let Some(s) = self.speakers.take() {
+            note(stop_worker(s));
         }
         if let Some(h) = self.http.take() {
             note(h.stop(STEP_TIMEOUT));
@@ -856,6 +900,7 @@ struct ServiceControl {
     inbox: Sender<Inbox>,
     board: Arc<Board>,
     now_playing: NowPlaying,
+    speakers: Option<SpeakersDesk>,
 }
 
 impl ServiceControl {
@@ -885,6 +930,14 @@ impl Control for ServiceControl {
 
     fn set_title(&self, who: &str, title: &str) -> String {
         self.now_playing.set(who, title)
+    }
+
+    fn speakers(&self) -> Option<&SpeakersDesk> {
+        self.speakers.as_ref()
+    }
+
+    fn listeners(&self) -> serde_json::Value {
+        serde_json::json!(self.board.hub.listeners(Instant::now()))
     }
 
     fn peak_dbfs(&self) -> f64 {

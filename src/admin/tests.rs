@@ -36,6 +36,14 @@ impl Control for Fake {
         crate::broadcast::clean_title(title)
     }
 
+    fn speakers(&self) -> Option<&crate::speakers::SpeakersDesk> {
+        None
+    }
+
+    fn listeners(&self) -> Json {
+        json!([])
+    }
+
     fn peak_dbfs(&self) -> f64 {
         *self.peak.lock().expect("lock")
     }

@@ -63,6 +63,7 @@ pub struct Config {
     pub pump: PumpSection,
     pub station: Station,
     pub gpio: GpioSection,
+    pub speakers: SpeakersSection,
     pub admin: AdminSection,
     /// Icecast servers to push the stream to (`[[icecast]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -115,6 +116,21 @@ impl Default for SocketSection {
             mode: "0660".into(),
             group: "audio".into(),
         }
+    }
+}
+
+/// The speakers on the LAN (UPnP renderers found by SSDP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeakersSection {
+    /// Search the local networks for speakers (every 5 minutes and on
+    /// demand) and offer to play on them.
+    pub enabled: bool,
+}
+
+impl Default for SpeakersSection {
+    fn default() -> Self {
+        SpeakersSection { enabled: true }
     }
 }
 
@@ -220,6 +236,7 @@ impl Default for Config {
             pump: PumpSection::default(),
             station: Station::default(),
             gpio: GpioSection::default(),
+            speakers: SpeakersSection::default(),
             admin: AdminSection::default(),
             icecast: Vec::new(),
         }
@@ -317,6 +334,8 @@ pub struct Settings {
     pub hub: crate::http::HubConfig,
     pub site: crate::http::SiteConfig,
     pub leds: crate::leds::LedConfig,
+    /// Search for speakers and offer to play on them.
+    pub speakers: bool,
 }
 
 impl Config {
@@ -379,6 +398,7 @@ impl Config {
                 cors_origins: self.http.cors_origins.clone(),
             },
             leds: self.leds(),
+            speakers: self.speakers.enabled,
         }
     }
 

@@ -78,9 +78,37 @@ impl HubConfig {
     }
 }
 
+/// Who a listener is: its address and the player it says it is.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// `ip:port`.
+    pub addr: String,
+    /// Its `User-Agent` (at most 200 characters), or "".
+    pub agent: String,
+}
+
+impl<S: Into<String>> From<S> for Peer {
+    fn from(addr: S) -> Peer {
+        Peer {
+            addr: addr.into(),
+            agent: String::new(),
+        }
+    }
+}
+
+/// One listener, as the owner's page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerView {
+    pub peer: String,
+    pub agent: String,
+    pub connected_s: f64,
+    pub bytes: u64,
+}
+
 struct Listener {
     id: u64,
     peer: String,
+    agent: String,
     sink: Box<dyn ListenerSink>,
     queue: VecDeque<Mp3Frame>,
     /// Frames it may have queued before it counts as slow.
@@ -252,7 +280,7 @@ impl Hub {
     pub fn add(
         &self,
         mut admission: Admission<'_>,
-        peer: String,
+        peer: Peer,
         sink: Box<dyn ListenerSink>,
         burst: Option<usize>,
         now: Instant,
@@ -266,7 +294,8 @@ impl Hub {
         inner.next_id += 1;
         let mut listener = Listener {
             id,
-            peer,
+            peer: peer.addr,
+            agent: peer.agent.chars().take(200).collect(),
             sink,
             queue: VecDeque::new(),
             max_queue: self.config.max_queue(burst),
@@ -381,6 +410,20 @@ impl Hub {
             self.admitted.fetch_sub(1, Ordering::SeqCst);
             self.counters.closed_on_shutdown.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Every listener now: who, for how long, how much it took.
+    pub fn listeners(&self, now: Instant) -> Vec<ListenerView> {
+        self.lock()
+            .listeners
+            .iter()
+            .map(|l| ListenerView {
+                peer: l.peer.clone(),
+                agent: l.agent.clone(),
+                connected_s: now.saturating_duration_since(l.connected_at).as_secs_f64(),
+                bytes: l.bytes,
+            })
+            .collect()
     }
 
     pub fn snapshot(&self) -> HubSnapshot {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink};
+pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, ListenerView, Peer};
 pub use request::Request;
 
 use crate::broadcast::Station;
@@ -335,6 +335,7 @@ fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -574,7 +575,7 @@ impl Shared {
         let head_only = rq.is_head();
         Answer::Join(Box::new(move |stream: TcpStream| {
             if let Some((peer, sink)) = take_over(stream, head, head_only) {
-                self.events.add(admission, peer, sink, None, Instant::now());
+                self.events.add(admission, peer.into(), sink, None, Instant::now());
             }
         }))
     }
@@ -647,13 +648,15 @@ impl Shared {
         let site = self.site.get();
         let metaint = icy::wants_metadata(rq.header("Icy-MetaData")).then_some(site.icy_metaint);
         let head = stream_head(rq, &site, metaint);
+        let agent = rq.header("User-Agent").unwrap_or_default().to_string();
         Answer::Join(Box::new(move |stream: TcpStream| {
-            if let Some((peer, sink)) = take_over(stream, &head, head_only) {
+            if let Some((addr, sink)) = take_over(stream, &head, head_only) {
                 let sink: Box<dyn ListenerSink> = match metaint {
                     Some(n) => Box::new(icy::IcySink::new(sink, n, site.station.clone())),
                     None => sink,
                 };
-                self.hub.add(admission, peer, sink, burst, Instant::now());
+                self.hub
+                    .add(admission, Peer { addr, agent }, sink, burst, Instant::now());
             }
         }))
     }

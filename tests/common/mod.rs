@@ -10,6 +10,7 @@ pub mod audio;
 pub mod browser;
 pub mod faults;
 pub mod icecast;
+pub mod netns;
 pub mod settings;
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -42,6 +43,8 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 struct Limits {
     nofile: Option<u64>,
     unprivileged: bool,
+    /// `--listen`, if not 127.0.0.1:0.
+    listen: Option<&'static str>,
 }
 
 /// A running `tower` process with its log captured.
@@ -71,7 +74,7 @@ impl Tower {
             env,
             Limits {
                 nofile: Some(nofile),
-                unprivileged: false,
+                ..Limits::default()
             },
         )
         .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
@@ -84,8 +87,22 @@ impl Tower {
             args,
             env,
             Limits {
-                nofile: None,
                 unprivileged: true,
+                ..Limits::default()
+            },
+        )
+        .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
+    /// Starts tower listening on `listen` (an address of a network the
+    /// test made) instead of 127.0.0.1.
+    pub fn start_on(listen: &'static str, args: &[&str], env: &[(&str, &str)]) -> Tower {
+        Self::try_start_limited(
+            args,
+            env,
+            Limits {
+                listen: Some(listen),
+                ..Limits::default()
             },
         )
         .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
@@ -145,7 +162,8 @@ impl Tower {
                 });
             }
         }
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.args(["--listen", limits.listen.unwrap_or("127.0.0.1:0")])
+            .args(args);
         for (k, _) in std::env::vars() {
             let systemd = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
             if k.starts_with("TOWER_")
