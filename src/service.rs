@@ -44,7 +44,7 @@ use crate::config::change::{FieldErrors, Proposal, Taker, taker};
 use crate::config::store::Store;
 use crate::config::{Config, Loaded, Settings};
 use crate::encoder::EncoderManager;
-use crate::encoder::command::{custom_command, default_command};
+use crate::encoder::command::{at_sample_rate, custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
@@ -104,6 +104,7 @@ impl Backends {
         } else {
             custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
         };
+        let command = at_sample_rate(command, config.settings().mp3_sample_rate);
         Ok((
             Backends {
                 capture: {
@@ -287,6 +288,7 @@ impl Service {
                 &settings.icecast,
                 &settings.station,
                 u64::from(settings.bitrate_kbps),
+                settings.mp3_sample_rate,
                 &supervisor,
                 &hooks,
             )
@@ -599,6 +601,7 @@ impl Service {
                         &s.icecast,
                         &s.station,
                         u64::from(s.bitrate_kbps),
+                        s.mp3_sample_rate,
                         &self.rebuild.supervisor,
                         &self.rebuild.hooks,
                         STEP_TIMEOUT,

@@ -231,7 +231,7 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
 
     // mpv opens the playlist (as reached on this address) and plays.
     let url = format!("http://{}/stream.m3u", tower.addr);
-    let out = run_player(
+    let out = common::run_player(
         "mpv",
         &["--no-video", "--ao=null", "--length=4", "--msg-level=all=warn", &url],
     );
@@ -239,64 +239,10 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
     assert!(!out.1.to_lowercase().contains("error"), "mpv said:\n{}", out.1);
 }
 
-/// Runs a player to completion (at most 30 s); returns success and what
-/// it printed.
-fn run_player(program: &str, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install {program})"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn mpv_and_ffmpeg_play_the_stream_for_5_s_without_decoder_errors() {
     let tower = Tower::start(&[], NO_DEVICE);
-    let url = format!("http://{}/stream", tower.addr);
-    let (ok, text) = run_player(
-        "mpv",
-        &["--no-video", "--ao=null", "--length=5", "--msg-level=all=warn", &url],
-    );
-    assert!(ok, "mpv failed:\n{text}");
-    assert!(!text.to_lowercase().contains("error"), "mpv said:\n{text}");
-    let started = Instant::now();
-    let (ok, text) = run_player(
-        "ffmpeg",
-        &[
-            "-hide_banner",
-            "-nostats",
-            "-loglevel",
-            "warning",
-            "-xerror",
-            "-i",
-            &url,
-            "-t",
-            "5",
-            "-f",
-            "null",
-            "-",
-        ],
-    );
-    assert!(ok, "ffmpeg failed:\n{text}");
-    assert!(text.trim().is_empty(), "ffmpeg said:\n{text}");
-    assert!(started.elapsed() >= Duration::from_secs(4), "ffmpeg did not play 5 s");
+    common::mpv_and_ffmpeg_play(&format!("http://{}/stream", tower.addr));
 }
 
 #[test]

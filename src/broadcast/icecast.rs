@@ -165,7 +165,13 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// The source request for `target` (headers only; the body is the stream).
-pub fn source_request(target: &IcecastTarget, endpoint: &Endpoint, station: &Station, bitrate_kbps: u64) -> String {
+pub fn source_request(
+    target: &IcecastTarget,
+    endpoint: &Endpoint,
+    station: &Station,
+    bitrate_kbps: u64,
+    sample_rate: u32,
+) -> String {
     let auth = base64(format!("{}:{}", target.user, target.password).as_bytes());
     let clean = |s: &str| s.replace(['\r', '\n'], " ");
     let name = clean(target.name.as_deref().unwrap_or(&station.name));
@@ -187,7 +193,7 @@ pub fn source_request(target: &IcecastTarget, endpoint: &Endpoint, station: &Sta
          Ice-Description: {description}\r\n\
          Ice-Genre: {genre}\r\n\
          Ice-Bitrate: {bitrate_kbps}\r\n\
-         Ice-Audio-Info: ice-samplerate=48000;ice-bitrate={bitrate_kbps};ice-channels=2\r\n",
+         Ice-Audio-Info: ice-samplerate={sample_rate};ice-bitrate={bitrate_kbps};ice-channels=2\r\n",
         endpoint.authority_host(),
         endpoint.port,
         env!("CARGO_PKG_VERSION"),
@@ -341,11 +347,19 @@ impl Outputs {
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
     ) -> io::Result<Outputs> {
         Ok(Outputs {
-            outputs: std::sync::RwLock::new(Self::build(targets, station, bitrate_kbps, supervisor, hooks)?),
+            outputs: std::sync::RwLock::new(Self::build(
+                targets,
+                station,
+                bitrate_kbps,
+                sample_rate,
+                supervisor,
+                hooks,
+            )?),
         })
     }
 
@@ -355,17 +369,19 @@ impl Outputs {
 
     /// Stops every worker and starts the new `targets` in their place (the
     /// owner changed them).
+    #[allow(clippy::too_many_arguments)]
     pub fn replace(
         &self,
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         timeout: Duration,
     ) -> (io::Result<()>, Vec<WorkerError>) {
         let stopped = self.stop(timeout);
-        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks);
+        let built = Self::build(targets, station, bitrate_kbps, sample_rate, supervisor, hooks);
         let result = built.map(|new| *self.outputs.write().unwrap_or_else(|p| p.into_inner()) = new);
         (result, stopped)
     }
@@ -374,6 +390,7 @@ impl Outputs {
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
     ) -> io::Result<Vec<Output>> {
@@ -395,7 +412,7 @@ impl Outputs {
             let output = Output {
                 tx,
                 rx,
-                request: source_request(target, &endpoint, station, bitrate_kbps),
+                request: source_request(target, &endpoint, station, bitrate_kbps, sample_rate),
                 name: format!("icecast-{i}"),
                 shared,
                 worker: Mutex::new(None),
@@ -677,7 +694,7 @@ mod tests {
             method: "put".into(),
         };
         let ep = Endpoint::parse(&target.url).expect("url");
-        let req = source_request(&target, &ep, &Station::default(), 128);
+        let req = source_request(&target, &ep, &Station::default(), 128, 48_000);
         assert!(req.starts_with("PUT /live HTTP/1.1\r\n"), "{req}");
         for h in [
             "Authorization: Basic c291cmNlOmhhY2ttZQ==",
@@ -694,7 +711,7 @@ mod tests {
             method: "source".into(),
             ..target
         };
-        let req = source_request(&legacy, &ep, &Station::default(), 128);
+        let req = source_request(&legacy, &ep, &Station::default(), 128, 48_000);
         assert!(
             req.starts_with("SOURCE /live HTTP/1.0\r\n") && !req.contains("Expect"),
             "{req}"

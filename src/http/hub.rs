@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::audio::FRAME_DURATION;
 use crate::encoder::Mp3Frame;
 
 /// A listener's connection as the hub sees it.
@@ -41,6 +40,8 @@ pub struct HubConfig {
     pub max_listeners: usize,
     /// Recent frames a new listener gets at once (at least 1).
     pub burst_frames: usize,
+    /// How long one MP3 frame plays: 24 ms at 48 kHz, 26.1 ms at 44.1 kHz.
+    pub frame: Duration,
 }
 
 /// The most frames gathered into one write to a listener (192 ms).
@@ -69,12 +70,13 @@ impl HubConfig {
     /// the burst, what the timeout spans, plus room for the frame that
     /// catches it.
     fn max_queue(&self, burst: usize) -> usize {
-        burst + (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+        burst + (self.slow_timeout.as_micros() / self.frame.as_micros().max(1)) as usize + 3
     }
 
-    /// Whole frames for a burst of `ms` milliseconds, at least one.
-    pub fn frames_for(ms: u64) -> usize {
-        ((ms as f64 / FRAME_DURATION.as_secs_f64() / 1000.0).round() as usize).max(1)
+    /// Whole frames of `frame` each for a burst of `ms` milliseconds, at
+    /// least one.
+    pub fn frames_for(ms: u64, frame: Duration) -> usize {
+        ((ms as f64 / frame.as_secs_f64() / 1000.0).round() as usize).max(1)
     }
 }
 
@@ -256,6 +258,11 @@ impl Hub {
     pub fn set_burst_frames(&self, frames: usize) {
         self.burst_frames
             .store(frames.clamp(1, MAX_BURST_FRAMES), Ordering::Relaxed);
+    }
+
+    /// Whole frames for a burst of `ms` milliseconds of this hub's stream.
+    pub fn frames_for(&self, ms: u64) -> usize {
+        HubConfig::frames_for(ms, self.config.frame)
     }
 
     /// Reserves a place for a new listener, or `None` at the limit (counted).
@@ -451,6 +458,7 @@ impl crate::broadcast::Listeners for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::FRAME_DURATION;
     use std::sync::Arc;
 
     /// A fake connection: takes up to `room` bytes, then WouldBlock.
@@ -505,6 +513,7 @@ mod tests {
             slow_timeout: Duration::from_millis(250),
             max_listeners: 3,
             burst_frames,
+            frame: FRAME_DURATION,
         })
     }
 
@@ -556,6 +565,7 @@ mod tests {
                 slow_timeout: Duration::from_millis(250),
                 max_listeners: 2_000,
                 burst_frames: 8,
+                frame: FRAME_DURATION,
             });
             let t0 = Instant::now();
             h.broadcast(&frame(0), t0);
@@ -653,9 +663,13 @@ mod tests {
             t0 + P * 31,
         );
         assert_eq!(b.get().data, [vec![29; 384], vec![30; 384]].concat());
-        assert_eq!(HubConfig::frames_for(500), 21);
-        assert_eq!(HubConfig::frames_for(0), 1);
-        assert_eq!(HubConfig::frames_for(250), 10);
+        assert_eq!(HubConfig::frames_for(500, P), 21);
+        assert_eq!(HubConfig::frames_for(0, P), 1);
+        assert_eq!(HubConfig::frames_for(250, P), 10);
+        // At 44.1 kHz a frame plays 26.1 ms: 200 ms is 8 frames, 5 s 191.
+        let cd = crate::encoder::mp3::frame_duration(44_100);
+        assert_eq!(HubConfig::frames_for(200, cd), 8);
+        assert_eq!(HubConfig::frames_for(5_000, cd), 191);
     }
 
     #[test]

@@ -71,6 +71,8 @@ pub struct Site {
     /// the Icecast outputs.
     pub station: Arc<Live<Station>>,
     pub bitrate_kbps: u64,
+    /// The MP3's sample rate (`icy-sr`).
+    pub sample_rate: u32,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,
     /// The connection guard's limits (read when the front end starts).
@@ -85,6 +87,7 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
     pub bitrate_kbps: u64,
+    pub sample_rate: u32,
     pub icy_metaint: usize,
     pub guard: guard::Limits,
     /// `http.hosts`: names to answer to besides the machine's own.
@@ -98,6 +101,7 @@ impl Site {
         Site {
             station,
             bitrate_kbps: config.bitrate_kbps,
+            sample_rate: config.sample_rate,
             icy_metaint: config.icy_metaint,
             guard: config.guard,
             hosts: host::Hosts::system(&config.hosts),
@@ -271,6 +275,7 @@ impl HttpServer {
                 slow_timeout: Duration::from_secs(5),
                 max_listeners: MAX_EVENT_CLIENTS,
                 burst_frames: 1,
+                frame: crate::audio::FRAME_DURATION,
             })),
             site,
             desk,
@@ -638,7 +643,7 @@ impl Shared {
         };
         let burst = match rq.query_param("burst_ms").map(str::parse::<u64>) {
             None => None,
-            Some(Ok(ms)) if ms <= 5_000 => Some(HubConfig::frames_for(ms)),
+            Some(Ok(ms)) if ms <= 5_000 => Some(self.hub.frames_for(ms)),
             Some(_) => {
                 drop(admission);
                 let resp = self.bad(rq, peer, 400, "burst_ms must be 0 to 5000 (milliseconds)");
@@ -702,14 +707,16 @@ fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
          icy-description: {}\r\n\
          icy-genre: {}\r\n\
          icy-br: {}\r\n\
-         icy-sr: 48000\r\n\
+         icy-sr: {}\r\n\
          icy-pub: 0\r\n\
-         ice-audio-info: ice-samplerate=48000;ice-bitrate={};ice-channels=2\r\n",
+         ice-audio-info: ice-samplerate={};ice-bitrate={};ice-channels=2\r\n",
         env!("CARGO_PKG_VERSION"),
         st.name,
         st.description,
         st.genre,
         site.bitrate_kbps,
+        site.sample_rate,
+        site.sample_rate,
         site.bitrate_kbps,
     );
     if !st.url.is_empty() {

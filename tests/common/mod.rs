@@ -847,3 +847,61 @@ pub fn rig_with_input(freq: f64, extra: &[(&str, &str)]) -> Rig {
         tower,
     }
 }
+
+/// Runs a player to completion (at most 30 s); returns success and what
+/// it printed.
+pub fn run_player(program: &str, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install {program})"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// mpv and ffmpeg each play `url` for 5 s, without a warning.
+pub fn mpv_and_ffmpeg_play(url: &str) {
+    let (ok, text) = run_player(
+        "mpv",
+        &["--no-video", "--ao=null", "--length=5", "--msg-level=all=warn", url],
+    );
+    assert!(ok, "mpv failed:\n{text}");
+    assert!(!text.to_lowercase().contains("error"), "mpv said:\n{text}");
+    let started = Instant::now();
+    let (ok, text) = run_player(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-nostats",
+            "-loglevel",
+            "warning",
+            "-xerror",
+            "-i",
+            url,
+            "-t",
+            "5",
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    assert!(ok, "ffmpeg failed:\n{text}");
+    assert!(text.trim().is_empty(), "ffmpeg said:\n{text}");
+    assert!(started.elapsed() >= Duration::from_secs(4), "ffmpeg did not play 5 s");
+}
