@@ -1,8 +1,10 @@
 //! The service: wires the pipeline, owns every worker, and decides what
 //! happens when one dies [T1].
 //!
-//! Start order: encoder (supervisor and drains) → pump → capture → status
-//! LEDs → HTTP server → broadcast loop → systemd watchdog. Stop is the
+//! Start order: encoder (supervisor and drains) → Icecast outputs and their
+//! titles → pump → capture → status LEDs → the owner's desk → HTTP server
+//! → speakers → broadcast loop → systemd watchdog (and the producer's
+//! title socket with the socket input). Stop is the
 //! reverse, each step bounded in time, so a SIGTERM completes well within
 //! 2 s.
 //!
@@ -365,10 +367,11 @@ impl Service {
         });
         let speakers_desk = settings.speakers.then(|| {
             let hub = hub.clone();
-            crate::speakers::desk(Arc::new(move |ip| {
+            crate::speakers::desk(Arc::new(move || {
                 hub.listeners(Instant::now())
                     .iter()
-                    .any(|l| l.peer.parse::<SocketAddr>().is_ok_and(|a| a.ip() == ip))
+                    .filter_map(|l| l.peer.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                    .collect()
             }))
         });
         let (admin_worker, desk) = match admin {

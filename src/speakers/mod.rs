@@ -129,8 +129,11 @@ enum Command {
 pub struct SpeakersDesk {
     tx: Sender<Command>,
     book: Arc<Mutex<Book>>,
-    listening: Arc<dyn Fn(Ipv4Addr) -> bool + Send + Sync>,
+    listening: Listening,
 }
+
+/// The addresses listeners are connected from now.
+pub type Listening = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
 
 /// What a Play or Stop came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,15 +153,16 @@ impl SpeakersDesk {
     /// Every renderer found, by name.
     pub fn list(&self) -> Vec<SpeakerView> {
         let now = Instant::now();
+        let listening = (self.listening)();
         let mut views: Vec<SpeakerView> = self
             .lock()
             .renderers
             .iter()
             .map(|r| {
                 let ip = *r.location.addr.ip();
-                let playing = r
-                    .playing_since
-                    .is_some_and(|since| now.saturating_duration_since(since) < START_GRACE || (self.listening)(ip));
+                let playing = r.playing_since.is_some_and(|since| {
+                    now.saturating_duration_since(since) < START_GRACE || listening.contains(&IpAddr::V4(ip))
+                });
                 SpeakerView {
                     id: r.description.udn.clone(),
                     name: r.description.name.clone(),
@@ -215,7 +219,7 @@ pub struct SpeakersInbox {
 }
 
 /// A desk and the inbox it writes to.
-pub fn desk(listening: Arc<dyn Fn(Ipv4Addr) -> bool + Send + Sync>) -> (SpeakersDesk, SpeakersInbox) {
+pub fn desk(listening: Listening) -> (SpeakersDesk, SpeakersInbox) {
     let (tx, rx) = channel::bounded(8);
     let book = Arc::new(Mutex::new(Book::default()));
     (
