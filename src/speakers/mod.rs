@@ -248,6 +248,18 @@ pub fn start(
     })
 }
 
+/// The URL a renderer is given: Tower's address on its network (`via`,
+/// unless Tower listens on one address), the port, `/stream.mp3`; with
+/// the scheme Sonos wants for a live MP3.
+pub fn stream_uri(listen: SocketAddr, via: Ipv4Addr, sonos: bool) -> String {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if !ip.is_unspecified() => ip,
+        _ => via,
+    };
+    let scheme = if sonos { "x-rincon-mp3radio" } else { "http" };
+    format!("{scheme}://{ip}:{}/stream.mp3", listen.port())
+}
+
 struct Speakers {
     inbox: SpeakersInbox,
     config: Arc<SpeakersConfig>,
@@ -433,24 +445,10 @@ impl Speakers {
         }
     }
 
-    /// The URL a renderer is given: Tower's address on its network.
-    fn stream_uri(&self, r: &Renderer) -> String {
-        let ip = match self.config.listen.ip() {
-            IpAddr::V4(ip) if !ip.is_unspecified() => ip,
-            _ => r.via,
-        };
-        let scheme = if r.description.sonos {
-            "x-rincon-mp3radio"
-        } else {
-            "http"
-        };
-        format!("{scheme}://{ip}:{}/stream.mp3", self.config.listen.port())
-    }
-
     fn play(&mut self, id: &str) -> Result<(), String> {
         let r = self.renderer(id)?;
         let result = (|| {
-            let uri = self.stream_uri(&r);
+            let uri = stream_uri(self.config.listen, r.via, r.description.sonos);
             let name = self.config.station.get().name.clone();
             let meta = upnp::didl(&name, &uri);
             let args = [
@@ -486,5 +484,23 @@ impl Speakers {
         let said = format!("{} ({}) did not {what}: {e}", r.description.name, r.location.addr.ip());
         tracing::warn!(component = "speakers", speaker = %r.description.name, "{said}");
         said
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renderers_get_towers_address_on_their_network_and_sonos_its_own_scheme() {
+        let via = Ipv4Addr::new(192, 168, 1, 10);
+        let any: SocketAddr = "0.0.0.0:8000".parse().expect("addr");
+        assert_eq!(stream_uri(any, via, false), "http://192.168.1.10:8000/stream.mp3");
+        assert_eq!(
+            stream_uri(any, via, true),
+            "x-rincon-mp3radio://192.168.1.10:8000/stream.mp3"
+        );
+        let one: SocketAddr = "10.0.0.5:8123".parse().expect("addr");
+        assert_eq!(stream_uri(one, via, false), "http://10.0.0.5:8123/stream.mp3");
     }
 }
