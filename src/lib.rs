@@ -26,6 +26,7 @@ pub mod mqtt;
 pub mod pump;
 pub mod ratelog;
 pub mod service;
+pub mod speakers;
 pub mod status;
 pub mod watchdog;
 pub mod worker;

@@ -1,10 +1,12 @@
 //! The service: wires the pipeline, owns every worker, and decides what
 //! happens when one dies [T1].
 //!
-//! Start order: encoder (supervisor and drains) → pump → capture → status
-//! LEDs (and the amplifier line) → HTTP server → broadcast loop → MQTT
-//! link → systemd watchdog. Stop is the reverse, each step bounded in
-//! time, so a SIGTERM completes well within 2 s.
+//! Start order: encoder (supervisor and drains) → Icecast outputs and their
+//! titles → pump → capture → status LEDs (and the amplifier line) → the
+//! owner's desk → HTTP server → speakers → broadcast loop → MQTT link →
+//! systemd watchdog (and the producer's title socket with the socket
+//! input). Stop is the reverse, each step bounded in time, so a SIGTERM
+//! completes well within 2 s.
 //!
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
@@ -39,12 +41,13 @@ use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource
 use crate::audio::mixer::Mixer;
 use crate::audio::router::AudioInputRouter;
 use crate::audio::socket::Input;
-use crate::broadcast::{Broadcast, Station};
+use crate::broadcast::title::{IcecastTitles, TitleFeed, TitleSocket, TitleStats};
+use crate::broadcast::{Broadcast, NowPlaying, Station, TitleAudit, clean_title};
 use crate::config::change::{FieldErrors, Proposal, Taker, taker};
 use crate::config::store::Store;
 use crate::config::{Config, Loaded, Settings};
 use crate::encoder::EncoderManager;
-use crate::encoder::command::{custom_command, default_command};
+use crate::encoder::command::{at_sample_rate, custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
@@ -54,6 +57,7 @@ use crate::live::Live;
 use crate::mqtt::{MqttSettings, MqttStats};
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
+use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox};
 use crate::status::{AdminCounters, Board, ChangeLog};
 use crate::worker::{Ended, Supervisor, Worker, WorkerError};
 
@@ -104,6 +108,7 @@ impl Backends {
         } else {
             custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
         };
+        let command = at_sample_rate(command, config.settings().mp3_sample_rate);
         Ok((
             Backends {
                 capture: {
@@ -230,6 +235,10 @@ struct Rebuild {
     hooks: Arc<TestHooks>,
     site: Arc<Live<Site>>,
     desk: Option<Arc<dyn Desk>>,
+    now_playing: NowPlaying,
+    title_feed: TitleFeed,
+    /// The speakers thread's inbox and settings (when it runs).
+    speakers: Option<(SpeakersInbox, Arc<SpeakersConfig>)>,
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
@@ -248,9 +257,16 @@ pub struct Service {
     admin: Option<Worker<()>>,
     /// Writes out the hubs' connection events.
     conn_log: Option<ConnLogger>,
+    /// The producer's title socket, while the input is a socket.
+    titles: Option<TitleSocket>,
+    speakers: Option<Worker<()>>,
+    icecast_titles: Option<IcecastTitles>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     station: Arc<Live<Station>>,
+    /// `station.title` in force: the title at start, which a change of
+    /// other station texts must not put back over what is playing.
+    configured_title: String,
     addr: SocketAddr,
     rebuild: Rebuild,
 }
@@ -284,6 +300,7 @@ impl Service {
                 &settings.icecast,
                 &settings.station,
                 u64::from(settings.bitrate_kbps),
+                settings.mp3_sample_rate,
                 &supervisor,
                 &hooks,
                 Arc::new(move || program.get().is_some_and(|c| c.program().is_program())),
@@ -346,9 +363,21 @@ impl Service {
         let conn_log = Arc::new(ConnLog::default());
         let conn_logger = conn_log.start(&supervisor).map_err(thread("conn-log"))?;
         let hub = Arc::new(Hub::new(settings.hub, Who::Listener, conn_log));
-        let station = Arc::new(Live::new(settings.station.clone()));
+        let station = Arc::new(Live::new(Station {
+            title: clean_title(&settings.station.title),
+            ..settings.station.clone()
+        }));
         let changes = Arc::new(ChangeLog::default());
         let admin_counters = Arc::new(AdminCounters::default());
+        let now_playing = NowPlaying::new(station.clone(), title_audit(changes.clone()));
+        let title_feed = TitleFeed {
+            station: station.clone(),
+            outputs: outputs.clone(),
+            targets: Arc::new(Live::new(settings.icecast.clone())),
+            stats: Arc::new(TitleStats::default()),
+        };
+        let icecast_titles = IcecastTitles::start(title_feed.clone(), &supervisor).map_err(thread("icecast-titles"))?;
+        let titles = start_title_socket(&settings.input, &now_playing, &supervisor);
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -365,14 +394,26 @@ impl Service {
             mqtt: Arc::new(MqttStats::default()),
             changes: changes.clone(),
             admin: admin_counters.clone(),
+            titles: title_feed.stats.clone(),
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
+        });
+        let speakers_desk = settings.speakers.then(|| {
+            let hub = hub.clone();
+            crate::speakers::desk(Arc::new(move || {
+                hub.listeners(Instant::now())
+                    .iter()
+                    .filter_map(|l| l.peer.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                    .collect()
+            }))
         });
         let (admin_worker, desk) = match admin {
             Some(setup) => {
                 let control = ServiceControl {
                     inbox: inbox_tx.clone(),
                     board: board.clone(),
+                    now_playing: now_playing.clone(),
+                    speakers: speakers_desk.as_ref().map(|(d, _)| d.clone()),
                 };
                 let running = Admin::new(
                     control,
@@ -403,6 +444,24 @@ impl Service {
         .map_err(|source| ServiceError::Bind { addr, source })?;
         let bound = http.local_addr();
 
+        // The speakers thread: it gives renderers the port bound.
+        let speakers = match speakers_desk {
+            Some((_, inbox)) => {
+                let config = Arc::new(SpeakersConfig {
+                    listen: bound,
+                    station: station.clone(),
+                });
+                let worker =
+                    crate::speakers::start(inbox.clone(), config.clone(), &supervisor).map_err(thread("speakers"))?;
+                Some((worker, (inbox, config)))
+            }
+            None => None,
+        };
+        let (speakers, speakers_rebuild) = match speakers {
+            Some((w, r)) => (Some(w), Some(r)),
+            None => (None, None),
+        };
+
         // 5. Broadcast loop.
         let broadcast = Broadcast::start(encoder.clone(), hub.clone(), outputs, &supervisor, hooks.clone())
             .map_err(thread("broadcast"))?;
@@ -411,7 +470,7 @@ impl Service {
         // The MQTT link to Home Assistant, if configured: last, as nothing
         // in the stream depends on it.
         let mqtt = match &settings.mqtt {
-            Some(m) => Some(start_mqtt(m.clone(), &board, &supervisor).map_err(thread("mqtt"))?),
+            Some(m) => Some(start_mqtt(m.clone(), &board, &now_playing, &supervisor).map_err(thread("mqtt"))?),
             None => None,
         };
 
@@ -436,9 +495,13 @@ impl Service {
             broadcast: Some(broadcast),
             admin: admin_worker,
             conn_log: Some(conn_logger),
+            titles,
+            speakers,
+            icecast_titles: Some(icecast_titles),
             hub,
             board,
             station,
+            configured_title: settings.station.title.clone(),
             addr: bound,
             rebuild: Rebuild {
                 supervisor,
@@ -455,6 +518,9 @@ impl Service {
                 hooks,
                 site,
                 desk,
+                now_playing,
+                title_feed,
+                speakers: speakers_rebuild,
                 book: RestartBook::default(),
                 due: Vec::new(),
             },
@@ -545,7 +611,10 @@ impl Service {
                         c.handle().tune(s.capture.clone());
                     }
                 }
-                Taker::Input => self.switch_input(p.source.take(), s, &mut warnings),
+                Taker::Input => {
+                    self.switch_input(p.source.take(), s, &mut warnings);
+                    self.restart_titles();
+                }
                 Taker::Pump => {
                     let change = PumpChange {
                         grace: s.pump.grace,
@@ -555,7 +624,21 @@ impl Service {
                         warnings.insert("pcm.grace_sec".into(), "the pump is busy; try again".into());
                     }
                 }
-                Taker::Station => self.station.set(s.station.clone()),
+                Taker::Station => {
+                    // What is playing stays, unless the owner changed the
+                    // title itself.
+                    let playing = self.station.get().title.clone();
+                    let title = if s.station.title == self.configured_title {
+                        playing
+                    } else {
+                        clean_title(&s.station.title)
+                    };
+                    self.configured_title = s.station.title.clone();
+                    self.station.set(Station {
+                        title,
+                        ..s.station.clone()
+                    });
+                }
                 Taker::Http => {
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
                     self.hub.set_burst_frames(s.hub.burst_frames);
@@ -578,6 +661,7 @@ impl Service {
                         &s.icecast,
                         &s.station,
                         u64::from(s.bitrate_kbps),
+                        s.mp3_sample_rate,
                         &self.rebuild.supervisor,
                         &self.rebuild.hooks,
                         STEP_TIMEOUT,
@@ -585,6 +669,7 @@ impl Service {
                     for e in stopped {
                         tracing::warn!(component = "service", "{e}");
                     }
+                    self.rebuild.title_feed.targets.set(s.icecast.clone());
                     if let Err(e) = started {
                         warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
                     }
@@ -641,6 +726,15 @@ impl Service {
                     .push((Instant::now() + RESTART_FIRST, "capture".into()));
             }
         }
+    }
+
+    /// Closes the title socket and opens the one for the input in force.
+    fn restart_titles(&mut self) {
+        if let Some(old) = self.titles.take() {
+            let _ = stop_worker(old.worker);
+        }
+        let r = &self.rebuild;
+        self.titles = start_title_socket(&r.input, &r.now_playing, &r.supervisor);
     }
 
     fn ended(&mut self, ended: Ended, now: Instant) -> Result<(), Fatal> {
@@ -735,7 +829,7 @@ impl Service {
                 }
                 self.board.mqtt.off();
                 if let Some(settings) = r.mqtt.clone() {
-                    self.mqtt = Some(start_mqtt(settings, &self.board, &r.supervisor)?);
+                    self.mqtt = Some(start_mqtt(settings, &self.board, &r.now_playing, &r.supervisor)?);
                 }
             }
             // The front end's two threads (the accept loop and the status
@@ -760,6 +854,21 @@ impl Service {
                     let _ = dead.stop(STEP_TIMEOUT);
                 }
                 self.conn_log = Some(self.hub.log().start(&r.supervisor)?);
+            }
+            "titles" => self.restart_titles(),
+            "speakers" => {
+                if let Some((inbox, config)) = &r.speakers {
+                    if let Some(old) = self.speakers.take() {
+                        let _ = old.stop(STEP_TIMEOUT);
+                    }
+                    self.speakers = Some(crate::speakers::start(inbox.clone(), config.clone(), &r.supervisor)?);
+                }
+            }
+            "icecast-titles" => {
+                if let Some(old) = self.icecast_titles.take() {
+                    let _ = old.worker.stop(STEP_TIMEOUT);
+                }
+                self.icecast_titles = Some(IcecastTitles::start(r.title_feed.clone(), &r.supervisor)?);
             }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
@@ -796,12 +905,21 @@ impl Service {
         if let Some(b) = self.broadcast.take() {
             note(b.stop(STEP_TIMEOUT));
         }
+        if let Some(s) = self.speakers.take() {
+            note(stop_worker(s));
+        }
         if let Some(h) = self.http.take() {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
         if let Some(l) = self.conn_log.take() {
             note(l.stop(STEP_TIMEOUT));
+        }
+        if let Some(t) = self.titles.take() {
+            note(stop_worker(t.worker));
+        }
+        if let Some(t) = self.icecast_titles.take() {
+            note(stop_worker(t.worker));
         }
         for e in self.board.outputs.stop(STEP_TIMEOUT) {
             note(Err(e));
@@ -823,6 +941,40 @@ impl Service {
     }
 }
 
+fn stop_worker(worker: Worker<()>) -> Result<(), WorkerError> {
+    worker.stop_signal().stop();
+    worker.stop(STEP_TIMEOUT)
+}
+
+/// The journal line and the history entry for a new title.
+fn title_audit(changes: Arc<ChangeLog>) -> TitleAudit {
+    Arc::new(move |who: &str, old: &str, new: &str| {
+        tracing::info!(
+            component = "broadcast",
+            peer = who,
+            key = "title",
+            "now playing, set by {who}: {old:?} → {new:?} (not saved)"
+        );
+        changes.record(who, "title", old, new);
+    })
+}
+
+/// The producer's title socket beside the socket input (none for a sound
+/// card). One that cannot be made is a warning: the audio matters more.
+fn start_title_socket(input: &Input, now: &NowPlaying, supervisor: &Supervisor) -> Option<TitleSocket> {
+    let Input::Socket(pcm) = input else { return None };
+    match TitleSocket::start(pcm, now.clone(), supervisor) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                component = "titles",
+                "no title socket: {e}; titles can still be set on the page"
+            );
+            None
+        }
+    }
+}
+
 /// Stops the admin thread. It may be waiting for this thread to answer an
 /// order: orders are dropped meanwhile, which tells it at once.
 fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerError> {
@@ -840,6 +992,8 @@ fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerEr
 struct ServiceControl {
     inbox: Sender<Inbox>,
     board: Arc<Board>,
+    now_playing: NowPlaying,
+    speakers: Option<SpeakersDesk>,
 }
 
 impl ServiceControl {
@@ -865,6 +1019,18 @@ impl Control for ServiceControl {
 
     fn restart(&self) {
         let _ = self.inbox.send(Inbox::Order(Order::Restart));
+    }
+
+    fn set_title(&self, who: &str, title: &str) -> String {
+        self.now_playing.set(who, title)
+    }
+
+    fn speakers(&self) -> Option<&SpeakersDesk> {
+        self.speakers.as_ref()
+    }
+
+    fn listeners(&self) -> serde_json::Value {
+        serde_json::json!(self.board.hub.listeners(Instant::now()))
     }
 
     fn peak_dbfs(&self) -> f64 {
@@ -951,7 +1117,12 @@ const MQTT_STOP_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// The MQTT thread, reading Tower's state from atomics and the capture
 /// thread's boards (nothing the pump or the broadcast loop locks).
-fn start_mqtt(settings: MqttSettings, board: &Arc<Board>, supervisor: &Supervisor) -> std::io::Result<Worker<()>> {
+fn start_mqtt(
+    settings: MqttSettings,
+    board: &Arc<Board>,
+    now_playing: &NowPlaying,
+    supervisor: &Supervisor,
+) -> std::io::Result<Worker<()>> {
     let (capture, hub, encoder, pump, station) = (
         board.capture.clone(),
         board.hub.clone(),
@@ -973,13 +1144,7 @@ fn start_mqtt(settings: MqttSettings, board: &Arc<Board>, supervisor: &Superviso
             station: st.name.clone(),
         }
     };
-    crate::mqtt::start(
-        settings,
-        Box::new(read),
-        board.station.clone(),
-        board.mqtt.clone(),
-        supervisor,
-    )
+    crate::mqtt::start(settings, Box::new(read), now_playing.clone(), board.mqtt.clone(), supervisor)
 }
 
 #[cfg(test)]

@@ -173,12 +173,35 @@ fn the_settings_page_changes_tower_live_and_everything_is_kept_across_a_restart_
             .as_str()
             .is_some_and(|t| t.starts_with("Saved"))
     }));
+    // What is playing: set on the page, not saved, shown on the status page.
+    type_into(&page, "now-title", "Side B; live");
+    page.exec("document.getElementById('set-title').click(); return 0");
+    assert!(
+        common::wait_for(Duration::from_secs(5), || page
+            .exec("return document.getElementById('title-ok').textContent")
+            == "Playing: Side B, live"),
+        "{}",
+        page.exec("return document.getElementById('title-error').textContent")
+    );
+    // The speakers card says where it searched and what it found.
+    assert!(
+        common::wait_for(Duration::from_secs(10), || page
+            .exec("return document.getElementById('speakers-search').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("Last searched") || t.contains("multicast"))),
+        "{}",
+        page.exec("return document.getElementById('speakers-card').textContent")
+    );
     page.goto(&format!("http://{}/", s.tower.addr));
     assert!(
         common::wait_for(Duration::from_secs(5), || page
             .exec("return document.getElementById('station').textContent")
             == "Kitchen Radio"),
         "the status page does not show the new name"
+    );
+    assert_eq!(
+        page.exec("return document.getElementById('now-playing').textContent"),
+        "Side B, live"
     );
     let history = page.exec("return document.getElementById('history').textContent");
     assert!(history.as_str().expect("history").contains("station.name"), "{history}");

@@ -32,6 +32,18 @@ impl Control for Fake {
         *self.restarts.lock().expect("lock") += 1;
     }
 
+    fn set_title(&self, _who: &str, title: &str) -> String {
+        crate::broadcast::clean_title(title)
+    }
+
+    fn speakers(&self) -> Option<&crate::speakers::SpeakersDesk> {
+        None
+    }
+
+    fn listeners(&self) -> Json {
+        json!([])
+    }
+
     fn peak_dbfs(&self) -> f64 {
         *self.peak.lock().expect("lock")
     }

@@ -43,8 +43,9 @@ pub enum CommandError {
 
 /// Input options Tower sets itself: removed from a custom command.
 const INPUT_OWNED: &[&str] = &["-f", "-ar", "-ac", "-ch_layout", "-channel_layout", "-sample_fmt", "-i"];
-/// Output options Tower sets itself: removed from a custom command.
-const OUTPUT_OWNED: &[&str] = &["-f", "-frame_size"];
+/// Output options Tower sets itself: removed from a custom command (the
+/// output rate is `mp3.sample_rate`: see [`at_sample_rate`]).
+const OUTPUT_OWNED: &[&str] = &["-f", "-frame_size", "-ar"];
 /// Option names that take no value.
 const FLAGS: &[&str] = &[
     "-hide_banner",
@@ -113,6 +114,20 @@ pub fn default_command(program: &str, bitrate_kbps: u32) -> EncoderCommand {
         program: program.to_string(),
         args,
     }
+}
+
+/// `command` (default or custom) with its MP3 at `sample_rate`: ffmpeg
+/// takes Tower's 48 kHz PCM as always and resamples it at the encoder's
+/// input (`-ar` among the output options), so nothing before the encoder
+/// changes. At 48 kHz the command is left as it is.
+pub fn at_sample_rate(mut command: EncoderCommand, sample_rate: u32) -> EncoderCommand {
+    if sample_rate != crate::audio::SAMPLE_RATE {
+        let at = command.args.len().saturating_sub(REQUIRED_OUTPUT.len());
+        command
+            .args
+            .splice(at..at, ["-ar".to_string(), sample_rate.to_string()]);
+    }
+    command
 }
 
 /// An option with its value (if it takes one), as it appeared.
@@ -246,8 +261,13 @@ pub fn custom_command(program: &str, args: &[String]) -> Result<(EncoderCommand,
             .any(|kv| kv[0] == o.name && kv.get(1).copied() == o.value.as_deref());
         !required
     }) {
+        let needs = if o.name == "-ar" {
+            "the output's sample rate is mp3.sample_rate"
+        } else {
+            "Tower needs -frame_size 1152 -f mp3"
+        };
         notes.push(format!(
-            "output option {} {} replaced: Tower needs -frame_size 1152 -f mp3",
+            "output option {} {} replaced: {needs}",
             o.name,
             o.value.as_deref().unwrap_or("")
         ));
@@ -324,6 +344,33 @@ mod tests {
              -reservoir 0 -id3v2_version 0 -frame_size 1152 -f mp3 pipe:1"
         );
         assert_eq!(values(&default_command("ffmpeg", 192).args, "-b:a"), ["192k"]);
+    }
+
+    #[test]
+    fn at_44_1_khz_ffmpeg_resamples_at_its_output_and_a_custom_rate_is_replaced() {
+        let c = at_sample_rate(default_command("ffmpeg", 128), 44_100);
+        assert_required(&c);
+        assert!(
+            c.to_string().ends_with(
+                "-ac 2 -ch_layout stereo -i pipe:0 -c:a libmp3lame -b:a 128k \
+                 -reservoir 0 -id3v2_version 0 -ar 44100 -frame_size 1152 -f mp3 pipe:1"
+            ),
+            "{c}"
+        );
+        assert_eq!(
+            at_sample_rate(default_command("ffmpeg", 128), 48_000),
+            default_command("ffmpeg", 128)
+        );
+        let (custom, notes) = custom_command("ffmpeg", &strings("-b:a 96k -ar 22050")).expect("accepted");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("-ar 22050 replaced") && n.contains("mp3.sample_rate")),
+            "{notes:?}"
+        );
+        let custom = at_sample_rate(custom, 44_100);
+        let after_input = &custom.args[custom.args.iter().position(|a| a == "-i").expect("-i")..];
+        assert_eq!(values(after_input, "-ar"), ["44100"]);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::pacer::Pacer;
 use super::process::EncoderLauncher;
 use super::state::EncoderState;
 use super::supervisor::{Supervisor, SupervisorConfig, SupervisorSnapshot};
-use crate::audio::{FRAME_DURATION, PcmFrame};
+use crate::audio::PcmFrame;
 use crate::encoder::mp3::{FrameHeader, canonical_silent_frame, silent_frame_like};
 use crate::encoder::ring::FrameRing;
 use crate::pump::PcmSink;
@@ -38,6 +38,10 @@ pub struct ManagerConfig {
     pub supervisor: SupervisorConfig,
     pub silence_after: Duration,
     pub max_lead: Duration,
+    /// How long one MP3 frame plays: the pacer's period. 24 ms (the PCM
+    /// frame's) at 48 kHz; 26.1 ms when ffmpeg resamples to 44.1 kHz, where
+    /// 1152 PCM samples in make 1058.4 out.
+    pub frame: Duration,
 }
 
 struct Output {
@@ -102,7 +106,7 @@ impl EncoderManager {
             ring,
             state,
             output: Mutex::new(Output {
-                pacer: Pacer::new(FRAME_DURATION, config.silence_after, config.max_lead),
+                pacer: Pacer::new(config.frame, config.silence_after, config.max_lead),
                 silence: Mp3Frame::from(silence),
                 silence_header,
             }),
@@ -242,6 +246,7 @@ fn refresh_silence(out: &mut Output, frame: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::FRAME_DURATION;
     use crate::encoder::fake::{FakeLauncher, FakeMode};
     use crate::encoder::state::{Liveness, RestartPolicy};
 
@@ -260,6 +265,7 @@ mod tests {
                 },
                 silence_after: Duration::from_millis(60),
                 max_lead: Duration::from_millis(120),
+                frame: FRAME_DURATION,
             },
             Box::new(launcher),
             Arc::new(FrameRing::new(100)),

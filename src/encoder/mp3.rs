@@ -182,6 +182,14 @@ impl FrameHeader {
     }
 }
 
+/// How long an MPEG-1 Layer III frame (1152 samples) plays at
+/// `sample_rate`: 24 ms at 48 kHz, 26.122… ms at 44.1 kHz (rounded to
+/// the nanosecond: 0.02 ns a frame, under 0.1 ms a day).
+pub fn frame_duration(sample_rate: u32) -> Duration {
+    let rate = u64::from(sample_rate.max(1));
+    Duration::from_nanos((1152 * 1_000_000_000 + rate / 2) / rate)
+}
+
 /// The canonical silent frame: `FF FB 94 00` (MPEG-1 Layer III, 128 kbps,
 /// 48 kHz, stereo, no CRC, no padding) and 380 zero bytes. It decodes to
 /// 1152 zero samples per channel.
