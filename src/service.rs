@@ -1144,7 +1144,13 @@ fn start_mqtt(
             station: st.name.clone(),
         }
     };
-    crate::mqtt::start(settings, Box::new(read), now_playing.clone(), board.mqtt.clone(), supervisor)
+    crate::mqtt::start(
+        settings,
+        Box::new(read),
+        now_playing.clone(),
+        board.mqtt.clone(),
+        supervisor,
+    )
 }
 
 #[cfg(test)]

@@ -176,8 +176,10 @@ fn the_settings_page_changes_tower_live_and_everything_is_kept_across_a_restart_
     // What is playing: set on the page, not saved, shown on the status page.
     type_into(&page, "now-title", "Side B; live");
     page.exec("document.getElementById('set-title').click(); return 0");
+    // The settings desk answers one request at a time (the page's own
+    // speaker search may be ahead of this one).
     assert!(
-        common::wait_for(Duration::from_secs(5), || page
+        common::wait_for(Duration::from_secs(15), || page
             .exec("return document.getElementById('title-ok').textContent")
             == "Playing: Side B, live"),
         "{}",

@@ -29,6 +29,15 @@ fn level(frames: &[common::Arrival]) -> f64 {
 #[test]
 fn changes_reach_listeners_on_their_connections_and_are_saved_with_the_owners_comment() {
     let s = station("");
+    // Hashed by the admin thread as it starts.
+    assert!(
+        wait_for(Duration::from_secs(10), || s
+            .tower
+            .log_text()
+            .contains("replaced by its hash")),
+        "{}",
+        s.tower.log_text()
+    );
     let file = std::fs::read_to_string(&s.config).expect("config");
     assert!(
         !file.contains(PASSWORD),

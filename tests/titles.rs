@@ -133,6 +133,15 @@ impl Drop for GstIcy {
 fn a_posted_title_reaches_a_real_icy_client_within_one_metadata_interval_and_is_not_saved() {
     let dir = tempfile::tempdir().expect("tmp");
     let tower = tower_with(dir.path(), "[station]\ntitle = \"Warming up\"\n", &[]);
+    // The admin thread replaces the plain password by its hash as it
+    // starts: that save is not the title's.
+    assert!(
+        wait_for(Duration::from_secs(10), || tower
+            .log_text()
+            .contains("replaced by its hash")),
+        "{}",
+        tower.log_text()
+    );
     let before = std::fs::read_to_string(dir.path().join("tower.toml")).expect("config");
     let gst = GstIcy::start(&format!("http://{}/stream.mp3", tower.addr));
     assert!(

@@ -352,7 +352,7 @@ impl From<ConnectionError> for LinkError {
             }),
             ConnectionError::Io(io) => LinkError::Down(format!("cannot reach the broker: {io}")),
             ConnectionError::NetworkTimeout => LinkError::Down("the broker did not answer in time".into()),
-            other => LinkError::Down(format!("the connection failed: {other}")),
+            other => LinkError::Down(format!("the connection to the broker failed: {other}")),
         }
     }
 }

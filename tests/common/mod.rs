@@ -11,9 +11,9 @@ pub mod browser;
 pub mod faults;
 pub mod icecast;
 pub mod mqtt;
+pub mod netns;
 pub mod program;
 pub mod push;
-pub mod netns;
 pub mod settings;
 
 use std::io::{BufRead, BufReader, Read, Write};
