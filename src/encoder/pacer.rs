@@ -70,12 +70,18 @@ impl Pacer {
         }
     }
 
+    /// The media time sent so far: `sent` periods, in u128 nanoseconds, so
+    /// it never overflows (a u32 count of frames would after 3.27 years).
+    fn media_ns(&self) -> u128 {
+        self.period.as_nanos() * u128::from(self.sent)
+    }
+
     /// Media time given to listeners minus `now`, in nanoseconds.
     fn lead_ns(&self, now: Instant) -> i128 {
         match self.anchor {
             None => 0,
             Some(anchor) => {
-                let media_end = self.period.as_nanos() as i128 * i128::from(self.sent);
+                let media_end = self.media_ns() as i128;
                 let elapsed = if now >= anchor {
                     (now - anchor).as_nanos() as i128
                 } else {
@@ -151,7 +157,9 @@ impl Pacer {
     /// When `silence_due` could next become true, if nothing arrives.
     pub fn next_due(&self) -> Option<Instant> {
         let anchor = self.anchor?;
-        let media_end = anchor + self.period * u32::try_from(self.sent).unwrap_or(u32::MAX);
+        let ns = self.media_ns();
+        let media = Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32);
+        let media_end = anchor + media;
         Some(if self.in_silence {
             media_end
         } else {
@@ -287,6 +295,23 @@ mod tests {
             "lead {:?}, was {before:?}",
             p.lead(now)
         );
+    }
+
+    #[test]
+    fn the_next_due_time_keeps_advancing_past_2_pow_32_frames() {
+        // 2^32 frames of 24 ms is 3.27 years of uptime. The anchor is set
+        // that far back by starting the count near the limit instead.
+        let t0 = Instant::now();
+        let mut p = pacer();
+        p.on_real(1, t0);
+        p.sent = u64::from(u32::MAX) - 2;
+        let mut last = p.next_due().expect("due");
+        for _ in 0..6 {
+            assert!(p.on_real(1, last).send);
+            let due = p.next_due().expect("due");
+            assert_eq!(due - last, P, "the deadline must move one period per frame");
+            last = due;
+        }
     }
 
     #[test]
