@@ -177,7 +177,7 @@ impl EncoderLauncher for FfmpegLauncher {
 
 /// Makes writes to (or reads from) `fd` return `WouldBlock` instead of
 /// waiting.
-pub(crate) fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
