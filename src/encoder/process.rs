@@ -196,28 +196,42 @@ struct FfmpegProcess {
     done: Option<ExitInfo>,
 }
 
-impl EncoderProcess for FfmpegProcess {
-    fn pid(&self) -> Option<u32> {
-        Some(self.child.id())
-    }
-
-    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
-        if self.done.is_some() {
-            return Ok(self.done);
-        }
-        let status = self.child.try_wait()?.map(ExitInfo::from_status);
-        self.done = status;
-        Ok(status)
-    }
-
-    fn kill(&mut self) -> ExitInfo {
-        if let Some(done) = self.done {
-            return done;
-        }
+impl FfmpegProcess {
+    /// SIGKILL to ffmpeg's whole process group: ffmpeg and anything it (or
+    /// a wrapper script) started, which would otherwise keep its pipes
+    /// open. Only called while the group leader is not yet reaped: its pid,
+    /// the group's id, cannot have been given to another process.
+    fn kill_group(&self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            // The whole group: ffmpeg and anything it started.
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
+    }
+
+    /// Whether ffmpeg has ended, without reaping it (`WNOWAIT`).
+    fn ended(&self) -> io::Result<bool> {
+        let pid = libc::id_t::from(self.child.id());
+        // SAFETY: a zeroed siginfo_t is valid; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child, writing into `info`.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &raw mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled `info` (si_pid is 0 when nothing ended).
+        Ok(unsafe { info.si_pid() } != 0)
+    }
+
+    /// Ends the group and reaps ffmpeg.
+    fn reap(&mut self) -> ExitInfo {
+        self.kill_group();
+        // In case it left its group.
         let _ = self.child.kill();
         let info = match self.child.wait() {
             Ok(status) => ExitInfo::from_status(status),
@@ -228,6 +242,33 @@ impl EncoderProcess for FfmpegProcess {
         };
         self.done = Some(info);
         info
+    }
+}
+
+impl EncoderProcess for FfmpegProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    /// Once ffmpeg has ended, the rest of its group is killed before ffmpeg
+    /// is reaped: a forking wrapper's children would otherwise survive,
+    /// holding stdout open.
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
+        if self.done.is_some() {
+            return Ok(self.done);
+        }
+        if !self.ended()? {
+            return Ok(None);
+        }
+        Ok(Some(self.reap()))
+    }
+
+    fn kill(&mut self) -> ExitInfo {
+        if let Some(done) = self.done {
+            // Reaped by try_wait, which ended the group first.
+            return done;
+        }
+        self.reap()
     }
 }
 
