@@ -43,10 +43,9 @@ enum Command {
     Devices,
 }
 
-/// Lets Tower use as many descriptors as the system allows, and keeps the
-/// listener limit below that: each listener holds one, pending connections
-/// up to `http.max_other_connections`, and 64 cover the rest (ffmpeg's
-/// pipes, the sound card, logs).
+/// Lets Tower use as many descriptors as the system allows, and shares
+/// them: listeners first, the other connections scaled down to the rest
+/// (`tower::fdlimit`); what cannot be honoured is said at start.
 fn raise_fd_limit(config: &mut config::Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -57,16 +56,12 @@ fn raise_fd_limit(config: &mut config::Config) {
     } else {
         soft
     };
-    let others = config.http.max_other_connections.saturating_add(64);
-    let affordable = limit.saturating_sub(others).max(1);
-    if config.http.max_listeners > affordable {
-        tracing::warn!(
-            component = "service",
-            "http.max_listeners = {} needs more file descriptors than the limit ({limit}) allows; using {affordable}",
-            config.http.max_listeners
-        );
-        config.http.max_listeners = affordable;
+    let share = tower::fdlimit::share(limit, config.http.max_listeners, config.http.max_other_connections);
+    for note in share.notes() {
+        tracing::warn!(component = "service", "{note}");
     }
+    config.http.max_listeners = share.listeners;
+    config.http.max_other_connections = share.others;
 }
 
 /// How often the supervisor loop looks for a signal (worker ends wake it
