@@ -5,9 +5,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use tower::config::{self, Overrides};
 use tower::service::{Backends, Service};
@@ -64,10 +68,6 @@ fn raise_fd_limit(config: &mut config::Config) {
     config.http.max_other_connections = share.others;
 }
 
-/// How often the supervisor loop looks for a signal (worker ends wake it
-/// at once).
-const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200);
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let env: Vec<(String, String)> = std::env::vars().collect();
@@ -119,8 +119,14 @@ fn main() -> ExitCode {
         );
     }
 
-    // Handlers only (no blocked mask), so ffmpeg inherits nothing odd.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // Handlers only (no blocked mask), so ffmpeg inherits nothing odd. A
+    // signal writes a byte on a socket pair the supervisor loop waits on.
+    let delivery = UnixStream::pair().and_then(|(read, write)| {
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        SignalDelivery::with_pipe(read, write, SignalOnly, [SIGTERM, SIGINT])
+    });
+    let mut signals = match delivery {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tower: cannot install signal handlers: {e}");
@@ -146,14 +152,15 @@ fn main() -> ExitCode {
     };
     tower::watchdog::ready(&format!("streaming on http://{}/stream", service.local_addr()));
     // The supervisor loop: a signal stops Tower; a worker that ends is
-    // restarted by the service, or ends the process when it cannot be.
+    // restarted by the service, or ends the process when it cannot be. It
+    // sleeps until one of these happens.
     let outcome = loop {
         if let Some(signal) = signals.pending().next() {
             tower::watchdog::stopping();
             tracing::info!(component = "service", signal, "stopping");
             break Ok(());
         }
-        if let Err(fatal) = service.supervise(SUPERVISE_TURN) {
+        if let Err(fatal) = service.supervise(Some(signals.get_read().as_raw_fd()), None) {
             break Err(fatal);
         }
     };

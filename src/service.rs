@@ -20,6 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -38,7 +39,7 @@ use crate::leds::Leds;
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpConfig};
 use crate::status::Board;
-use crate::worker::{Ended, Supervisor, Worker, WorkerError};
+use crate::worker::{Ended, Ends, Supervisor, Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
 const STEP_TIMEOUT: Duration = Duration::from_millis(400);
@@ -151,7 +152,7 @@ impl RestartBook {
 /// What the service needs to start the restartable workers again.
 struct Rebuild {
     supervisor: Supervisor,
-    ends: std::sync::mpsc::Receiver<Ended>,
+    ends: Ends,
     capture: Factory<std::io::Result<Box<dyn CaptureSource>>>,
     mixer: Factory<Box<dyn Mixer>>,
     leds: Factory<Box<dyn Leds>>,
@@ -184,7 +185,7 @@ impl Service {
         let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
         let started = Instant::now();
         let settings = config.settings();
-        let (supervisor, ends) = Supervisor::channel();
+        let (supervisor, ends) = Supervisor::channel().map_err(thread("service"))?;
         let hooks = backends.hooks;
         let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
         let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
@@ -326,17 +327,20 @@ impl Service {
         self.board.status()
     }
 
-    /// Waits up to `timeout` for a worker to end and decides what follows;
-    /// also starts the restarts that are due. `Err` when the process must
-    /// exit (see the module header).
-    pub fn supervise(&mut self, timeout: Duration) -> Result<(), Fatal> {
+    /// Waits for a worker to end and decides what follows; also starts the
+    /// restarts that are due. Returns when a worker ended, a restart is
+    /// due, `also` (the caller's own wake-up: `main`'s signal pipe) is
+    /// readable, or `limit` passed (never, for `None`): no timer wakes it
+    /// while all is well. `Err` when the process must exit (see the module
+    /// header).
+    pub fn supervise(&mut self, also: Option<RawFd>, limit: Option<Duration>) -> Result<(), Fatal> {
         let now = Instant::now();
         self.restart_due(now);
         let next_due = self.rebuild.due.iter().map(|(at, _)| *at).min();
-        let wait = next_due.map_or(timeout, |at| timeout.min(at.saturating_duration_since(now)));
-        match self.rebuild.ends.recv_timeout(wait) {
-            Ok(ended) => self.ended(ended, Instant::now()),
-            Err(_) => Ok(()),
+        let deadline = [next_due, limit.map(|l| now + l)].into_iter().flatten().min();
+        match self.rebuild.ends.wait(also, deadline) {
+            Some(ended) => self.ended(ended, Instant::now()),
+            None => Ok(()),
         }
     }
 
