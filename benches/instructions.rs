@@ -137,7 +137,7 @@ fn child_pump() {
     while (manager.state() != EncoderState::Running || stats.ticks() < 50) && Instant::now() < deadline {
         let due = ticker.deadline();
         ticker.tick(due);
-        std::thread::sleep(ms(2));
+        manager.wait(Instant::now());
         manager.drain(Instant::now, |_, _| {});
     }
     assert_eq!(manager.state(), EncoderState::Running);
@@ -145,7 +145,7 @@ fn child_pump() {
         let due = ticker.deadline();
         measured_tick(&mut ticker, due);
         // The fake encoder reads the pipe meanwhile (not counted).
-        std::thread::sleep(ms(2));
+        manager.wait(Instant::now());
         manager.drain(Instant::now, |_, _| {});
     }
     let s = stats.snapshot();

@@ -88,10 +88,14 @@ fn restarts_of_a_forking_wrapper_leave_no_process_of_the_old_group_and_no_thread
         let (m, stop) = (manager.clone(), stop.clone());
         std::thread::spawn(move || {
             let frame = PcmFrame::silent();
+            let mut next = Instant::now();
             while !stop.load(Ordering::SeqCst) {
-                m.write_pcm(&frame);
+                if Instant::now() >= next {
+                    m.write_pcm(&frame);
+                    next += Duration::from_millis(24);
+                }
                 m.drain(Instant::now, |_, _| {});
-                std::thread::sleep(Duration::from_millis(24));
+                m.wait(Instant::now());
             }
         })
     };

@@ -174,8 +174,8 @@ impl EncoderLauncher for SlowReader {
         });
         Ok(EncoderChild {
             stdin: Box::new(stdin_w),
-            stdout: Box::new(stdout_r),
-            stderr: Box::new(stderr_r),
+            stdout: stdout_r,
+            stderr: stderr_r,
             process: Box::new(SlowProcess {
                 stop,
                 thread: Some(thread),

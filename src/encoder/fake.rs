@@ -97,8 +97,8 @@ impl EncoderLauncher for FakeLauncher {
         .map_err(spawn_err)?;
         Ok(EncoderChild {
             stdin: Box::new(stdin_w),
-            stdout: Box::new(stdout_r),
-            stderr: Box::new(stderr_r),
+            stdout: stdout_r,
+            stderr: stderr_r,
             process: Box::new(FakeProcess {
                 worker: Some(worker),
                 exit,

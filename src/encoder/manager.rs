@@ -3,9 +3,11 @@
 //! Creates and exclusively owns the supervisor, and passes it the MP3 ring
 //! it was given [M1]. The pump thread calls [`EncoderManager::write_pcm`]
 //! (forwarded only while the encoder is STARTING or RUNNING [M2]); the
-//! broadcast thread calls [`EncoderManager::get_frame`] and
-//! [`EncoderManager::wait`]. The encoder state is mirrored here through the
-//! supervisor's change callback [M3], so `write_pcm` reads one atomic.
+//! broadcast thread calls [`EncoderManager::wait`], which reads ffmpeg's
+//! output into the ring until the pacer's next deadline, and
+//! [`EncoderManager::drain`] / [`EncoderManager::get_frame`]. The encoder
+//! state is mirrored here through the supervisor's change callback [M3], so
+//! `write_pcm` reads one atomic.
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,6 +18,7 @@ use serde::Serialize;
 use super::Mp3Frame;
 use super::pacer::Pacer;
 use super::process::EncoderLauncher;
+use super::reader::Reader;
 use super::state::EncoderState;
 use super::supervisor::{Supervisor, SupervisorConfig, SupervisorSnapshot};
 use crate::audio::{FRAME_DURATION, PcmFrame};
@@ -24,8 +27,9 @@ use crate::encoder::ring::FrameRing;
 use crate::pump::PcmSink;
 use crate::worker::WorkerError;
 
-/// Longest the broadcast loop sleeps with nothing to do (bounds how fast it
-/// notices a stop).
+/// Longest the broadcast loop sleeps when no deadline is due: only before
+/// the first frame ever (afterwards a frame or a silence is always due
+/// within 84 ms); it keeps the loop turning for the watchdog.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// The most MP3 frames that may wait for the broadcast loop: about 0.5 s.
 /// A loop that falls further behind (an overloaded box, thousands of
@@ -77,6 +81,8 @@ pub struct EncoderManager {
     ring: Arc<FrameRing<Mp3Frame>>,
     state: Arc<AtomicU8>,
     output: Mutex<Output>,
+    /// ffmpeg's stdout, read by the broadcast thread in `wait`.
+    reader: Mutex<Reader>,
     counters: Counters,
 }
 
@@ -97,9 +103,11 @@ impl EncoderManager {
         )?;
         let silence = canonical_silent_frame();
         let silence_header = silence_key(&silence);
+        let reader = Mutex::new(supervisor.reader());
         Ok(EncoderManager {
             supervisor,
             ring,
+            reader,
             state,
             output: Mutex::new(Output {
                 pacer: Pacer::new(FRAME_DURATION, config.silence_after, config.max_lead),
@@ -177,18 +185,18 @@ impl EncoderManager {
         }
     }
 
-    /// Sleeps until a frame arrives, silence becomes due, or 100 ms pass.
+    /// Waits for ffmpeg's output until silence becomes due (or 100 ms pass
+    /// before the first frame ever), and moves the frames that arrived into
+    /// the ring for [`EncoderManager::drain`]. Broadcast thread only.
     pub fn wait(&self, now: Instant) {
         let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
         let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
-        if deadline > now {
-            self.ring.wait_until(deadline);
-        }
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).wait(deadline);
     }
 
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
     pub fn wake(&self) {
-        self.ring.wake();
+        self.supervisor.wake_reader();
     }
 
     pub fn snapshot(&self) -> EncoderSnapshot {
@@ -245,6 +253,15 @@ mod tests {
     use crate::encoder::fake::{FakeLauncher, FakeMode};
     use crate::encoder::state::{Liveness, RestartPolicy};
 
+    /// What the broadcast thread does between sends: read ffmpeg's output
+    /// into the ring, here for `d`.
+    fn read_for(m: &EncoderManager, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            m.reader.lock().expect("reader").wait(until);
+        }
+    }
+
     fn manager(launcher: FakeLauncher) -> EncoderManager {
         EncoderManager::start(
             ManagerConfig {
@@ -279,7 +296,7 @@ mod tests {
             let mut f = PcmFrame::silent();
             f.as_bytes_mut()[0] = tag;
             m.write_pcm(&f);
-            std::thread::sleep(Duration::from_millis(30));
+            read_for(&m, Duration::from_millis(30));
             while let Some(frame) = m.get_frame(Instant::now()) {
                 got.push(frame[4]);
             }
@@ -322,7 +339,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while m.state() != EncoderState::Running && Instant::now() < deadline {
             m.write_pcm(&f);
-            std::thread::sleep(Duration::from_millis(24));
+            read_for(&m, Duration::from_millis(24));
             m.drain(Instant::now, |_, _| {});
         }
         assert_eq!(m.state(), EncoderState::Running);
@@ -337,7 +354,7 @@ mod tests {
         let arrived = |n: usize| {
             let deadline = Instant::now() + Duration::from_secs(5);
             while m.ring().len() < n && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+                read_for(&m, Duration::from_millis(1));
             }
         };
         arrived(10);
@@ -400,7 +417,7 @@ mod tests {
                 next += FRAME_DURATION;
             }
             while m.get_frame(Instant::now()).is_some() {}
-            std::thread::sleep(Duration::from_millis(2));
+            read_for(&m, Duration::from_millis(2));
         }
         let snap = m.snapshot();
         assert_eq!(snap.supervisor.restarts, 1, "{snap:?}");

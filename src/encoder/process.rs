@@ -11,8 +11,8 @@
 //! latency.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{self, PipeReader, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -73,18 +73,26 @@ pub enum LaunchError {
     Spawn { program: String, source: io::Error },
 }
 
-/// A started encoder: its pipes and the process handle.
+/// A started encoder: its pipes and the process handle. Its output pipes
+/// are read where `poll(2)` can wait on them: stdout by the broadcast
+/// thread, stderr by the supervisor.
 pub struct EncoderChild {
     /// Non-blocking: writes return `WouldBlock` when the pipe is full.
     pub stdin: Box<dyn Write + Send>,
-    pub stdout: Box<dyn Read + Send>,
-    pub stderr: Box<dyn Read + Send>,
+    pub stdout: PipeReader,
+    pub stderr: PipeReader,
     pub process: Box<dyn EncoderProcess>,
 }
 
 /// A running encoder process.
 pub trait EncoderProcess: Send {
     fn pid(&self) -> Option<u32>;
+    /// A descriptor that becomes readable when the process ends (a
+    /// pidfd), so the supervisor waits for the exit instead of polling
+    /// `try_wait`; `None` where there is none.
+    fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Ok(Some) once the process has ended (it is then reaped).
     fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
     /// Ends the process at once and reaps it.
@@ -166,11 +174,16 @@ impl EncoderLauncher for FfmpegLauncher {
             let _ = child.wait();
             return Err(LaunchError::Spawn { program, source });
         }
+        let pidfd = pidfd_open(child.id());
         Ok(EncoderChild {
             stdin: Box::new(stdin),
-            stdout: Box::new(stdout),
-            stderr: Box::new(stderr),
-            process: Box::new(FfmpegProcess { child, done: None }),
+            stdout: PipeReader::from(OwnedFd::from(stdout)),
+            stderr: PipeReader::from(OwnedFd::from(stderr)),
+            process: Box::new(FfmpegProcess {
+                child,
+                pidfd,
+                done: None,
+            }),
         })
     }
 }
@@ -191,8 +204,18 @@ fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
+/// A pidfd for `pid` (Linux 5.3 and later; `None` before).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; on success the descriptor is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::pid_t::try_from(pid).ok()?, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 struct FfmpegProcess {
     child: Child,
+    pidfd: Option<OwnedFd>,
     done: Option<ExitInfo>,
 }
 
@@ -250,6 +273,10 @@ impl EncoderProcess for FfmpegProcess {
         Some(self.child.id())
     }
 
+    fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
     /// Once ffmpeg has ended, the rest of its group is killed before ffmpeg
     /// is reaped: a forking wrapper's children would otherwise survive,
     /// holding stdout open.
@@ -289,6 +316,7 @@ pub fn wait_for_exit(process: &mut dyn EncoderProcess, timeout: Duration) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn exit_info_reads_well_in_logs() {
