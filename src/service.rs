@@ -322,6 +322,12 @@ impl Service {
         self.addr
     }
 
+    /// The encoder: the owner's settings change its command through
+    /// [`EncoderManager::relaunch`].
+    pub fn encoder(&self) -> &Arc<EncoderManager> {
+        &self.encoder
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> crate::status::Status {
         self.board.status()

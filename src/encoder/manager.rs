@@ -7,7 +7,8 @@
 //! output into the ring until the pacer's next deadline, and
 //! [`EncoderManager::drain`] / [`EncoderManager::get_frame`]. The encoder
 //! state is mirrored here through the supervisor's change callback [M3], so
-//! `write_pcm` reads one atomic.
+//! `write_pcm` reads one atomic. The owner's settings change the encoder
+//! through [`EncoderManager::relaunch`].
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -197,6 +198,17 @@ impl EncoderManager {
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
     pub fn wake(&self) {
         self.supervisor.wake_reader();
+    }
+
+    /// Restarts the encoder with `launcher`'s command (a new bitrate from
+    /// the owner's settings): the current ffmpeg ends and the new one
+    /// starts at once, through the restart path, with no backoff and no
+    /// failure counted; the state history gives `reason`. Listeners stay
+    /// connected and get silence frames for the gap (about ffmpeg's start,
+    /// 0.1–0.4 s), then the new stream; the silence frame follows the new
+    /// frames' header from their first one [M4].
+    pub fn relaunch(&self, launcher: Box<dyn EncoderLauncher>, reason: &str) {
+        self.supervisor.relaunch(launcher, reason);
     }
 
     pub fn snapshot(&self) -> EncoderSnapshot {
@@ -391,14 +403,87 @@ mod tests {
     fn pcm_is_dropped_silently_but_counted_while_the_encoder_is_down() {
         let launcher = FakeLauncher::new(FakeMode::Missing);
         let m = manager(launcher);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while m.state() != EncoderState::Restarting && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_state(&m, EncoderState::Restarting);
         for _ in 0..5 {
             m.write_pcm(&PcmFrame::silent());
         }
         assert_eq!(m.snapshot().pcm_dropped_encoder_down, 5);
+    }
+
+    /// Waits (5 s at most) until `m` is in `state`.
+    fn wait_state(m: &EncoderManager, state: EncoderState) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.state() != state && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Runs `m` like the pump and the broadcast loop for `d`: one PCM frame
+    /// per 24 ms in, whatever is ready out. Returns the largest gap between
+    /// frames handed out.
+    fn run_for(m: &EncoderManager, d: Duration) -> Duration {
+        let (start, frame) = (Instant::now(), PcmFrame::silent());
+        let (mut next, mut last, mut gap) = (start, None::<Instant>, Duration::ZERO);
+        while start.elapsed() < d {
+            if Instant::now() >= next {
+                m.write_pcm(&frame);
+                next += FRAME_DURATION;
+            }
+            m.drain(Instant::now, |_, now| {
+                gap = gap.max(last.map_or(Duration::ZERO, |l| now - l));
+                last = Some(now);
+            });
+            read_for(m, Duration::from_millis(2));
+        }
+        gap
+    }
+
+    #[test]
+    fn a_relaunch_starts_the_new_command_at_once_counting_no_failure() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        run_for(&m, Duration::from_millis(500));
+        assert_eq!(m.state(), EncoderState::Running);
+        let before = m.snapshot();
+        m.relaunch(
+            Box::new(FakeLauncher::new(FakeMode::CrashAfter(1_000_000))),
+            "new bitrate",
+        );
+        let gap = run_for(&m, Duration::from_millis(700));
+        let s = m.snapshot();
+        assert_eq!(m.state(), EncoderState::Running, "{:?}", s.supervisor.history);
+        assert!(s.supervisor.command.contains("CrashAfter"), "{}", s.supervisor.command);
+        assert_eq!((s.supervisor.restarts, s.supervisor.consecutive_failures), (0, 0));
+        assert!(
+            s.supervisor.failures.values().all(|n| *n == 0),
+            "{:?}",
+            s.supervisor.failures
+        );
+        let reasons: Vec<_> = s.supervisor.history.iter().map(|t| (t.to, t.reason.as_str())).collect();
+        let tail = &reasons[reasons.len() - 3..];
+        assert_eq!(tail[0], (EncoderState::Restarting, "relaunch: new bitrate"));
+        assert_eq!(tail[1], (EncoderState::Starting, "relaunch: new bitrate"));
+        assert_eq!(tail[2].0, EncoderState::Running);
+        // Listeners got a frame (real or silence) at least every 60 ms + a
+        // period, as through any restart.
+        assert!(gap <= Duration::from_millis(150), "a {gap:?} gap");
+        assert!(s.mp3_frames_out > before.mp3_frames_out + 10, "{s:?}");
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn a_relaunch_of_a_failing_encoder_skips_the_backoff() {
+        let launcher = FakeLauncher::new(FakeMode::Missing);
+        let m = manager(launcher);
+        wait_state(&m, EncoderState::Restarting);
+        // Its next try is 300 ms away; the relaunch starts the new one now.
+        let asked = Instant::now();
+        m.relaunch(Box::new(FakeLauncher::new(FakeMode::Healthy)), "fixed the command");
+        wait_state(&m, EncoderState::Starting);
+        assert!(asked.elapsed() < Duration::from_millis(250), "{:?}", asked.elapsed());
+        run_for(&m, Duration::from_millis(300));
+        assert_eq!(m.state(), EncoderState::Running);
+        assert_eq!(m.snapshot().supervisor.consecutive_failures, 0);
+        m.stop(Duration::from_secs(2)).expect("stop");
     }
 
     #[test]

@@ -10,8 +10,8 @@
 //! which this module hands each new encoder's stdout to; the reader and
 //! `write_pcm` only report events (first frame, end of output, broken
 //! stdin); the loop alone decides: it applies the liveness rules, kills and
-//! restarts on the backoff schedule, and records every state change with
-//! its reason and time.
+//! restarts on the backoff schedule, relaunches with a new command when
+//! asked, and records every state change with its reason and time.
 //!
 //! `write_pcm` runs on the pump thread and never blocks: it only `try_lock`s
 //! the stdin pipe, which the loop holds just long enough to swap it.
@@ -97,16 +97,18 @@ pub(super) struct Shared {
     pid: AtomicU32,
     base: Instant,
     events: Sender<Event>,
-    /// Wakes the loop: an event was posted, or stop.
+    /// Wakes the loop: an event was posted, a relaunch asked, or stop.
     wake: WakeFd,
     /// The newest encoder's stdout, until the reader takes it.
     feed: Mutex<Option<Feed>>,
     /// Wakes the reader: a feed was handed over, or the broadcast loop stops.
     reader_wake: WakeFd,
+    /// A relaunch asked for: the new command and why.
+    relaunch: Mutex<Option<(Box<dyn EncoderLauncher>, String)>>,
     ring: Arc<FrameRing<Mp3Frame>>,
     counters: Counters,
     stderr_tail: Mutex<VecDeque<String>>,
-    command: String,
+    command: Mutex<String>,
     on_change: ChangeCallback,
 }
 
@@ -218,10 +220,11 @@ impl Supervisor {
             wake: WakeFd::new()?,
             feed: Mutex::new(None),
             reader_wake: WakeFd::new()?,
+            relaunch: Mutex::new(None),
             ring,
             counters: Counters::default(),
             stderr_tail: Mutex::new(VecDeque::new()),
-            command: launcher.describe(),
+            command: Mutex::new(launcher.describe()),
             on_change,
         });
         let thread_shared = shared.clone();
@@ -251,6 +254,14 @@ impl Supervisor {
     /// Wakes the reader from its wait (the broadcast loop is stopping).
     pub(super) fn wake_reader(&self) {
         self.shared.reader_wake.wake();
+    }
+
+    /// Ends the current encoder and starts `launcher`'s at once, through
+    /// the restart path but with no backoff and no failure counted; the
+    /// state history gives `reason`.
+    pub fn relaunch(&self, launcher: Box<dyn EncoderLauncher>, reason: &str) {
+        *lock(&self.shared.relaunch) = Some((launcher, reason.to_string()));
+        self.shared.wake.wake();
     }
 
     /// Feeds one PCM frame to the encoder's stdin; never blocks [S2].
@@ -303,7 +314,7 @@ impl Supervisor {
             state,
             state_since_s: since.elapsed().as_secs_f64(),
             pid: (pid != 0).then_some(pid),
-            command: self.shared.command.clone(),
+            command: lock(&self.shared.command).clone(),
             restarts: l(&c.restarts),
             consecutive_failures: self.shared.consecutive.load(Ordering::Relaxed),
             failures: FailureKind::ALL
@@ -426,6 +437,7 @@ impl Loop {
                 break;
             }
             self.shared.wake.clear();
+            self.take_relaunch();
             while let Ok(e) = self.events.try_recv() {
                 self.on_event(e);
             }
@@ -521,6 +533,26 @@ impl Loop {
         }
     }
 
+    /// A relaunch asked for: the current encoder ends and the new command
+    /// starts at once; no failure is counted and the backoff starts over.
+    fn take_relaunch(&mut self) {
+        let Some((launcher, reason)) = lock(&self.shared.relaunch).take() else {
+            return;
+        };
+        self.launcher = launcher;
+        let command = self.launcher.describe();
+        tracing::info!(component = "encoder", %command, "relaunching the encoder: {reason}");
+        *lock(&self.shared.command) = command;
+        self.end_instance();
+        let state = lock(&self.shared.machine).state();
+        if matches!(state, EncoderState::Starting | EncoderState::Running) {
+            self.transition(EncoderState::Restarting, format!("relaunch: {reason}"));
+        }
+        self.shared.consecutive.store(0, Ordering::Relaxed);
+        self.last_failure = None;
+        self.launch(Instant::now(), Some(format!("relaunch: {reason}")));
+    }
+
     /// A closed pipe usually means ffmpeg exited: if it has within
     /// [`EXIT_GRACE`], that is the failure, with its exit code; otherwise
     /// `kind`.
@@ -540,7 +572,7 @@ impl Loop {
         let last = self.last_frame();
         let Some(current) = self.current.as_mut() else {
             if self.next_start.is_some_and(|t| now >= t) {
-                self.launch(now);
+                self.launch(now, None);
             }
             return;
         };
@@ -571,14 +603,15 @@ impl Loop {
         }
     }
 
-    fn launch(&mut self, now: Instant) {
+    /// Starts an encoder; `why` overrides the reason the history gives.
+    fn launch(&mut self, now: Instant, why: Option<String>) {
         self.next_start = None;
-        let reason = match (lock(&self.shared.machine).state(), self.last_failure) {
+        let reason = why.unwrap_or_else(|| match (lock(&self.shared.machine).state(), self.last_failure) {
             (EncoderState::Stopped, _) => "service start".to_string(),
             (EncoderState::Failed, Some(k)) => format!("slow retry after {k}"),
             (_, Some(k)) => format!("restart after {k}"),
             (_, None) => "start".to_string(),
-        };
+        });
         self.transition(EncoderState::Starting, reason);
         if self.last_failure.is_some() {
             self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
