@@ -157,7 +157,7 @@ impl EncoderLauncher for SlowReader {
             source,
         };
         let (mut stdin_r, stdin_w) = io::pipe().map_err(err)?;
-        let (stdout_r, stdout_w) = io::pipe().map_err(err)?;
+        let (stdout_r, stdout_w) = std::os::unix::net::UnixStream::pair().map_err(err)?;
         let (stderr_r, stderr_w) = io::pipe().map_err(err)?;
         tower::encoder::process::set_nonblocking(&stdin_w).map_err(err)?;
         let stop = Arc::new(AtomicBool::new(false));

@@ -13,6 +13,7 @@
 use std::fmt;
 use std::io::{self, PipeReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -73,13 +74,15 @@ pub enum LaunchError {
     Spawn { program: String, source: io::Error },
 }
 
-/// A started encoder: its pipes and the process handle. Its output pipes
-/// are read where `poll(2)` can wait on them: stdout by the broadcast
-/// thread, stderr by the supervisor.
+/// A started encoder: its pipes and the process handle.
 pub struct EncoderChild {
     /// Non-blocking: writes return `WouldBlock` when the pipe is full.
     pub stdin: Box<dyn Write + Send>,
-    pub stdout: PipeReader,
+    /// One end of a socket pair whose other end is the encoder's stdout
+    /// (a socket, not a pipe, so that the broadcast thread can wait for a
+    /// frame and read it in one `recv` with a receive timeout).
+    pub stdout: UnixStream,
+    /// Read by the supervisor where `poll(2)` says so.
     pub stderr: PipeReader,
     pub process: Box<dyn EncoderProcess>,
 }
@@ -123,10 +126,15 @@ impl EncoderLauncher for FfmpegLauncher {
     }
 
     fn launch(&self) -> Result<EncoderChild, LaunchError> {
+        let program = self.command.program.clone();
+        let (stdout, theirs) = UnixStream::pair().map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(&self.command.program);
         cmd.args(&self.command.args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(OwnedFd::from(theirs)))
             .stderr(Stdio::piped())
             .process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and
@@ -146,8 +154,11 @@ impl EncoderLauncher for FfmpegLauncher {
                 Ok(())
             });
         }
-        let program = self.command.program.clone();
-        let mut child = cmd.spawn().map_err(|source| {
+        let spawned = cmd.spawn();
+        // Our copy of the child's end: closed now, so that its exit is an
+        // end of file here.
+        drop(cmd);
+        let mut child = spawned.map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 LaunchError::NotFound {
                     program: program.clone(),
@@ -159,8 +170,7 @@ impl EncoderLauncher for FfmpegLauncher {
                 }
             }
         })?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LaunchError::Spawn {
@@ -177,7 +187,7 @@ impl EncoderLauncher for FfmpegLauncher {
         let pidfd = pidfd_open(child.id());
         Ok(EncoderChild {
             stdin: Box::new(stdin),
-            stdout: PipeReader::from(OwnedFd::from(stdout)),
+            stdout,
             stderr: PipeReader::from(OwnedFd::from(stderr)),
             process: Box::new(FfmpegProcess {
                 child,

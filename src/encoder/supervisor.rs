@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, PipeReader, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self as channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
@@ -70,7 +71,7 @@ enum Event {
 /// A new encoder's stdout, handed to the reader.
 pub(super) struct Feed {
     pub generation: u64,
-    pub stdout: PipeReader,
+    pub stdout: UnixStream,
 }
 
 #[derive(Default)]
@@ -632,9 +633,9 @@ impl Loop {
             stderr,
             mut process,
         } = child;
-        // Both are read only when poll(2) says so, but a read must never
-        // block the loop or the broadcast thread.
-        if let Err(e) = set_nonblocking(&stdout).and_then(|()| set_nonblocking(&stderr)) {
+        // Read only when poll(2) says so, but a read must never block the
+        // loop. (stdout's reader waits with a receive timeout instead.)
+        if let Err(e) = set_nonblocking(&stderr) {
             process.kill();
             self.fail(
                 FailureKind::SpawnFailed,
