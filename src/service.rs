@@ -1,7 +1,7 @@
 //! The service: wires the pipeline, owns every worker, and decides what
 //! happens when one dies [T1].
 //!
-//! Start order: encoder (supervisor and drains) → pump → capture → status
+//! Start order: encoder (its supervisor) → pump → capture → status
 //! LEDs → HTTP server → broadcast loop → systemd watchdog. Stop is the
 //! reverse, each step bounded in time, so a SIGTERM completes well within
 //! 2 s.
@@ -190,7 +190,7 @@ impl Service {
         let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
         let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
 
-        // 1. Encoder: supervisor and its drains.
+        // 1. Encoder: its supervisor (ffmpeg's output is read by the broadcast loop).
         let manager_config = settings.manager;
         tracing::info!(component = "encoder", command = %backends.encoder.describe(), "starting encoder");
         let encoder =
