@@ -17,12 +17,13 @@
 //!   (stalled, restarting); silence frames are sent to bring the lead back to
 //!   zero and keep it there until real frames return, so listeners stay
 //!   connected and their players' buffers stay full.
-//! - When real frames return after silence (a restarted encoder), they
-//!   come in a burst: the PCM that queued in the new ffmpeg's stdin while
-//!   it started. For a short while the lead is capped at two periods, not
+//! - When real frames return after silence (a restarted encoder), or come
+//!   for the first time, they come in a burst: the PCM that queued in the
+//!   new ffmpeg's stdin while it started, and the silence its input starts
+//!   with. For a short while the lead is capped at two periods, not
 //!   `max_lead`, so the stale part of the burst is dropped: otherwise each
-//!   restart would leave listeners up to `max_lead` further behind live,
-//!   and the next gap would reach them that much later.
+//!   start would leave listeners up to `max_lead` further behind live, and
+//!   the next gap would reach them that much later.
 
 use std::time::{Duration, Instant};
 
@@ -107,10 +108,8 @@ impl Pacer {
 
     /// `waiting` real frames (≥ 1) are ready at `now`.
     pub fn on_real(&mut self, waiting: usize, now: Instant) -> RealDecision {
-        if self.anchor.is_none() {
-            self.anchor = Some(now);
-        }
-        if self.in_silence {
+        if self.anchor.is_none() || self.in_silence {
+            self.anchor.get_or_insert(now);
             self.settle_until = Some(now + self.period * SETTLE_PERIODS);
         }
         self.in_silence = false;
@@ -315,10 +314,39 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_burst_is_trimmed_to_the_cap_keeping_the_newest() {
+    fn the_first_burst_ever_is_trimmed_too_so_a_later_gap_gets_silence_at_once() {
+        // ffmpeg's start: 14 frames at once (the silence its input starts
+        // with), then one frame per period.
         let t0 = Instant::now();
         let mut p = pacer();
-        p.on_real(1, t0);
+        // As the manager takes them: trims, then one sent or dropped.
+        let (mut waiting, mut sent) = (14usize, 0);
+        while waiting > 0 {
+            let d = p.on_real(waiting, t0);
+            sent += usize::from(d.send);
+            waiting -= d.trim + 1;
+        }
+        assert!(sent <= 2, "{sent} frames of the burst sent");
+        let mut now = t0;
+        for _ in 0..100 {
+            now += P;
+            assert!(p.on_real(1, now).send);
+        }
+        // A stall now gets silence 60 ms after the media runs out, which is
+        // at most two periods ahead (not max_lead, 120 ms).
+        let due = p.next_due().expect("due");
+        assert!(due <= now + P * 2 + DEFAULT_SILENCE_AFTER, "{:?}", due - now);
+    }
+
+    #[test]
+    fn a_backlog_burst_is_trimmed_to_the_cap_keeping_the_newest() {
+        let start = Instant::now();
+        let mut p = pacer();
+        // Past the start's settling, at the cadence: the ordinary cap applies.
+        for k in 0..=SETTLE_PERIODS {
+            p.on_real(1, start + P * k);
+        }
+        let t0 = start + P * SETTLE_PERIODS;
         // 14 frames arrive at once 24 ms later (ffmpeg resumed after a stop).
         let now = t0 + P;
         let d = p.on_real(14, now);
