@@ -8,22 +8,25 @@
 //! `PR_SET_PDEATHSIG` so it dies with Tower, and with an empty signal mask
 //! (a blocked SIGTERM would otherwise be inherited and ignored). Its stdin is
 //! non-blocking and small, so a slow encoder costs dropped frames, not
-//! latency.
+//! latency, and starts with the WAV header the command expects.
 
 use std::fmt;
 use std::io::{self, PipeReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::command::EncoderCommand;
+use super::command::{EncoderCommand, WAV_HEADER_BYTES, input_preamble};
 
-/// Size asked for ffmpeg's stdin pipe: about 3.5 frames. The kernel rounds
-/// up to whole pages; the default (64 KiB, 14 frames) would let latency
-/// grow by a third of a second whenever ffmpeg falls behind.
+/// Size asked for ffmpeg's stdin pipe once it runs: about 3.5 frames. The
+/// kernel rounds up to whole pages; the default (64 KiB, 14 frames) would
+/// let latency grow by a third of a second whenever ffmpeg falls behind.
 pub const STDIN_PIPE_BYTES: i32 = 16 * 1024;
+/// Size asked for it at start, so that the input's preamble goes in at
+/// once ([`input_preamble`], 69 KB).
+const PREAMBLE_PIPE_BYTES: i32 = 128 * 1024;
 
 /// How an encoder process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +103,8 @@ pub trait EncoderProcess: Send {
     fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
     /// Ends the process at once and reaps it.
     fn kill(&mut self) -> ExitInfo;
+    /// Its first MP3 frame came out (what it needed at start is done).
+    fn running(&mut self) {}
 }
 
 /// Starts encoder processes.
@@ -170,7 +175,7 @@ impl EncoderLauncher for FfmpegLauncher {
                 }
             }
         })?;
-        let (Some(stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
+        let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LaunchError::Spawn {
@@ -178,13 +183,14 @@ impl EncoderLauncher for FfmpegLauncher {
                 source: io::Error::other("child pipes missing"),
             });
         };
-        let prepared = prepare_stdin(&stdin);
+        let prepared = prepare_stdin(&mut stdin);
         if let Err(source) = prepared {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LaunchError::Spawn { program, source });
         }
         let pidfd = pidfd_open(child.id());
+        let stdin_pipe = stdin.as_fd().try_clone_to_owned().ok();
         Ok(EncoderChild {
             stdin: Box::new(stdin),
             stdout,
@@ -192,6 +198,7 @@ impl EncoderLauncher for FfmpegLauncher {
             process: Box::new(FfmpegProcess {
                 child,
                 pidfd,
+                stdin_pipe,
                 done: None,
             }),
         })
@@ -207,10 +214,24 @@ pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
+/// Makes stdin non-blocking and writes the input's preamble (the WAV
+/// header, then silence: [`input_preamble`]) into a pipe made large enough
+/// for it; [`EncoderProcess::running`] makes it small again.
+fn prepare_stdin(stdin: &mut ChildStdin) -> io::Result<()> {
     set_nonblocking(stdin)?;
-    // Best effort: an unusual kernel limit only costs latency.
-    let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+    // Best effort: a pipe that stays small only delays ffmpeg's start.
+    let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PREAMBLE_PIPE_BYTES));
+    let preamble = input_preamble();
+    let mut at = 0;
+    while at < preamble.len() {
+        match stdin.write(&preamble[at..]) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The header always fits; what silence does not, ffmpeg waits for.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && at >= WAV_HEADER_BYTES => break,
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
 }
 
@@ -226,6 +247,8 @@ fn pidfd_open(pid: u32) -> Option<OwnedFd> {
 struct FfmpegProcess {
     child: Child,
     pidfd: Option<OwnedFd>,
+    /// Stdin's pipe, until it is made small again ([`EncoderProcess::running`]).
+    stdin_pipe: Option<OwnedFd>,
     done: Option<ExitInfo>,
 }
 
@@ -307,6 +330,15 @@ impl EncoderProcess for FfmpegProcess {
         }
         self.reap()
     }
+
+    /// The preamble is read: stdin's pipe goes back to [`STDIN_PIPE_BYTES`]
+    /// (best effort), and the copy of its descriptor is closed, so that
+    /// closing stdin still ends ffmpeg's input.
+    fn running(&mut self) {
+        if let Some(pipe) = self.stdin_pipe.take() {
+            let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+        }
+    }
 }
 
 /// Waits up to `timeout` for `process` to end on its own (polling).
@@ -365,6 +397,57 @@ mod tests {
         // The background sleep (same group) is gone too: stdout reaches EOF.
         let mut rest = Vec::new();
         child.stdout.read_to_end(&mut rest).expect("eof");
+    }
+
+    #[test]
+    fn real_ffmpeg_starts_on_the_preamble_and_gives_each_frame_one_period_after_its_pcm() {
+        let l = FfmpegLauncher::new(super::super::command::default_command("ffmpeg", 128));
+        let mut child = l.launch().expect("ffmpeg runs");
+        let mut buf = [0u8; 8192];
+        // Before any PCM: the preamble's silence alone gets ffmpeg going
+        // (without it, the WAV demuxer waits for 64 KiB, 15 frames).
+        child
+            .stdout
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let n = child.stdout.read(&mut buf).expect("the preamble's silence comes out");
+        assert!(n > 0);
+        std::thread::sleep(Duration::from_millis(200));
+        child
+            .stdout
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        while child.stdout.read(&mut buf).is_ok_and(|n| n > 0) {}
+        // Then each frame written brings out the one before it: raw s16le
+        // input held 7 frames in 8 back a second period (ffmpeg's
+        // 1024-sample packets); the WAV stream with -max_size does not.
+        let frame = crate::audio::PcmFrame::silent();
+        let (mut out, mut behind) = (0usize, Vec::new());
+        for k in 1..=40usize {
+            let mut left: &[u8] = frame.as_bytes();
+            while !left.is_empty() {
+                match child.stdin.write(left) {
+                    Ok(n) => left = &left[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            // What comes out within 20 ms of the write (ffmpeg answers in
+            // well under a millisecond on an idle machine).
+            let until = Instant::now() + Duration::from_millis(20);
+            while let Some(wait) = until.checked_duration_since(Instant::now()).filter(|w| !w.is_zero()) {
+                child.stdout.set_read_timeout(Some(wait)).expect("timeout");
+                match child.stdout.read(&mut buf) {
+                    Ok(n) => out += n,
+                    Err(_) => break,
+                }
+            }
+            behind.push(k.saturating_sub(out / 384));
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        child.process.kill();
+        let late = behind[10..].iter().filter(|b| **b > 1).count();
+        assert!(late <= 7, "frames still held back after their write: {behind:?}");
     }
 
     #[test]

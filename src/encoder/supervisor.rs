@@ -520,6 +520,7 @@ impl Loop {
                 let now = Instant::now();
                 if let Some(c) = self.current.as_mut() {
                     c.running_since = Some(now);
+                    c.process.running();
                     let ms = now.saturating_duration_since(c.started).as_millis();
                     self.transition(EncoderState::Running, format!("first MP3 frame {ms} ms after start"));
                 }
