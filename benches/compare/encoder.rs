@@ -234,7 +234,10 @@ impl Setting {
 pub fn measure(seconds: f64) -> std::io::Result<Vec<Setting>> {
     let dir = tempfile::tempdir()?;
     let input = dir.path().join("music.wav");
-    let raw = music_raw(seconds);
+    let mut raw = music_raw(seconds);
+    // Whole 24 ms frames, as Tower writes (a short last packet is "corrupt"
+    // to the WAV demuxer).
+    raw.truncate(raw.len() / tower::audio::PCM_FRAME_BYTES * tower::audio::PCM_FRAME_BYTES);
     // What Tower's encoder reads: the WAV header, then the PCM.
     std::fs::write(&input, [tower::encoder::command::wav_header(), raw.clone()].concat())?;
     let reference = samples(&raw);
