@@ -15,6 +15,7 @@ pub mod audio;
 pub mod broadcast;
 pub mod config;
 pub mod encoder;
+pub mod fdlimit;
 pub mod fuzzing;
 pub mod histogram;
 pub mod hooks;

@@ -31,8 +31,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::admin::calibrate::Gain;
@@ -47,7 +48,7 @@ use crate::config::change::{FieldErrors, Proposal, Taker, taker};
 use crate::config::store::Store;
 use crate::config::{Config, Loaded, Settings};
 use crate::encoder::EncoderManager;
-use crate::encoder::command::{at_sample_rate, custom_command, default_command};
+use crate::encoder::command::{EncoderCommand, at_sample_rate, custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
@@ -59,7 +60,7 @@ use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
 use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox};
 use crate::status::{AdminCounters, Board, ChangeLog};
-use crate::worker::{Ended, Supervisor, Worker, WorkerError};
+use crate::worker::{Ended, Mailbox, Post, Supervisor, Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
 const STEP_TIMEOUT: Duration = Duration::from_millis(400);
@@ -72,6 +73,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
 pub type Factory<T> = Box<dyn Fn() -> T + Send>;
 /// Makes the capture source for an input and a device name.
 pub type CaptureFactory = Box<dyn Fn(&Input, &str) -> std::io::Result<Box<dyn CaptureSource>> + Send>;
+/// Makes the encoder's launcher for a command (the configured one at
+/// start, a new one when the owner changes the bitrate).
+pub type EncoderFactory = Box<dyn Fn(EncoderCommand) -> Box<dyn EncoderLauncher> + Send>;
 /// Opens the status LEDs on the configured pins.
 pub type LedFactory = Box<dyn Fn(&LedConfig) -> Box<dyn Leds> + Send>;
 
@@ -80,7 +84,7 @@ pub struct Backends {
     pub capture: CaptureFactory,
     /// The capture card's mixer, for `capture.level`.
     pub mixer: Factory<Box<dyn Mixer>>,
-    pub encoder: Box<dyn EncoderLauncher>,
+    pub encoder: EncoderFactory,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
     /// The status LEDs.
@@ -100,15 +104,7 @@ impl Backends {
     /// socket, bound here) and the configured ffmpeg command.
     /// Returns notes about replaced custom-command flags, to log once.
     pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
-        let (command, notes) = if config.encoder.args.is_empty() {
-            (
-                default_command(&config.ffmpeg, config.settings().bitrate_kbps),
-                Vec::new(),
-            )
-        } else {
-            custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
-        };
-        let command = at_sample_rate(command, config.settings().mp3_sample_rate);
+        let (_, notes) = encoder_command(config)?;
         Ok((
             Backends {
                 capture: {
@@ -127,13 +123,28 @@ impl Backends {
                     })
                 },
                 mixer: Box::new(crate::audio::mixer::system_mixer),
-                encoder: Box::new(FfmpegLauncher::new(command)),
+                encoder: Box::new(|command| Box::new(FfmpegLauncher::new(command))),
                 hooks: Arc::new(TestHooks::from_env()),
                 leds: Box::new(crate::leds::open),
             },
             notes,
         ))
     }
+}
+
+/// The ffmpeg command `config` asks for (`encoder.args`, or the default
+/// at `encoder.bitrate_kbps`, at `mp3.sample_rate`), with a note for each
+/// custom flag Tower replaced.
+pub fn encoder_command(config: &Config) -> Result<(EncoderCommand, Vec<String>), ServiceError> {
+    let (command, notes) = if config.encoder.args.is_empty() {
+        (
+            default_command(&config.ffmpeg, config.settings().bitrate_kbps),
+            Vec::new(),
+        )
+    } else {
+        custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
+    };
+    Ok((at_sample_rate(command, config.settings().mp3_sample_rate), notes))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -215,6 +226,8 @@ pub struct Prepared {
     source: Option<Box<dyn CaptureSource>>,
     /// The new fallback, when it changes (its WAV already read).
     fallback: Option<Fallback>,
+    /// The encoder's new command, when it changes.
+    command: Option<EncoderCommand>,
     warnings: BTreeMap<String, String>,
 }
 
@@ -222,8 +235,9 @@ pub struct Prepared {
 /// the settings in force.
 struct Rebuild {
     supervisor: Supervisor,
-    inbox: Receiver<Inbox>,
+    inbox: Mailbox<Inbox>,
     capture: CaptureFactory,
+    encoder: EncoderFactory,
     input: Input,
     device: String,
     mixer: Factory<Box<dyn Mixer>>,
@@ -277,18 +291,18 @@ impl Service {
         let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
         let started = Instant::now();
         let settings = config.settings();
-        let (inbox_tx, inbox) = std::sync::mpsc::channel();
-        let reports = inbox_tx.clone();
+        let (post, inbox) = Mailbox::new().map_err(thread("service"))?;
+        let reports = post.clone();
         let supervisor = Supervisor::reporting(move |ended| drop(reports.send(Inbox::Ended(ended))));
         let hooks = backends.hooks;
         let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
         let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
 
-        // 1. Encoder: supervisor and its drains.
+        // 1. Encoder: its supervisor (ffmpeg's output is read by the broadcast loop).
         let manager_config = settings.manager;
-        tracing::info!(component = "encoder", command = %backends.encoder.describe(), "starting encoder");
-        let encoder =
-            Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
+        let launcher = (backends.encoder)(encoder_command(config)?.0);
+        tracing::info!(component = "encoder", command = %launcher.describe(), "starting encoder");
+        let encoder = Arc::new(EncoderManager::start(manager_config, launcher, ring).map_err(thread("encoder"))?);
 
         // Icecast outputs, fed by the broadcast loop; those set to stream
         // only while program plays ask the capture thread's detector,
@@ -410,7 +424,7 @@ impl Service {
         let (admin_worker, desk) = match admin {
             Some(setup) => {
                 let control = ServiceControl {
-                    inbox: inbox_tx.clone(),
+                    inbox: post.clone(),
                     board: board.clone(),
                     now_playing: now_playing.clone(),
                     speakers: speakers_desk.as_ref().map(|(d, _)| d.clone()),
@@ -507,6 +521,7 @@ impl Service {
                 supervisor,
                 inbox,
                 capture: backends.capture,
+                encoder: backends.encoder,
                 input: settings.input,
                 device: settings.device,
                 mixer: backends.mixer,
@@ -532,31 +547,40 @@ impl Service {
         self.addr
     }
 
+    /// The encoder: the owner's settings change its command through
+    /// [`EncoderManager::relaunch`].
+    pub fn encoder(&self) -> &Arc<EncoderManager> {
+        &self.encoder
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> crate::status::Status {
         self.board.status()
     }
 
-    /// Waits up to `timeout` for a worker to end or for an order from the
-    /// owner's desk, and deals with it; also starts the restarts that are
-    /// due. `Err` when the process must exit (see the module header).
-    pub fn supervise(&mut self, timeout: Duration) -> Result<Turn, Fatal> {
+    /// Waits for a worker to end or for an order from the owner's desk,
+    /// and deals with it; also starts the restarts that are due. Returns
+    /// when one came, a restart is due, `also` (the caller's own wake-up:
+    /// `main`'s signal pipe) is readable, or `limit` passed (never, for
+    /// `None`): no timer wakes it while all is well. `Err` when the process
+    /// must exit (see the module header).
+    pub fn supervise(&mut self, also: Option<RawFd>, limit: Option<Duration>) -> Result<Turn, Fatal> {
         let now = Instant::now();
         self.restart_due(now);
         let next_due = self.rebuild.due.iter().map(|(at, _)| *at).min();
-        let wait = next_due.map_or(timeout, |at| timeout.min(at.saturating_duration_since(now)));
-        match self.rebuild.inbox.recv_timeout(wait) {
-            Ok(Inbox::Ended(ended)) => self.ended(ended, Instant::now()).map(|()| Turn::Continue),
-            Ok(Inbox::Order(Order::Prepare(proposal, reply))) => {
+        let deadline = [next_due, limit.map(|l| now + l)].into_iter().flatten().min();
+        match self.rebuild.inbox.wait(also, deadline) {
+            Some(Inbox::Ended(ended)) => self.ended(ended, Instant::now()).map(|()| Turn::Continue),
+            Some(Inbox::Order(Order::Prepare(proposal, reply))) => {
                 let _ = reply.send(self.prepare(&proposal));
                 Ok(Turn::Continue)
             }
-            Ok(Inbox::Order(Order::Apply(prepared, reply))) => {
+            Some(Inbox::Order(Order::Apply(prepared, reply))) => {
                 let _ = reply.send(self.apply(*prepared));
                 Ok(Turn::Continue)
             }
-            Ok(Inbox::Order(Order::Restart)) => Ok(Turn::Restart),
-            Err(_) => Ok(Turn::Continue),
+            Some(Inbox::Order(Order::Restart)) => Ok(Turn::Restart),
+            None => Ok(Turn::Continue),
         }
     }
 
@@ -589,11 +613,19 @@ impl Service {
             }
             fallback = Some(made);
         }
+        let command = if takers.contains(&Taker::Encoder) {
+            let (command, _) = encoder_command(&proposal.loaded.config)
+                .map_err(|e| FieldErrors::from([("encoder.args".to_string(), e.to_string())]))?;
+            Some(command)
+        } else {
+            None
+        };
         Ok(Prepared {
             settings,
             takers,
             source,
             fallback,
+            command,
             warnings,
         })
     }
@@ -674,9 +706,16 @@ impl Service {
                         warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
                     }
                 }
-                // The encoder's keys are read at start (see `taker`); the
-                // admin thread keeps the password itself.
-                Taker::Encoder | Taker::Admin | Taker::Restart => {}
+                Taker::Encoder => {
+                    if let Some(command) = p.command.take() {
+                        let reason = "the owner changed encoder settings";
+                        self.encoder.relaunch((self.rebuild.encoder)(command), reason);
+                    }
+                    // New listeners' headers name the new bitrate.
+                    self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
+                }
+                // The admin thread keeps the password itself.
+                Taker::Admin | Taker::Restart => {}
             }
         }
         warnings
@@ -977,11 +1016,11 @@ fn start_title_socket(input: &Input, now: &NowPlaying, supervisor: &Supervisor) 
 
 /// Stops the admin thread. It may be waiting for this thread to answer an
 /// order: orders are dropped meanwhile, which tells it at once.
-fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerError> {
+fn stop_admin(admin: Worker<()>, inbox: &Mailbox<Inbox>) -> Result<(), WorkerError> {
     admin.stop_signal().stop();
     let deadline = Instant::now() + STEP_TIMEOUT;
     while !admin.is_finished() && Instant::now() < deadline {
-        while inbox.try_recv().is_ok() {}
+        while inbox.try_take().is_some() {}
         std::thread::sleep(Duration::from_millis(5));
     }
     admin.stop(Duration::from_millis(10))
@@ -990,7 +1029,7 @@ fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerEr
 /// The service as the owner's desk sees it: orders go to the service's
 /// thread through its inbox; readings come straight from the board.
 struct ServiceControl {
-    inbox: Sender<Inbox>,
+    inbox: Post<Inbox>,
     board: Arc<Board>,
     now_playing: NowPlaying,
     speakers: Option<SpeakersDesk>,
@@ -1187,7 +1226,7 @@ mod tests {
                 Ok(Box::new(FakeCapture::new(device, script)) as Box<dyn CaptureSource>)
             }),
             mixer: Box::new(|| Box::new(crate::audio::mixer::FakeMixer::default()) as Box<dyn Mixer>),
-            encoder: Box::new(FakeLauncher::new(FakeMode::Healthy)),
+            encoder: Box::new(|_| Box::new(FakeLauncher::new(FakeMode::Healthy))),
             hooks: Arc::new(TestHooks::disabled()),
             leds: Box::new(move |config: &LedConfig| {
                 p.lock().expect("lock").push(config.clone());

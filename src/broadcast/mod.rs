@@ -5,10 +5,11 @@
 //! The loop drains what the encoder has ready (reading the clock per
 //! frame, so a slow turn drops nothing), hands each frame to the
 //! [`Listeners`] (the HTTP listener hub) and to the Icecast [`Outputs`],
-//! then sleeps until the encoder has more. Neither side can block it: the
-//! hub drops slow listeners and each Icecast output has its own queue. Its
-//! turn counter feeds the systemd watchdog, so a hung loop gets the
-//! service restarted.
+//! then waits in the encoder for more: it reads ffmpeg's output itself,
+//! until the pacer's next deadline (`EncoderManager::wait`). Neither side
+//! can block it: the hub drops slow listeners and each Icecast output has
+//! its own queue. Its turn counter feeds the systemd watchdog, so a hung
+//! loop gets the service restarted.
 
 pub mod icecast;
 pub mod title;

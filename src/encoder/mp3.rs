@@ -1,7 +1,8 @@
 //! MPEG audio frame headers and the MP3 packetizer [P1].
 //!
-//! Pure: no threads, no I/O. In Tower the ffmpeg stdout drain thread owns a
-//! [`Packetizer`] and feeds it whatever the pipe returns; tests and benches
+//! Pure: no threads, no I/O. In Tower the stdout reader (on the broadcast
+//! thread) owns a [`Packetizer`] per encoder and feeds it whatever ffmpeg's
+//! stdout returns; tests and benches
 //! use it to cut what listeners receive. Promises: only whole, valid audio
 //! frames come out, in order; ID3v2 tags and Xing/Info/VBRI frames never do;
 //! after garbage it finds the stream again; memory stays bounded.

@@ -14,7 +14,8 @@
 //! itself and hands `/stream` and `/events` connections to a [`Hub`]: the
 //! listeners' hub, fed by the broadcast thread, or the status pages' hub,
 //! fed by the "events" thread (a level event every 100 ms, the status every
-//! second, built once for all pages, so pages cost listeners nothing).
+//! second, built once for all pages, so pages cost listeners nothing; it
+//! sleeps while no page is open).
 //! Every connection serves one request and closes (`Connection: close`).
 
 pub mod connlog;
@@ -43,7 +44,7 @@ use crate::broadcast::Station;
 use crate::hooks::TestHooks;
 use crate::live::Live;
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
+use crate::worker::{Notify, StopSignal, Supervisor, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
 
 /// Seconds a refused listener is asked to wait before retrying.
@@ -224,20 +225,24 @@ struct Shared {
     counters: Arc<HttpStats>,
     hooks: Arc<TestHooks>,
     bad_log: LogGate,
+    /// Wakes the events thread: a page opened, or the server stops.
+    page_opened: Notify,
 }
 
 pub struct HttpServer {
     addr: SocketAddr,
     workers: Vec<Worker<()>>,
+    shared: Arc<Shared>,
 }
 
-/// The "events" thread: feeds the status pages.
+/// The "events" thread: feeds the status pages, and sleeps while none is
+/// open.
 fn feed_events(stop: &StopSignal, shared: &Shared) {
     let mut turn = 0u32;
     let mut seen = 0u64;
     while !stop.is_stopped() {
-        stop.sleep(LEVEL_EVERY);
         if shared.events.is_empty() {
+            shared.page_opened.wait();
             continue;
         }
         let now = Instant::now();
@@ -251,6 +256,7 @@ fn feed_events(stop: &StopSignal, shared: &Shared) {
         let level = shared.status.level_json();
         shared.events.broadcast(&sse("level", &level), now);
         turn = turn.wrapping_add(1);
+        stop.sleep(LEVEL_EVERY);
     }
     shared.events.close_all();
 }
@@ -295,16 +301,22 @@ impl HttpServer {
             counters,
             hooks,
             bad_log: LogGate::new(Duration::from_secs(1)),
+            page_opened: Notify::new(),
         });
         let s = shared.clone();
         let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             let guard = s.site.get().guard;
             server::Server::new(listener, guard, &s.counters.conns).run(&stop, &*s);
         })?];
+        let s = shared.clone();
         workers.push(Worker::spawn_supervised("events", supervisor, move |stop| {
-            feed_events(&stop, &shared)
+            feed_events(&stop, &s)
         })?);
-        Ok(HttpServer { addr: bound, workers })
+        Ok(HttpServer {
+            addr: bound,
+            workers,
+            shared,
+        })
     }
 
     /// The bound address (the real port when 0 was asked for).
@@ -318,6 +330,7 @@ impl HttpServer {
         for w in &self.workers {
             w.stop_signal().stop();
         }
+        self.shared.page_opened.notify();
         let mut result = Ok(());
         for w in self.workers {
             if let Err(e) = w.stop(timeout) {
@@ -602,6 +615,7 @@ impl Shared {
         Answer::Join(Box::new(move |stream: TcpStream| {
             if let Some((peer, sink)) = take_over(stream, head, head_only) {
                 self.events.add(admission, peer, sink, None, Instant::now());
+                self.page_opened.notify();
             }
         }))
     }
