@@ -9,11 +9,13 @@
 #   first    connect → first audio byte, 100 connects one after another
 #   lag      clicks through each server: source → listener socket, and a
 #            new listener's lag behind live
-#   held     100, 1000, 2000 listeners for 30 s each: held, dropped, settle,
+#   held     5, 100, 1000, 2000 listeners for 30 s each: held, dropped, settle,
 #            first byte under load, CPU and RSS of the server and of the
 #            whole chain (server + encoder process), memory per listener,
 #            and system calls per listener-second (perf stat tracepoints,
-#            less the same server at 0 listeners), which carry over to ARM
+#            less the same server at 0 listeners), which carry over to ARM;
+#            and each server idle: CPU, system calls, wake-ups (by thread
+#            for Tower)
 #   pump     Tower's pump tick error with every core busy
 #   encoder  Tower's ffmpeg command: CPU per audio-second for each LAME
 #            -compression_level, output bytes, crude SNR
@@ -21,12 +23,13 @@
 #            the systemd unit runs it (nobody, CAP_SYS_NICE, unit limits)
 # The held and lag parts also run Tower at http.burst_ms = 400 (writes
 # gather 8 frames, not 4): the CPU-for-lag trade-off.
-# Everything runs on 127.0.0.1, stops by itself (about 20 minutes; --quick,
-# 100 listeners for 5 s, about 4 minutes) and ends every process it
+# Everything runs on 127.0.0.1, stops by itself (about 25 minutes; --quick,
+# 5 and 100 listeners for 5 s, about 5 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
 # figure and the locked part need root.
 # Arguments go to the bench: --quick, --only first,lag,held,pump,encoder,locked,
-# --listeners 100,500, --seconds S, --json PATH.
+# --listeners 5,100, --seconds S, --json PATH. Works at any hard open-file
+# limit of 4096 or more (Tower shares it: listeners first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/common.sh

@@ -13,9 +13,13 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
 use clap::Parser;
 use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use signal_hook::iterator::backend::SignalDelivery;
+use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use tower::config::store::{self, FileStore, NoStore, SpoolStore, Store};
 use tower::config::{self, Overrides};
@@ -164,10 +168,9 @@ fn exec_self(args: &[OsString]) -> std::io::Error {
     std::process::Command::new(program).args(&args[1..]).exec()
 }
 
-/// Lets Tower use as many descriptors as the system allows, and keeps the
-/// listener limit below that: each listener holds one, pending connections
-/// up to `http.max_other_connections`, and 64 cover the rest (ffmpeg's
-/// pipes, the sound card, logs).
+/// Lets Tower use as many descriptors as the system allows, and shares
+/// them: listeners first, the other connections scaled down to the rest
+/// (`tower::fdlimit`); what cannot be honoured is said at start.
 fn raise_fd_limit(config: &mut config::Config) {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
@@ -178,16 +181,12 @@ fn raise_fd_limit(config: &mut config::Config) {
     } else {
         soft
     };
-    let others = config.http.max_other_connections.saturating_add(64);
-    let affordable = limit.saturating_sub(others).max(1);
-    if config.http.max_listeners > affordable {
-        tracing::warn!(
-            component = "service",
-            "http.max_listeners = {} needs more file descriptors than the limit ({limit}) allows; using {affordable}",
-            config.http.max_listeners
-        );
-        config.http.max_listeners = affordable;
+    let share = tower::fdlimit::share(limit, config.http.max_listeners, config.http.max_other_connections);
+    for note in share.notes() {
+        tracing::warn!(component = "service", "{note}");
     }
+    config.http.max_listeners = share.listeners;
+    config.http.max_other_connections = share.others;
 }
 
 /// `tower wifi-manager` and `tower captive-portal`: they run until SIGTERM,
@@ -259,10 +258,6 @@ fn root_helpers(cli: &Cli) -> Option<ExitCode> {
         _ => None,
     }
 }
-
-/// How often the supervisor loop looks for a signal (worker ends wake it
-/// at once).
-const SUPERVISE_TURN: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -364,8 +359,14 @@ fn main() -> ExitCode {
         );
     }
 
-    // Handlers only (no blocked mask), so ffmpeg inherits nothing odd.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    // Handlers only (no blocked mask), so ffmpeg inherits nothing odd. A
+    // signal writes a byte on a socket pair the supervisor loop waits on.
+    let delivery = UnixStream::pair().and_then(|(read, write)| {
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        SignalDelivery::with_pipe(read, write, SignalOnly, [SIGTERM, SIGINT])
+    });
+    let mut signals = match delivery {
         Ok(s) => s,
         Err(e) => {
             eprintln!("tower: cannot install signal handlers: {e}");
@@ -399,14 +400,16 @@ fn main() -> ExitCode {
     };
     tower::watchdog::ready(&format!("streaming on http://{}/stream", service.local_addr()));
     // The supervisor loop: a signal stops Tower; a worker that ends is
-    // restarted by the service, or ends the process when it cannot be.
+    // restarted by the service, or ends the process when it cannot be; an
+    // order from the owner's page is carried out. It sleeps until one of
+    // these happens.
     let outcome = loop {
         if let Some(signal) = signals.pending().next() {
             tower::watchdog::stopping();
             tracing::info!(component = "service", signal, "stopping");
             break Ok(Turn::Continue);
         }
-        match service.supervise(SUPERVISE_TURN) {
+        match service.supervise(Some(signals.get_read().as_raw_fd()), None) {
             Ok(Turn::Continue) => {}
             Ok(Turn::Restart) => break Ok(Turn::Restart),
             Err(fatal) => break Err(fatal),

@@ -1,10 +1,12 @@
 //! The service: wires the pipeline, owns every worker, and decides what
 //! happens when one dies [T1].
 //!
-//! Start order: encoder (supervisor and drains) → pump → capture → status
-//! LEDs (and the amplifier line) → HTTP server → broadcast loop → MQTT
-//! link → systemd watchdog. Stop is the reverse, each step bounded in
-//! time, so a SIGTERM completes well within 2 s.
+//! Start order: encoder (supervisor and drains) → Icecast outputs and their
+//! titles → pump → capture → status LEDs (and the amplifier line) → the
+//! owner's desk → HTTP server → speakers → broadcast loop → MQTT link →
+//! systemd watchdog (and the producer's title socket with the socket
+//! input). Stop is the reverse, each step bounded in time, so a SIGTERM
+//! completes well within 2 s.
 //!
 //! Supervision: every worker reports its end (a return or a panic) on one
 //! channel, and [`Service::supervise`], called in a loop by `main`,
@@ -29,8 +31,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::admin::calibrate::Gain;
@@ -39,12 +42,13 @@ use crate::audio::capture::{Capture, CaptureConfig, CaptureHandle, CaptureSource
 use crate::audio::mixer::Mixer;
 use crate::audio::router::AudioInputRouter;
 use crate::audio::socket::Input;
-use crate::broadcast::{Broadcast, Station};
+use crate::broadcast::title::{IcecastTitles, TitleFeed, TitleSocket, TitleStats};
+use crate::broadcast::{Broadcast, NowPlaying, Station, TitleAudit, clean_title};
 use crate::config::change::{FieldErrors, Proposal, Taker, taker};
 use crate::config::store::Store;
 use crate::config::{Config, Loaded, Settings};
 use crate::encoder::EncoderManager;
-use crate::encoder::command::{custom_command, default_command};
+use crate::encoder::command::{EncoderCommand, at_sample_rate, custom_command, default_command};
 use crate::encoder::process::{EncoderLauncher, FfmpegLauncher};
 use crate::encoder::ring::FrameRing;
 use crate::hooks::TestHooks;
@@ -54,8 +58,9 @@ use crate::live::Live;
 use crate::mqtt::{MqttSettings, MqttStats};
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
+use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox};
 use crate::status::{AdminCounters, Board, ChangeLog};
-use crate::worker::{Ended, Supervisor, Worker, WorkerError};
+use crate::worker::{Ended, Mailbox, Post, Supervisor, Worker, WorkerError};
 
 /// Per-step stop timeout; the steps together stay under SIGTERM's 2 s.
 const STEP_TIMEOUT: Duration = Duration::from_millis(400);
@@ -68,6 +73,9 @@ const ORDER_TIMEOUT: Duration = Duration::from_secs(5);
 pub type Factory<T> = Box<dyn Fn() -> T + Send>;
 /// Makes the capture source for an input and a device name.
 pub type CaptureFactory = Box<dyn Fn(&Input, &str) -> std::io::Result<Box<dyn CaptureSource>> + Send>;
+/// Makes the encoder's launcher for a command (the configured one at
+/// start, a new one when the owner changes the bitrate).
+pub type EncoderFactory = Box<dyn Fn(EncoderCommand) -> Box<dyn EncoderLauncher> + Send>;
 /// Opens the status LEDs on the configured pins.
 pub type LedFactory = Box<dyn Fn(&LedConfig) -> Box<dyn Leds> + Send>;
 
@@ -76,7 +84,7 @@ pub struct Backends {
     pub capture: CaptureFactory,
     /// The capture card's mixer, for `capture.level`.
     pub mixer: Factory<Box<dyn Mixer>>,
-    pub encoder: Box<dyn EncoderLauncher>,
+    pub encoder: EncoderFactory,
     /// Fault injection for tests (see `hooks`); disabled in production.
     pub hooks: Arc<TestHooks>,
     /// The status LEDs.
@@ -99,14 +107,7 @@ impl Backends {
     /// socket, bound here) and the configured ffmpeg command.
     /// Returns notes about replaced custom-command flags, to log once.
     pub fn real(config: &Config) -> Result<(Backends, Vec<String>), ServiceError> {
-        let (command, notes) = if config.encoder.args.is_empty() {
-            (
-                default_command(&config.ffmpeg, config.settings().bitrate_kbps),
-                Vec::new(),
-            )
-        } else {
-            custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
-        };
+        let (_, notes) = encoder_command(config)?;
         Ok((
             Backends {
                 capture: {
@@ -125,13 +126,28 @@ impl Backends {
                     })
                 },
                 mixer: Box::new(crate::audio::mixer::system_mixer),
-                encoder: Box::new(FfmpegLauncher::new(command)),
+                encoder: Box::new(|command| Box::new(FfmpegLauncher::new(command))),
                 hooks: Arc::new(TestHooks::from_env()),
                 leds: Box::new(crate::leds::open),
             },
             notes,
         ))
     }
+}
+
+/// The ffmpeg command `config` asks for (`encoder.args`, or the default
+/// at `encoder.bitrate_kbps`, at `mp3.sample_rate`), with a note for each
+/// custom flag Tower replaced.
+pub fn encoder_command(config: &Config) -> Result<(EncoderCommand, Vec<String>), ServiceError> {
+    let (command, notes) = if config.encoder.args.is_empty() {
+        (
+            default_command(&config.ffmpeg, config.settings().bitrate_kbps),
+            Vec::new(),
+        )
+    } else {
+        custom_command(&config.ffmpeg, &config.encoder.args).map_err(|e| ServiceError::Config(e.to_string()))?
+    };
+    Ok((at_sample_rate(command, config.settings().mp3_sample_rate), notes))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +229,8 @@ pub struct Prepared {
     source: Option<Box<dyn CaptureSource>>,
     /// The new fallback, when it changes (its WAV already read).
     fallback: Option<Fallback>,
+    /// The encoder's new command, when it changes.
+    command: Option<EncoderCommand>,
     warnings: BTreeMap<String, String>,
 }
 
@@ -220,8 +238,9 @@ pub struct Prepared {
 /// the settings in force.
 struct Rebuild {
     supervisor: Supervisor,
-    inbox: Receiver<Inbox>,
+    inbox: Mailbox<Inbox>,
     capture: CaptureFactory,
+    encoder: EncoderFactory,
     input: Input,
     device: String,
     mixer: Factory<Box<dyn Mixer>>,
@@ -234,6 +253,10 @@ struct Rebuild {
     hooks: Arc<TestHooks>,
     site: Arc<Live<Site>>,
     desk: Option<Arc<dyn Desk>>,
+    now_playing: NowPlaying,
+    title_feed: TitleFeed,
+    /// The speakers thread's inbox and settings (when it runs).
+    speakers: Option<(SpeakersInbox, Arc<SpeakersConfig>)>,
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
@@ -252,9 +275,16 @@ pub struct Service {
     admin: Option<Worker<()>>,
     /// Writes out the hubs' connection events.
     conn_log: Option<ConnLogger>,
+    /// The producer's title socket, while the input is a socket.
+    titles: Option<TitleSocket>,
+    speakers: Option<Worker<()>>,
+    icecast_titles: Option<IcecastTitles>,
     hub: Arc<Hub>,
     board: Arc<Board>,
     station: Arc<Live<Station>>,
+    /// `station.title` in force: the title at start, which a change of
+    /// other station texts must not put back over what is playing.
+    configured_title: String,
     addr: SocketAddr,
     rebuild: Rebuild,
 }
@@ -265,18 +295,18 @@ impl Service {
         let thread = |what: &'static str| move |source| ServiceError::Thread { what, source };
         let started = Instant::now();
         let settings = config.settings();
-        let (inbox_tx, inbox) = std::sync::mpsc::channel();
-        let reports = inbox_tx.clone();
+        let (post, inbox) = Mailbox::new().map_err(thread("service"))?;
+        let reports = post.clone();
         let supervisor = Supervisor::reporting(move |ended| drop(reports.send(Inbox::Ended(ended))));
         let hooks = backends.hooks;
         let router = Arc::new(AudioInputRouter::new(settings.pcm_queue_frames));
         let ring = Arc::new(FrameRing::new(settings.mp3_ring_frames));
 
-        // 1. Encoder: supervisor and its drains.
+        // 1. Encoder: its supervisor (ffmpeg's output is read by the broadcast loop).
         let manager_config = settings.manager;
-        tracing::info!(component = "encoder", command = %backends.encoder.describe(), "starting encoder");
-        let encoder =
-            Arc::new(EncoderManager::start(manager_config, backends.encoder, ring).map_err(thread("encoder"))?);
+        let launcher = (backends.encoder)(encoder_command(config)?.0);
+        tracing::info!(component = "encoder", command = %launcher.describe(), "starting encoder");
+        let encoder = Arc::new(EncoderManager::start(manager_config, launcher, ring).map_err(thread("encoder"))?);
 
         // Icecast outputs, fed by the broadcast loop; those set to stream
         // only while program plays ask the capture thread's detector,
@@ -288,6 +318,7 @@ impl Service {
                 &settings.icecast,
                 &settings.station,
                 u64::from(settings.bitrate_kbps),
+                settings.mp3_sample_rate,
                 &supervisor,
                 &hooks,
                 Arc::new(move || program.get().is_some_and(|c| c.program().is_program())),
@@ -352,9 +383,21 @@ impl Service {
         let conn_log = Arc::new(ConnLog::default());
         let conn_logger = conn_log.start(&supervisor).map_err(thread("conn-log"))?;
         let hub = Arc::new(Hub::new(settings.hub, Who::Listener, conn_log));
-        let station = Arc::new(Live::new(settings.station.clone()));
+        let station = Arc::new(Live::new(Station {
+            title: clean_title(&settings.station.title),
+            ..settings.station.clone()
+        }));
         let changes = Arc::new(ChangeLog::default());
         let admin_counters = Arc::new(AdminCounters::default());
+        let now_playing = NowPlaying::new(station.clone(), title_audit(changes.clone()));
+        let title_feed = TitleFeed {
+            station: station.clone(),
+            outputs: outputs.clone(),
+            targets: Arc::new(Live::new(settings.icecast.clone())),
+            stats: Arc::new(TitleStats::default()),
+        };
+        let icecast_titles = IcecastTitles::start(title_feed.clone(), &supervisor).map_err(thread("icecast-titles"))?;
+        let titles = start_title_socket(&settings.input, &now_playing, &supervisor);
         let board = Arc::new(Board {
             started,
             started_wall: SystemTime::now(),
@@ -371,14 +414,26 @@ impl Service {
             mqtt: Arc::new(MqttStats::default()),
             changes: changes.clone(),
             admin: admin_counters.clone(),
+            titles: title_feed.stats.clone(),
             config_notice: admin.as_ref().and_then(|a| a.notice.clone()),
             workers: Default::default(),
+        });
+        let speakers_desk = settings.speakers.then(|| {
+            let hub = hub.clone();
+            crate::speakers::desk(Arc::new(move || {
+                hub.listeners(Instant::now())
+                    .iter()
+                    .filter_map(|l| l.peer.parse::<SocketAddr>().ok().map(|a| a.ip()))
+                    .collect()
+            }))
         });
         let (admin_worker, desk) = match admin {
             Some(setup) => {
                 let control = ServiceControl {
-                    inbox: inbox_tx.clone(),
+                    inbox: post.clone(),
                     board: board.clone(),
+                    now_playing: now_playing.clone(),
+                    speakers: speakers_desk.as_ref().map(|(d, _)| d.clone()),
                 };
                 let running = Admin::new(
                     control,
@@ -410,6 +465,24 @@ impl Service {
         .map_err(|source| ServiceError::Bind { addr, source })?;
         let bound = http.local_addr();
 
+        // The speakers thread: it gives renderers the port bound.
+        let speakers = match speakers_desk {
+            Some((_, inbox)) => {
+                let config = Arc::new(SpeakersConfig {
+                    listen: bound,
+                    station: station.clone(),
+                });
+                let worker =
+                    crate::speakers::start(inbox.clone(), config.clone(), &supervisor).map_err(thread("speakers"))?;
+                Some((worker, (inbox, config)))
+            }
+            None => None,
+        };
+        let (speakers, speakers_rebuild) = match speakers {
+            Some((w, r)) => (Some(w), Some(r)),
+            None => (None, None),
+        };
+
         // 5. Broadcast loop.
         let broadcast = Broadcast::start(encoder.clone(), hub.clone(), outputs, &supervisor, hooks.clone())
             .map_err(thread("broadcast"))?;
@@ -418,7 +491,7 @@ impl Service {
         // The MQTT link to Home Assistant, if configured: last, as nothing
         // in the stream depends on it.
         let mqtt = match &settings.mqtt {
-            Some(m) => Some(start_mqtt(m.clone(), &board, &supervisor).map_err(thread("mqtt"))?),
+            Some(m) => Some(start_mqtt(m.clone(), &board, &now_playing, &supervisor).map_err(thread("mqtt"))?),
             None => None,
         };
 
@@ -443,14 +516,19 @@ impl Service {
             broadcast: Some(broadcast),
             admin: admin_worker,
             conn_log: Some(conn_logger),
+            titles,
+            speakers,
+            icecast_titles: Some(icecast_titles),
             hub,
             board,
             station,
+            configured_title: settings.station.title.clone(),
             addr: bound,
             rebuild: Rebuild {
                 supervisor,
                 inbox,
                 capture: backends.capture,
+                encoder: backends.encoder,
                 input: settings.input,
                 device: settings.device,
                 mixer: backends.mixer,
@@ -463,6 +541,9 @@ impl Service {
                 hooks,
                 site,
                 desk,
+                now_playing,
+                title_feed,
+                speakers: speakers_rebuild,
                 book: RestartBook::default(),
                 due: Vec::new(),
             },
@@ -474,31 +555,40 @@ impl Service {
         self.addr
     }
 
+    /// The encoder: the owner's settings change its command through
+    /// [`EncoderManager::relaunch`].
+    pub fn encoder(&self) -> &Arc<EncoderManager> {
+        &self.encoder
+    }
+
     /// The `/status` document.
     pub fn status(&self) -> crate::status::Status {
         self.board.status()
     }
 
-    /// Waits up to `timeout` for a worker to end or for an order from the
-    /// owner's desk, and deals with it; also starts the restarts that are
-    /// due. `Err` when the process must exit (see the module header).
-    pub fn supervise(&mut self, timeout: Duration) -> Result<Turn, Fatal> {
+    /// Waits for a worker to end or for an order from the owner's desk,
+    /// and deals with it; also starts the restarts that are due. Returns
+    /// when one came, a restart is due, `also` (the caller's own wake-up:
+    /// `main`'s signal pipe) is readable, or `limit` passed (never, for
+    /// `None`): no timer wakes it while all is well. `Err` when the process
+    /// must exit (see the module header).
+    pub fn supervise(&mut self, also: Option<RawFd>, limit: Option<Duration>) -> Result<Turn, Fatal> {
         let now = Instant::now();
         self.restart_due(now);
         let next_due = self.rebuild.due.iter().map(|(at, _)| *at).min();
-        let wait = next_due.map_or(timeout, |at| timeout.min(at.saturating_duration_since(now)));
-        match self.rebuild.inbox.recv_timeout(wait) {
-            Ok(Inbox::Ended(ended)) => self.ended(ended, Instant::now()).map(|()| Turn::Continue),
-            Ok(Inbox::Order(Order::Prepare(proposal, reply))) => {
+        let deadline = [next_due, limit.map(|l| now + l)].into_iter().flatten().min();
+        match self.rebuild.inbox.wait(also, deadline) {
+            Some(Inbox::Ended(ended)) => self.ended(ended, Instant::now()).map(|()| Turn::Continue),
+            Some(Inbox::Order(Order::Prepare(proposal, reply))) => {
                 let _ = reply.send(self.prepare(&proposal));
                 Ok(Turn::Continue)
             }
-            Ok(Inbox::Order(Order::Apply(prepared, reply))) => {
+            Some(Inbox::Order(Order::Apply(prepared, reply))) => {
                 let _ = reply.send(self.apply(*prepared));
                 Ok(Turn::Continue)
             }
-            Ok(Inbox::Order(Order::Restart)) => Ok(Turn::Restart),
-            Err(_) => Ok(Turn::Continue),
+            Some(Inbox::Order(Order::Restart)) => Ok(Turn::Restart),
+            None => Ok(Turn::Continue),
         }
     }
 
@@ -531,11 +621,19 @@ impl Service {
             }
             fallback = Some(made);
         }
+        let command = if takers.contains(&Taker::Encoder) {
+            let (command, _) = encoder_command(&proposal.loaded.config)
+                .map_err(|e| FieldErrors::from([("encoder.args".to_string(), e.to_string())]))?;
+            Some(command)
+        } else {
+            None
+        };
         Ok(Prepared {
             settings,
             takers,
             source,
             fallback,
+            command,
             warnings,
         })
     }
@@ -553,7 +651,10 @@ impl Service {
                         c.handle().tune(s.capture.clone());
                     }
                 }
-                Taker::Input => self.switch_input(p.source.take(), s, &mut warnings),
+                Taker::Input => {
+                    self.switch_input(p.source.take(), s, &mut warnings);
+                    self.restart_titles();
+                }
                 Taker::Pump => {
                     let change = PumpChange {
                         grace: s.pump.grace,
@@ -563,7 +664,21 @@ impl Service {
                         warnings.insert("pcm.grace_sec".into(), "the pump is busy; try again".into());
                     }
                 }
-                Taker::Station => self.station.set(s.station.clone()),
+                Taker::Station => {
+                    // What is playing stays, unless the owner changed the
+                    // title itself.
+                    let playing = self.station.get().title.clone();
+                    let title = if s.station.title == self.configured_title {
+                        playing
+                    } else {
+                        clean_title(&s.station.title)
+                    };
+                    self.configured_title = s.station.title.clone();
+                    self.station.set(Station {
+                        title,
+                        ..s.station.clone()
+                    });
+                }
                 Taker::Http => {
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
                     self.hub.set_burst_frames(s.hub.burst_frames);
@@ -586,6 +701,7 @@ impl Service {
                         &s.icecast,
                         &s.station,
                         u64::from(s.bitrate_kbps),
+                        s.mp3_sample_rate,
                         &self.rebuild.supervisor,
                         &self.rebuild.hooks,
                         STEP_TIMEOUT,
@@ -593,13 +709,21 @@ impl Service {
                     for e in stopped {
                         tracing::warn!(component = "service", "{e}");
                     }
+                    self.rebuild.title_feed.targets.set(s.icecast.clone());
                     if let Err(e) = started {
                         warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
                     }
                 }
-                // The encoder's keys are read at start (see `taker`); the
-                // admin thread keeps the password itself.
-                Taker::Encoder | Taker::Admin | Taker::Restart => {}
+                Taker::Encoder => {
+                    if let Some(command) = p.command.take() {
+                        let reason = "the owner changed encoder settings";
+                        self.encoder.relaunch((self.rebuild.encoder)(command), reason);
+                    }
+                    // New listeners' headers name the new bitrate.
+                    self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
+                }
+                // The admin thread keeps the password itself.
+                Taker::Admin | Taker::Restart => {}
             }
         }
         warnings
@@ -649,6 +773,15 @@ impl Service {
                     .push((Instant::now() + RESTART_FIRST, "capture".into()));
             }
         }
+    }
+
+    /// Closes the title socket and opens the one for the input in force.
+    fn restart_titles(&mut self) {
+        if let Some(old) = self.titles.take() {
+            let _ = stop_worker(old.worker);
+        }
+        let r = &self.rebuild;
+        self.titles = start_title_socket(&r.input, &r.now_playing, &r.supervisor);
     }
 
     fn ended(&mut self, ended: Ended, now: Instant) -> Result<(), Fatal> {
@@ -744,7 +877,7 @@ impl Service {
                 }
                 self.board.mqtt.off();
                 if let Some(settings) = r.mqtt.clone() {
-                    self.mqtt = Some(start_mqtt(settings, &self.board, &r.supervisor)?);
+                    self.mqtt = Some(start_mqtt(settings, &self.board, &r.now_playing, &r.supervisor)?);
                 }
             }
             // The front end's two threads (the accept loop and the status
@@ -769,6 +902,21 @@ impl Service {
                     let _ = dead.stop(STEP_TIMEOUT);
                 }
                 self.conn_log = Some(self.hub.log().start(&r.supervisor)?);
+            }
+            "titles" => self.restart_titles(),
+            "speakers" => {
+                if let Some((inbox, config)) = &r.speakers {
+                    if let Some(old) = self.speakers.take() {
+                        let _ = old.stop(STEP_TIMEOUT);
+                    }
+                    self.speakers = Some(crate::speakers::start(inbox.clone(), config.clone(), &r.supervisor)?);
+                }
+            }
+            "icecast-titles" => {
+                if let Some(old) = self.icecast_titles.take() {
+                    let _ = old.worker.stop(STEP_TIMEOUT);
+                }
+                self.icecast_titles = Some(IcecastTitles::start(r.title_feed.clone(), &r.supervisor)?);
             }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
@@ -805,12 +953,21 @@ impl Service {
         if let Some(b) = self.broadcast.take() {
             note(b.stop(STEP_TIMEOUT));
         }
+        if let Some(s) = self.speakers.take() {
+            note(stop_worker(s));
+        }
         if let Some(h) = self.http.take() {
             note(h.stop(STEP_TIMEOUT));
         }
         self.hub.close_all();
         if let Some(l) = self.conn_log.take() {
             note(l.stop(STEP_TIMEOUT));
+        }
+        if let Some(t) = self.titles.take() {
+            note(stop_worker(t.worker));
+        }
+        if let Some(t) = self.icecast_titles.take() {
+            note(stop_worker(t.worker));
         }
         for e in self.board.outputs.stop(STEP_TIMEOUT) {
             note(Err(e));
@@ -832,13 +989,47 @@ impl Service {
     }
 }
 
+fn stop_worker(worker: Worker<()>) -> Result<(), WorkerError> {
+    worker.stop_signal().stop();
+    worker.stop(STEP_TIMEOUT)
+}
+
+/// The journal line and the history entry for a new title.
+fn title_audit(changes: Arc<ChangeLog>) -> TitleAudit {
+    Arc::new(move |who: &str, old: &str, new: &str| {
+        tracing::info!(
+            component = "broadcast",
+            peer = who,
+            key = "title",
+            "now playing, set by {who}: {old:?} → {new:?} (not saved)"
+        );
+        changes.record(who, "title", old, new);
+    })
+}
+
+/// The producer's title socket beside the socket input (none for a sound
+/// card). One that cannot be made is a warning: the audio matters more.
+fn start_title_socket(input: &Input, now: &NowPlaying, supervisor: &Supervisor) -> Option<TitleSocket> {
+    let Input::Socket(pcm) = input else { return None };
+    match TitleSocket::start(pcm, now.clone(), supervisor) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::warn!(
+                component = "titles",
+                "no title socket: {e}; titles can still be set on the page"
+            );
+            None
+        }
+    }
+}
+
 /// Stops the admin thread. It may be waiting for this thread to answer an
 /// order: orders are dropped meanwhile, which tells it at once.
-fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerError> {
+fn stop_admin(admin: Worker<()>, inbox: &Mailbox<Inbox>) -> Result<(), WorkerError> {
     admin.stop_signal().stop();
     let deadline = Instant::now() + STEP_TIMEOUT;
     while !admin.is_finished() && Instant::now() < deadline {
-        while inbox.try_recv().is_ok() {}
+        while inbox.try_take().is_some() {}
         std::thread::sleep(Duration::from_millis(5));
     }
     admin.stop(Duration::from_millis(10))
@@ -847,8 +1038,10 @@ fn stop_admin(admin: Worker<()>, inbox: &Receiver<Inbox>) -> Result<(), WorkerEr
 /// The service as the owner's desk sees it: orders go to the service's
 /// thread through its inbox; readings come straight from the board.
 struct ServiceControl {
-    inbox: Sender<Inbox>,
+    inbox: Post<Inbox>,
     board: Arc<Board>,
+    now_playing: NowPlaying,
+    speakers: Option<SpeakersDesk>,
 }
 
 impl ServiceControl {
@@ -874,6 +1067,18 @@ impl Control for ServiceControl {
 
     fn restart(&self) {
         let _ = self.inbox.send(Inbox::Order(Order::Restart));
+    }
+
+    fn set_title(&self, who: &str, title: &str) -> String {
+        self.now_playing.set(who, title)
+    }
+
+    fn speakers(&self) -> Option<&SpeakersDesk> {
+        self.speakers.as_ref()
+    }
+
+    fn listeners(&self) -> serde_json::Value {
+        serde_json::json!(self.board.hub.listeners(Instant::now()))
     }
 
     fn peak_dbfs(&self) -> f64 {
@@ -969,7 +1174,12 @@ const MQTT_STOP_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// The MQTT thread, reading Tower's state from atomics and the capture
 /// thread's boards (nothing the pump or the broadcast loop locks).
-fn start_mqtt(settings: MqttSettings, board: &Arc<Board>, supervisor: &Supervisor) -> std::io::Result<Worker<()>> {
+fn start_mqtt(
+    settings: MqttSettings,
+    board: &Arc<Board>,
+    now_playing: &NowPlaying,
+    supervisor: &Supervisor,
+) -> std::io::Result<Worker<()>> {
     let (capture, hub, encoder, pump, station) = (
         board.capture.clone(),
         board.hub.clone(),
@@ -994,7 +1204,7 @@ fn start_mqtt(settings: MqttSettings, board: &Arc<Board>, supervisor: &Superviso
     crate::mqtt::start(
         settings,
         Box::new(read),
-        board.station.clone(),
+        now_playing.clone(),
         board.mqtt.clone(),
         supervisor,
     )
@@ -1034,7 +1244,7 @@ mod tests {
                 Ok(Box::new(FakeCapture::new(device, script)) as Box<dyn CaptureSource>)
             }),
             mixer: Box::new(|| Box::new(crate::audio::mixer::FakeMixer::default()) as Box<dyn Mixer>),
-            encoder: Box::new(FakeLauncher::new(FakeMode::Healthy)),
+            encoder: Box::new(|_| Box::new(FakeLauncher::new(FakeMode::Healthy))),
             hooks: Arc::new(TestHooks::disabled()),
             leds: Box::new(move |config: &LedConfig| {
                 p.lock().expect("lock").push(config.clone());

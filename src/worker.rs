@@ -4,7 +4,10 @@
 //! [`Worker::stop`] raises the worker's [`StopSignal`], joins the thread with a
 //! deadline and hands back what the thread returned. Workers report through
 //! their return value, counters and channels; they never exit the process.
-//! [`Notify`] is the wake-up primitive loops wait on (new data, or stop).
+//! [`Notify`] is the wake-up primitive loops wait on (new data, or stop);
+//! [`WakeFd`] and [`poll_until`] are the same for a loop that waits on
+//! descriptors in `poll(2)`, and a [`Mailbox`] is a channel such a loop
+//! can wait on.
 //!
 //! A worker spawned with [`Worker::spawn_supervised`] also reports to the
 //! service when its thread ends without having been asked to stop (its
@@ -13,6 +16,7 @@
 //! everything); the worker only tells.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -46,6 +50,15 @@ impl Notify {
         self.cond.notify_all();
     }
 
+    /// Waits until notified (for ever if never).
+    pub fn wait(&self) {
+        let mut flag = lock(&self.flag);
+        while !*flag {
+            flag = self.cond.wait(flag).unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *flag = false;
+    }
+
     /// Waits until notified or until `deadline`. Returns true if notified.
     pub fn wait_until(&self, deadline: Instant) -> bool {
         let mut flag = lock(&self.flag);
@@ -65,6 +78,78 @@ impl Notify {
                 .0;
         }
     }
+}
+
+/// A wake-up for a thread waiting in [`poll_until`]: an eventfd that
+/// [`WakeFd::wake`] makes readable until the waiter [`WakeFd::clear`]s it.
+/// Waking costs one system call, and only the waker pays it.
+#[derive(Debug)]
+pub struct WakeFd(OwnedFd);
+
+impl WakeFd {
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain syscall; the descriptor returned is ours alone.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor nobody else owns.
+        Ok(WakeFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the descriptor readable (wakes a waiter, now or at its next wait).
+    pub fn wake(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our own eventfd; a
+        // full counter (EAGAIN) still leaves it readable.
+        let _ = unsafe { libc::write(self.0.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+    }
+
+    /// Makes it unreadable again (call before looking at what woke you).
+    pub fn clear(&self) {
+        let mut buf = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer from our own eventfd
+        // (non-blocking: EAGAIN when not woken).
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// A `pollfd` asking whether `fd` is readable.
+pub fn readable(fd: RawFd) -> libc::pollfd {
+    libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }
+}
+
+/// Waits until one of `fds` is ready or `deadline` passes (never, for
+/// `None`); `ppoll(2)`, so the deadline is kept to the microsecond. Returns
+/// how many are ready (0 on timeout or a signal).
+pub fn poll_until(fds: &mut [libc::pollfd], deadline: Option<Instant>) -> usize {
+    let timeout = deadline.map(|d| {
+        let left = d.saturating_duration_since(Instant::now());
+        libc::timespec {
+            tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        }
+    });
+    let timeout_ptr = timeout.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `fds` is a live, correctly sized array of pollfd, `timeout_ptr`
+    // is null or points at a live timespec, and no signal mask is passed.
+    let n = unsafe {
+        libc::ppoll(
+            fds.as_mut_ptr(),
+            fds.len() as libc::nfds_t,
+            timeout_ptr,
+            std::ptr::null(),
+        )
+    };
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// Cloneable stop request shared between an owner and its worker thread.
@@ -96,6 +181,14 @@ impl StopSignal {
     /// Sleeps for `timeout` unless stopped first. Returns true if stopped.
     pub fn sleep(&self, timeout: Duration) -> bool {
         self.sleep_until(Instant::now() + timeout)
+    }
+
+    /// Sleeps until stopped. Returns true.
+    pub fn wait(&self) -> bool {
+        while !self.is_stopped() {
+            self.inner.notify.wait();
+        }
+        true
     }
 
     /// Sleeps until `deadline` unless stopped first. Returns true if stopped.
@@ -156,10 +249,10 @@ impl Supervisor {
         Supervisor(None)
     }
 
-    /// A supervisor and the receiving end the service waits on.
-    pub fn channel() -> (Supervisor, std::sync::mpsc::Receiver<Ended>) {
-        let (tx, rx) = std::sync::mpsc::channel();
-        (Supervisor::reporting(move |ended| drop(tx.send(ended))), rx)
+    /// A supervisor and the mailbox its reports arrive in.
+    pub fn channel() -> io::Result<(Supervisor, Mailbox<Ended>)> {
+        let (post, ends) = Mailbox::new()?;
+        Ok((Supervisor::reporting(move |ended| drop(post.send(ended))), ends))
     }
 
     /// A supervisor that hands each report to `report` (the service puts
@@ -172,6 +265,66 @@ impl Supervisor {
         if let Some(report) = &self.0 {
             report(ended);
         }
+    }
+}
+
+/// The sending side of a [`Mailbox`]; cloned into each sender.
+#[derive(Debug)]
+pub struct Post<T> {
+    tx: std::sync::mpsc::Sender<T>,
+    wake: Arc<WakeFd>,
+}
+
+impl<T> Clone for Post<T> {
+    fn clone(&self) -> Self {
+        Post {
+            tx: self.tx.clone(),
+            wake: self.wake.clone(),
+        }
+    }
+}
+
+impl<T> Post<T> {
+    /// Leaves `letter` and wakes the owner; `Err` (with it) once the
+    /// mailbox is gone.
+    pub fn send(&self, letter: T) -> Result<(), T> {
+        self.tx.send(letter).map_err(|e| e.0)?;
+        self.wake.wake();
+        Ok(())
+    }
+}
+
+/// A channel its owner can wait on in `poll(2)` beside its own
+/// descriptors (the service's: worker ends and the owner's orders beside
+/// `main`'s signal pipe), so nothing wakes it on a timer.
+#[derive(Debug)]
+pub struct Mailbox<T> {
+    rx: std::sync::mpsc::Receiver<T>,
+    wake: Arc<WakeFd>,
+}
+
+impl<T> Mailbox<T> {
+    pub fn new() -> io::Result<(Post<T>, Mailbox<T>)> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let wake = Arc::new(WakeFd::new()?);
+        Ok((Post { tx, wake: wake.clone() }, Mailbox { rx, wake }))
+    }
+
+    /// The next letter, waiting until one comes, `also` becomes readable
+    /// (the caller's own wake-up, e.g. its signal pipe), or `deadline`
+    /// passes (never, for `None`).
+    pub fn wait(&self, also: Option<RawFd>, deadline: Option<Instant>) -> Option<T> {
+        if let Ok(letter) = self.rx.try_recv() {
+            return Some(letter);
+        }
+        poll_until(&mut [readable(self.wake.fd()), readable(also.unwrap_or(-1))], deadline);
+        self.wake.clear();
+        self.rx.try_recv().ok()
+    }
+
+    /// The next letter if one is there, without waiting.
+    pub fn try_take(&self) -> Option<T> {
+        self.rx.try_recv().ok()
     }
 }
 
@@ -356,10 +509,39 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_fd_is_readable_once_woken_until_cleared() {
+        let w = WakeFd::new().expect("eventfd");
+        let soon = || Some(Instant::now() + Duration::from_millis(20));
+        assert_eq!(poll_until(&mut [readable(w.fd())], soon()), 0);
+        w.wake();
+        w.wake();
+        assert_eq!(poll_until(&mut [readable(w.fd())], None), 1);
+        w.clear();
+        assert_eq!(poll_until(&mut [readable(w.fd())], soon()), 0);
+        // A waiter in another thread is woken at once.
+        let w = Arc::new(w);
+        let waker = {
+            let w = w.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                w.wake();
+            })
+        };
+        let t0 = Instant::now();
+        assert_eq!(
+            poll_until(&mut [readable(w.fd())], Some(t0 + Duration::from_secs(10))),
+            1
+        );
+        assert!(t0.elapsed() < Duration::from_secs(5));
+        waker.join().expect("join");
+    }
+
+    #[test]
     fn a_supervised_worker_reports_a_panic_or_a_return_but_not_a_stop() {
-        let (sup, ends) = Supervisor::channel();
+        let (sup, ends) = Supervisor::channel().expect("channel");
+        let within = |d: u64| Some(Instant::now() + Duration::from_millis(d));
         let w = Worker::spawn_supervised("t-boom", &sup, |_stop: StopSignal| -> u8 { panic!("boom") }).expect("spawn");
-        let ended = ends.recv_timeout(Duration::from_secs(5)).expect("reported");
+        let ended = ends.wait(None, within(5000)).expect("reported");
         assert_eq!(
             ended,
             Ended {
@@ -370,7 +552,7 @@ mod tests {
         assert!(matches!(w.stop(Duration::from_secs(5)), Err(WorkerError::Panicked(_))));
 
         let w = Worker::spawn_supervised("t-done", &sup, |_stop: StopSignal| 7u8).expect("spawn");
-        let ended = ends.recv_timeout(Duration::from_secs(5)).expect("reported");
+        let ended = ends.wait(None, within(5000)).expect("reported");
         assert_eq!(ended.panic, None);
         assert_eq!(ended.to_string(), "thread t-done ended on its own");
         assert_eq!(w.stop(Duration::from_secs(5)).expect("joined"), 7);
@@ -378,9 +560,6 @@ mod tests {
         let w = Worker::spawn_supervised("t-stop", &sup, |stop: StopSignal| stop.sleep(Duration::from_secs(60)))
             .expect("spawn");
         assert!(w.stop(Duration::from_secs(5)).expect("stopped"));
-        assert!(
-            ends.recv_timeout(Duration::from_millis(100)).is_err(),
-            "a stop is not an end"
-        );
+        assert!(ends.wait(None, within(100)).is_none(), "a stop is not an end");
     }
 }

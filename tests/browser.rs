@@ -173,12 +173,37 @@ fn the_settings_page_changes_tower_live_and_everything_is_kept_across_a_restart_
             .as_str()
             .is_some_and(|t| t.starts_with("Saved"))
     }));
+    // What is playing: set on the page, not saved, shown on the status page.
+    type_into(&page, "now-title", "Side B; live");
+    page.exec("document.getElementById('set-title').click(); return 0");
+    // The settings desk answers one request at a time (the page's own
+    // speaker search may be ahead of this one).
+    assert!(
+        common::wait_for(Duration::from_secs(15), || page
+            .exec("return document.getElementById('title-ok').textContent")
+            == "Playing: Side B, live"),
+        "{}",
+        page.exec("return document.getElementById('title-error').textContent")
+    );
+    // The speakers card says where it searched and what it found.
+    assert!(
+        common::wait_for(Duration::from_secs(10), || page
+            .exec("return document.getElementById('speakers-search').textContent")
+            .as_str()
+            .is_some_and(|t| t.contains("Last searched") || t.contains("multicast"))),
+        "{}",
+        page.exec("return document.getElementById('speakers-card').textContent")
+    );
     page.goto(&format!("http://{}/", s.tower.addr));
     assert!(
         common::wait_for(Duration::from_secs(5), || page
             .exec("return document.getElementById('station').textContent")
             == "Kitchen Radio"),
         "the status page does not show the new name"
+    );
+    assert_eq!(
+        page.exec("return document.getElementById('now-playing').textContent"),
+        "Side B, live"
     );
     let history = page.exec("return document.getElementById('history').textContent");
     assert!(history.as_str().expect("history").contains("station.name"), "{history}");
@@ -259,8 +284,10 @@ fn the_pages_show_program_and_the_broker_and_the_settings_page_changes_both_in_c
     type_into(&page, "program.margin_db", "12");
     type_into(&page, "program.hold_s", "3");
     page.exec("document.querySelector('[data-save=program]').click(); return 0");
+    // Generous: restarting the MQTT link joins a thread that may be in a
+    // connection attempt, and the machine may be busy.
     let saved = |card: &str| {
-        common::wait_for(Duration::from_secs(5), || {
+        common::wait_for(Duration::from_secs(15), || {
             page.exec(&format!(
                 "return document.querySelector('[data-ok={card}]').textContent"
             ))

@@ -94,7 +94,8 @@ fn icy_metadata_comes_exactly_every_metaint_bytes_and_only_to_clients_that_ask()
     assert_eq!(header(&head, "icy-url"), Some("http://example.org/"));
     assert_eq!(header(&head, "content-type"), Some("audio/mpeg"));
     assert!(header(&head, "cache-control").is_some_and(|v| v.contains("no-cache")));
-    let text = b"StreamTitle='Saturday's set';";
+    // Titles are cleaned: a `'` cannot end the block early.
+    let text = "StreamTitle='Saturday’s set';".as_bytes();
     let mut audio = Vec::new();
     let mut pos = 0;
     let mut blocks = 0;
@@ -124,6 +125,46 @@ fn icy_metadata_comes_exactly_every_metaint_bytes_and_only_to_clients_that_ask()
     assert_eq!(garbage, 0, "metadata bytes in a plain stream");
     assert!(frames.len() >= 90);
     assert!(tone_440(&frames) > 0.9);
+}
+
+#[test]
+fn stream_mp3_is_the_same_stream_with_the_same_head_burst_icy_and_head() {
+    let mut env = NO_DEVICE.to_vec();
+    env.extend([("TOWER_HTTP_ICY_METAINT", "1000"), ("TOWER_STATION_TITLE", "Side A")]);
+    let tower = Tower::start(&[], &env);
+    let l = Listener::connect(tower.addr);
+    assert!(l.wait_tone(440.0, Duration::from_secs(10)), "no fallback tone");
+    // The same head, the same frames (both asked at once, with a burst
+    // long enough that the two bodies overlap).
+    let get = |path: &str| {
+        let addr = tower.addr;
+        let rq = format!("GET {path}?burst_ms=2000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+        std::thread::spawn(move || read_raw(addr, &rq, 30_000))
+    };
+    let (a, b) = (get("/stream"), get("/stream.mp3"));
+    let ((head_a, body_a), (head_b, body_b)) = (a.join().expect("a"), b.join().expect("b"));
+    assert_eq!(head_a, head_b, "the two names give the same head");
+    let ((fa, ga), (fb, gb)) = (frames_of(&body_a), frames_of(&body_b));
+    assert_eq!((ga, gb), (0, 0));
+    let start = fa
+        .iter()
+        .position(|f| *f == fb[10])
+        .expect("a frame of one is in the other");
+    let common = fa[start..].iter().zip(&fb[10..]).take_while(|(x, y)| x == y).count();
+    assert!(common >= 40, "only {common} frames in common");
+    assert!(tone_440(&fb[fb.len() - 30..]) > 0.9);
+    // HEAD: the head alone.
+    let r = http_raw(tower.addr, "HEAD /stream.mp3 HTTP/1.0\r\n\r\n");
+    assert_eq!((r.status, r.body.len()), (200, 0));
+    assert_eq!(r.header("content-type").as_deref(), Some("audio/mpeg"));
+    // ICY, from any host name (like /stream).
+    let (head, body) = read_raw(
+        tower.addr,
+        "GET /stream.mp3 HTTP/1.1\r\nHost: speaker.example\r\nIcy-MetaData: 1\r\n\r\n",
+        3_000,
+    );
+    assert_eq!(header(&head, "icy-metaint"), Some("1000"), "{head}");
+    assert_eq!(&body[1001..1001 + 21], b"StreamTitle='Side A';");
 }
 
 #[test]
@@ -173,7 +214,8 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
         assert_eq!(r.header("content-type").as_deref(), Some("audio/x-mpegurl"));
         assert_eq!(
             r.body_text(),
-            "#EXTM3U\n#EXTINF:-1,Hall\nhttp://tower.local:8000/stream\n"
+            "#EXTM3U\n#EXTINF:-1,Hall\nhttp://tower.local:8000/stream\n\
+             #EXTINF:-1,Hall (.mp3)\nhttp://tower.local:8000/stream.mp3\n"
         );
     }
     // A Host with characters no host has is not echoed.
@@ -189,7 +231,7 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
 
     // mpv opens the playlist (as reached on this address) and plays.
     let url = format!("http://{}/stream.m3u", tower.addr);
-    let out = run_player(
+    let out = common::run_player(
         "mpv",
         &["--no-video", "--ao=null", "--length=4", "--msg-level=all=warn", &url],
     );
@@ -197,64 +239,10 @@ fn the_playlist_points_at_the_stream_as_the_client_reached_it_and_mpv_plays_it()
     assert!(!out.1.to_lowercase().contains("error"), "mpv said:\n{}", out.1);
 }
 
-/// Runs a player to completion (at most 30 s); returns success and what
-/// it printed.
-fn run_player(program: &str, args: &[&str]) -> (bool, String) {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install {program})"));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().ok().flatten().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("output");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
-
 #[test]
 fn mpv_and_ffmpeg_play_the_stream_for_5_s_without_decoder_errors() {
     let tower = Tower::start(&[], NO_DEVICE);
-    let url = format!("http://{}/stream", tower.addr);
-    let (ok, text) = run_player(
-        "mpv",
-        &["--no-video", "--ao=null", "--length=5", "--msg-level=all=warn", &url],
-    );
-    assert!(ok, "mpv failed:\n{text}");
-    assert!(!text.to_lowercase().contains("error"), "mpv said:\n{text}");
-    let started = Instant::now();
-    let (ok, text) = run_player(
-        "ffmpeg",
-        &[
-            "-hide_banner",
-            "-nostats",
-            "-loglevel",
-            "warning",
-            "-xerror",
-            "-i",
-            &url,
-            "-t",
-            "5",
-            "-f",
-            "null",
-            "-",
-        ],
-    );
-    assert!(ok, "ffmpeg failed:\n{text}");
-    assert!(text.trim().is_empty(), "ffmpeg said:\n{text}");
-    assert!(started.elapsed() >= Duration::from_secs(4), "ffmpeg did not play 5 s");
+    common::mpv_and_ffmpeg_play(&format!("http://{}/stream", tower.addr));
 }
 
 #[test]

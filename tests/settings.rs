@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::audio::{dbfs, decode_frames, mono};
+use common::faults::{bitrate, bitrate_switch, is_silence};
 use common::settings::{HAND_COMMENT, IcyListener, PASSWORD, Station, api, basic, request_from, station, station_in};
 use common::{Listener, Tower, http_get, wait_for};
 
@@ -29,6 +30,15 @@ fn level(frames: &[common::Arrival]) -> f64 {
 #[test]
 fn changes_reach_listeners_on_their_connections_and_are_saved_with_the_owners_comment() {
     let s = station("");
+    // Hashed by the admin thread as it starts.
+    assert!(
+        wait_for(Duration::from_secs(10), || s
+            .tower
+            .log_text()
+            .contains("replaced by its hash")),
+        "{}",
+        s.tower.log_text()
+    );
     let file = std::fs::read_to_string(&s.config).expect("config");
     assert!(
         !file.contains(PASSWORD),
@@ -166,6 +176,64 @@ fn switching_the_input_keeps_every_listener() {
     assert!(
         answer["errors"]["input"].as_str().expect("error").contains("unix:"),
         "{answer}"
+    );
+}
+
+#[test]
+fn a_new_bitrate_relaunches_the_encoder_and_keeps_the_listener() {
+    let s = station("");
+    let listener = Listener::connect(s.tower.addr);
+    assert!(listener.wait_tone(1000.0, Duration::from_secs(15)), "no live input");
+    let t0 = Instant::now();
+    let (code, answer) = api(
+        s.tower.addr,
+        "POST",
+        "/api/settings",
+        r#"{"encoder.bitrate_kbps": 192}"#,
+    );
+    assert_eq!(code, 200, "{answer}");
+    assert_eq!(
+        answer["applied"],
+        serde_json::json!(["encoder.bitrate_kbps"]),
+        "{answer}"
+    );
+    assert_eq!(answer["restart_needed"], serde_json::json!([]), "{answer}");
+    let real = |a: &common::Arrival| !is_silence(&a.frame);
+    assert!(
+        wait_for(Duration::from_secs(10), || listener
+            .frames_since(t0)
+            .iter()
+            .filter(|a| real(a) && bitrate(&a.frame) == 192)
+            .count()
+            >= 40),
+        "no 192 kbit/s audio"
+    );
+    let frames = listener.frames_since(t0 - Duration::from_secs(1));
+    let (last_old, first_new) = bitrate_switch(&frames, 128, 192);
+    // What the listener hears as silence: the frames Tower put in the gap,
+    // and the new ffmpeg's first frames (of its silent preload) too.
+    let window = &frames[last_old.saturating_sub(4)..(first_new + 60).min(frames.len())];
+    let silent = common::frame_levels(window).iter().filter(|l| **l < -50.0).count();
+    let silence = Duration::from_millis(24) * silent as u32;
+    assert!(silence <= Duration::from_millis(500), "{silence:?} of silence");
+    let tone = common::tone_of(&frames[(first_new + 20).min(frames.len())..], 1000.0);
+    assert!(tone > 0.9, "tone ratio {tone} after the change");
+    assert!(listener.ended().is_none(), "the listener was dropped");
+    let encoder = &status(&s)["encoder"];
+    assert!(
+        encoder["command"].as_str().is_some_and(|c| c.contains("192k")),
+        "{encoder}"
+    );
+    assert_eq!(encoder["restarts"], 0, "a relaunch is not a failure: {encoder}");
+    assert!(
+        std::fs::read_to_string(&s.config)
+            .expect("config")
+            .contains("bitrate_kbps = 192"),
+        "saved"
+    );
+    eprintln!(
+        "figure: POST encoder.bitrate_kbps 192 -> {silence:?} of silence on the listener's connection, 192 kbit/s audio {} ms after the POST",
+        frames[first_new].at.saturating_duration_since(t0).as_millis()
     );
 }
 

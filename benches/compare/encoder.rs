@@ -1,6 +1,7 @@
 //! The encoder's cost per second of audio: Tower's default ffmpeg command
-//! (`default_command("ffmpeg", 128)`, unchanged: it reads PCM on stdin,
-//! here a file of [`music_raw`], and writes MP3 to stdout, here
+//! (`default_command("ffmpeg", 128)`, unchanged: it reads a WAV stream on
+//! stdin, here a file of [`music_raw`] after Tower's header, and writes MP3
+//! to stdout, here
 //! /dev/null) run as fast as it goes, its user + system CPU taken from
 //! `wait4`; then the same with libmp3lame's `-compression_level` (LAME's
 //! `-q`) set. Best of [`RUNS`] each. One more run of each to a pipe gives
@@ -232,9 +233,13 @@ impl Setting {
 /// Encodes `seconds` of [`music_raw`] with each setting.
 pub fn measure(seconds: f64) -> std::io::Result<Vec<Setting>> {
     let dir = tempfile::tempdir()?;
-    let input = dir.path().join("music.raw");
-    let raw = music_raw(seconds);
-    std::fs::write(&input, &raw)?;
+    let input = dir.path().join("music.wav");
+    let mut raw = music_raw(seconds);
+    // Whole 24 ms frames, as Tower writes (a short last packet is "corrupt"
+    // to the WAV demuxer).
+    raw.truncate(raw.len() / tower::audio::PCM_FRAME_BYTES * tower::audio::PCM_FRAME_BYTES);
+    // What Tower's encoder reads: the WAV header, then the PCM.
+    std::fs::write(&input, [tower::encoder::command::wav_header(), raw.clone()].concat())?;
     let reference = samples(&raw);
     let mut out = Vec::new();
     let mut default_output = Vec::new();

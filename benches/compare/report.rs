@@ -90,6 +90,13 @@ impl Report {
         self.target("≤ best peer's", met);
     }
 
+    /// Sets the target "≤ `ratio` × best peer's" on the last row (a
+    /// lower-is-better one); below 1, Tower must lead by that much.
+    pub fn target_ratio(&mut self, ratio: f64) {
+        let met = self.last_against_best().is_some_and(|(t, best)| t <= ratio * best);
+        self.target(format!("≤ {ratio} × best peer's"), met);
+    }
+
     pub fn markdown(&self) -> String {
         let fmt = |v: Option<f64>, unit: &str| match v {
             Some(x) if x.is_finite() => {

@@ -263,10 +263,13 @@ impl Source {
             .stderr(Stdio::inherit())
             .spawn()?;
         own(child.id() as i32);
-        let stdin = child
+        let mut stdin = child
             .stdin
             .take()
             .ok_or_else(|| std::io::Error::other("ffmpeg has no stdin"))?;
+        // Tower's encoder arguments read a WAV stream: its preamble first,
+        // as Tower writes it.
+        stdin.write_all(&tower::encoder::command::input_preamble())?;
         let feeder = Feeder::start("icecast-source", move |_| Ok(stdin), pcm)?;
         Ok(Source { child, feeder })
     }

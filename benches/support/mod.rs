@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use crate::common::{Jack, audio, write_alsa_conf};
 use tower::audio::capture::{CaptureError, CaptureSource};
 use tower::config::Config;
-use tower::encoder::command::default_command;
 use tower::encoder::mp3::Packetizer;
 use tower::encoder::process::FfmpegLauncher;
 use tower::service::{Backends, Service};
@@ -378,7 +377,7 @@ impl ClickRig {
                     }) as Box<dyn CaptureSource>)
                 }),
                 mixer: Box::new(|| Box::new(tower::audio::mixer::NoMixer) as Box<dyn tower::audio::mixer::Mixer>),
-                encoder: Box::new(FfmpegLauncher::new(default_command("ffmpeg", 128))),
+                encoder: Box::new(|command| Box::new(FfmpegLauncher::new(command))),
                 hooks: Arc::new(tower::hooks::TestHooks::disabled()),
                 leds: Box::new(|_: &tower::leds::LedConfig| {
                     Box::new(tower::leds::NullLeds) as Box<dyn tower::leds::Leds>

@@ -56,6 +56,7 @@ use crate::config::{Loaded, Origin};
 use crate::http::request::form_pairs;
 use crate::http::{Desk, DeskJob, Request, Response};
 use crate::ratelog::LogGate;
+use crate::speakers::Outcome as Told;
 use crate::status::{AdminCounters, ChangeLog};
 use crate::worker::{StopSignal, Supervisor, Worker};
 use calibrate::{Calibration, Gain, Step};
@@ -83,6 +84,13 @@ pub trait Control: Send + 'static {
     fn apply(&self, prepared: Self::Prepared) -> BTreeMap<String, String>;
     /// Stops Tower and starts it again (for keys read only at start).
     fn restart(&self);
+    /// Sets what is playing (cleaned, audited, not saved); returns the
+    /// title in force.
+    fn set_title(&self, who: &str, title: &str) -> String;
+    /// The speakers on the network (`None` when `speakers.enabled` is off).
+    fn speakers(&self) -> Option<&crate::speakers::SpeakersDesk>;
+    /// Who is listening now (address, player, time, bytes).
+    fn listeners(&self) -> Json;
     /// The input's peak level now, in dBFS (the louder channel).
     fn peak_dbfs(&self) -> f64;
     /// The capture gain in force and its range, or why it is unknown.
@@ -149,8 +157,8 @@ pub struct Running {
 
 impl<C: Control> Admin<C> {
     /// The desk over `loaded`, saving to `store`. A plain password in the
-    /// file is replaced there by its hash now (and kept in memory as a
-    /// hash if the file cannot be written).
+    /// file is replaced there by its hash when the thread starts (see
+    /// [`Admin::settle`]).
     pub fn new(
         control: C,
         loaded: Loaded,
@@ -175,9 +183,20 @@ impl<C: Control> Admin<C> {
             failed_log: LogGate::new(Duration::from_secs(10)),
             wifi: None,
         };
-        admin.hash_plain_password();
+        admin.hash = (!admin.loaded.config.admin.password_hash.is_empty())
+            .then(|| admin.loaded.config.admin.password_hash.clone());
         admin.note_password();
         admin
+    }
+
+    /// What the thread does first, before any request: a plain password in
+    /// the file is replaced there by its hash (and kept in memory as a hash
+    /// if the file cannot be written). Not at construction: hashing and a
+    /// save (which on the SD image waits for a root helper) must not hold
+    /// up the start of the audio.
+    pub fn settle(&mut self) {
+        self.hash_plain_password();
+        self.note_password();
     }
 
     fn note_password(&self) {
@@ -231,6 +250,7 @@ impl<C: Control> Admin<C> {
 
     fn run(mut self, stop: &StopSignal, jobs: &Receiver<Box<DeskJob>>) {
         lower_priority();
+        self.settle();
         while !stop.is_stopped() {
             let wait = if self.calibration.running() {
                 CALIBRATE_EVERY
@@ -266,7 +286,7 @@ impl<C: Control> Admin<C> {
             ("POST", "/api/login") => self.login(rq, peer, now),
             ("POST", "/api/logout") => self.logout(rq),
             ("POST", "/api/password") => self.change_password(rq, peer, now),
-            (_, "/api/settings" | "/api/calibrate" | "/api/restart") => {
+            (_, "/api/settings" | "/api/calibrate" | "/api/restart" | "/api/title" | "/api/listeners") => {
                 if let Err(refused) = self.authorize(rq, peer, now) {
                     return refused;
                 }
@@ -276,10 +296,18 @@ impl<C: Control> Admin<C> {
                     ("GET", "/api/calibrate") => Response::json(&self.calibration.report()),
                     ("POST", "/api/calibrate") => self.start_calibration(now),
                     ("POST", "/api/restart") => self.restart(peer),
+                    ("POST", "/api/title") => self.set_title(rq, peer),
+                    ("GET", "/api/listeners") => Response::json(&self.control.listeners()),
                     _ => error(405, "use GET to read and POST to change"),
                 }
             }
             (_, "/api/wifi" | "/api/wifi/scan") => self.wifi(rq, peer, now),
+            (_, path) if path == "/api/speakers" || path.starts_with("/api/speakers/") => {
+                if let Err(refused) = self.authorize(rq, peer, now) {
+                    return refused;
+                }
+                self.speakers(rq, peer)
+            }
             (_, "/api/session" | "/api/claim" | "/api/login" | "/api/logout" | "/api/password") => {
                 error(405, "use POST (GET for /api/session)")
             }
@@ -602,6 +630,52 @@ impl<C: Control> Admin<C> {
                 Refused::Save(e) => e.to_string(),
             });
             self.calibration.level_set(outcome, now);
+        }
+    }
+
+    /// `POST /api/title {"title": "…"}`: what is playing now. Not saved
+    /// (a title is not configuration): `station.title` stays the title at
+    /// start.
+    fn set_title(&mut self, rq: &Request, peer: SocketAddr) -> Response {
+        let Some(title) = field(rq, "title") else {
+            return error(400, "send the title as title, e.g. {\"title\": \"Side B\"}");
+        };
+        let title = self.control.set_title(&peer.ip().to_string(), &title);
+        Response::json(&json!({ "title": title }))
+    }
+
+    /// `/api/speakers…`: the list, a search, Play and Stop.
+    fn speakers(&mut self, rq: &Request, peer: SocketAddr) -> Response {
+        let Some(desk) = self.control.speakers() else {
+            return error(404, "speakers are not searched for (speakers.enabled = false)");
+        };
+        match (rq.method.as_str(), rq.path.as_str()) {
+            ("GET", "/api/speakers") => Response::json(&desk.list()),
+            ("GET", "/api/speakers/search") => Response::json(&desk.search_view()),
+            ("POST", "/api/speakers/search") => {
+                desk.search();
+                Response::json(&desk.search_view()).with_status(202)
+            }
+            ("POST", path @ ("/api/speakers/play" | "/api/speakers/stop")) => {
+                let Some(id) = field(rq, "id") else {
+                    return error(400, "send the speaker's id, e.g. {\"id\": \"uuid:…\"}");
+                };
+                let play = path.ends_with("play");
+                tracing::info!(component = "speakers", peer = %peer.ip(), speaker = %id, "{} asked for {id} from {}", if play { "play" } else { "stop" }, peer.ip());
+                let outcome = if play { desk.play(&id) } else { desk.stop(&id) };
+                let speaker = desk.list().into_iter().find(|s| s.id == id);
+                match outcome {
+                    Told::Done => Response::json(&json!({ "ok": true, "speaker": speaker })),
+                    Told::Pending => Response::json(&json!({ "pending": true, "speaker": speaker })).with_status(202),
+                    Told::UnknownId => error(404, "no such speaker (search again)"),
+                    Told::Failed(why) => Response::json(&json!({ "error": why, "speaker": speaker })).with_status(502),
+                }
+            }
+            (_, "/api/speakers" | "/api/speakers/search" | "/api/speakers/play" | "/api/speakers/stop") => error(
+                405,
+                "GET /api/speakers and /api/speakers/search; POST search, play and stop",
+            ),
+            _ => error(404, "no such resource"),
         }
     }
 

@@ -32,6 +32,18 @@ impl Control for Fake {
         *self.restarts.lock().expect("lock") += 1;
     }
 
+    fn set_title(&self, _who: &str, title: &str) -> String {
+        crate::broadcast::clean_title(title)
+    }
+
+    fn speakers(&self) -> Option<&crate::speakers::SpeakersDesk> {
+        None
+    }
+
+    fn listeners(&self) -> Json {
+        json!([])
+    }
+
     fn peak_dbfs(&self) -> f64 {
         *self.peak.lock().expect("lock")
     }
@@ -95,7 +107,7 @@ fn rig(file: &str) -> Rig {
     .expect("valid");
     let fake = Fake::default();
     let store = Memory::default();
-    let admin = Admin::new(
+    let mut admin = Admin::new(
         fake.clone(),
         loaded,
         Box::new(store.clone()),
@@ -103,6 +115,7 @@ fn rig(file: &str) -> Rig {
         Arc::new(ChangeLog::default()),
         Arc::new(AdminCounters::default()),
     );
+    admin.settle();
     Rig { admin, fake, store }
 }
 

@@ -295,11 +295,19 @@ impl SocketStatus for SocketBoard {
 }
 
 /// The bound socket; dropping it removes the file (if it is still ours).
+/// A bound socket file, removed again when dropped (also used for the
+/// producer's title socket beside the PCM socket: `broadcast::title`).
 #[derive(Debug)]
-struct Bound {
+pub(crate) struct Bound {
     listener: UnixListener,
     path: PathBuf,
     ino: u64,
+}
+
+impl Bound {
+    pub(crate) fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
 }
 
 impl Drop for Bound {
@@ -313,7 +321,7 @@ impl Drop for Bound {
 /// Binds the socket at `settings.path` with its mode and group. A stale
 /// socket file (nobody listening) is replaced; anything else in the way
 /// is an error naming the key to change.
-fn bind(settings: &SocketSettings) -> Result<Bound, SocketError> {
+pub(crate) fn bind(settings: &SocketSettings) -> Result<Bound, SocketError> {
     let path = settings.path.clone();
     let dir = path.parent().unwrap_or(Path::new("/")).to_path_buf();
     if !dir.is_dir() {

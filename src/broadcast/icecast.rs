@@ -188,7 +188,13 @@ pub fn base64(bytes: &[u8]) -> String {
 }
 
 /// The source request for `target` (headers only; the body is the stream).
-pub fn source_request(target: &IcecastTarget, endpoint: &Endpoint, station: &Station, bitrate_kbps: u64) -> String {
+pub fn source_request(
+    target: &IcecastTarget,
+    endpoint: &Endpoint,
+    station: &Station,
+    bitrate_kbps: u64,
+    sample_rate: u32,
+) -> String {
     let auth = base64(format!("{}:{}", target.user, target.password).as_bytes());
     let clean = |s: &str| s.replace(['\r', '\n'], " ");
     let name = clean(target.name.as_deref().unwrap_or(&station.name));
@@ -210,7 +216,7 @@ pub fn source_request(target: &IcecastTarget, endpoint: &Endpoint, station: &Sta
          Ice-Description: {description}\r\n\
          Ice-Genre: {genre}\r\n\
          Ice-Bitrate: {bitrate_kbps}\r\n\
-         Ice-Audio-Info: ice-samplerate=48000;ice-bitrate={bitrate_kbps};ice-channels=2\r\n",
+         Ice-Audio-Info: ice-samplerate={sample_rate};ice-bitrate={bitrate_kbps};ice-channels=2\r\n",
         endpoint.authority_host(),
         endpoint.port,
         env!("CARGO_PKG_VERSION"),
@@ -387,6 +393,7 @@ impl Outputs {
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         program: ProgramGate,
@@ -395,6 +402,7 @@ impl Outputs {
             targets,
             station,
             bitrate_kbps,
+            sample_rate,
             supervisor,
             hooks,
             program,
@@ -408,12 +416,22 @@ impl Outputs {
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         program: ProgramGate,
         resolver: Arc<dyn Resolve>,
     ) -> io::Result<Outputs> {
-        let built = Self::build(targets, station, bitrate_kbps, supervisor, hooks, &program, &resolver)?;
+        let built = Self::build(
+            targets,
+            station,
+            bitrate_kbps,
+            sample_rate,
+            supervisor,
+            hooks,
+            &program,
+            &resolver,
+        )?;
         Ok(Outputs {
             outputs: std::sync::RwLock::new(built),
             program,
@@ -427,11 +445,13 @@ impl Outputs {
 
     /// Stops every worker and starts the new `targets` in their place (the
     /// owner changed them).
+    #[allow(clippy::too_many_arguments)]
     pub fn replace(
         &self,
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         timeout: Duration,
@@ -441,6 +461,7 @@ impl Outputs {
             targets,
             station,
             bitrate_kbps,
+            sample_rate,
             supervisor,
             hooks,
             &self.program,
@@ -450,10 +471,12 @@ impl Outputs {
         (result, stopped)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         targets: &[IcecastTarget],
         station: &Station,
         bitrate_kbps: u64,
+        sample_rate: u32,
         supervisor: &Supervisor,
         hooks: &Arc<TestHooks>,
         program: &ProgramGate,
@@ -478,7 +501,7 @@ impl Outputs {
             let output = Output {
                 tx,
                 rx,
-                request: source_request(target, &endpoint, station, bitrate_kbps),
+                request: source_request(target, &endpoint, station, bitrate_kbps, sample_rate),
                 name: format!("icecast-{i}"),
                 shared,
                 resolver: resolver.clone(),
@@ -1026,7 +1049,7 @@ mod tests {
             only_while_program: false,
         };
         let ep = Endpoint::parse(&target.url).expect("url");
-        let req = source_request(&target, &ep, &Station::default(), 128);
+        let req = source_request(&target, &ep, &Station::default(), 128, 48_000);
         assert!(req.starts_with("PUT /live HTTP/1.1\r\n"), "{req}");
         for h in [
             "Authorization: Basic c291cmNlOmhhY2ttZQ==",
@@ -1043,7 +1066,7 @@ mod tests {
             method: "source".into(),
             ..target
         };
-        let req = source_request(&legacy, &ep, &Station::default(), 128);
+        let req = source_request(&legacy, &ep, &Station::default(), 128, 48_000);
         assert!(
             req.starts_with("SOURCE /live HTTP/1.0\r\n") && !req.contains("Expect"),
             "{req}"
@@ -1183,6 +1206,7 @@ mod tests {
             &[target],
             &Station::default(),
             128,
+            48_000,
             &Supervisor::none(),
             &hooks,
             Arc::new(|| true),

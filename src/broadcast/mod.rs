@@ -5,12 +5,14 @@
 //! The loop drains what the encoder has ready (reading the clock per
 //! frame, so a slow turn drops nothing), hands each frame to the
 //! [`Listeners`] (the HTTP listener hub) and to the Icecast [`Outputs`],
-//! then sleeps until the encoder has more. Neither side can block it: the
-//! hub drops slow listeners and each Icecast output has its own queue. Its
-//! turn counter feeds the systemd watchdog, so a hung loop gets the
-//! service restarted.
+//! then waits in the encoder for more: it reads ffmpeg's output itself,
+//! until the pacer's next deadline (`EncoderManager::wait`). Neither side
+//! can block it: the hub drops slow listeners and each Icecast output has
+//! its own queue. Its turn counter feeds the systemd watchdog, so a hung
+//! loop gets the service restarted.
 
 pub mod icecast;
+pub mod title;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::encoder::{EncoderManager, Mp3Frame};
 use crate::hooks::{PanicTarget, TestHooks};
+use crate::live::Live;
 use crate::worker::{Supervisor, Worker, WorkerError};
 use icecast::Outputs;
 
@@ -95,5 +98,129 @@ impl Default for Station {
             url: String::new(),
             title: "Live".into(),
         }
+    }
+}
+
+/// The longest title players are sent, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// A title as players get it: one line (control characters and runs of
+/// white space become one space, ends trimmed), at most
+/// [`MAX_TITLE_CHARS`] characters, with nothing that could end the ICY
+/// block early (`StreamTitle='…';`): `'` becomes `’` and `;` becomes `,`.
+/// Any other UTF-8 is kept as it is. For every input that sets a title:
+/// the page, the API, the producer's title socket, MQTT.
+pub fn clean_title(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len().min(MAX_TITLE_CHARS * 4));
+    let mut count = 0;
+    for word in raw.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        let space = (count > 0).then_some(' ');
+        for c in space.into_iter().chain(word.chars()) {
+            if count == MAX_TITLE_CHARS {
+                return out;
+            }
+            out.push(match c {
+                '\'' => '’',
+                ';' => ',',
+                c => c,
+            });
+            count += 1;
+        }
+    }
+    out
+}
+
+/// Records a change of title: who made it, the old and the new title
+/// (the service writes the journal line and the history on the pages).
+pub type TitleAudit = Arc<dyn Fn(&str, &str, &str) + Send + Sync>;
+
+/// What is playing now [N1]: the station's title, which every input may set
+/// ([`NowPlaying::set`]). It is not configuration: it is never saved, and
+/// `station.title` is only the title at start. A new title reaches ICY
+/// listeners at their next metadata block (they read the shared
+/// [`Station`]), `/status`, `/events` and the pages at their next turn,
+/// and each Icecast server through `title::IcecastTitles`.
+#[derive(Clone)]
+pub struct NowPlaying {
+    station: Arc<Live<Station>>,
+    audit: TitleAudit,
+}
+
+impl NowPlaying {
+    pub fn new(station: Arc<Live<Station>>, audit: TitleAudit) -> NowPlaying {
+        NowPlaying { station, audit }
+    }
+
+    /// Sets the title to `raw`, cleaned ([`clean_title`]), on behalf of
+    /// `who` (an address, "socket (pid N)", "mqtt"…), and audits it when
+    /// it changed. Returns the title in force. Any thread may call it.
+    pub fn set(&self, who: &str, raw: &str) -> String {
+        let title = clean_title(raw);
+        let mut old = None;
+        if self.station.get().title != title {
+            self.station
+                .update(|s| old = Some(std::mem::replace(&mut s.title, title.clone())));
+        }
+        if let Some(old) = old.filter(|o| *o != title) {
+            (self.audit)(who, &old, &title);
+        }
+        title
+    }
+
+    /// The title in force.
+    pub fn get(&self) -> String {
+        self.station.get().title.clone()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn titles_are_one_clean_line_of_at_most_200_characters_with_utf8_kept() {
+        assert_eq!(clean_title("  Side B  "), "Side B");
+        assert_eq!(clean_title("Don't stop; go on"), "Don’t stop, go on");
+        assert_eq!(clean_title("a\r\nb\t\tc\u{0}d"), "a b c d");
+        assert_eq!(clean_title("Björk – Jóga 🎵"), "Björk – Jóga 🎵");
+        let long = "é".repeat(300);
+        assert_eq!(clean_title(&long), "é".repeat(MAX_TITLE_CHARS));
+        assert_eq!(clean_title(""), "");
+        // Nothing cleaned can end the ICY block early.
+        let block = crate::http::icy::metadata_block(&clean_title("x';StreamTitle='evil"));
+        let text = String::from_utf8_lossy(&block[1..]);
+        assert_eq!(text.trim_end_matches('\0'), "StreamTitle='x’,StreamTitle=’evil';");
+    }
+
+    /// A `NowPlaying` over `station` whose audit lines ("who: old → new")
+    /// are kept.
+    pub(crate) fn recording(station: Station) -> (NowPlaying, Arc<Mutex<Vec<String>>>) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let now = NowPlaying::new(
+            Arc::new(Live::new(station)),
+            Arc::new(move |who: &str, old: &str, new: &str| {
+                l.lock().expect("log").push(format!("{who}: {old} → {new}"))
+            }),
+        );
+        (now, log)
+    }
+
+    #[test]
+    fn a_new_title_is_set_in_place_and_audited_once_and_the_rest_of_the_station_is_kept() {
+        let (now, log) = recording(Station {
+            name: "Hall".into(),
+            ..Station::default()
+        });
+        let station = now.station.clone();
+        assert_eq!(now.set("10.0.0.2", " Side B\n"), "Side B");
+        assert_eq!(now.set("10.0.0.2", "Side B"), "Side B");
+        assert_eq!(station.get().name, "Hall");
+        assert_eq!(now.get(), "Side B");
+        assert_eq!(*log.lock().expect("log"), ["10.0.0.2: Live → Side B"]);
     }
 }

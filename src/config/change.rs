@@ -52,8 +52,8 @@ pub enum Taker {
     Input,
     /// The pump: grace period and fallback.
     Pump,
-    /// The encoder: restarted with the new command. (Its keys are read at
-    /// start until the encoder can be relaunched in place.)
+    /// The encoder: relaunched at once with the new command, through the
+    /// restart path (listeners hear silence for ffmpeg's start).
     Encoder,
     /// The station's texts: new listeners' headers, ICY titles, the pages.
     Station,
@@ -80,6 +80,7 @@ pub fn taker(key: &str) -> Taker {
         "input" | "device" | "socket.mode" | "socket.group" => Taker::Input,
         "pcm.grace_sec" | "fallback.wav_path" | "fallback.tone" => Taker::Pump,
         "http.burst_ms" | "http.hosts" | "http.cors_origins" => Taker::Http,
+        "encoder.bitrate_kbps" | "encoder.args" => Taker::Encoder,
         "icecast" => Taker::Icecast,
         k if k.starts_with("station.") => Taker::Station,
         k if k.starts_with("program.") => Taker::Program,

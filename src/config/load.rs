@@ -593,6 +593,13 @@ impl Loaded {
             100_000,
             " frames",
         )?;
+        if !MP3_SAMPLE_RATES.contains(&c.mp3.sample_rate) {
+            return Err(self.invalid(
+                "mp3.sample_rate",
+                c.mp3.sample_rate,
+                "48000 (Tower's own rate) or 44100 (for players that want it; ffmpeg resamples)",
+            ));
+        }
         if !MP3_BITRATES.contains(&(c.encoder.bitrate_kbps as u32)) || c.encoder.bitrate_kbps > 320 {
             let list: Vec<String> = MP3_BITRATES.iter().map(u32::to_string).collect();
             return Err(self.invalid(

@@ -36,7 +36,9 @@ pub const DEFAULT_PATH: &str = "/etc/tower/tower.toml";
 const NON_KEY_VARS: &[&str] = &["TOWER_CONFIG", crate::hooks::ENV];
 /// The historic name of the fallback WAV path variable.
 const HISTORIC_WAV_VAR: &str = "TOWER_SILENCE_MP3_PATH";
-/// MP3 bitrates (kbit/s) valid at 48 kHz.
+/// The MP3 sample rates Tower offers (`mp3.sample_rate`).
+pub const MP3_SAMPLE_RATES: &[u64] = &[48_000, 44_100];
+/// MP3 bitrates (kbit/s) valid at 48 and 44.1 kHz.
 pub const MP3_BITRATES: &[u32] = &[32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320];
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +67,7 @@ pub struct Config {
     pub program: ProgramSection,
     pub gpio: GpioSection,
     pub mqtt: MqttSection,
+    pub speakers: SpeakersSection,
     pub admin: AdminSection,
     /// Icecast servers to push the stream to (`[[icecast]]` tables).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -117,6 +120,21 @@ impl Default for SocketSection {
             mode: "0660".into(),
             group: "audio".into(),
         }
+    }
+}
+
+/// The speakers on the LAN (UPnP renderers found by SSDP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeakersSection {
+    /// Search the local networks for speakers (every 5 minutes and on
+    /// demand) and offer to play on them.
+    pub enabled: bool,
+}
+
+impl Default for SpeakersSection {
+    fn default() -> Self {
+        SpeakersSection { enabled: true }
     }
 }
 
@@ -225,6 +243,9 @@ pub struct FallbackSection {
 #[serde(deny_unknown_fields, default)]
 pub struct Mp3 {
     pub buffer_capacity_frames: u64,
+    /// The MP3's sample rate: 48000 (Tower's own), or 44100 (ffmpeg
+    /// resamples at its output).
+    pub sample_rate: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +308,7 @@ impl Default for Config {
             program: ProgramSection::default(),
             gpio: GpioSection::default(),
             mqtt: MqttSection::default(),
+            speakers: SpeakersSection::default(),
             admin: AdminSection::default(),
             icecast: Vec::new(),
         }
@@ -316,6 +338,7 @@ impl Default for Mp3 {
     fn default() -> Self {
         Mp3 {
             buffer_capacity_frames: crate::encoder::ring::DEFAULT_CAPACITY as u64,
+            sample_rate: u64::from(crate::audio::SAMPLE_RATE),
         }
     }
 }
@@ -374,6 +397,8 @@ pub struct Settings {
     pub pcm_queue_frames: usize,
     /// Frames in the MP3 ring.
     pub mp3_ring_frames: usize,
+    /// The MP3's sample rate.
+    pub mp3_sample_rate: u32,
     pub capture: crate::audio::capture::CaptureConfig,
     /// Program detection's thresholds.
     pub program: crate::audio::program::ProgramConfig,
@@ -390,6 +415,8 @@ pub struct Settings {
     pub leds: crate::leds::LedConfig,
     /// The MQTT link to Home Assistant (`None`: off).
     pub mqtt: Option<crate::mqtt::MqttSettings>,
+    /// Search for speakers and offer to play on them.
+    pub speakers: bool,
 }
 
 impl Config {
@@ -405,6 +432,7 @@ impl Config {
             device: self.device.clone(),
             pcm_queue_frames: self.pcm.buffer_size as usize,
             mp3_ring_frames: self.mp3.buffer_capacity_frames as usize,
+            mp3_sample_rate: self.mp3.sample_rate as u32,
             capture: crate::audio::capture::CaptureConfig {
                 silence_warn: Duration::from_secs_f64(self.pcm.silence_warn_sec),
                 level: self.capture_level(),
@@ -432,6 +460,7 @@ impl Config {
                 },
                 silence_after: ms(e.silence_after_ms),
                 max_lead: ms(e.max_lead_ms),
+                frame: self.mp3_frame(),
             },
             bitrate_kbps: e.bitrate_kbps as u32,
             station: self.station.clone(),
@@ -440,10 +469,12 @@ impl Config {
                 slow_timeout: ms(self.http.slow_listener_timeout_ms),
                 max_listeners: self.http.max_listeners as usize,
                 per_address: self.http.max_listeners_per_address as usize,
-                burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms),
+                burst_frames: crate::http::HubConfig::frames_for(self.http.burst_ms, self.mp3_frame()),
+                frame: self.mp3_frame(),
             },
             site: crate::http::SiteConfig {
                 bitrate_kbps: e.bitrate_kbps,
+                sample_rate: self.mp3.sample_rate as u32,
                 icy_metaint: self.http.icy_metaint as usize,
                 guard: crate::http::guard::Limits {
                     header_timeout: ms(self.http.header_timeout_ms),
@@ -456,6 +487,7 @@ impl Config {
             },
             leds: self.leds(),
             mqtt: self.mqtt_settings(),
+            speakers: self.speakers.enabled,
         }
     }
 
@@ -517,6 +549,11 @@ impl Config {
             }
             _ => Input::Alsa,
         }
+    }
+
+    /// How long one MP3 frame plays at `mp3.sample_rate`.
+    pub fn mp3_frame(&self) -> Duration {
+        crate::encoder::mp3::frame_duration(self.mp3.sample_rate as u32)
     }
 
     pub fn grace(&self) -> Duration {

@@ -1,11 +1,19 @@
 //! The ffmpeg command line [S1].
 //!
 //! Pure. Builds the default low-latency command, or takes a user's argument
-//! list and enforces what Tower depends on: canonical PCM on stdin
-//! (`-f s16le -ar 48000 -ac 2 -ch_layout stereo -i pipe:0`) and whole MP3
-//! frames of 1152 samples on stdout (`-frame_size 1152 -f mp3 pipe:1`).
-//! Whatever the user set for these is replaced, and the replacements are
-//! reported so they can be logged once.
+//! list and enforces what Tower depends on: canonical PCM on stdin, as a
+//! WAV stream ([`wav_header`], then the frames: `-f wav -ignore_length 1
+//! -max_size 4608 -i pipe:0`) and whole MP3 frames of 1152 samples on
+//! stdout (`-frame_size 1152 -f mp3 pipe:1`). Whatever the user set for
+//! these is replaced, and the replacements are reported so they can be
+//! logged once.
+//!
+//! Why WAV and not raw `s16le`: ffmpeg's raw PCM demuxer hands the encoder
+//! 1024-sample packets, so a 1152-sample frame often waits in it for the
+//! next write, and most MP3 frames come out two periods after their PCM.
+//! The WAV demuxer's packet size is settable (`-max_size`): one 24 ms
+//! frame per packet, and every MP3 frame comes out one period after its
+//! PCM, 24 ms sooner, byte for byte the same stream.
 
 use std::fmt;
 
@@ -42,9 +50,34 @@ pub enum CommandError {
 }
 
 /// Input options Tower sets itself: removed from a custom command.
-const INPUT_OWNED: &[&str] = &["-f", "-ar", "-ac", "-ch_layout", "-channel_layout", "-sample_fmt", "-i"];
-/// Output options Tower sets itself: removed from a custom command.
-const OUTPUT_OWNED: &[&str] = &["-f", "-frame_size"];
+const INPUT_OWNED: &[&str] = &[
+    "-f",
+    "-ar",
+    "-ac",
+    "-ch_layout",
+    "-channel_layout",
+    "-sample_fmt",
+    "-ignore_length",
+    "-max_size",
+    "-i",
+];
+/// Input options that describe the PCM Tower feeds as raw `s16le` (what
+/// the README showed before the WAV stream): replaced without a note.
+const INPUT_EQUIVALENT: &[&str] = &[
+    "-f",
+    "s16le",
+    "-ar",
+    "48000",
+    "-ac",
+    "2",
+    "-ch_layout",
+    "stereo",
+    "-channel_layout",
+    "stereo",
+];
+/// Output options Tower sets itself: removed from a custom command (the
+/// output rate is `mp3.sample_rate`: see [`at_sample_rate`]).
+const OUTPUT_OWNED: &[&str] = &["-f", "-frame_size", "-ar"];
 /// Option names that take no value.
 const FLAGS: &[&str] = &[
     "-hide_banner",
@@ -61,20 +94,61 @@ const FLAGS: &[&str] = &[
     "-copyts",
     "-xerror",
 ];
-const REQUIRED_INPUT: &[&str] = &[
-    "-f",
-    "s16le",
-    "-ar",
-    "48000",
-    "-ac",
-    "2",
-    "-ch_layout",
-    "stereo",
-    "-i",
-    "pipe:0",
-];
+/// `-max_size` is one frame's bytes ([`crate::audio::PCM_FRAME_BYTES`]).
+const REQUIRED_INPUT: &[&str] = &["-f", "wav", "-ignore_length", "1", "-max_size", "4608", "-i", "pipe:0"];
 const REQUIRED_OUTPUT: &[&str] = &["-frame_size", "1152", "-f", "mp3", "pipe:1"];
 const STDOUT_TARGETS: &[&str] = &["pipe:1", "pipe:", "-", "/dev/stdout"];
+
+/// Frames of silence written after the header when ffmpeg starts: its WAV
+/// demuxer reads 64 KiB before its first packet (to look for S/PDIF data
+/// in PCM), which the pump's frames alone would take 340 ms to fill. 15
+/// frames (69 120 bytes) cover it, so ffmpeg starts at once; their silence
+/// comes out as one burst, which the pacer trims [M5].
+pub const PRELOAD_FRAMES: usize = 15;
+
+/// What Tower writes on the encoder's stdin before the first PCM frame:
+/// [`wav_header`] and [`PRELOAD_FRAMES`] frames of silence.
+pub fn input_preamble() -> Vec<u8> {
+    let mut p = wav_header();
+    p.resize(p.len() + PRELOAD_FRAMES * crate::audio::PCM_FRAME_BYTES, 0);
+    p
+}
+
+/// Bytes of [`wav_header`].
+pub const WAV_HEADER_BYTES: usize = 68;
+
+/// The WAV header of the encoder's input (WAVE_FORMAT_EXTENSIBLE, so ffmpeg
+/// knows the channels are front left and right; 48 000 Hz, two 16-bit
+/// channels; sizes 0, read to the end with `-ignore_length 1`).
+pub fn wav_header() -> Vec<u8> {
+    const CHANNELS: u16 = 2;
+    const BITS: u16 = 16;
+    const RATE: u32 = 48_000;
+    let block = CHANNELS * BITS / 8;
+    let mut fmt = Vec::with_capacity(40);
+    fmt.extend_from_slice(&0xFFFEu16.to_le_bytes()); // WAVE_FORMAT_EXTENSIBLE
+    fmt.extend_from_slice(&CHANNELS.to_le_bytes());
+    fmt.extend_from_slice(&RATE.to_le_bytes());
+    fmt.extend_from_slice(&(RATE * u32::from(block)).to_le_bytes());
+    fmt.extend_from_slice(&block.to_le_bytes());
+    fmt.extend_from_slice(&BITS.to_le_bytes());
+    fmt.extend_from_slice(&22u16.to_le_bytes()); // extension size
+    fmt.extend_from_slice(&BITS.to_le_bytes()); // valid bits
+    fmt.extend_from_slice(&3u32.to_le_bytes()); // front left | front right
+    // KSDATAFORMAT_SUBTYPE_PCM
+    fmt.extend_from_slice(&[
+        0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x80, 0x00, 0x00, 0xAA, 0x00, 0x38, 0x9B, 0x71,
+    ]);
+    let mut h = Vec::with_capacity(WAV_HEADER_BYTES);
+    h.extend_from_slice(b"RIFF");
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&(fmt.len() as u32).to_le_bytes());
+    h.extend_from_slice(&fmt);
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h
+}
 
 /// The default command: low latency (`-probesize 32 -analyzeduration 0`),
 /// no bit reservoir (`-reservoir 0`, so every frame decodes on its own and
@@ -113,6 +187,20 @@ pub fn default_command(program: &str, bitrate_kbps: u32) -> EncoderCommand {
         program: program.to_string(),
         args,
     }
+}
+
+/// `command` (default or custom) with its MP3 at `sample_rate`: ffmpeg
+/// takes Tower's 48 kHz PCM as always and resamples it at the encoder's
+/// input (`-ar` among the output options), so nothing before the encoder
+/// changes. At 48 kHz the command is left as it is.
+pub fn at_sample_rate(mut command: EncoderCommand, sample_rate: u32) -> EncoderCommand {
+    if sample_rate != crate::audio::SAMPLE_RATE {
+        let at = command.args.len().saturating_sub(REQUIRED_OUTPUT.len());
+        command
+            .args
+            .splice(at..at, ["-ar".to_string(), sample_rate.to_string()]);
+    }
+    command
 }
 
 /// An option with its value (if it takes one), as it appeared.
@@ -218,13 +306,14 @@ pub fn custom_command(program: &str, args: &[String]) -> Result<(EncoderCommand,
     let (owned_in, kept_in): (Vec<Opt>, Vec<Opt>) =
         before.into_iter().partition(|o| INPUT_OWNED.contains(&o.name.as_str()));
     for o in owned_in.iter().filter(|o| {
-        let required = REQUIRED_INPUT
+        let same = REQUIRED_INPUT
             .chunks(2)
+            .chain(INPUT_EQUIVALENT.chunks(2))
             .any(|kv| kv[0] == o.name && Some(kv[1]) == o.value.as_deref());
-        !required
+        !same
     }) {
         notes.push(format!(
-            "input option {} {} replaced: Tower feeds s16le 48000 Hz stereo on pipe:0",
+            "input option {} {} replaced: Tower feeds 16-bit 48000 Hz stereo PCM as a WAV stream on pipe:0",
             o.name,
             o.value.as_deref().unwrap_or("")
         ));
@@ -246,8 +335,13 @@ pub fn custom_command(program: &str, args: &[String]) -> Result<(EncoderCommand,
             .any(|kv| kv[0] == o.name && kv.get(1).copied() == o.value.as_deref());
         !required
     }) {
+        let needs = if o.name == "-ar" {
+            "the output's sample rate is mp3.sample_rate"
+        } else {
+            "Tower needs -frame_size 1152 -f mp3"
+        };
         notes.push(format!(
-            "output option {} {} replaced: Tower needs -frame_size 1152 -f mp3",
+            "output option {} {} replaced: {needs}",
             o.name,
             o.value.as_deref().unwrap_or("")
         ));
@@ -303,9 +397,10 @@ mod tests {
         let input = a.iter().position(|x| x == "-i").expect("-i");
         assert_eq!(a[input + 1], "pipe:0");
         let pre = &a[..input];
-        assert_eq!(values(pre, "-f"), ["s16le"]);
-        assert_eq!(values(pre, "-ar"), ["48000"]);
-        assert_eq!(values(pre, "-ac"), ["2"]);
+        assert_eq!(values(pre, "-f"), ["wav"]);
+        assert_eq!(values(pre, "-ignore_length"), ["1"]);
+        assert_eq!(values(pre, "-max_size"), [crate::audio::PCM_FRAME_BYTES.to_string()]);
+        assert!(values(pre, "-ar").is_empty() && values(pre, "-ac").is_empty());
         let post = &a[input + 2..];
         assert_eq!(values(post, "-frame_size"), ["1152"]);
         assert_eq!(values(post, "-f"), ["mp3"]);
@@ -320,10 +415,37 @@ mod tests {
         assert_eq!(
             c.to_string(),
             "ffmpeg -hide_banner -nostats -loglevel warning -probesize 32 -analyzeduration 0 \
-             -f s16le -ar 48000 -ac 2 -ch_layout stereo -i pipe:0 -c:a libmp3lame -b:a 128k \
+             -f wav -ignore_length 1 -max_size 4608 -i pipe:0 -c:a libmp3lame -b:a 128k \
              -reservoir 0 -id3v2_version 0 -frame_size 1152 -f mp3 pipe:1"
         );
         assert_eq!(values(&default_command("ffmpeg", 192).args, "-b:a"), ["192k"]);
+    }
+
+    #[test]
+    fn at_44_1_khz_ffmpeg_resamples_at_its_output_and_a_custom_rate_is_replaced() {
+        let c = at_sample_rate(default_command("ffmpeg", 128), 44_100);
+        assert_required(&c);
+        assert!(
+            c.to_string().ends_with(
+                "-f wav -ignore_length 1 -max_size 4608 -i pipe:0 -c:a libmp3lame -b:a 128k \
+                 -reservoir 0 -id3v2_version 0 -ar 44100 -frame_size 1152 -f mp3 pipe:1"
+            ),
+            "{c}"
+        );
+        assert_eq!(
+            at_sample_rate(default_command("ffmpeg", 128), 48_000),
+            default_command("ffmpeg", 128)
+        );
+        let (custom, notes) = custom_command("ffmpeg", &strings("-b:a 96k -ar 22050")).expect("accepted");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("-ar 22050 replaced") && n.contains("mp3.sample_rate")),
+            "{notes:?}"
+        );
+        let custom = at_sample_rate(custom, 44_100);
+        let after_input = &custom.args[custom.args.iter().position(|a| a == "-i").expect("-i")..];
+        assert_eq!(values(after_input, "-ar"), ["44100"]);
     }
 
     #[test]
@@ -381,15 +503,32 @@ mod tests {
 
     #[test]
     fn the_required_flags_themselves_produce_no_notes() {
-        let (_, notes) = custom_command(
-            "ffmpeg",
-            &strings("-f s16le -ar 48000 -ac 2 -i pipe:0 -b:a 128k -frame_size 1152 -f mp3 pipe:1"),
-        )
-        .expect("accepted");
-        assert!(
-            notes.iter().all(|n| !n.contains("s16le") && !n.contains("mp3 ")),
-            "{notes:?}"
+        for given in [
+            "-f wav -ignore_length 1 -max_size 4608 -i pipe:0 -b:a 128k -frame_size 1152 -f mp3 pipe:1",
+            // The raw description the README used to show: the same PCM.
+            "-f s16le -ar 48000 -ac 2 -ch_layout stereo -i pipe:0 -b:a 128k -frame_size 1152 -f mp3 pipe:1",
+        ] {
+            let (c, notes) = custom_command("ffmpeg", &strings(given)).expect("accepted");
+            assert_required(&c);
+            assert!(notes.is_empty(), "{given}: {notes:?}");
+        }
+    }
+
+    #[test]
+    fn the_wav_header_says_48_khz_16_bit_stereo_front_left_and_right() {
+        let h = wav_header();
+        assert_eq!(h.len(), WAV_HEADER_BYTES);
+        assert_eq!(
+            (&h[0..4], &h[8..16], &h[60..64]),
+            (&b"RIFF"[..], &b"WAVEfmt "[..], &b"data"[..])
         );
+        let u16_at = |i: usize| u16::from_le_bytes([h[i], h[i + 1]]);
+        let u32_at = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        assert_eq!(u32_at(16), 40, "fmt chunk size");
+        assert_eq!((u16_at(20), u16_at(22), u32_at(24)), (0xFFFE, 2, 48_000));
+        assert_eq!((u32_at(28), u16_at(32), u16_at(34)), (192_000, 4, 16));
+        assert_eq!(u32_at(40), 3, "channel mask");
+        assert_eq!(u32_at(64), 0, "data size: read to the end");
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! An in-process stand-in for ffmpeg, for testing supervision without it.
 //!
 //! Each launch starts a thread ("fake-encoder", owned by the returned
-//! process handle) connected through real OS pipes: it reads 4608-byte PCM
-//! frames from stdin and writes one 384-byte MP3 frame per PCM frame to
-//! stdout. Bytes 4 and 5 of each MP3 frame carry the first PCM sample, so
+//! process handle) connected through real OS pipes (stdout, as for ffmpeg,
+//! a socket pair): it reads 4608-byte PCM frames from stdin and writes one
+//! 384-byte MP3 frame per PCM frame to stdout. Bytes 4 and 5 of each MP3 frame carry the first PCM sample, so
 //! tests can trace audio end to end. Scripted [`FakeMode`]s make it fail the
 //! ways ffmpeg does: exit at once, never produce output, crash, stall.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,7 +85,7 @@ impl EncoderLauncher for FakeLauncher {
             source,
         };
         let (stdin_r, stdin_w) = io::pipe().map_err(spawn_err)?;
-        let (stdout_r, stdout_w) = io::pipe().map_err(spawn_err)?;
+        let (stdout_r, stdout_w) = UnixStream::pair().map_err(spawn_err)?;
         let (stderr_r, stderr_w) = io::pipe().map_err(spawn_err)?;
         set_nonblocking(&stdin_w).map_err(spawn_err)?;
         set_nonblocking(&stdin_r).map_err(spawn_err)?;
@@ -97,8 +98,8 @@ impl EncoderLauncher for FakeLauncher {
         .map_err(spawn_err)?;
         Ok(EncoderChild {
             stdin: Box::new(stdin_w),
-            stdout: Box::new(stdout_r),
-            stderr: Box::new(stderr_r),
+            stdout: stdout_r,
+            stderr: stderr_r,
             process: Box::new(FakeProcess {
                 worker: Some(worker),
                 exit,
@@ -111,7 +112,7 @@ fn run(
     mode: FakeMode,
     stop: &StopSignal,
     mut stdin: io::PipeReader,
-    mut stdout: io::PipeWriter,
+    mut stdout: UnixStream,
     mut stderr: io::PipeWriter,
 ) -> ExitInfo {
     let _ = writeln!(stderr, "fake encoder starting in mode {mode:?}");

@@ -3,9 +3,12 @@
 //! Creates and exclusively owns the supervisor, and passes it the MP3 ring
 //! it was given [M1]. The pump thread calls [`EncoderManager::write_pcm`]
 //! (forwarded only while the encoder is STARTING or RUNNING [M2]); the
-//! broadcast thread calls [`EncoderManager::get_frame`] and
-//! [`EncoderManager::wait`]. The encoder state is mirrored here through the
-//! supervisor's change callback [M3], so `write_pcm` reads one atomic.
+//! broadcast thread calls [`EncoderManager::wait`], which reads ffmpeg's
+//! output into the ring until the pacer's next deadline, and
+//! [`EncoderManager::drain`] / [`EncoderManager::get_frame`]. The encoder
+//! state is mirrored here through the supervisor's change callback [M3], so
+//! `write_pcm` reads one atomic. The owner's settings change the encoder
+//! through [`EncoderManager::relaunch`].
 
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,16 +19,18 @@ use serde::Serialize;
 use super::Mp3Frame;
 use super::pacer::Pacer;
 use super::process::EncoderLauncher;
+use super::reader::Reader;
 use super::state::EncoderState;
 use super::supervisor::{Supervisor, SupervisorConfig, SupervisorSnapshot};
-use crate::audio::{FRAME_DURATION, PcmFrame};
+use crate::audio::PcmFrame;
 use crate::encoder::mp3::{FrameHeader, canonical_silent_frame, silent_frame_like};
 use crate::encoder::ring::FrameRing;
 use crate::pump::PcmSink;
 use crate::worker::WorkerError;
 
-/// Longest the broadcast loop sleeps with nothing to do (bounds how fast it
-/// notices a stop).
+/// Longest the broadcast loop sleeps when no deadline is due: only before
+/// the first frame ever (afterwards a frame or a silence is always due
+/// within 84 ms); it keeps the loop turning for the watchdog.
 const MAX_WAIT: Duration = Duration::from_millis(100);
 /// The most MP3 frames that may wait for the broadcast loop: about 0.5 s.
 /// A loop that falls further behind (an overloaded box, thousands of
@@ -38,10 +43,16 @@ pub struct ManagerConfig {
     pub supervisor: SupervisorConfig,
     pub silence_after: Duration,
     pub max_lead: Duration,
+    /// How long one MP3 frame plays: the pacer's period. 24 ms (the PCM
+    /// frame's) at 48 kHz; 26.1 ms when ffmpeg resamples to 44.1 kHz, where
+    /// 1152 PCM samples in make 1058.4 out.
+    pub frame: Duration,
 }
 
 struct Output {
     pacer: Pacer,
+    /// The supervisor's count of encoder starts the pacer was told of.
+    starts_seen: u64,
     /// Silence matching the stream's last real frame (bitrate, mode).
     silence: Mp3Frame,
     silence_header: [u8; 4],
@@ -77,6 +88,8 @@ pub struct EncoderManager {
     ring: Arc<FrameRing<Mp3Frame>>,
     state: Arc<AtomicU8>,
     output: Mutex<Output>,
+    /// ffmpeg's stdout, read by the broadcast thread in `wait`.
+    reader: Mutex<Reader>,
     counters: Counters,
 }
 
@@ -97,12 +110,15 @@ impl EncoderManager {
         )?;
         let silence = canonical_silent_frame();
         let silence_header = silence_key(&silence);
+        let reader = Mutex::new(supervisor.reader());
         Ok(EncoderManager {
             supervisor,
             ring,
+            reader,
             state,
             output: Mutex::new(Output {
-                pacer: Pacer::new(FRAME_DURATION, config.silence_after, config.max_lead),
+                pacer: Pacer::new(config.frame, config.silence_after, config.max_lead),
+                starts_seen: 0,
                 silence: Mp3Frame::from(silence),
                 silence_header,
             }),
@@ -136,6 +152,14 @@ impl EncoderManager {
         let mut out = self.output.lock().unwrap_or_else(|p| p.into_inner());
         while self.ring.len() > MAX_BACKLOG && self.ring.pop().is_some() {
             self.counters.behind.fetch_add(1, Ordering::Relaxed);
+        }
+        let starts = self.supervisor.starts();
+        if starts != out.starts_seen {
+            // A new ffmpeg (a relaunch, or a restart quicker than the
+            // silence): its first frames are a burst, trimmed as after
+            // silence, or the lead would stay at its cap for good.
+            out.starts_seen = starts;
+            out.pacer.new_encoder();
         }
         loop {
             let waiting = self.ring.len();
@@ -177,18 +201,29 @@ impl EncoderManager {
         }
     }
 
-    /// Sleeps until a frame arrives, silence becomes due, or 100 ms pass.
+    /// Waits for ffmpeg's output until silence becomes due (or 100 ms pass
+    /// before the first frame ever), and moves the frames that arrived into
+    /// the ring for [`EncoderManager::drain`]. Broadcast thread only.
     pub fn wait(&self, now: Instant) {
         let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
         let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
-        if deadline > now {
-            self.ring.wait_until(deadline);
-        }
+        self.reader.lock().unwrap_or_else(|p| p.into_inner()).wait(deadline);
     }
 
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
     pub fn wake(&self) {
-        self.ring.wake();
+        self.supervisor.wake_reader();
+    }
+
+    /// Restarts the encoder with `launcher`'s command (a new bitrate from
+    /// the owner's settings): the current ffmpeg ends and the new one
+    /// starts at once, through the restart path, with no backoff and no
+    /// failure counted; the state history gives `reason`. Listeners stay
+    /// connected and get silence frames for the gap (about ffmpeg's start,
+    /// 0.1–0.4 s), then the new stream; the silence frame follows the new
+    /// frames' header from their first one [M4].
+    pub fn relaunch(&self, launcher: Box<dyn EncoderLauncher>, reason: &str) {
+        self.supervisor.relaunch(launcher, reason);
     }
 
     pub fn snapshot(&self) -> EncoderSnapshot {
@@ -242,8 +277,18 @@ fn refresh_silence(out: &mut Output, frame: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::FRAME_DURATION;
     use crate::encoder::fake::{FakeLauncher, FakeMode};
     use crate::encoder::state::{Liveness, RestartPolicy};
+
+    /// What the broadcast thread does between sends: read ffmpeg's output
+    /// into the ring, here for `d`.
+    fn read_for(m: &EncoderManager, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            m.reader.lock().expect("reader").wait(until);
+        }
+    }
 
     fn manager(launcher: FakeLauncher) -> EncoderManager {
         EncoderManager::start(
@@ -260,6 +305,7 @@ mod tests {
                 },
                 silence_after: Duration::from_millis(60),
                 max_lead: Duration::from_millis(120),
+                frame: FRAME_DURATION,
             },
             Box::new(launcher),
             Arc::new(FrameRing::new(100)),
@@ -279,7 +325,7 @@ mod tests {
             let mut f = PcmFrame::silent();
             f.as_bytes_mut()[0] = tag;
             m.write_pcm(&f);
-            std::thread::sleep(Duration::from_millis(30));
+            read_for(&m, Duration::from_millis(30));
             while let Some(frame) = m.get_frame(Instant::now()) {
                 got.push(frame[4]);
             }
@@ -322,7 +368,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         while m.state() != EncoderState::Running && Instant::now() < deadline {
             m.write_pcm(&f);
-            std::thread::sleep(Duration::from_millis(24));
+            read_for(&m, Duration::from_millis(24));
             m.drain(Instant::now, |_, _| {});
         }
         assert_eq!(m.state(), EncoderState::Running);
@@ -337,7 +383,7 @@ mod tests {
         let arrived = |n: usize| {
             let deadline = Instant::now() + Duration::from_secs(5);
             while m.ring().len() < n && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(1));
+                read_for(&m, Duration::from_millis(1));
             }
         };
         arrived(10);
@@ -374,14 +420,87 @@ mod tests {
     fn pcm_is_dropped_silently_but_counted_while_the_encoder_is_down() {
         let launcher = FakeLauncher::new(FakeMode::Missing);
         let m = manager(launcher);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while m.state() != EncoderState::Restarting && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_state(&m, EncoderState::Restarting);
         for _ in 0..5 {
             m.write_pcm(&PcmFrame::silent());
         }
         assert_eq!(m.snapshot().pcm_dropped_encoder_down, 5);
+    }
+
+    /// Waits (5 s at most) until `m` is in `state`.
+    fn wait_state(m: &EncoderManager, state: EncoderState) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while m.state() != state && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Runs `m` like the pump and the broadcast loop for `d`: one PCM frame
+    /// per 24 ms in, whatever is ready out. Returns the largest gap between
+    /// frames handed out.
+    fn run_for(m: &EncoderManager, d: Duration) -> Duration {
+        let (start, frame) = (Instant::now(), PcmFrame::silent());
+        let (mut next, mut last, mut gap) = (start, None::<Instant>, Duration::ZERO);
+        while start.elapsed() < d {
+            if Instant::now() >= next {
+                m.write_pcm(&frame);
+                next += FRAME_DURATION;
+            }
+            m.drain(Instant::now, |_, now| {
+                gap = gap.max(last.map_or(Duration::ZERO, |l| now - l));
+                last = Some(now);
+            });
+            read_for(m, Duration::from_millis(2));
+        }
+        gap
+    }
+
+    #[test]
+    fn a_relaunch_starts_the_new_command_at_once_counting_no_failure() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        run_for(&m, Duration::from_millis(500));
+        assert_eq!(m.state(), EncoderState::Running);
+        let before = m.snapshot();
+        m.relaunch(
+            Box::new(FakeLauncher::new(FakeMode::CrashAfter(1_000_000))),
+            "new bitrate",
+        );
+        let gap = run_for(&m, Duration::from_millis(700));
+        let s = m.snapshot();
+        assert_eq!(m.state(), EncoderState::Running, "{:?}", s.supervisor.history);
+        assert!(s.supervisor.command.contains("CrashAfter"), "{}", s.supervisor.command);
+        assert_eq!((s.supervisor.restarts, s.supervisor.consecutive_failures), (0, 0));
+        assert!(
+            s.supervisor.failures.values().all(|n| *n == 0),
+            "{:?}",
+            s.supervisor.failures
+        );
+        let reasons: Vec<_> = s.supervisor.history.iter().map(|t| (t.to, t.reason.as_str())).collect();
+        let tail = &reasons[reasons.len() - 3..];
+        assert_eq!(tail[0], (EncoderState::Restarting, "relaunch: new bitrate"));
+        assert_eq!(tail[1], (EncoderState::Starting, "relaunch: new bitrate"));
+        assert_eq!(tail[2].0, EncoderState::Running);
+        // Listeners got a frame (real or silence) at least every 60 ms + a
+        // period, as through any restart.
+        assert!(gap <= Duration::from_millis(150), "a {gap:?} gap");
+        assert!(s.mp3_frames_out > before.mp3_frames_out + 10, "{s:?}");
+        m.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
+    fn a_relaunch_of_a_failing_encoder_skips_the_backoff() {
+        let launcher = FakeLauncher::new(FakeMode::Missing);
+        let m = manager(launcher);
+        wait_state(&m, EncoderState::Restarting);
+        // Its next try is 300 ms away; the relaunch starts the new one now.
+        let asked = Instant::now();
+        m.relaunch(Box::new(FakeLauncher::new(FakeMode::Healthy)), "fixed the command");
+        wait_state(&m, EncoderState::Starting);
+        assert!(asked.elapsed() < Duration::from_millis(250), "{:?}", asked.elapsed());
+        run_for(&m, Duration::from_millis(300));
+        assert_eq!(m.state(), EncoderState::Running);
+        assert_eq!(m.snapshot().supervisor.consecutive_failures, 0);
+        m.stop(Duration::from_secs(2)).expect("stop");
     }
 
     #[test]
@@ -400,7 +519,7 @@ mod tests {
                 next += FRAME_DURATION;
             }
             while m.get_frame(Instant::now()).is_some() {}
-            std::thread::sleep(Duration::from_millis(2));
+            read_for(&m, Duration::from_millis(2));
         }
         let snap = m.snapshot();
         assert_eq!(snap.supervisor.restarts, 1, "{snap:?}");

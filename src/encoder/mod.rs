@@ -1,5 +1,5 @@
-//! The encoder: ffmpeg supervised, fed PCM by the pump, drained into the
-//! MP3 ring, and read by the broadcast loop through the manager.
+//! The encoder: ffmpeg supervised, fed PCM by the pump, its output read
+//! into the MP3 ring and paced by the broadcast thread, through the manager.
 
 pub mod command;
 #[cfg(any(test, feature = "test-hooks"))]
@@ -9,6 +9,7 @@ pub mod mp3;
 pub mod pacer;
 pub mod pipe;
 pub mod process;
+mod reader;
 pub mod ring;
 pub mod state;
 pub mod supervisor;

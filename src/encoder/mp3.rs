@@ -1,7 +1,8 @@
 //! MPEG audio frame headers and the MP3 packetizer [P1].
 //!
-//! Pure: no threads, no I/O. In Tower the ffmpeg stdout drain thread owns a
-//! [`Packetizer`] and feeds it whatever the pipe returns; tests and benches
+//! Pure: no threads, no I/O. In Tower the stdout reader (on the broadcast
+//! thread) owns a [`Packetizer`] per encoder and feeds it whatever ffmpeg's
+//! stdout returns; tests and benches
 //! use it to cut what listeners receive. Promises: only whole, valid audio
 //! frames come out, in order; ID3v2 tags and Xing/Info/VBRI frames never do;
 //! after garbage it finds the stream again; memory stays bounded.
@@ -180,6 +181,14 @@ impl FrameHeader {
         let tag = |offset: usize| frame.get(offset..offset + 4);
         matches!(tag(at), Some(b"Xing") | Some(b"Info")) || tag(36) == Some(b"VBRI")
     }
+}
+
+/// How long an MPEG-1 Layer III frame (1152 samples) plays at
+/// `sample_rate`: 24 ms at 48 kHz, 26.122… ms at 44.1 kHz (rounded to
+/// the nanosecond: 0.02 ns a frame, under 0.1 ms a day).
+pub fn frame_duration(sample_rate: u32) -> Duration {
+    let rate = u64::from(sample_rate.max(1));
+    Duration::from_nanos((1152 * 1_000_000_000 + rate / 2) / rate)
 }
 
 /// The canonical silent frame: `FF FB 94 00` (MPEG-1 Layer III, 128 kbps,

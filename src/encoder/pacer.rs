@@ -17,12 +17,14 @@
 //!   (stalled, restarting); silence frames are sent to bring the lead back to
 //!   zero and keep it there until real frames return, so listeners stay
 //!   connected and their players' buffers stay full.
-//! - When real frames return after silence (a restarted encoder), they
-//!   come in a burst: the PCM that queued in the new ffmpeg's stdin while
-//!   it started. For a short while the lead is capped at two periods, not
+//! - When real frames return after silence (a restarted encoder), come
+//!   for the first time, or come from a new encoder that started before
+//!   silence was due (a relaunch), they come in a burst: the PCM that queued in the
+//!   new ffmpeg's stdin while it started, and the silence its input starts
+//!   with. For a short while the lead is capped at two periods, not
 //!   `max_lead`, so the stale part of the burst is dropped: otherwise each
-//!   restart would leave listeners up to `max_lead` further behind live,
-//!   and the next gap would reach them that much later.
+//!   start would leave listeners up to `max_lead` further behind live, and
+//!   the next gap would reach them that much later.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +48,8 @@ pub struct Pacer {
     /// Until when real frames returning after silence are held to a lead
     /// of two periods.
     settle_until: Option<Instant>,
+    /// A new encoder started: its first frames settle as after silence.
+    new_encoder: bool,
 }
 
 /// What to do with the real frames that are waiting.
@@ -67,7 +71,14 @@ impl Pacer {
             sent: 0,
             in_silence: false,
             settle_until: None,
+            new_encoder: false,
         }
+    }
+
+    /// The media time sent so far: `sent` periods, in u128 nanoseconds, so
+    /// it never overflows (a u32 count of frames would after 3.27 years).
+    fn media_ns(&self) -> u128 {
+        self.period.as_nanos() * u128::from(self.sent)
     }
 
     /// Media time given to listeners minus `now`, in nanoseconds.
@@ -75,7 +86,7 @@ impl Pacer {
         match self.anchor {
             None => 0,
             Some(anchor) => {
-                let media_end = self.period.as_nanos() as i128 * i128::from(self.sent);
+                let media_end = self.media_ns() as i128;
                 let elapsed = if now >= anchor {
                     (now - anchor).as_nanos() as i128
                 } else {
@@ -99,12 +110,15 @@ impl Pacer {
         self.in_silence
     }
 
+    /// A new encoder has started: its frames from now on come in a burst.
+    pub fn new_encoder(&mut self) {
+        self.new_encoder = true;
+    }
+
     /// `waiting` real frames (≥ 1) are ready at `now`.
     pub fn on_real(&mut self, waiting: usize, now: Instant) -> RealDecision {
-        if self.anchor.is_none() {
-            self.anchor = Some(now);
-        }
-        if self.in_silence {
+        if self.anchor.is_none() || self.in_silence || std::mem::take(&mut self.new_encoder) {
+            self.anchor.get_or_insert(now);
             self.settle_until = Some(now + self.period * SETTLE_PERIODS);
         }
         self.in_silence = false;
@@ -151,7 +165,9 @@ impl Pacer {
     /// When `silence_due` could next become true, if nothing arrives.
     pub fn next_due(&self) -> Option<Instant> {
         let anchor = self.anchor?;
-        let media_end = anchor + self.period * u32::try_from(self.sent).unwrap_or(u32::MAX);
+        let ns = self.media_ns();
+        let media = Duration::new((ns / 1_000_000_000) as u64, (ns % 1_000_000_000) as u32);
+        let media_end = anchor + media;
         Some(if self.in_silence {
             media_end
         } else {
@@ -290,10 +306,86 @@ mod tests {
     }
 
     #[test]
-    fn a_backlog_burst_is_trimmed_to_the_cap_keeping_the_newest() {
+    fn the_next_due_time_keeps_advancing_past_2_pow_32_frames() {
+        // 2^32 frames of 24 ms is 3.27 years of uptime. The anchor is set
+        // that far back by starting the count near the limit instead.
         let t0 = Instant::now();
         let mut p = pacer();
         p.on_real(1, t0);
+        p.sent = u64::from(u32::MAX) - 2;
+        let mut last = p.next_due().expect("due");
+        for _ in 0..6 {
+            assert!(p.on_real(1, last).send);
+            let due = p.next_due().expect("due");
+            assert_eq!(due - last, P, "the deadline must move one period per frame");
+            last = due;
+        }
+    }
+
+    #[test]
+    fn a_new_encoders_burst_without_silence_before_it_is_trimmed_too() {
+        let t0 = Instant::now();
+        let mut p = pacer();
+        let mut now = t0;
+        for _ in 0..50 {
+            assert!(p.on_real(1, now).send);
+            now += P;
+        }
+        let before = p.lead(now);
+        // A relaunch: the new ffmpeg's first frames come 40 ms later, ten
+        // at once (its silent preload and the PCM that queued), before any
+        // silence was due.
+        now += ms(40);
+        p.new_encoder();
+        let (mut waiting, mut sent) = (10usize, 0);
+        while waiting > 0 {
+            let d = p.on_real(waiting, now);
+            sent += usize::from(d.send);
+            waiting -= d.trim + 1;
+        }
+        assert!(p.lead(now) <= P * 2, "lead {:?} after the burst", p.lead(now));
+        assert!(sent <= 3, "{sent} frames of the burst sent");
+        for _ in 0..100 {
+            now += P;
+            assert!(p.on_real(1, now).send);
+        }
+        assert!(p.lead(now) <= before.max(P * 2), "lead {:?}", p.lead(now));
+    }
+
+    #[test]
+    fn the_first_burst_ever_is_trimmed_too_so_a_later_gap_gets_silence_at_once() {
+        // ffmpeg's start: 14 frames at once (the silence its input starts
+        // with), then one frame per period.
+        let t0 = Instant::now();
+        let mut p = pacer();
+        // As the manager takes them: trims, then one sent or dropped.
+        let (mut waiting, mut sent) = (14usize, 0);
+        while waiting > 0 {
+            let d = p.on_real(waiting, t0);
+            sent += usize::from(d.send);
+            waiting -= d.trim + 1;
+        }
+        assert!(sent <= 2, "{sent} frames of the burst sent");
+        let mut now = t0;
+        for _ in 0..100 {
+            now += P;
+            assert!(p.on_real(1, now).send);
+        }
+        // A stall now gets silence 60 ms after the media runs out, which is
+        // at most two periods ahead (not max_lead, 120 ms).
+        let due = p.next_due().expect("due");
+        assert!(due <= now + P * 2 + DEFAULT_SILENCE_AFTER, "{:?}", due - now);
+    }
+
+    #[test]
+    fn a_backlog_burst_is_trimmed_to_the_cap_keeping_the_newest() {
+        let start = Instant::now();
+        let mut p = pacer();
+        // Past the start's settling, at the cadence: the ordinary cap applies.
+        for k in 0..=SETTLE_PERIODS {
+            p.on_real(1, start + P * k);
+        }
+        let t0 = start + P * SETTLE_PERIODS;
         // 14 frames arrive at once 24 ms later (ffmpeg resumed after a stop).
         let now = t0 + P;
         let d = p.on_real(14, now);

@@ -39,34 +39,21 @@ impl<W: Write> PcmPipe<W> {
         self.tail.len()
     }
 
-    /// Writes as much of `buf` as the pipe takes now; returns the count.
-    fn write_some(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut done = 0;
-        while done < buf.len() {
-            match self.inner.write(&buf[done..]) {
-                Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "pipe accepted no bytes")),
-                Ok(n) => done += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(done)
-    }
-
+    /// Offers one frame: the tail of an earlier frame goes first. Never
+    /// allocates: the tail lives in a buffer of one frame's capacity made
+    /// once, so the pump's tick (SCHED_FIFO) never waits on malloc.
     pub fn write_frame(&mut self, frame: &[u8]) -> PipeWrite {
         if !self.tail.is_empty() {
-            let tail = std::mem::take(&mut self.tail);
-            match self.write_some(&tail) {
-                Ok(n) if n == tail.len() => {}
+            match write_some(&mut self.inner, &self.tail) {
+                Ok(n) if n == self.tail.len() => self.tail.clear(),
                 Ok(n) => {
-                    self.tail = tail[n..].to_vec();
+                    self.tail.drain(..n);
                     return PipeWrite::Full;
                 }
                 Err(e) => return PipeWrite::Broken(e),
             }
         }
-        match self.write_some(frame) {
+        match write_some(&mut self.inner, frame) {
             Ok(0) => PipeWrite::Full,
             Ok(n) => {
                 self.tail.extend_from_slice(&frame[n..]);
@@ -79,6 +66,21 @@ impl<W: Write> PcmPipe<W> {
     pub fn into_inner(self) -> W {
         self.inner
     }
+}
+
+/// Writes as much of `buf` as `out` takes now; returns the count.
+fn write_some(out: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match out.write(&buf[done..]) {
+            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "pipe accepted no bytes")),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(test)]

@@ -8,21 +8,25 @@
 //! `PR_SET_PDEATHSIG` so it dies with Tower, and with an empty signal mask
 //! (a blocked SIGTERM would otherwise be inherited and ignored). Its stdin is
 //! non-blocking and small, so a slow encoder costs dropped frames, not
-//! latency.
+//! latency, and starts with the WAV header the command expects.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::io::{self, PipeReader, Write};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::command::EncoderCommand;
+use super::command::{EncoderCommand, WAV_HEADER_BYTES, input_preamble};
 
-/// Size asked for ffmpeg's stdin pipe: about 3.5 frames. The kernel rounds
-/// up to whole pages; the default (64 KiB, 14 frames) would let latency
-/// grow by a third of a second whenever ffmpeg falls behind.
+/// Size asked for ffmpeg's stdin pipe once it runs: about 3.5 frames. The
+/// kernel rounds up to whole pages; the default (64 KiB, 14 frames) would
+/// let latency grow by a third of a second whenever ffmpeg falls behind.
 pub const STDIN_PIPE_BYTES: i32 = 16 * 1024;
+/// Size asked for it at start, so that the input's preamble goes in at
+/// once ([`input_preamble`], 69 KB).
+const PREAMBLE_PIPE_BYTES: i32 = 128 * 1024;
 
 /// How an encoder process ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,18 +81,30 @@ pub enum LaunchError {
 pub struct EncoderChild {
     /// Non-blocking: writes return `WouldBlock` when the pipe is full.
     pub stdin: Box<dyn Write + Send>,
-    pub stdout: Box<dyn Read + Send>,
-    pub stderr: Box<dyn Read + Send>,
+    /// One end of a socket pair whose other end is the encoder's stdout
+    /// (a socket, not a pipe, so that the broadcast thread can wait for a
+    /// frame and read it in one `recv` with a receive timeout).
+    pub stdout: UnixStream,
+    /// Read by the supervisor where `poll(2)` says so.
+    pub stderr: PipeReader,
     pub process: Box<dyn EncoderProcess>,
 }
 
 /// A running encoder process.
 pub trait EncoderProcess: Send {
     fn pid(&self) -> Option<u32>;
+    /// A descriptor that becomes readable when the process ends (a
+    /// pidfd), so the supervisor waits for the exit instead of polling
+    /// `try_wait`; `None` where there is none.
+    fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Ok(Some) once the process has ended (it is then reaped).
     fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
     /// Ends the process at once and reaps it.
     fn kill(&mut self) -> ExitInfo;
+    /// Its first MP3 frame came out (what it needed at start is done).
+    fn running(&mut self) {}
 }
 
 /// Starts encoder processes.
@@ -115,10 +131,15 @@ impl EncoderLauncher for FfmpegLauncher {
     }
 
     fn launch(&self) -> Result<EncoderChild, LaunchError> {
+        let program = self.command.program.clone();
+        let (stdout, theirs) = UnixStream::pair().map_err(|source| LaunchError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(&self.command.program);
         cmd.args(&self.command.args)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::from(OwnedFd::from(theirs)))
             .stderr(Stdio::piped())
             .process_group(0);
         // SAFETY: the closure runs in the child between fork and exec and
@@ -138,8 +159,11 @@ impl EncoderLauncher for FfmpegLauncher {
                 Ok(())
             });
         }
-        let program = self.command.program.clone();
-        let mut child = cmd.spawn().map_err(|source| {
+        let spawned = cmd.spawn();
+        // Our copy of the child's end: closed now, so that its exit is an
+        // end of file here.
+        drop(cmd);
+        let mut child = spawned.map_err(|source| {
             if source.kind() == io::ErrorKind::NotFound {
                 LaunchError::NotFound {
                     program: program.clone(),
@@ -151,8 +175,7 @@ impl EncoderLauncher for FfmpegLauncher {
                 }
             }
         })?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
-        else {
+        let (Some(mut stdin), Some(stderr)) = (child.stdin.take(), child.stderr.take()) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LaunchError::Spawn {
@@ -160,64 +183,111 @@ impl EncoderLauncher for FfmpegLauncher {
                 source: io::Error::other("child pipes missing"),
             });
         };
-        let prepared = prepare_stdin(&stdin);
+        let prepared = prepare_stdin(&mut stdin);
         if let Err(source) = prepared {
             let _ = child.kill();
             let _ = child.wait();
             return Err(LaunchError::Spawn { program, source });
         }
+        let pidfd = pidfd_open(child.id());
+        let stdin_pipe = stdin.as_fd().try_clone_to_owned().ok();
         Ok(EncoderChild {
             stdin: Box::new(stdin),
-            stdout: Box::new(stdout),
-            stderr: Box::new(stderr),
-            process: Box::new(FfmpegProcess { child, done: None }),
+            stdout,
+            stderr: PipeReader::from(OwnedFd::from(stderr)),
+            process: Box::new(FfmpegProcess {
+                child,
+                pidfd,
+                stdin_pipe,
+                done: None,
+            }),
         })
     }
 }
 
 /// Makes writes to (or reads from) `fd` return `WouldBlock` instead of
 /// waiting.
-pub(crate) fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
+pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let flags = OFlag::from_bits_truncate(fcntl(fd.as_fd(), FcntlArg::F_GETFL)?);
     fcntl(fd.as_fd(), FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
     Ok(())
 }
 
-fn prepare_stdin(stdin: &impl AsFd) -> io::Result<()> {
+/// Makes stdin non-blocking and writes the input's preamble (the WAV
+/// header, then silence: [`input_preamble`]) into a pipe made large enough
+/// for it; [`EncoderProcess::running`] makes it small again.
+fn prepare_stdin(stdin: &mut ChildStdin) -> io::Result<()> {
     set_nonblocking(stdin)?;
-    // Best effort: an unusual kernel limit only costs latency.
-    let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+    // Best effort: a pipe that stays small only delays ffmpeg's start.
+    let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PREAMBLE_PIPE_BYTES));
+    let preamble = input_preamble();
+    let mut at = 0;
+    while at < preamble.len() {
+        match stdin.write(&preamble[at..]) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            // The header always fits; what silence does not, ffmpeg waits for.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && at >= WAV_HEADER_BYTES => break,
+            Err(e) => return Err(e),
+        }
+    }
     Ok(())
+}
+
+/// A pidfd for `pid` (Linux 5.3 and later; `None` before).
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    // SAFETY: plain syscall; on success the descriptor is ours alone.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::pid_t::try_from(pid).ok()?, 0) };
+    let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+    // SAFETY: a fresh descriptor nobody else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 struct FfmpegProcess {
     child: Child,
+    pidfd: Option<OwnedFd>,
+    /// Stdin's pipe, until it is made small again ([`EncoderProcess::running`]).
+    stdin_pipe: Option<OwnedFd>,
     done: Option<ExitInfo>,
 }
 
-impl EncoderProcess for FfmpegProcess {
-    fn pid(&self) -> Option<u32> {
-        Some(self.child.id())
-    }
-
-    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
-        if self.done.is_some() {
-            return Ok(self.done);
-        }
-        let status = self.child.try_wait()?.map(ExitInfo::from_status);
-        self.done = status;
-        Ok(status)
-    }
-
-    fn kill(&mut self) -> ExitInfo {
-        if let Some(done) = self.done {
-            return done;
-        }
+impl FfmpegProcess {
+    /// SIGKILL to ffmpeg's whole process group: ffmpeg and anything it (or
+    /// a wrapper script) started, which would otherwise keep its pipes
+    /// open. Only called while the group leader is not yet reaped: its pid,
+    /// the group's id, cannot have been given to another process.
+    fn kill_group(&self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            // The whole group: ffmpeg and anything it started.
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
+    }
+
+    /// Whether ffmpeg has ended, without reaping it (`WNOWAIT`).
+    fn ended(&self) -> io::Result<bool> {
+        let pid = libc::id_t::from(self.child.id());
+        // SAFETY: a zeroed siginfo_t is valid; waitid writes into it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall on our own child, writing into `info`.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &raw mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: waitid filled `info` (si_pid is 0 when nothing ended).
+        Ok(unsafe { info.si_pid() } != 0)
+    }
+
+    /// Ends the group and reaps ffmpeg.
+    fn reap(&mut self) -> ExitInfo {
+        self.kill_group();
+        // In case it left its group.
         let _ = self.child.kill();
         let info = match self.child.wait() {
             Ok(status) => ExitInfo::from_status(status),
@@ -228,6 +298,46 @@ impl EncoderProcess for FfmpegProcess {
         };
         self.done = Some(info);
         info
+    }
+}
+
+impl EncoderProcess for FfmpegProcess {
+    fn pid(&self) -> Option<u32> {
+        Some(self.child.id())
+    }
+
+    fn exit_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(AsFd::as_fd)
+    }
+
+    /// Once ffmpeg has ended, the rest of its group is killed before ffmpeg
+    /// is reaped: a forking wrapper's children would otherwise survive,
+    /// holding stdout open.
+    fn try_wait(&mut self) -> io::Result<Option<ExitInfo>> {
+        if self.done.is_some() {
+            return Ok(self.done);
+        }
+        if !self.ended()? {
+            return Ok(None);
+        }
+        Ok(Some(self.reap()))
+    }
+
+    fn kill(&mut self) -> ExitInfo {
+        if let Some(done) = self.done {
+            // Reaped by try_wait, which ended the group first.
+            return done;
+        }
+        self.reap()
+    }
+
+    /// The preamble is read: stdin's pipe goes back to [`STDIN_PIPE_BYTES`]
+    /// (best effort), and the copy of its descriptor is closed, so that
+    /// closing stdin still ends ffmpeg's input.
+    fn running(&mut self) {
+        if let Some(pipe) = self.stdin_pipe.take() {
+            let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+        }
     }
 }
 
@@ -248,6 +358,7 @@ pub fn wait_for_exit(process: &mut dyn EncoderProcess, timeout: Duration) -> Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn exit_info_reads_well_in_logs() {
@@ -286,6 +397,57 @@ mod tests {
         // The background sleep (same group) is gone too: stdout reaches EOF.
         let mut rest = Vec::new();
         child.stdout.read_to_end(&mut rest).expect("eof");
+    }
+
+    #[test]
+    fn real_ffmpeg_starts_on_the_preamble_and_gives_each_frame_one_period_after_its_pcm() {
+        let l = FfmpegLauncher::new(super::super::command::default_command("ffmpeg", 128));
+        let mut child = l.launch().expect("ffmpeg runs");
+        let mut buf = [0u8; 8192];
+        // Before any PCM: the preamble's silence alone gets ffmpeg going
+        // (without it, the WAV demuxer waits for 64 KiB, 15 frames).
+        child
+            .stdout
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let n = child.stdout.read(&mut buf).expect("the preamble's silence comes out");
+        assert!(n > 0);
+        std::thread::sleep(Duration::from_millis(200));
+        child
+            .stdout
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
+        while child.stdout.read(&mut buf).is_ok_and(|n| n > 0) {}
+        // Then each frame written brings out the one before it: raw s16le
+        // input held 7 frames in 8 back a second period (ffmpeg's
+        // 1024-sample packets); the WAV stream with -max_size does not.
+        let frame = crate::audio::PcmFrame::silent();
+        let (mut out, mut behind) = (0usize, Vec::new());
+        for k in 1..=40usize {
+            let mut left: &[u8] = frame.as_bytes();
+            while !left.is_empty() {
+                match child.stdin.write(left) {
+                    Ok(n) => left = &left[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(1)),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            // What comes out within 20 ms of the write (ffmpeg answers in
+            // well under a millisecond on an idle machine).
+            let until = Instant::now() + Duration::from_millis(20);
+            while let Some(wait) = until.checked_duration_since(Instant::now()).filter(|w| !w.is_zero()) {
+                child.stdout.set_read_timeout(Some(wait)).expect("timeout");
+                match child.stdout.read(&mut buf) {
+                    Ok(n) => out += n,
+                    Err(_) => break,
+                }
+            }
+            behind.push(k.saturating_sub(out / 384));
+            std::thread::sleep(Duration::from_millis(4));
+        }
+        child.process.kill();
+        let late = behind[10..].iter().filter(|b| **b > 1).count();
+        assert!(late <= 7, "frames still held back after their write: {behind:?}");
     }
 
     #[test]

@@ -1,18 +1,15 @@
 //! MP3 FrameRingBuffer: whole MP3 frames between encoder and broadcast [B1].
 //!
-//! Producers: the ffmpeg stdout drain thread. Consumer: the broadcast loop
-//! (through `EncoderManager::get_frame`). Bounded and O(1); `push` never
+//! Producer: the stdout reader, on the broadcast thread (`encoder::reader`).
+//! Consumer: the broadcast loop (through `EncoderManager::get_frame`), on
+//! the same thread; tests push from others. Bounded and O(1); `push` never
 //! blocks and, when full, drops the OLDEST frame (counted); `pop` never
-//! blocks. A consumer that has nothing to do may sleep in
-//! [`FrameRing::wait_until`], which `push` cuts short.
+//! blocks.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use crossbeam::queue::ArrayQueue;
 use serde::Serialize;
-
-use crate::worker::Notify;
 
 /// Default capacity (`TOWER_MP3_BUFFER_CAPACITY_FRAMES`): 400 frames, 9.6 s.
 pub const DEFAULT_CAPACITY: usize = 400;
@@ -30,7 +27,6 @@ pub struct FrameRing<T> {
     queue: ArrayQueue<T>,
     pushed: AtomicU64,
     dropped_oldest: AtomicU64,
-    arrived: Notify,
 }
 
 impl<T> FrameRing<T> {
@@ -39,7 +35,6 @@ impl<T> FrameRing<T> {
             queue: ArrayQueue::new(capacity.max(1)),
             pushed: AtomicU64::new(0),
             dropped_oldest: AtomicU64::new(0),
-            arrived: Notify::new(),
         }
     }
 
@@ -49,7 +44,6 @@ impl<T> FrameRing<T> {
             self.dropped_oldest.fetch_add(1, Ordering::Relaxed);
         }
         self.pushed.fetch_add(1, Ordering::Relaxed);
-        self.arrived.notify();
     }
 
     pub fn pop(&self) -> Option<T> {
@@ -62,17 +56,6 @@ impl<T> FrameRing<T> {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
-    }
-
-    /// Waits until a frame is pushed or `deadline` passes; true if woken by
-    /// a push (the ring may have been drained meanwhile by another consumer).
-    pub fn wait_until(&self, deadline: Instant) -> bool {
-        self.arrived.wait_until(deadline)
-    }
-
-    /// Wakes a waiter without pushing (used on shutdown).
-    pub fn wake(&self) {
-        self.arrived.notify();
     }
 
     pub fn stats(&self) -> RingStats {
@@ -90,7 +73,6 @@ mod tests {
     use super::*;
     use std::sync::Arc;
     use std::thread;
-    use std::time::Duration;
 
     #[test]
     fn full_ring_drops_the_oldest_and_counts_it() {
@@ -111,22 +93,6 @@ mod tests {
         let r: FrameRing<u8> = FrameRing::new(1);
         assert!(r.is_empty());
         assert_eq!(r.pop(), None);
-    }
-
-    #[test]
-    fn wait_is_cut_short_by_a_push_and_times_out_otherwise() {
-        let r = Arc::new(FrameRing::new(4));
-        assert!(!r.wait_until(Instant::now() + Duration::from_millis(5)));
-        let producer = {
-            let r = r.clone();
-            thread::spawn(move || {
-                thread::sleep(Duration::from_millis(10));
-                r.push(1u8);
-            })
-        };
-        assert!(r.wait_until(Instant::now() + Duration::from_secs(10)));
-        assert_eq!(r.pop(), Some(1));
-        producer.join().expect("join");
     }
 
     #[test]

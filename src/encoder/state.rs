@@ -280,6 +280,18 @@ impl Liveness {
             _ => None,
         }
     }
+
+    /// When [`Liveness::check`] could first find a failure if no frame
+    /// arrives meanwhile (a millisecond past the rule's limit), so the
+    /// supervisor sleeps until then rather than looking on a timer.
+    pub fn next_check(&self, state: EncoderState, started: Instant, last_frame: Option<Instant>) -> Option<Instant> {
+        let margin = Duration::from_millis(1);
+        match (state, last_frame) {
+            (EncoderState::Starting, None) => Some(started + self.startup_timeout + margin),
+            (EncoderState::Running, Some(last)) => Some(last + self.stall_timeout + margin),
+            _ => None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -406,6 +418,25 @@ mod tests {
         // Not judged while restarting, failed or stopped.
         for st in [Restarting, Failed, Stopped] {
             assert_eq!(l.check(st, t0, None, t0 + s(100)), None);
+        }
+    }
+
+    #[test]
+    fn the_next_check_is_the_first_moment_a_rule_can_be_broken() {
+        let l = Liveness {
+            startup_timeout: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(2),
+        };
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        for (state, last, limit) in [(Starting, None, t0 + s(5)), (Running, Some(t0 + s(10)), t0 + s(12))] {
+            let next = l.next_check(state, t0, last).expect("a deadline");
+            assert!(next > limit && next <= limit + Duration::from_millis(1), "{state}");
+            assert_eq!(l.check(state, t0, last, limit), None);
+            assert!(l.check(state, t0, last, next).is_some(), "{state}");
+        }
+        for st in [Restarting, Failed, Stopped] {
+            assert_eq!(l.next_check(st, t0, None), None);
         }
     }
 }

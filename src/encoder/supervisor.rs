@@ -1,23 +1,27 @@
 //! FFmpegSupervisor: owns one encoder process at a time and keeps it alive
 //! [S1]–[S8].
 //!
-//! Threads: "encoder-supervisor" (this module's loop; owned by the
-//! supervisor, owned in turn by the EncoderManager), and per encoder
-//! instance "ffmpeg-stdout" (packetizer → MP3 ring) and "ffmpeg-stderr"
-//! (`[FFMPEG]` log lines), both owned and joined by the supervisor loop.
-//! The drains and `write_pcm` only report events; the loop alone decides:
-//! it applies the liveness rules, kills and restarts on the backoff
-//! schedule, and records every state change with its reason and time.
+//! Thread: "encoder-supervisor" (this module's loop; owned by the
+//! supervisor, owned in turn by the EncoderManager). It sleeps in `poll(2)`
+//! on its wake-up, ffmpeg's stderr (logged as `[FFMPEG]` lines) and
+//! ffmpeg's pidfd, until the next moment a liveness rule could be broken:
+//! while all is well it wakes about once per stall timeout, not on a timer.
+//! ffmpeg's stdout is read by the broadcast thread (`encoder::reader`),
+//! which this module hands each new encoder's stdout to; the reader and
+//! `write_pcm` only report events (first frame, end of output, broken
+//! stdin); the loop alone decides: it applies the liveness rules, kills and
+//! restarts on the backoff schedule, relaunches with a new command when
+//! asked, and records every state change with its reason and time.
 //!
 //! `write_pcm` runs on the pump thread and never blocks: it only `try_lock`s
 //! the stdin pipe, which the loop holds just long enough to swap it.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{ErrorKind, PipeReader, Read};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-// std's channel parks at once; crossbeam's spins through sched_yield
-// first, 8 system calls per wait of this 10-a-second loop.
-use std::sync::mpsc::{self as channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self as channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,19 +29,21 @@ use serde::Serialize;
 
 use super::Mp3Frame;
 use super::pipe::{PcmPipe, PipeWrite};
-use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, wait_for_exit};
+use super::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, set_nonblocking, wait_for_exit};
+use super::reader::Reader;
 use super::state::{AfterFailure, EncoderState, FailureKind, Liveness, RestartPolicy, StateMachine, Transition};
 use crate::audio::PcmFrame;
-use crate::encoder::mp3::Packetizer;
 use crate::encoder::ring::FrameRing;
 use crate::ratelog::LineBudget;
-use crate::worker::{StopSignal, Worker, WorkerError};
+use crate::worker::{StopSignal, WakeFd, Worker, WorkerError, poll_until, readable};
 
 /// Lines of ffmpeg's stderr kept for failure reports.
 const STDERR_TAIL: usize = 20;
-/// How often the loop checks liveness when no event arrives. An exit or a
-/// closed pipe arrives as an event at once; this only bounds how late a
-/// stall (seconds) or a due restart is seen.
+/// The longest stderr line kept whole; longer ones are cut.
+const STDERR_LINE: usize = 4096;
+/// How often the loop looks at a process that has no pidfd (the in-tree
+/// fake, or a kernel before 5.3): without one, an exit that leaves the
+/// pipes open is only seen by looking.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
 /// After stdout EOF, how long to wait for the exit status (to report
 /// `process_exit` with its code rather than a bare `eof`).
@@ -62,6 +68,12 @@ enum Event {
     StdinBroken { generation: u64, error: String },
 }
 
+/// A new encoder's stdout, handed to the reader.
+pub(super) struct Feed {
+    pub generation: u64,
+    pub stdout: UnixStream,
+}
+
 #[derive(Default)]
 struct Counters {
     pcm_written: AtomicU64,
@@ -73,26 +85,78 @@ struct Counters {
     failures: [AtomicU64; FailureKind::ALL.len()],
 }
 
-struct Shared {
+/// What the loop, `write_pcm` (pump thread) and the reader (broadcast
+/// thread) share.
+pub(super) struct Shared {
     machine: Mutex<StateMachine>,
     stdin: Mutex<Option<Stdin>>,
     generation: AtomicU64,
     /// Nanoseconds after `base` of the last MP3 frame (0: none yet) for the
     /// current generation.
     last_frame_ns: AtomicU64,
+    /// Encoders whose first frame has arrived (the pacer settles each one's
+    /// first burst).
+    starts: AtomicU64,
     consecutive: AtomicU32,
     pid: AtomicU32,
     base: Instant,
     events: Sender<Event>,
+    /// Wakes the loop: an event was posted, a relaunch asked, or stop.
+    wake: WakeFd,
+    /// The newest encoder's stdout, until the reader takes it.
+    feed: Mutex<Option<Feed>>,
+    /// Wakes the reader: a feed was handed over, or the broadcast loop stops.
+    reader_wake: WakeFd,
+    /// A relaunch asked for: the new command and why.
+    relaunch: Mutex<Option<(Box<dyn EncoderLauncher>, String)>>,
     ring: Arc<FrameRing<Mp3Frame>>,
     counters: Counters,
     stderr_tail: Mutex<VecDeque<String>>,
-    command: String,
+    command: Mutex<String>,
     on_change: ChangeCallback,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Tells the loop (one system call to wake it).
+    fn post(&self, event: Event) {
+        let _ = self.events.send(event);
+        self.wake.wake();
+    }
+
+    /// The newest encoder's stdout, once.
+    pub(super) fn take_feed(&self) -> Option<Feed> {
+        lock(&self.feed).take()
+    }
+
+    pub(super) fn reader_wake(&self) -> &WakeFd {
+        &self.reader_wake
+    }
+
+    /// A whole MP3 frame from encoder `generation` (`first`: its first).
+    pub(super) fn on_frame(&self, generation: u64, frame: &[u8], first: bool) {
+        self.ring.push(Mp3Frame::from(frame));
+        self.counters.mp3_frames.fetch_add(1, Ordering::Relaxed);
+        // A frame still buffered from an encoder already replaced must not
+        // count as a sign of life of the new one.
+        if generation != self.generation.load(Ordering::SeqCst) {
+            return;
+        }
+        let ns = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1);
+        self.last_frame_ns.store(ns, Ordering::Release);
+        if first {
+            self.starts.fetch_add(1, Ordering::Release);
+            self.post(Event::FirstFrame { generation });
+        }
+    }
+
+    /// Encoder `generation`'s stdout reached its end.
+    pub(super) fn on_eof(&self, generation: u64) {
+        self.post(Event::Eof { generation });
+    }
 }
 
 /// One transition in `/status`.
@@ -154,14 +218,19 @@ impl Supervisor {
             stdin: Mutex::new(None),
             generation: AtomicU64::new(0),
             last_frame_ns: AtomicU64::new(0),
+            starts: AtomicU64::new(0),
             consecutive: AtomicU32::new(0),
             pid: AtomicU32::new(0),
             base: now,
             events: tx,
+            wake: WakeFd::new()?,
+            feed: Mutex::new(None),
+            reader_wake: WakeFd::new()?,
+            relaunch: Mutex::new(None),
             ring,
             counters: Counters::default(),
             stderr_tail: Mutex::new(VecDeque::new()),
-            command: launcher.describe(),
+            command: Mutex::new(launcher.describe()),
             on_change,
         });
         let thread_shared = shared.clone();
@@ -181,6 +250,29 @@ impl Supervisor {
             shared,
             worker: Mutex::new(Some(worker)),
         })
+    }
+
+    /// The reader of the encoders' stdout, for the broadcast thread.
+    pub(super) fn reader(&self) -> Reader {
+        Reader::new(self.shared.clone())
+    }
+
+    /// Wakes the reader from its wait (the broadcast loop is stopping).
+    /// How many encoders have sent their first frame so far.
+    pub(super) fn starts(&self) -> u64 {
+        self.shared.starts.load(Ordering::Acquire)
+    }
+
+    pub(super) fn wake_reader(&self) {
+        self.shared.reader_wake.wake();
+    }
+
+    /// Ends the current encoder and starts `launcher`'s at once, through
+    /// the restart path but with no backoff and no failure counted; the
+    /// state history gives `reason`.
+    pub fn relaunch(&self, launcher: Box<dyn EncoderLauncher>, reason: &str) {
+        *lock(&self.shared.relaunch) = Some((launcher, reason.to_string()));
+        self.shared.wake.wake();
     }
 
     /// Feeds one PCM frame to the encoder's stdin; never blocks [S2].
@@ -209,7 +301,7 @@ impl Supervisor {
             PipeWrite::Broken(e) => {
                 *guard = None;
                 c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
-                let _ = self.shared.events.send(Event::StdinBroken {
+                self.shared.post(Event::StdinBroken {
                     generation: self.shared.generation.load(Ordering::SeqCst),
                     error: e.to_string(),
                 });
@@ -233,7 +325,7 @@ impl Supervisor {
             state,
             state_since_s: since.elapsed().as_secs_f64(),
             pid: (pid != 0).then_some(pid),
-            command: self.shared.command.clone(),
+            command: lock(&self.shared.command).clone(),
             restarts: l(&c.restarts),
             consecutive_failures: self.shared.consecutive.load(Ordering::Relaxed),
             failures: FailureKind::ALL
@@ -252,7 +344,11 @@ impl Supervisor {
     /// Stops the loop and the encoder (STOPPED); waits at most `timeout`.
     pub fn stop(&self, timeout: Duration) -> Result<(), WorkerError> {
         match lock(&self.worker).take() {
-            Some(w) => w.stop(timeout),
+            Some(w) => {
+                w.stop_signal().stop();
+                self.shared.wake.wake();
+                w.stop(timeout)
+            }
             None => Ok(()),
         }
     }
@@ -268,10 +364,68 @@ impl Drop for Supervisor {
 struct Instance {
     generation: u64,
     process: Box<dyn EncoderProcess>,
-    stdout_drain: Worker<()>,
-    stderr_drain: Worker<()>,
+    /// Non-blocking; `None` once it reached its end.
+    stderr: Option<PipeReader>,
+    /// A stderr line not yet ended.
+    line: Vec<u8>,
+    /// ffmpeg can print a line per frame when something is wrong; keep the
+    /// journal readable.
+    budget: LineBudget,
     started: Instant,
     running_since: Option<Instant>,
+}
+
+impl Instance {
+    /// Logs what ffmpeg wrote on stderr since the last look, line by line,
+    /// and keeps the last lines for failure reports.
+    fn read_stderr(&mut self, shared: &Shared) {
+        let Some(mut stderr) = self.stderr.take() else { return };
+        let mut buf = [0u8; 4096];
+        loop {
+            match stderr.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    for piece in buf[..n].split_inclusive(|b| *b == b'\n') {
+                        self.line.extend_from_slice(piece);
+                        if piece.ends_with(b"\n") || self.line.len() >= STDERR_LINE {
+                            let line = std::mem::take(&mut self.line);
+                            self.log_line(&line, shared);
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.stderr = Some(stderr);
+                    return;
+                }
+                Err(_) => break,
+            }
+        }
+        // Its end: what is left of the last line, and no more polling.
+        let rest = std::mem::take(&mut self.line);
+        self.log_line(&rest, shared);
+    }
+
+    fn log_line(&mut self, line: &[u8], shared: &Shared) {
+        let text = String::from_utf8_lossy(line).trim_end().to_string();
+        if text.is_empty() {
+            return;
+        }
+        match self.budget.take(Instant::now()) {
+            Some(0) => tracing::warn!(component = "ffmpeg", "[FFMPEG] {text}"),
+            Some(suppressed) => tracing::warn!(
+                component = "ffmpeg",
+                suppressed,
+                "[FFMPEG] {text} ({suppressed} earlier lines suppressed)"
+            ),
+            None => {}
+        }
+        let mut tail = lock(&shared.stderr_tail);
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(text);
+    }
 }
 
 struct Loop {
@@ -288,25 +442,65 @@ struct Loop {
 impl Loop {
     fn run(mut self, stop: &StopSignal) {
         while !stop.is_stopped() {
-            let timeout = self
-                .next_start
-                .filter(|_| self.current.is_none())
-                .map(|t| t.saturating_duration_since(Instant::now()).min(CHECK_EVERY))
-                .unwrap_or(CHECK_EVERY);
-            let event = match self.events.recv_timeout(timeout) {
-                Ok(e) => Some(e),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+            let deadline = self.next_check(Instant::now());
+            self.wait(deadline);
             if stop.is_stopped() {
                 break;
             }
-            if let Some(e) = event {
+            self.shared.wake.clear();
+            self.take_relaunch();
+            while let Ok(e) = self.events.try_recv() {
                 self.on_event(e);
+            }
+            if let Some(c) = self.current.as_mut() {
+                c.read_stderr(&self.shared);
             }
             self.check(Instant::now());
         }
         self.shutdown();
+    }
+
+    /// Sleeps until `deadline` (for ever: `None`), or until woken, ffmpeg
+    /// writes on stderr, or ffmpeg ends.
+    fn wait(&self, deadline: Option<Instant>) {
+        let mut fds = [readable(self.shared.wake.fd()), readable(-1), readable(-1)];
+        if let Some(c) = &self.current {
+            if let Some(e) = &c.stderr {
+                fds[1].fd = e.as_raw_fd();
+            }
+            if let Some(p) = c.process.exit_fd() {
+                fds[2].fd = p.as_raw_fd();
+            }
+        }
+        poll_until(&mut fds, deadline);
+    }
+
+    /// When the loop must look next if nothing wakes it: a due start, the
+    /// moment a liveness rule could be broken, the end of the time to a
+    /// stable encoder, or (without a pidfd) [`CHECK_EVERY`].
+    fn next_check(&self, now: Instant) -> Option<Instant> {
+        let Some(c) = &self.current else {
+            return self.next_start;
+        };
+        let state = lock(&self.shared.machine).state();
+        let mut next = self.config.liveness.next_check(state, c.started, self.last_frame());
+        let earliest = |a: Option<Instant>, b: Instant| Some(a.map_or(b, |a| a.min(b)));
+        if let Some(since) = c.running_since
+            && self.shared.consecutive.load(Ordering::Relaxed) > 0
+        {
+            next = earliest(next, since + self.config.policy.stable_after);
+        }
+        if c.process.exit_fd().is_none() {
+            next = earliest(next, now + CHECK_EVERY);
+        }
+        next
+    }
+
+    fn last_frame(&self) -> Option<Instant> {
+        match self.shared.last_frame_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.shared.base + Duration::from_nanos(ns)),
+        }
     }
 
     fn transition(&self, to: EncoderState, reason: String) {
@@ -336,6 +530,7 @@ impl Loop {
                 let now = Instant::now();
                 if let Some(c) = self.current.as_mut() {
                     c.running_since = Some(now);
+                    c.process.running();
                     let ms = now.saturating_duration_since(c.started).as_millis();
                     self.transition(EncoderState::Running, format!("first MP3 frame {ms} ms after start"));
                 }
@@ -348,6 +543,26 @@ impl Loop {
             }
             _ => {} // from an instance already replaced
         }
+    }
+
+    /// A relaunch asked for: the current encoder ends and the new command
+    /// starts at once; no failure is counted and the backoff starts over.
+    fn take_relaunch(&mut self) {
+        let Some((launcher, reason)) = lock(&self.shared.relaunch).take() else {
+            return;
+        };
+        self.launcher = launcher;
+        let command = self.launcher.describe();
+        tracing::info!(component = "encoder", %command, "relaunching the encoder: {reason}");
+        *lock(&self.shared.command) = command;
+        self.end_instance();
+        let state = lock(&self.shared.machine).state();
+        if matches!(state, EncoderState::Starting | EncoderState::Running) {
+            self.transition(EncoderState::Restarting, format!("relaunch: {reason}"));
+        }
+        self.shared.consecutive.store(0, Ordering::Relaxed);
+        self.last_failure = None;
+        self.launch(Instant::now(), Some(format!("relaunch: {reason}")));
     }
 
     /// A closed pipe usually means ffmpeg exited: if it has within
@@ -366,9 +581,10 @@ impl Loop {
 
     fn check(&mut self, now: Instant) {
         let state = lock(&self.shared.machine).state();
+        let last = self.last_frame();
         let Some(current) = self.current.as_mut() else {
             if self.next_start.is_some_and(|t| now >= t) {
-                self.launch(now);
+                self.launch(now, None);
             }
             return;
         };
@@ -376,10 +592,6 @@ impl Loop {
             self.fail(FailureKind::ProcessExit, info.to_string());
             return;
         }
-        let last = match self.shared.last_frame_ns.load(Ordering::Acquire) {
-            0 => None,
-            ns => Some(self.shared.base + Duration::from_nanos(ns)),
-        };
         if let Some(kind) = self.config.liveness.check(state, current.started, last, now) {
             let detail = match kind {
                 FailureKind::StartupTimeout => format!(
@@ -403,14 +615,15 @@ impl Loop {
         }
     }
 
-    fn launch(&mut self, now: Instant) {
+    /// Starts an encoder; `why` overrides the reason the history gives.
+    fn launch(&mut self, now: Instant, why: Option<String>) {
         self.next_start = None;
-        let reason = match (lock(&self.shared.machine).state(), self.last_failure) {
+        let reason = why.unwrap_or_else(|| match (lock(&self.shared.machine).state(), self.last_failure) {
             (EncoderState::Stopped, _) => "service start".to_string(),
             (EncoderState::Failed, Some(k)) => format!("slow retry after {k}"),
             (_, Some(k)) => format!("restart after {k}"),
             (_, None) => "start".to_string(),
-        };
+        });
         self.transition(EncoderState::Starting, reason);
         if self.last_failure.is_some() {
             self.shared.counters.restarts.fetch_add(1, Ordering::Relaxed);
@@ -429,45 +642,41 @@ impl Loop {
             stdin,
             stdout,
             stderr,
-            process,
+            mut process,
         } = child;
+        // Read only when poll(2) says so, but a read must never block the
+        // loop. (stdout's reader waits with a receive timeout instead.)
+        if let Err(e) = set_nonblocking(&stderr) {
+            process.kill();
+            self.fail(
+                FailureKind::SpawnFailed,
+                format!("cannot set up ffmpeg's output pipes: {e}"),
+            );
+            return;
+        }
         self.shared.pid.store(process.pid().unwrap_or(0), Ordering::Relaxed);
-        let spawned = (
-            spawn_stdout_drain(self.shared.clone(), generation, stdout),
-            spawn_stderr_drain(self.shared.clone(), stderr),
-        );
-        let (stdout_drain, stderr_drain) = match spawned {
-            (Ok(a), Ok(b)) => (a, b),
-            (a, b) => {
-                let mut process = process;
-                process.kill();
-                drop((a, b));
-                self.fail(FailureKind::SpawnFailed, "cannot start the drain threads".into());
-                return;
-            }
-        };
         *lock(&self.shared.stdin) = Some(PcmPipe::new(stdin));
+        *lock(&self.shared.feed) = Some(Feed { generation, stdout });
+        self.shared.reader_wake.wake();
         self.current = Some(Instance {
             generation,
             process,
-            stdout_drain,
-            stderr_drain,
+            stderr: Some(stderr),
+            line: Vec::new(),
+            budget: LineBudget::new(20, Duration::from_secs(10)),
             started: now,
             running_since: None,
         });
     }
 
-    /// Ends the current instance and reaps it and its drains.
+    /// Ends the current instance (its whole process group) and reaps it;
+    /// its last stderr lines go to the tail.
     fn end_instance(&mut self) -> Option<ExitInfo> {
         *lock(&self.shared.stdin) = None;
         self.shared.pid.store(0, Ordering::Relaxed);
         let mut current = self.current.take()?;
         let info = current.process.kill();
-        for drain in [&mut current.stdout_drain, &mut current.stderr_drain] {
-            if let Err(e) = drain.join_within(Duration::from_secs(1)) {
-                tracing::warn!(component = "encoder", "{e}");
-            }
-        }
+        current.read_stderr(&self.shared);
         Some(info)
     }
 
@@ -520,75 +729,6 @@ impl Loop {
     }
 }
 
-fn spawn_stdout_drain(
-    shared: Arc<Shared>,
-    generation: u64,
-    mut stdout: Box<dyn Read + Send>,
-) -> std::io::Result<Worker<()>> {
-    Worker::spawn("ffmpeg-stdout", move |_stop| {
-        // Ends when ffmpeg's stdout closes (exit or kill), not on stop.
-        let mut packetizer = Packetizer::new();
-        let mut buf = [0u8; 4096];
-        let mut first = true;
-        loop {
-            let n = match stdout.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            packetizer.push(&buf[..n], |frame| {
-                shared.ring.push(Mp3Frame::from(frame));
-                shared.counters.mp3_frames.fetch_add(1, Ordering::Relaxed);
-                let ns = u64::try_from(shared.base.elapsed().as_nanos())
-                    .unwrap_or(u64::MAX)
-                    .max(1);
-                shared.last_frame_ns.store(ns, Ordering::Release);
-                if first {
-                    first = false;
-                    let _ = shared.events.send(Event::FirstFrame { generation });
-                }
-            });
-        }
-        let _ = shared.events.send(Event::Eof { generation });
-    })
-}
-
-fn spawn_stderr_drain(shared: Arc<Shared>, stderr: Box<dyn Read + Send>) -> std::io::Result<Worker<()>> {
-    Worker::spawn("ffmpeg-stderr", move |_stop| {
-        let mut reader = BufReader::new(stderr);
-        let mut line = Vec::new();
-        // ffmpeg can print a line per frame when something is wrong; keep
-        // the journal readable.
-        let mut budget = LineBudget::new(20, Duration::from_secs(10));
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let text = String::from_utf8_lossy(&line).trim_end().to_string();
-            if text.is_empty() {
-                continue;
-            }
-            match budget.take(Instant::now()) {
-                Some(0) => tracing::warn!(component = "ffmpeg", "[FFMPEG] {text}"),
-                Some(suppressed) => tracing::warn!(
-                    component = "ffmpeg",
-                    suppressed,
-                    "[FFMPEG] {text} ({suppressed} earlier lines suppressed)"
-                ),
-                None => {}
-            }
-            let mut tail = lock(&shared.stderr_tail);
-            if tail.len() == STDERR_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(text);
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -615,6 +755,17 @@ mod tests {
         sup: Supervisor,
         ring: Arc<FrameRing<Mp3Frame>>,
         changes: Arc<Mutex<Vec<(EncoderState, EncoderState, String)>>>,
+        /// The broadcast thread's part: reading ffmpeg's output.
+        reading: Option<(Arc<std::sync::atomic::AtomicBool>, std::thread::JoinHandle<()>)>,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            if let Some((stop, thread)) = self.reading.take() {
+                stop.store(true, Ordering::SeqCst);
+                let _ = thread.join();
+            }
+        }
     }
 
     fn rig(launcher: FakeLauncher) -> Rig {
@@ -628,7 +779,20 @@ mod tests {
             Box::new(move |t| lock(&c).push((t.from, t.to, t.reason.clone()))),
         )
         .expect("start");
-        Rig { sup, ring, changes }
+        let mut reader = sup.reader();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                reader.wait(Instant::now() + Duration::from_millis(20));
+            }
+        });
+        Rig {
+            sup,
+            ring,
+            changes,
+            reading: Some((stop, thread)),
+        }
     }
 
     /// Feeds PCM like the pump until `done` holds or 10 s pass.

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::connlog::{ConnLog, Event, What, Who};
-use crate::audio::FRAME_DURATION;
 use crate::encoder::Mp3Frame;
 
 /// A listener's connection as the hub sees it.
@@ -46,6 +45,8 @@ pub struct HubConfig {
     pub per_address: usize,
     /// Recent frames a new listener gets at once (at least 1).
     pub burst_frames: usize,
+    /// How long one MP3 frame plays: 24 ms at 48 kHz, 26.1 ms at 44.1 kHz.
+    pub frame: Duration,
 }
 
 /// The most frames gathered into one write to a listener (192 ms).
@@ -74,13 +75,40 @@ impl HubConfig {
     /// the burst, what the timeout spans, plus room for the frame that
     /// catches it.
     fn max_queue(&self, burst: usize) -> usize {
-        burst + (self.slow_timeout.as_micros() / FRAME_DURATION.as_micros()) as usize + 3
+        burst + (self.slow_timeout.as_micros() / self.frame.as_micros().max(1)) as usize + 3
     }
 
-    /// Whole frames for a burst of `ms` milliseconds, at least one.
-    pub fn frames_for(ms: u64) -> usize {
-        ((ms as f64 / FRAME_DURATION.as_secs_f64() / 1000.0).round() as usize).max(1)
+    /// Whole frames of `frame` each for a burst of `ms` milliseconds, at
+    /// least one.
+    pub fn frames_for(ms: u64, frame: Duration) -> usize {
+        ((ms as f64 / frame.as_secs_f64() / 1000.0).round() as usize).max(1)
     }
+}
+
+/// Who a listener is: its address and the player it says it is.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Its `User-Agent` (at most 200 characters), or "".
+    pub agent: String,
+}
+
+impl From<SocketAddr> for Peer {
+    fn from(addr: SocketAddr) -> Peer {
+        Peer {
+            addr,
+            agent: String::new(),
+        }
+    }
+}
+
+/// One listener, as the owner's page lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListenerView {
+    pub peer: String,
+    pub agent: String,
+    pub connected_s: f64,
+    pub bytes: u64,
 }
 
 struct Listener {
@@ -88,6 +116,8 @@ struct Listener {
     peer: SocketAddr,
     /// The address its admission counted against.
     ip: IpAddr,
+    /// Its `User-Agent`, as it said.
+    agent: String,
     sink: Box<dyn ListenerSink>,
     queue: VecDeque<Mp3Frame>,
     /// Frames it may have queued before it counts as slow.
@@ -262,6 +292,11 @@ impl Hub {
             .store(frames.clamp(1, MAX_BURST_FRAMES), Ordering::Relaxed);
     }
 
+    /// Whole frames for a burst of `ms` milliseconds of this hub's stream.
+    pub fn frames_for(&self, ms: u64) -> usize {
+        HubConfig::frames_for(ms, self.config.frame)
+    }
+
     /// Reserves a place for a new client at `peer`, or says why not
     /// (counted and logged): the limit in all, or the limit per address.
     pub fn admit(&self, peer: SocketAddr) -> Result<Admission<'_>, Refusal> {
@@ -331,7 +366,7 @@ impl Hub {
     pub fn add(
         &self,
         mut admission: Admission<'_>,
-        peer: SocketAddr,
+        peer: impl Into<Peer>,
         sink: Box<dyn ListenerSink>,
         burst: Option<usize>,
         now: Instant,
@@ -340,13 +375,15 @@ impl Hub {
             .unwrap_or_else(|| self.burst_frames.load(Ordering::Relaxed))
             .clamp(1, MAX_BURST_FRAMES);
         admission.used = true;
+        let peer = peer.into();
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
         let mut listener = Listener {
             id,
-            peer,
+            peer: peer.addr,
             ip: admission.ip,
+            agent: peer.agent.chars().take(200).collect(),
             sink,
             queue: VecDeque::new(),
             max_queue: self.config.max_queue(burst),
@@ -482,6 +519,20 @@ impl Hub {
         }
     }
 
+    /// Every listener now: who, for how long, how much it took.
+    pub fn listeners(&self, now: Instant) -> Vec<ListenerView> {
+        self.lock()
+            .listeners
+            .iter()
+            .map(|l| ListenerView {
+                peer: l.peer.to_string(),
+                agent: l.agent.clone(),
+                connected_s: now.saturating_duration_since(l.connected_at).as_secs_f64(),
+                bytes: l.bytes,
+            })
+            .collect()
+    }
+
     pub fn snapshot(&self) -> HubSnapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counters;
@@ -509,6 +560,8 @@ impl crate::broadcast::Listeners for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audio::FRAME_DURATION;
+    use std::sync::Arc;
 
     /// A fake connection: takes up to `room` bytes, then WouldBlock.
     #[derive(Default)]
@@ -575,6 +628,7 @@ mod tests {
             max_listeners,
             per_address,
             burst_frames,
+            frame: FRAME_DURATION,
         }
     }
 
@@ -719,9 +773,13 @@ mod tests {
             t0 + P * 31,
         );
         assert_eq!(b.get().data, [vec![29; 384], vec![30; 384]].concat());
-        assert_eq!(HubConfig::frames_for(500), 21);
-        assert_eq!(HubConfig::frames_for(0), 1);
-        assert_eq!(HubConfig::frames_for(250), 10);
+        assert_eq!(HubConfig::frames_for(500, P), 21);
+        assert_eq!(HubConfig::frames_for(0, P), 1);
+        assert_eq!(HubConfig::frames_for(250, P), 10);
+        // At 44.1 kHz a frame plays 26.1 ms: 200 ms is 8 frames, 5 s 191.
+        let cd = crate::encoder::mp3::frame_duration(44_100);
+        assert_eq!(HubConfig::frames_for(200, cd), 8);
+        assert_eq!(HubConfig::frames_for(5_000, cd), 191);
     }
 
     #[test]

@@ -14,7 +14,8 @@
 //! itself and hands `/stream` and `/events` connections to a [`Hub`]: the
 //! listeners' hub, fed by the broadcast thread, or the status pages' hub,
 //! fed by the "events" thread (a level event every 100 ms, the status every
-//! second, built once for all pages, so pages cost listeners nothing).
+//! second, built once for all pages, so pages cost listeners nothing; it
+//! sleeps while no page is open).
 //! Every connection serves one request and closes (`Connection: close`).
 
 pub mod connlog;
@@ -36,14 +37,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 pub use connlog::{ConnLog, ConnLogger, Who};
-pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, Refusal};
+pub use hub::{Hub, HubConfig, HubSnapshot, ListenerSink, ListenerView, Peer, Refusal};
 pub use request::Request;
 
 use crate::broadcast::Station;
 use crate::hooks::TestHooks;
 use crate::live::Live;
 use crate::ratelog::LogGate;
-use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
+use crate::worker::{Notify, StopSignal, Supervisor, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
 
 /// Seconds a refused listener is asked to wait before retrying.
@@ -73,6 +74,8 @@ pub struct Site {
     /// the Icecast outputs.
     pub station: Arc<Live<Station>>,
     pub bitrate_kbps: u64,
+    /// The MP3's sample rate (`icy-sr`).
+    pub sample_rate: u32,
     /// Audio bytes between ICY metadata blocks.
     pub icy_metaint: usize,
     /// The connection guard's limits (read when the front end starts).
@@ -89,6 +92,7 @@ pub struct Site {
 #[derive(Debug, Clone)]
 pub struct SiteConfig {
     pub bitrate_kbps: u64,
+    pub sample_rate: u32,
     pub icy_metaint: usize,
     pub guard: guard::Limits,
     /// The most status pages (`/events`) open from one address.
@@ -104,6 +108,7 @@ impl Site {
         Site {
             station,
             bitrate_kbps: config.bitrate_kbps,
+            sample_rate: config.sample_rate,
             icy_metaint: config.icy_metaint,
             guard: config.guard,
             pages_per_address: config.pages_per_address,
@@ -151,11 +156,12 @@ const LEVEL_EVERY: Duration = Duration::from_millis(100);
 /// Level events between two status events.
 const STATUS_EVERY: u32 = 10;
 /// The paths served (other than the test hooks and the desk's).
-const ROUTES: [&str; 11] = [
+const ROUTES: [&str; 12] = [
     "/",
     "/index.html",
     "/settings",
     "/stream",
+    "/stream.mp3",
     "/stream.m3u",
     "/listen.m3u",
     "/events",
@@ -207,7 +213,7 @@ pub struct HttpSnapshot {
 
 /// Paths any host name may ask for: listening is open to the network, and
 /// a producer on this machine paces itself from the input queue's fill.
-const PUBLIC: [&str; 4] = ["/stream", "/stream.m3u", "/listen.m3u", "/tower/buffer"];
+const PUBLIC: [&str; 5] = ["/stream", "/stream.mp3", "/stream.m3u", "/listen.m3u", "/tower/buffer"];
 
 struct Shared {
     addr: SocketAddr,
@@ -219,20 +225,24 @@ struct Shared {
     counters: Arc<HttpStats>,
     hooks: Arc<TestHooks>,
     bad_log: LogGate,
+    /// Wakes the events thread: a page opened, or the server stops.
+    page_opened: Notify,
 }
 
 pub struct HttpServer {
     addr: SocketAddr,
     workers: Vec<Worker<()>>,
+    shared: Arc<Shared>,
 }
 
-/// The "events" thread: feeds the status pages.
+/// The "events" thread: feeds the status pages, and sleeps while none is
+/// open.
 fn feed_events(stop: &StopSignal, shared: &Shared) {
     let mut turn = 0u32;
     let mut seen = 0u64;
     while !stop.is_stopped() {
-        stop.sleep(LEVEL_EVERY);
         if shared.events.is_empty() {
+            shared.page_opened.wait();
             continue;
         }
         let now = Instant::now();
@@ -246,6 +256,7 @@ fn feed_events(stop: &StopSignal, shared: &Shared) {
         let level = shared.status.level_json();
         shared.events.broadcast(&sse("level", &level), now);
         turn = turn.wrapping_add(1);
+        stop.sleep(LEVEL_EVERY);
     }
     shared.events.close_all();
 }
@@ -279,6 +290,7 @@ impl HttpServer {
                     max_listeners: MAX_EVENT_CLIENTS,
                     per_address: site.get().pages_per_address,
                     burst_frames: 1,
+                    frame: crate::audio::FRAME_DURATION,
                 },
                 Who::Page,
                 hub.log(),
@@ -289,16 +301,22 @@ impl HttpServer {
             counters,
             hooks,
             bad_log: LogGate::new(Duration::from_secs(1)),
+            page_opened: Notify::new(),
         });
         let s = shared.clone();
         let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             let guard = s.site.get().guard;
             server::Server::new(listener, guard, &s.counters.conns).run(&stop, &*s);
         })?];
+        let s = shared.clone();
         workers.push(Worker::spawn_supervised("events", supervisor, move |stop| {
-            feed_events(&stop, &shared)
+            feed_events(&stop, &s)
         })?);
-        Ok(HttpServer { addr: bound, workers })
+        Ok(HttpServer {
+            addr: bound,
+            workers,
+            shared,
+        })
     }
 
     /// The bound address (the real port when 0 was asked for).
@@ -312,6 +330,7 @@ impl HttpServer {
         for w in &self.workers {
             w.stop_signal().stop();
         }
+        self.shared.page_opened.notify();
         let mut result = Ok(());
         for w in self.workers {
             if let Err(e) = w.stop(timeout) {
@@ -346,6 +365,7 @@ fn reason(status: u16) -> &'static str {
         429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         500 => "Internal Server Error",
+        502 => "Bad Gateway",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "",
@@ -435,7 +455,9 @@ impl Handler for Shared {
                     .with("X-Frame-Options", "DENY")
                     .with("Content-Security-Policy", "frame-ancestors 'none'"),
             ),
-            "/stream" => self.stream(rq, peer),
+            // The same stream under a name ending in `.mp3`: UPnP renderers
+            // and Sonos refuse a URL that does not (error 714).
+            "/stream" | "/stream.mp3" => self.stream(rq, peer),
             "/stream.m3u" | "/listen.m3u" => reply(self.playlist(rq)),
             "/events" => self.events(rq, peer),
             "/status" => reply(Response::new(200, "application/json", self.status.status_json())),
@@ -553,11 +575,15 @@ impl Shared {
     }
 
     /// `/stream.m3u`: a playlist pointing at the stream as the client
-    /// reached the server, so opening it starts the user's player.
+    /// reached the server, so opening it starts the user's player. Both
+    /// names of the stream are in it: a player that cannot play the first
+    /// goes on to the second (`.mp3`, for players that go by the name).
     fn playlist(&self, rq: &Request) -> Response {
         let host = client_host(rq).map_or_else(|| self.addr.to_string(), str::to_string);
         let name = self.site.get().station.get().name.clone();
-        let body = format!("#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/stream\n");
+        let body = format!(
+            "#EXTM3U\n#EXTINF:-1,{name}\nhttp://{host}/stream\n#EXTINF:-1,{name} (.mp3)\nhttp://{host}/stream.mp3\n"
+        );
         Response::new(200, "audio/x-mpegurl", body)
             .with("Content-Disposition", "inline; filename=\"tower.m3u\"")
             .with("Cache-Control", "no-cache")
@@ -589,6 +615,7 @@ impl Shared {
         Answer::Join(Box::new(move |stream: TcpStream| {
             if let Some((peer, sink)) = take_over(stream, head, head_only) {
                 self.events.add(admission, peer, sink, None, Instant::now());
+                self.page_opened.notify();
             }
         }))
     }
@@ -661,7 +688,7 @@ impl Shared {
         };
         let burst = match rq.query_param("burst_ms").map(str::parse::<u64>) {
             None => None,
-            Some(Ok(ms)) if ms <= 5_000 => Some(HubConfig::frames_for(ms)),
+            Some(Ok(ms)) if ms <= 5_000 => Some(self.hub.frames_for(ms)),
             Some(_) => {
                 drop(admission);
                 let resp = self.bad(rq, peer, 400, "burst_ms must be 0 to 5000 (milliseconds)");
@@ -671,13 +698,15 @@ impl Shared {
         let site = self.site.get();
         let metaint = icy::wants_metadata(rq.header("Icy-MetaData")).then_some(site.icy_metaint);
         let head = stream_head(rq, &site, metaint);
+        let agent = rq.header("User-Agent").unwrap_or_default().to_string();
         Answer::Join(Box::new(move |stream: TcpStream| {
-            if let Some((peer, sink)) = take_over(stream, &head, head_only) {
+            if let Some((addr, sink)) = take_over(stream, &head, head_only) {
                 let sink: Box<dyn ListenerSink> = match metaint {
                     Some(n) => Box::new(icy::IcySink::new(sink, n, site.station.clone())),
                     None => sink,
                 };
-                self.hub.add(admission, peer, sink, burst, Instant::now());
+                self.hub
+                    .add(admission, Peer { addr, agent }, sink, burst, Instant::now());
             }
         }))
     }
@@ -728,14 +757,16 @@ fn stream_head(rq: &Request, site: &Site, metaint: Option<usize>) -> String {
          icy-description: {}\r\n\
          icy-genre: {}\r\n\
          icy-br: {}\r\n\
-         icy-sr: 48000\r\n\
+         icy-sr: {}\r\n\
          icy-pub: 0\r\n\
-         ice-audio-info: ice-samplerate=48000;ice-bitrate={};ice-channels=2\r\n",
+         ice-audio-info: ice-samplerate={};ice-bitrate={};ice-channels=2\r\n",
         env!("CARGO_PKG_VERSION"),
         st.name,
         st.description,
         st.genre,
         site.bitrate_kbps,
+        site.sample_rate,
+        site.sample_rate,
         site.bitrate_kbps,
     );
     if !st.url.is_empty() {

@@ -23,9 +23,12 @@
 //! blink edge, the amplifier's switch-off, or [`STATE_POLL`] after its
 //! last look (or the stop signal), reads the states, and applies the pure
 //! patterns ([`pattern`], [`amp::AmpSwitch`]) through [`LedDriver`], which
-//! writes a line only when its level changes. [`stop`] joins it and turns
-//! every line off. The amplifier line works with the LEDs turned off
-//! (`gpio.enabled = false`); it shares their chip and their request.
+//! writes a line only when its level changes. With neither LED hardware
+//! nor an amplifier line it sleeps until stopped (with test hooks on, it
+//! looks every [`HOOK_POLL`], so a panic asked for is seen). [`stop`]
+//! joins it and turns every line off. The amplifier line works with the
+//! LEDs turned off (`gpio.enabled = false`); it shares their chip and
+//! their request.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -56,9 +59,9 @@ use select::{Backend, ChipSpec};
 /// How often the LED thread looks at the states when no blink is due to
 /// change a pin sooner: a new state shows within this.
 pub const STATE_POLL: Duration = Duration::from_millis(100);
-/// How often it looks when there are no LEDs to drive (only to stay
-/// responsive to a stop).
-pub const DARK_POLL: Duration = Duration::from_millis(250);
+/// How often it looks, with no LEDs to drive, when test hooks are on (a
+/// panic asked for fires at its next turn).
+pub const HOOK_POLL: Duration = Duration::from_millis(250);
 
 /// Which line: an LED, or the amplifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,24 +324,30 @@ impl LedDriver {
         off_at
     }
 
+    /// Whether it drives an amplifier line (which follows program, so the
+    /// states must be looked at every [`STATE_POLL`]).
+    pub fn has_amp(&self) -> bool {
+        self.amp.is_some()
+    }
+
     /// Sets each LED for the states at `now`; pins are written only when a
     /// level changes. Returns when to look again: the next blink edge, or
-    /// [`STATE_POLL`] from now if that is sooner (or no LED blinks), or
-    /// [`DARK_POLL`] from now without LED hardware.
-    pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) -> Instant {
+    /// [`STATE_POLL`] from now if that is sooner (or no LED blinks); never
+    /// (`None`) without LED hardware.
+    pub fn update(&mut self, encoder: EncoderState, input: InputState, now: Instant) -> Option<Instant> {
         self.show(encoder_pattern(encoder), input_pattern(input), now)
     }
 
     /// [`LedDriver::update`], with the Wi-Fi setup's patterns in place of
     /// the states' while it has something to show.
-    pub fn update_with(&mut self, looks: &Looks, now: Instant) -> Instant {
+    pub fn update_with(&mut self, looks: &Looks, now: Instant) -> Option<Instant> {
         match looks.wifi.map(wifi_patterns) {
             Some([encoder, input]) => self.show(encoder, input, now),
             None => self.update(looks.encoder, looks.input, now),
         }
     }
 
-    fn show(&mut self, encoder: Pattern, input: Pattern, now: Instant) -> Instant {
+    fn show(&mut self, encoder: Pattern, input: Pattern, now: Instant) -> Option<Instant> {
         let t = now.saturating_duration_since(self.start);
         let patterns = [(Led::Encoder, encoder), (Led::Input, input)];
         for (i, (led, pattern)) in patterns.into_iter().enumerate() {
@@ -349,14 +358,16 @@ impl LedDriver {
             }
         }
         if self.dark {
-            return now + DARK_POLL;
+            return None;
         }
         let poll = now + STATE_POLL;
-        patterns
-            .iter()
-            .filter_map(|(_, p)| p.next_change(t))
-            .map(|d| self.start + d)
-            .fold(poll, Instant::min)
+        Some(
+            patterns
+                .iter()
+                .filter_map(|(_, p)| p.next_change(t))
+                .map(|d| self.start + d)
+                .fold(poll, Instant::min),
+        )
     }
 
     pub fn release(&mut self) {
@@ -388,9 +399,20 @@ pub fn start(
             hooks.panic_point(PanicTarget::Leds);
             let looks = read();
             let now = Instant::now();
-            let next = driver.update_with(&looks, now);
-            let next = driver.amp(looks.program, now).map_or(next, |off| next.min(off));
-            if stop.sleep_until(next) {
+            let next = [
+                driver.update_with(&looks, now),
+                driver.amp(looks.program, now),
+                driver.has_amp().then_some(now + STATE_POLL),
+                hooks.enabled().then_some(now + HOOK_POLL),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let stopped = match next {
+                Some(at) => stop.sleep_until(at),
+                None => stop.wait(),
+            };
+            if stopped {
                 break;
             }
         }
@@ -508,22 +530,22 @@ mod tests {
         // Steady: only to see a new state.
         assert_eq!(
             d.update(EncoderState::Running, InputState::Live, t0 + MS(3)),
-            t0 + MS(103)
+            Some(t0 + MS(103))
         );
         // 8 Hz blink: at its next edge (62.5 ms), sooner than the poll.
         let at = d.update(EncoderState::Failed, InputState::Live, t0 + MS(10));
-        assert_eq!(at, t0 + Duration::from_micros(62_500));
+        assert_eq!(at, Some(t0 + Duration::from_micros(62_500)));
         // 0.5 Hz blink: the poll comes first.
         assert_eq!(
             d.update(EncoderState::Running, InputState::Grace, t0 + MS(10)),
-            t0 + MS(110)
+            Some(t0 + MS(110))
         );
         // A late wake-up looks at the edge after now, never one passed.
         let at = d.update(EncoderState::Failed, InputState::Live, t0 + MS(300));
-        assert_eq!(at, t0 + Duration::from_micros(312_500));
-        // Without LED hardware nothing needs to be on time.
+        assert_eq!(at, Some(t0 + Duration::from_micros(312_500)));
+        // Without LED hardware there is nothing to look at again for.
         let mut dark = LedDriver::new(Box::new(Dark(LedStatus::off("test"))), t0);
-        assert_eq!(dark.update(EncoderState::Failed, InputState::Grace, t0), t0 + DARK_POLL);
+        assert_eq!(dark.update(EncoderState::Failed, InputState::Grace, t0), None);
     }
 
     #[test]
@@ -623,7 +645,7 @@ mod tests {
             (rec.level(Led::Encoder), rec.level(Led::Input)),
             (Some(true), Some(false))
         );
-        assert_eq!(next, t0 + MS(100), "polls for a new state before its edge");
+        assert_eq!(next, Some(t0 + MS(100)), "polls for a new state before its edge");
         d.update_with(&looks, t0 + MS(500));
         assert_eq!(
             (rec.level(Led::Encoder), rec.level(Led::Input)),

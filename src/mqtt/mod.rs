@@ -20,7 +20,8 @@
 //! - The last will, `offline` (retained), tells Home Assistant when Tower
 //!   dies; a clean stop sends it itself.
 //! - A message on `tower/<node>/title/set` sets the station title
-//!   ([`set_title`]); players get it at their next ICY block.
+//!   (through `NowPlaying`, like every other input); players get it at
+//!   their next ICY block.
 //! - The password is a secret (`config::is_secret`): never logged, shown,
 //!   or put in an error.
 
@@ -34,9 +35,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{Client, Connection, ConnectionError, Event, LastWill, MqttOptions, Packet, QoS};
 use serde::Serialize;
 
-use crate::broadcast::Station;
+use crate::broadcast::NowPlaying;
 use crate::config::MqttSection;
-use crate::live::Live;
 use crate::ratelog::LogGate;
 use crate::worker::{StopSignal, Supervisor, Worker};
 use discovery::{Message, Publisher, Readings, Topics};
@@ -59,8 +59,6 @@ pub const REFUSED_WAIT: Duration = Duration::from_secs(30);
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// Messages queued for the broker at most (one connection's worth is 13).
 const QUEUE: usize = 64;
-/// The longest title (as `station.title`).
-pub const MAX_TITLE: usize = 200;
 
 /// The broker and what to send it, from `[mqtt]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,22 +159,6 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
         Some(p) => p.parse::<u16>().ok().filter(|&p| p > 0).ok_or(URL_FORMS)?,
     };
     Ok((host, port))
-}
-
-/// Sets the station title from a command: the one place titles from MQTT
-/// enter. Returns the title set, or `None` when nothing was left of it.
-pub fn set_title(station: &Live<Station>, text: &str) -> Option<String> {
-    // ICY metadata is StreamTitle='…'; and one line.
-    let cleaned: String = text
-        .chars()
-        .filter(|c| !c.is_control() && *c != '\'' && *c != ';')
-        .collect();
-    let title: String = cleaned.trim().chars().take(MAX_TITLE).collect();
-    if title.is_empty() {
-        return None;
-    }
-    station.update(|s| s.title = title.clone());
-    Some(title)
 }
 
 /// The link's state.
@@ -370,7 +352,7 @@ impl From<ConnectionError> for LinkError {
             }),
             ConnectionError::Io(io) => LinkError::Down(format!("cannot reach the broker: {io}")),
             ConnectionError::NetworkTimeout => LinkError::Down("the broker did not answer in time".into()),
-            other => LinkError::Down(format!("the connection failed: {other}")),
+            other => LinkError::Down(format!("the connection to the broker failed: {other}")),
         }
     }
 }
@@ -392,7 +374,7 @@ impl From<std::io::Error> for LinkError {
 pub fn start(
     settings: MqttSettings,
     read: Box<dyn Fn() -> Readings + Send>,
-    station: Arc<Live<Station>>,
+    now_playing: NowPlaying,
     stats: Arc<MqttStats>,
     supervisor: &Supervisor,
 ) -> std::io::Result<Worker<()>> {
@@ -409,7 +391,7 @@ pub fn start(
             settings,
             publisher: Publisher::new(topics),
             read,
-            station,
+            now_playing,
             stats,
             drop_log: LogGate::new(Duration::from_secs(60)),
         }
@@ -427,7 +409,8 @@ struct Link {
     settings: MqttSettings,
     publisher: Publisher,
     read: Box<dyn Fn() -> Readings + Send>,
-    station: Arc<Live<Station>>,
+    /// Where a title command goes: the one setter every input uses.
+    now_playing: NowPlaying,
     stats: Arc<MqttStats>,
     drop_log: LogGate,
 }
@@ -587,12 +570,11 @@ impl Link {
     fn title(&self, payload: &[u8]) {
         let text = String::from_utf8_lossy(payload);
         self.stats.titles.fetch_add(1, Ordering::Relaxed);
-        match set_title(&self.station, &text) {
-            Some(title) => {
-                tracing::info!(component = "mqtt", "title set over MQTT: {title:?}");
-            }
-            None => tracing::warn!(component = "mqtt", "an empty title over MQTT was ignored"),
+        if crate::broadcast::clean_title(&text).is_empty() {
+            tracing::warn!(component = "mqtt", "an empty title over MQTT was ignored");
+            return;
         }
+        self.now_playing.set("mqtt", &text);
     }
 
     /// A clean stop: `offline` (the will is only for a Tower that dies),
@@ -671,20 +653,6 @@ mod tests {
             assert_eq!(with("", "", bad), Err("mqtt.discovery_prefix"), "{bad:?}");
         }
         assert_eq!(with("", "", "my/ha"), Ok(()));
-    }
-
-    #[test]
-    fn titles_from_mqtt_are_cleaned_for_icy_and_empty_ones_ignored() {
-        let station = Live::new(Station::default());
-        assert_eq!(
-            set_title(&station, "  Side B; it's live\n").as_deref(),
-            Some("Side B its live")
-        );
-        assert_eq!(station.get().title, "Side B its live");
-        assert_eq!(set_title(&station, " ;' \r\n"), None);
-        assert_eq!(station.get().title, "Side B its live", "unchanged");
-        let long = "x".repeat(500);
-        assert_eq!(set_title(&station, &long).map(|t| t.len()), Some(MAX_TITLE));
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! longer than the grace period [FB1]–[FB3].
 //!
 //! Owned and called by the pump thread only. Priority: a WAV file looped
-//! seamlessly, else a 440 Hz tone, else silence. The file is read once, at
+//! seamlessly (at 48 kHz, or at 44.1 kHz resampled once to Tower's
+//! 48 kHz when read), else a 440 Hz tone, else silence. The file is read once, at
 //! start or when the owner changes the fallback (on the service's thread,
 //! never the pump's); a file that cannot be used is logged once and
 //! skipped. Filling a frame never fails and never allocates.
@@ -50,7 +51,7 @@ pub enum WavError {
     #[error("cannot read fallback WAV {path}: {source}")]
     Read { path: String, source: hound::Error },
     #[error(
-        "fallback WAV {path} is {found}; it must be 16-bit integer PCM at 48000 Hz, mono or stereo (convert it with: ffmpeg -i IN -ar 48000 -ac 2 -c:a pcm_s16le OUT.wav)"
+        "fallback WAV {path} is {found}; it must be 16-bit integer PCM at 48000 or 44100 Hz, mono or stereo (convert it with: ffmpeg -i IN -ar 48000 -ac 2 -c:a pcm_s16le OUT.wav)"
     )]
     Format { path: String, found: String },
     #[error("fallback WAV {path} is longer than {MAX_WAV_SECONDS} s; trim it (it is held in memory)")]
@@ -165,7 +166,7 @@ fn load_wav(path: &Path) -> Result<Vec<u8>, WavError> {
     let spec = reader.spec();
     if spec.sample_format != hound::SampleFormat::Int
         || spec.bits_per_sample != 16
-        || spec.sample_rate != SAMPLE_RATE
+        || ![SAMPLE_RATE, CD_RATE].contains(&spec.sample_rate)
         || !(1..=2).contains(&spec.channels)
     {
         return Err(WavError::Format {
@@ -177,7 +178,7 @@ fn load_wav(path: &Path) -> Result<Vec<u8>, WavError> {
         });
     }
     let frames = reader.duration();
-    if frames > MAX_WAV_SECONDS * SAMPLE_RATE {
+    if frames > MAX_WAV_SECONDS * spec.sample_rate {
         return Err(WavError::TooLong { path: shown });
     }
     let mut pcm = Vec::with_capacity(frames as usize * 4);
@@ -197,7 +198,69 @@ fn load_wav(path: &Path) -> Result<Vec<u8>, WavError> {
     if pcm.is_empty() {
         return Err(WavError::Empty { path: shown });
     }
+    if spec.sample_rate == CD_RATE {
+        let samples: Vec<i16> = pcm.chunks_exact(2).map(|b| i16::from_le_bytes([b[0], b[1]])).collect();
+        return Ok(cd_to_48k(&samples).iter().flat_map(|s| s.to_le_bytes()).collect());
+    }
     Ok(pcm)
+}
+
+/// The CD rate, which a fallback WAV may have too.
+pub const CD_RATE: u32 = 44_100;
+/// 44 100 Hz to 48 000 Hz is 147 input samples to 160 output samples.
+const UP: usize = 160;
+const DOWN: usize = 147;
+/// Input samples each side of an output sample.
+const HALF_TAPS: usize = 16;
+
+/// Interleaved stereo at 44.1 kHz, resampled to 48 kHz as a loop: each
+/// output sample is a Blackman-windowed sinc over the 32 nearest input
+/// samples, read around the end of the loop, so the resampled loop joins
+/// as seamlessly as the file did. Run once, when the WAV is read.
+pub fn cd_to_48k(interleaved: &[i16]) -> Vec<i16> {
+    let frames = interleaved.len() / CHANNELS;
+    if frames == 0 {
+        return Vec::new();
+    }
+    // One set of weights per output phase (160 of them).
+    let cutoff = 0.95;
+    let width = 2.0 * HALF_TAPS as f64;
+    let weights: Vec<[f64; 2 * HALF_TAPS]> = (0..UP)
+        .map(|phase| {
+            let frac = phase as f64 / UP as f64;
+            let mut w = [0.0; 2 * HALF_TAPS];
+            for (i, slot) in w.iter_mut().enumerate() {
+                // Input sample floor(t) - HALF_TAPS + 1 + i, at distance x.
+                let x = (i as f64 - (HALF_TAPS as f64 - 1.0)) - frac;
+                let sinc = if x.abs() < 1e-12 {
+                    1.0
+                } else {
+                    (std::f64::consts::PI * cutoff * x).sin() / (std::f64::consts::PI * x)
+                };
+                let n = (x + HALF_TAPS as f64) / width;
+                let window = 0.42 - 0.5 * (TAU * n).cos() + 0.08 * (2.0 * TAU * n).cos();
+                *slot = sinc * window;
+            }
+            let sum: f64 = w.iter().sum();
+            w.map(|v| v / sum)
+        })
+        .collect();
+    let out_frames = (frames * UP).div_ceil(DOWN);
+    let mut out = Vec::with_capacity(out_frames * CHANNELS);
+    for n in 0..out_frames {
+        let pos = n * DOWN;
+        let (base, phase) = (pos / UP, pos % UP);
+        let first = base + frames - (HALF_TAPS - 1);
+        for ch in 0..CHANNELS {
+            let acc: f64 = weights[phase]
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * f64::from(interleaved[((first + i) % frames) * CHANNELS + ch]))
+                .sum();
+            out.push(acc.round().clamp(f64::from(i16::MIN), f64::from(i16::MAX)) as i16);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -301,6 +364,38 @@ mod tests {
     }
 
     #[test]
+    fn a_44_1_khz_wav_is_resampled_to_48_khz_keeping_its_pitch_and_its_loop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cd.wav");
+        // 1 s of 1 kHz at 44.1 kHz: a whole number of cycles, so it loops.
+        let wav: Vec<i16> = (0..CD_RATE)
+            .flat_map(|i| {
+                let v = ((TAU * 1000.0 * f64::from(i) / f64::from(CD_RATE)).sin() * 10_000.0) as i16;
+                [v, v / 2]
+            })
+            .collect();
+        write_wav(&path, CD_RATE, 2, 16, &wav);
+        let mut f = Fallback::new(Some(&path), true);
+        assert_eq!(f.kind(), FallbackKind::Wav);
+        // Two seconds: through the loop point. Every sample is where a
+        // 1 kHz sine at 48 kHz would be, to within a few LSB of 10 000.
+        let played: Vec<i16> = (0..84).flat_map(|_| next(&mut f)).collect();
+        assert_eq!(played.len(), 84 * 1152 * 2);
+        let (mut worst, mut peak) = (0.0f64, 0i16);
+        for (n, pair) in played.chunks_exact(2).enumerate() {
+            let want = (TAU * 1000.0 * n as f64 / f64::from(SAMPLE_RATE)).sin() * 10_000.0;
+            worst = worst.max((f64::from(pair[0]) - want).abs());
+            peak = peak.max(pair[0]);
+            assert!(
+                (i32::from(pair[1]) - i32::from(pair[0]) / 2).abs() <= 40,
+                "channels kept apart at {n}"
+            );
+        }
+        assert!(worst < 40.0, "off by {worst}");
+        assert!(peak > 9_900, "{peak}");
+    }
+
+    #[test]
     fn mono_wav_is_played_on_both_channels() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("mono.wav");
@@ -312,8 +407,8 @@ mod tests {
     #[test]
     fn unusable_wav_files_fall_back_to_the_tone_or_silence() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let wrong_rate = dir.path().join("44k.wav");
-        write_wav(&wrong_rate, 44_100, 2, 16, &[1, 2, 3, 4]);
+        let wrong_rate = dir.path().join("32k.wav");
+        write_wav(&wrong_rate, 32_000, 2, 16, &[1, 2, 3, 4]);
         let wrong_bits = dir.path().join("24bit.wav");
         write_wav(&wrong_bits, SAMPLE_RATE, 2, 24, &[1, 2, 3, 4]);
         let empty = dir.path().join("empty.wav");

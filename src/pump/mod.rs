@@ -303,34 +303,94 @@ fn run(
     config: &PumpConfig,
     router: &AudioInputRouter,
     sink: &dyn PcmSink,
-    mut fallback: Fallback,
+    fallback: Fallback,
     stats: &PumpStats,
     tuning: &Tuning,
 ) {
     let (fifo, locked) = acquire_realtime(config.realtime_priority);
     stats.realtime.store(fifo, Ordering::Relaxed);
     stats.memory_locked.store(locked, Ordering::Relaxed);
-
-    let silence = PcmFrame::silent();
-    let mut fallback_frame = PcmFrame::silent();
-    let start = Instant::now();
-    let mut schedule = Schedule::new(start, FRAME_DURATION);
-    let mut selector = InputSelector::new(config.grace, start);
-    let mut shown = InputState::Grace;
-    let mut episode = Episode::default();
-    let mut governor = FillGovernor::default();
-
+    let mut ticker = Ticker::new(config, router, sink, fallback, stats, Instant::now());
     loop {
         let now = Instant::now();
-        let deadline = schedule.deadline();
+        let deadline = ticker.deadline();
         if deadline > now {
             std::thread::sleep(deadline - now);
         }
         if stop.is_stopped() {
             break;
         }
-        let started = Instant::now();
-        let tick = schedule.advance(started);
+        if let Ok(change) = tuning.changes.try_recv()
+            && let Some(old) = ticker.tune(change)
+        {
+            // Freed by the owner's thread, not here (it may be 11 MB).
+            let _ = tuning.retired.try_send(old);
+        }
+        ticker.tick(Instant::now());
+    }
+}
+
+/// The pump's work in one tick, the wait aside: what the "audio-pump"
+/// thread runs every 24 ms (public so that benches can count it).
+pub struct Ticker<'a> {
+    config: &'a PumpConfig,
+    router: &'a AudioInputRouter,
+    sink: &'a dyn PcmSink,
+    stats: &'a PumpStats,
+    fallback: Fallback,
+    silence: PcmFrame,
+    fallback_frame: PcmFrame,
+    schedule: Schedule,
+    selector: InputSelector,
+    shown: InputState,
+    episode: Episode,
+    governor: FillGovernor,
+}
+
+impl<'a> Ticker<'a> {
+    /// The first tick is due at `start`.
+    pub fn new(
+        config: &'a PumpConfig,
+        router: &'a AudioInputRouter,
+        sink: &'a dyn PcmSink,
+        fallback: Fallback,
+        stats: &'a PumpStats,
+        start: Instant,
+    ) -> Self {
+        Ticker {
+            config,
+            router,
+            sink,
+            stats,
+            fallback,
+            silence: PcmFrame::silent(),
+            fallback_frame: PcmFrame::silent(),
+            schedule: Schedule::new(start, FRAME_DURATION),
+            selector: InputSelector::new(config.grace, start),
+            shown: InputState::Grace,
+            episode: Episode::default(),
+            governor: FillGovernor::default(),
+        }
+    }
+
+    /// Takes the owner's change; returns the fallback it replaced.
+    pub fn tune(&mut self, change: PumpChange) -> Option<Fallback> {
+        self.selector.set_grace(change.grace);
+        let new = change.fallback?;
+        self.stats.fallback.store(new.kind().to_u8(), Ordering::Relaxed);
+        Some(std::mem::replace(&mut self.fallback, new))
+    }
+
+    /// When the next tick is due.
+    pub fn deadline(&self) -> Instant {
+        self.schedule.deadline()
+    }
+
+    /// Runs the tick that is due, started at `started`: one frame to the
+    /// sink [A2].
+    pub fn tick(&mut self, started: Instant) {
+        let stats = self.stats;
+        let tick = self.schedule.advance(started);
         stats.tick_error.record(tick.lateness);
         if tick.lateness > LATE_THRESHOLD {
             stats.late_ticks.fetch_add(1, Ordering::Relaxed);
@@ -339,57 +399,53 @@ fn run(
             stats.resyncs.fetch_add(1, Ordering::Relaxed);
         }
 
-        config.hooks.pump_stall();
-        config.hooks.panic_point(PanicTarget::Pump);
-        if let Ok(change) = tuning.changes.try_recv() {
-            selector.set_grace(change.grace);
-            if let Some(new) = change.fallback {
-                stats.fallback.store(new.kind().to_u8(), Ordering::Relaxed);
-                let old = std::mem::replace(&mut fallback, new);
-                // Freed by the owner's thread, not here (it may be 11 MB).
-                let _ = tuning.retired.try_send(old);
-            }
-        }
-        let frame = next_input(router, &mut governor, started, pop_wait(shown));
+        self.config.hooks.pump_stall();
+        self.config.hooks.panic_point(PanicTarget::Pump);
+        let frame = next_input(self.router, &mut self.governor, started, pop_wait(self.shown));
         let now = Instant::now();
-        let state = selector.select(frame.is_some(), now);
+        let state = self.selector.select(frame.is_some(), now);
         match (&frame, state) {
             (Some(pcm), _) => {
-                sink.write_pcm(pcm);
+                self.sink.write_pcm(pcm);
                 stats.frames_live.fetch_add(1, Ordering::Relaxed);
             }
             (None, InputState::Fallback) => {
-                fallback.fill(fallback_frame.as_bytes_mut());
-                sink.write_pcm(&fallback_frame);
+                self.fallback.fill(self.fallback_frame.as_bytes_mut());
+                self.sink.write_pcm(&self.fallback_frame);
                 stats.frames_fallback.fetch_add(1, Ordering::Relaxed);
             }
             (None, _) => {
-                sink.write_pcm(&silence);
+                self.sink.write_pcm(&self.silence);
                 stats.frames_grace.fetch_add(1, Ordering::Relaxed);
             }
         }
         stats.ticks.fetch_add(1, Ordering::Relaxed);
         stats.last_tick_ms.store(mono_ms(started), Ordering::Relaxed);
+        self.note_state(state, now);
+    }
 
-        if state != shown {
+    /// Publishes and logs a change of input state [A3].
+    fn note_state(&mut self, state: InputState, now: Instant) {
+        let (stats, selector) = (self.stats, &self.selector);
+        if state != self.shown {
             stats.input_state.store(state.to_u8(), Ordering::Relaxed);
-            if shown == InputState::Live && state == InputState::Grace {
+            if self.shown == InputState::Live && state == InputState::Grace {
                 stats.input_gaps.fetch_add(1, Ordering::Relaxed);
             }
-            report_change(state, selector.since_pcm(now), &episode, fallback.kind());
-            episode.enter(state);
-            shown = state;
-        } else if state == InputState::Grace && !episode.gap_logged && selector.since_pcm(now) >= GAP_LOG_AFTER {
+            report_change(state, selector.since_pcm(now), &self.episode, self.fallback.kind());
+            self.episode.enter(state);
+            self.shown = state;
+        } else if state == InputState::Grace && !self.episode.gap_logged && selector.since_pcm(now) >= GAP_LOG_AFTER {
             // Only gaps that last are worth a line; single missed periods
             // are visible in the counters.
             tracing::warn!(
                 component = "pump",
                 state = "grace",
                 reason = "no PCM from the input",
-                grace_s = config.grace.as_secs_f64(),
+                grace_s = self.config.grace.as_secs_f64(),
                 "input silent: sending silence, fallback after the grace period"
             );
-            episode.gap_logged = true;
+            self.episode.gap_logged = true;
         }
     }
 }

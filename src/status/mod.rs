@@ -49,6 +49,8 @@ pub(crate) struct Board {
     pub(crate) changes: Arc<ChangeLog>,
     /// What the owner's desk counts.
     pub(crate) admin: Arc<AdminCounters>,
+    /// Title updates sent to the Icecast servers.
+    pub(crate) titles: Arc<crate::broadcast::title::TitleStats>,
     /// Why Tower started from the backup of its configuration file.
     pub(crate) config_notice: Option<String>,
     /// Workers that ended, by thread name.
@@ -244,6 +246,7 @@ impl Board {
             admin: self.admin.snapshot(),
             listeners: hub,
             outputs: self.outputs.snapshot(),
+            icecast_titles: self.titles.snapshot(),
             pcm_buffer: router,
             mp3_buffer: ring,
             pump,
@@ -280,6 +283,8 @@ pub struct Status {
     pub admin: AdminSnapshot,
     pub listeners: HubSnapshot,
     pub outputs: Vec<OutputSnapshot>,
+    /// The title sent to the Icecast servers (metadata updates).
+    pub icecast_titles: crate::broadcast::title::TitleSnapshot,
     pub pcm_buffer: RouterStats,
     pub mp3_buffer: RingStats,
     pub pump: PumpSnapshot,

@@ -20,6 +20,30 @@ pub fn is_silence(frame: &[u8]) -> bool {
     frame.len() > 4 && frame[4..].iter().all(|&b| b == 0)
 }
 
+/// The bitrate (kbit/s) in an MP3 frame's header, 0 if it has none.
+pub fn bitrate(frame: &[u8]) -> u32 {
+    frame
+        .first_chunk::<4>()
+        .and_then(|h| tower::encoder::mp3::FrameHeader::parse(*h))
+        .map_or(0, |h| h.bitrate_kbps)
+}
+
+/// Where real audio at `old` kbit/s ends and at `new` begins in `frames`
+/// (indices of the last old and the first new frame), after a relaunch.
+pub fn bitrate_switch(frames: &[Arrival], old: u32, new: u32) -> (usize, usize) {
+    let real = |a: &Arrival| !is_silence(&a.frame);
+    let last_old = frames
+        .iter()
+        .rposition(|a| real(a) && bitrate(&a.frame) == old)
+        .unwrap_or_else(|| panic!("no audio at {old} kbit/s"));
+    let first_new = frames
+        .iter()
+        .position(|a| real(a) && bitrate(&a.frame) == new)
+        .unwrap_or_else(|| panic!("no audio at {new} kbit/s"));
+    assert!(first_new > last_old, "{old} and {new} kbit/s interleaved");
+    (last_old, first_new)
+}
+
 /// Sends `sig` to `pid`; a process that is already gone is not an error.
 pub fn signal(pid: i32, sig: Signal) {
     match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {

@@ -36,6 +36,36 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The source password of [`test_config`] (its admin password adds
+/// `-admin`).
+pub const PASSWORD: &str = "tower-test-secret";
+
+/// Icecast as the tests want it: no burst, room for 100 listeners.
+pub fn test_config(port: u16, d: &Path, log: &Path) -> String {
+    let owner = if is_root() {
+        "<changeowner><user>nobody</user><group>nogroup</group></changeowner>"
+    } else {
+        ""
+    };
+    format!(
+        "<icecast>\n\
+         <limits><clients>100</clients><sources>4</sources><burst-size>0</burst-size>\
+         <source-timeout>10</source-timeout></limits>\n\
+         <authentication><source-password>{PASSWORD}</source-password>\
+         <admin-user>admin</admin-user><admin-password>{PASSWORD}-admin</admin-password></authentication>\n\
+         <hostname>127.0.0.1</hostname>\n\
+         <listen-socket><port>{port}</port><bind-address>127.0.0.1</bind-address></listen-socket>\n\
+         <fileserve>0</fileserve>\n\
+         <paths><basedir>{d}</basedir><logdir>{log}</logdir>\
+         <webroot>/usr/share/icecast2/web</webroot><adminroot>/usr/share/icecast2/admin</adminroot></paths>\n\
+         <logging><accesslog>access.log</accesslog><errorlog>error.log</errorlog><loglevel>3</loglevel></logging>\n\
+         <security><chroot>0</chroot>{owner}</security>\n\
+         </icecast>\n",
+        d = d.display(),
+        log = log.display(),
+    )
+}
+
 impl Icecast {
     /// Starts icecast2 with the configuration `config(port, dir, logdir)`
     /// and waits until it accepts connections.

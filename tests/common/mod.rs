@@ -11,6 +11,7 @@ pub mod browser;
 pub mod faults;
 pub mod icecast;
 pub mod mqtt;
+pub mod netns;
 pub mod program;
 pub mod push;
 pub mod settings;
@@ -45,6 +46,8 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 struct Limits {
     nofile: Option<u64>,
     unprivileged: bool,
+    /// `--listen`, if not 127.0.0.1:0.
+    listen: Option<&'static str>,
 }
 
 /// A running `tower` process with its log captured.
@@ -74,7 +77,7 @@ impl Tower {
             env,
             Limits {
                 nofile: Some(nofile),
-                unprivileged: false,
+                ..Limits::default()
             },
         )
         .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
@@ -87,8 +90,22 @@ impl Tower {
             args,
             env,
             Limits {
-                nofile: None,
                 unprivileged: true,
+                ..Limits::default()
+            },
+        )
+        .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
+    }
+
+    /// Starts tower listening on `listen` (an address of a network the
+    /// test made) instead of 127.0.0.1.
+    pub fn start_on(listen: &'static str, args: &[&str], env: &[(&str, &str)]) -> Tower {
+        Self::try_start_limited(
+            args,
+            env,
+            Limits {
+                listen: Some(listen),
+                ..Limits::default()
             },
         )
         .unwrap_or_else(|log| panic!("tower did not start:\n{log}"))
@@ -148,7 +165,8 @@ impl Tower {
                 });
             }
         }
-        cmd.args(["--listen", "127.0.0.1:0"]).args(args);
+        cmd.args(["--listen", limits.listen.unwrap_or("127.0.0.1:0")])
+            .args(args);
         for (k, _) in std::env::vars() {
             let systemd = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"];
             if k.starts_with("TOWER_")
@@ -831,4 +849,62 @@ pub fn rig_with_input(freq: f64, extra: &[(&str, &str)]) -> Rig {
         jack,
         tower,
     }
+}
+
+/// Runs a player to completion (at most 30 s); returns success and what
+/// it printed.
+pub fn run_player(program: &str, args: &[&str]) -> (bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install {program})"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// mpv and ffmpeg each play `url` for 5 s, without a warning.
+pub fn mpv_and_ffmpeg_play(url: &str) {
+    let (ok, text) = run_player(
+        "mpv",
+        &["--no-video", "--ao=null", "--length=5", "--msg-level=all=warn", url],
+    );
+    assert!(ok, "mpv failed:\n{text}");
+    assert!(!text.to_lowercase().contains("error"), "mpv said:\n{text}");
+    let started = Instant::now();
+    let (ok, text) = run_player(
+        "ffmpeg",
+        &[
+            "-hide_banner",
+            "-nostats",
+            "-loglevel",
+            "warning",
+            "-xerror",
+            "-i",
+            url,
+            "-t",
+            "5",
+            "-f",
+            "null",
+            "-",
+        ],
+    );
+    assert!(ok, "ffmpeg failed:\n{text}");
+    assert!(text.trim().is_empty(), "ffmpeg said:\n{text}");
+    assert!(started.elapsed() >= Duration::from_secs(4), "ffmpeg did not play 5 s");
 }

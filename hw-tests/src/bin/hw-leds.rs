@@ -41,7 +41,9 @@ fn main() {
         );
         let until = Instant::now() + Duration::from_secs(4);
         while Instant::now() < until {
-            let next = driver.update(encoder, input, Instant::now()).min(until);
+            let next = driver
+                .update(encoder, input, Instant::now())
+                .map_or(until, |next| next.min(until));
             std::thread::sleep(next.saturating_duration_since(Instant::now()));
         }
     }

@@ -1,0 +1,163 @@
+//! Reading ffmpeg's stdout on the broadcast thread [S3], [P1].
+//!
+//! The supervisor hands each new encoder's stdout over (a `Feed`) and
+//! wakes the reader. The broadcast loop waits here (through
+//! `EncoderManager::wait`) until the pacer's next deadline, cuts what
+//! arrives into whole frames (the packetizer) and pushes them into the MP3
+//! ring, then sends them itself: a frame from ffmpeg wakes one thread, not
+//! a reader that then wakes the sender. The first frame and the end of the
+//! output are reported to the supervisor by generation, so an old
+//! encoder's end is ignored.
+//!
+//! ffmpeg's stdout is a socket, so that waiting for a frame and reading it
+//! is one `recv`, its receive timeout standing for the deadline: one
+//! system call per frame, not `poll` and `read`. The timeout is lowered
+//! when the deadline comes sooner and raised only when it is a period
+//! later, so it is set again only around silence, not once per frame (the
+//! deadline moves with every frame sent). A blocked `recv` does not see the
+//! wake-up: a new encoder's stdout is taken when the old one ends (it was
+//! killed) or at the latest when the timeout passes, as is a stop; with no
+//! encoder output to read, the reader waits in `poll(2)` on the wake-up.
+
+use std::io::{self, ErrorKind};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::mp3::Packetizer;
+use super::supervisor::Shared;
+use crate::audio::FRAME_DURATION;
+use crate::worker::{poll_until, readable};
+
+/// Bytes read at a time: about 21 frames at 128 kbit/s.
+const READ_BYTES: usize = 8 * 1024;
+/// A receive timeout this much past the deadline is still used as is (the
+/// kernel keeps it in ticks of 1 to 10 ms anyway).
+const LATE_OK: Duration = Duration::from_millis(2);
+
+/// The encoder whose output is being read.
+struct Current {
+    generation: u64,
+    stdout: UnixStream,
+    packetizer: Packetizer,
+    first: bool,
+    /// The socket's receive timeout now.
+    timeout: Option<Duration>,
+}
+
+/// What one `recv` got.
+enum Got {
+    Bytes(usize),
+    /// Nothing before the timeout (or a signal).
+    Nothing,
+    /// The encoder's end (exit or kill), or a broken socket.
+    End,
+}
+
+pub struct Reader {
+    shared: Arc<Shared>,
+    current: Option<Current>,
+    buf: Box<[u8; READ_BYTES]>,
+}
+
+impl Reader {
+    pub(super) fn new(shared: Arc<Shared>) -> Self {
+        Reader {
+            shared,
+            current: None,
+            buf: Box::new([0; READ_BYTES]),
+        }
+    }
+
+    /// Waits until `deadline` for ffmpeg's output, and moves every whole
+    /// frame that arrived into the ring.
+    pub fn wait(&mut self, deadline: Instant) {
+        self.take_feed();
+        let Some(c) = self.current.as_mut() else {
+            let wake = self.shared.reader_wake();
+            if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
+                wake.clear();
+                self.take_feed();
+            }
+            return;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let got = if left.is_zero() {
+            recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT)
+        } else {
+            let keep = c
+                .timeout
+                .is_some_and(|t| t <= left + LATE_OK && t + FRAME_DURATION >= left);
+            if !keep && c.stdout.set_read_timeout(Some(left)).is_ok() {
+                c.timeout = Some(left);
+            }
+            recv(&c.stdout, &mut self.buf[..], 0)
+        };
+        match got {
+            Got::Bytes(n) => self.take(n),
+            Got::Nothing => {}
+            Got::End => self.end(),
+        }
+        // A new encoder's stdout replaces this one (see the module header).
+        self.take_feed();
+    }
+
+    /// Takes a new encoder's stdout, if one was handed over; whatever is
+    /// left of the old one's is dropped.
+    fn take_feed(&mut self) {
+        if let Some(feed) = self.shared.take_feed() {
+            self.current = Some(Current {
+                generation: feed.generation,
+                stdout: feed.stdout,
+                packetizer: Packetizer::new(),
+                first: true,
+                timeout: None,
+            });
+        }
+    }
+
+    /// Packetizes `n` bytes read; reads on without waiting while the
+    /// buffer comes back full.
+    fn take(&mut self, mut n: usize) {
+        let Reader { shared, current, buf } = self;
+        let Some(c) = current.as_mut() else { return };
+        loop {
+            let (generation, first) = (c.generation, &mut c.first);
+            c.packetizer.push(&buf[..n], |frame| {
+                shared.on_frame(generation, frame, std::mem::take(first));
+            });
+            if n < buf.len() {
+                return;
+            }
+            match recv(&c.stdout, &mut buf[..], libc::MSG_DONTWAIT) {
+                Got::Bytes(more) => n = more,
+                Got::Nothing => return,
+                Got::End => break,
+            }
+        }
+        self.end();
+    }
+
+    /// The end of the current encoder's output (exit or kill).
+    fn end(&mut self) {
+        if let Some(c) = self.current.take() {
+            self.shared.on_eof(c.generation);
+        }
+    }
+}
+
+/// One `recv` on `socket` with `flags`.
+fn recv(socket: &UnixStream, buf: &mut [u8], flags: libc::c_int) -> Got {
+    // SAFETY: `buf` is valid for `buf.len()` bytes during the call; the
+    // descriptor is owned by `socket`.
+    let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    match usize::try_from(n) {
+        Ok(0) => Got::End,
+        Ok(n) => Got::Bytes(n),
+        Err(_) => match io::Error::last_os_error().kind() {
+            ErrorKind::WouldBlock | ErrorKind::Interrupted | ErrorKind::TimedOut => Got::Nothing,
+            _ => Got::End,
+        },
+    }
+}
