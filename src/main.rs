@@ -238,7 +238,7 @@ fn root_helpers(cli: &Cli) -> Option<ExitCode> {
             if !watch_signals() {
                 return Some(ExitCode::from(1));
             }
-            let hostname = tower::wifi::captive::hostname();
+            let hostname = tower::http::host::hostname();
             tracing::info!(
                 component = "captive",
                 "captive portal on {address}: DNS answers every name with {address}; port 80 sends phones to port {tower_port}"

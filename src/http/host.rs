@@ -19,6 +19,21 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+/// This machine's name, from the kernel (gethostname). Not from
+/// /proc/sys/kernel/hostname: the units run with `ProcSubset=pid`, which
+/// hides it, and an empty name refused `tower.local` with 421.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).trim().to_string()
+}
+
 /// Whether `name` is a host name or an IP address.
 pub fn valid_name(name: &str) -> bool {
     if name.parse::<IpAddr>().is_ok() {
@@ -81,10 +96,7 @@ impl Hosts {
 
     /// This machine's names.
     pub fn system(extra: &[String]) -> Hosts {
-        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_default();
-        Hosts::new(&hostname, extra)
+        Hosts::new(&hostname(), extra)
     }
 
     /// Whether a request whose `Host` is `header`, which arrived on the
@@ -164,6 +176,16 @@ mod tests {
 
     fn local() -> SocketAddr {
         "192.168.1.20:8000".parse().expect("addr")
+    }
+
+    #[test]
+    fn the_hostname_is_the_kernels_and_the_system_hosts_answer_to_it() {
+        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("readable here");
+        assert!(!hostname().is_empty());
+        assert_eq!(hostname(), proc.trim());
+        let local: SocketAddr = "192.168.4.1:8000".parse().expect("address");
+        let name = format!("{}.local:8000", hostname());
+        assert!(Hosts::system(&[]).allows(Some(&name), local));
     }
 
     #[test]

@@ -378,7 +378,7 @@ pub fn start(
     stats: Arc<MqttStats>,
     supervisor: &Supervisor,
 ) -> std::io::Result<Worker<()>> {
-    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let hostname = crate::http::host::hostname();
     let topics = Topics::new(&settings.prefix, &discovery::node_id(&hostname));
     {
         let mut i = stats.lock();

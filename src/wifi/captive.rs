@@ -91,20 +91,6 @@ pub fn dns_answer(query: &[u8], address: Ipv4Addr) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// This machine's name, from the kernel (gethostname): the captive
-/// portal's unit has no /proc/sys (`ProcSubset=pid`), where Tower reads it.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: the buffer is valid for its length; gethostname writes at
-    // most that many bytes.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return String::new();
-    }
-    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).trim().to_string()
-}
-
 /// Where a request for `host` and `path` goes: a name of Tower's own keeps
 /// its path on Tower's port; any other to the settings page by address.
 pub fn location(host: Option<&str>, path: &str, address: Ipv4Addr, tower_port: u16, hostname: &str) -> String {
@@ -255,13 +241,6 @@ fn answer_http(mut stream: TcpStream, peer: SocketAddr, address: Ipv4Addr, tower
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_hostname_is_the_kernels_without_reading_proc() {
-        let proc = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("readable here");
-        assert!(!hostname().is_empty());
-        assert_eq!(hostname(), proc.trim());
-    }
 
     const TOWER: Ipv4Addr = Ipv4Addr::new(192, 168, 4, 1);
 
