@@ -354,6 +354,11 @@ def hotspot_leds():
         out(False, "LEDs: the setup hotspot's pattern (the two LEDs take turns once a second)", "no hotspot window")
         return
     window = [s for s in samples if visible <= s[0] <= posted]
+    # The driver writes the two lines one after the other: a sample taken
+    # between the writes (the next one within 200 ms; the pattern holds
+    # each state 500 ms) is not a state.
+    sampled = len(window)
+    window = [s for i, s in enumerate(window) if i + 1 == len(window) or window[i + 1][0] - s[0] >= 0.2]
     both = [(t, a, b) for t, a, b, _ in window]
     turns = all(a != b and a in "01" and b in "01" for _, a, b in both)
     edges = [both[i][0] for i in range(1, len(both)) if both[i][1] != both[i - 1][1]]
@@ -361,8 +366,8 @@ def hotspot_leds():
     mid = statistics.median(halves) if halves else 0
     out(turns and len(halves) >= 4 and 400 <= mid <= 600,
         "LEDs: the setup hotspot's pattern (the two LEDs take turns once a second)",
-        "%d samples from %.1f to %.1f s: GPIO17 and GPIO27 %s; %d changes, median %d ms between them (%s)" % (
-            len(both), visible, posted, "always opposite" if turns else "not always opposite", len(edges), mid,
+        "%d samples from %.1f to %.1f s (%d more between two writes left out): GPIO17 and GPIO27 %s; %d changes, median %d ms between them (%s)" % (
+            len(both), visible, posted, sampled - len(both), "always opposite" if turns else "not always opposite", len(edges), mid,
             " ".join(map(str, halves[:8]))))
     addr = re.search(r"address 192\.168\.77\.(\d+)", joined_line)
     if joined is None or not addr:
