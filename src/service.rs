@@ -58,7 +58,7 @@ use crate::live::Live;
 use crate::mqtt::{MqttSettings, MqttStats};
 use crate::pump::fallback::Fallback;
 use crate::pump::{Pump, PumpChange, PumpConfig};
-use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox};
+use crate::speakers::{SpeakersConfig, SpeakersDesk, SpeakersInbox, SpeakersWorker};
 use crate::status::{AdminCounters, Board, ChangeLog};
 use crate::worker::{Ended, Mailbox, Post, Supervisor, Worker, WorkerError};
 
@@ -272,12 +272,12 @@ pub struct Service {
     watchdog: Option<Worker<()>>,
     http: Option<HttpServer>,
     broadcast: Option<Broadcast>,
-    admin: Option<Worker<()>>,
+    admin: Option<crate::admin::Running>,
     /// Writes out the hubs' connection events.
     conn_log: Option<ConnLogger>,
     /// The producer's title socket, while the input is a socket.
     titles: Option<TitleSocket>,
-    speakers: Option<Worker<()>>,
+    speakers: Option<SpeakersWorker>,
     icecast_titles: Option<IcecastTitles>,
     hub: Arc<Hub>,
     board: Arc<Board>,
@@ -396,7 +396,12 @@ impl Service {
             targets: Arc::new(Live::new(settings.icecast.clone())),
             stats: Arc::new(TitleStats::default()),
         };
-        let icecast_titles = IcecastTitles::start(title_feed.clone(), &supervisor).map_err(thread("icecast-titles"))?;
+        // Only while there are targets to tell (see `restart`).
+        let icecast_titles = if settings.icecast.is_empty() {
+            None
+        } else {
+            Some(IcecastTitles::start(title_feed.clone(), &supervisor).map_err(thread("icecast-titles"))?)
+        };
         let titles = start_title_socket(&settings.input, &now_playing, &supervisor);
         let board = Arc::new(Board {
             started,
@@ -446,7 +451,8 @@ impl Service {
                 .with_wifi(setup.wifi)
                 .start(&supervisor)
                 .map_err(thread("admin"))?;
-                (Some(running.worker), Some(running.desk as Arc<dyn Desk>))
+                let desk = running.desk.clone() as Arc<dyn Desk>;
+                (Some(running), Some(desk))
             }
             None => (None, None),
         };
@@ -518,7 +524,7 @@ impl Service {
             conn_log: Some(conn_logger),
             titles,
             speakers,
-            icecast_titles: Some(icecast_titles),
+            icecast_titles,
             hub,
             board,
             station,
@@ -712,6 +718,9 @@ impl Service {
                     self.rebuild.title_feed.targets.set(s.icecast.clone());
                     if let Err(e) = started {
                         warnings.insert("icecast".into(), format!("cannot start the outputs: {e}"));
+                    }
+                    if let Err(e) = self.restart("icecast-titles") {
+                        warnings.insert("icecast".into(), format!("cannot start the title updates: {e}"));
                     }
                 }
                 Taker::Encoder => {
@@ -916,7 +925,10 @@ impl Service {
                 if let Some(old) = self.icecast_titles.take() {
                     let _ = old.worker.stop(STEP_TIMEOUT);
                 }
-                self.icecast_titles = Some(IcecastTitles::start(r.title_feed.clone(), &r.supervisor)?);
+                // No thread while there is no target to tell.
+                if !r.title_feed.targets.get().is_empty() {
+                    self.icecast_titles = Some(IcecastTitles::start(r.title_feed.clone(), &r.supervisor)?);
+                }
             }
             other if other.starts_with("icecast-") => {
                 self.board.outputs.restart(other, &r.supervisor, &r.hooks)?;
@@ -954,7 +966,7 @@ impl Service {
             note(b.stop(STEP_TIMEOUT));
         }
         if let Some(s) = self.speakers.take() {
-            note(stop_worker(s));
+            note(s.stop(STEP_TIMEOUT));
         }
         if let Some(h) = self.http.take() {
             note(h.stop(STEP_TIMEOUT));
@@ -1025,8 +1037,10 @@ fn start_title_socket(input: &Input, now: &NowPlaying, supervisor: &Supervisor) 
 
 /// Stops the admin thread. It may be waiting for this thread to answer an
 /// order: orders are dropped meanwhile, which tells it at once.
-fn stop_admin(admin: Worker<()>, inbox: &Mailbox<Inbox>) -> Result<(), WorkerError> {
+fn stop_admin(running: crate::admin::Running, inbox: &Mailbox<Inbox>) -> Result<(), WorkerError> {
+    let admin = running.worker;
     admin.stop_signal().stop();
+    running.desk.wake();
     let deadline = Instant::now() + STEP_TIMEOUT;
     while !admin.is_finished() && Instant::now() < deadline {
         while inbox.try_take().is_some() {}

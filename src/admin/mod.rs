@@ -102,7 +102,8 @@ pub trait Control: Send + 'static {
 
 /// The accept loop's side of the desk.
 pub struct DeskHandle {
-    tx: SyncSender<Box<DeskJob>>,
+    /// Jobs; `None` only wakes the thread to look at its stop signal.
+    tx: SyncSender<Option<Box<DeskJob>>>,
     throttle: Arc<Mutex<Throttle>>,
     counters: Arc<AdminCounters>,
 }
@@ -117,12 +118,22 @@ impl Desk for DeskHandle {
     }
 
     fn hand(&self, job: Box<DeskJob>) -> Result<(), Box<DeskJob>> {
-        self.tx.try_send(job).map_err(|e| {
-            self.counters.desk_busy.fetch_add(1, Ordering::Relaxed);
-            match e {
-                TrySendError::Full(j) | TrySendError::Disconnected(j) => j,
-            }
-        })
+        let Err(e) = self.tx.try_send(Some(job)) else {
+            return Ok(());
+        };
+        self.counters.desk_busy.fetch_add(1, Ordering::Relaxed);
+        let (TrySendError::Full(back) | TrySendError::Disconnected(back)) = e;
+        // What comes back is the job just sent.
+        back.map_or(Ok(()), Err)
+    }
+}
+
+impl DeskHandle {
+    /// Wakes the thread to see its stop signal: it has no timer of its own
+    /// but a calibration's (a full queue means it is at work and looks at
+    /// the signal after the job).
+    pub fn wake(&self) {
+        let _ = self.tx.try_send(None);
     }
 }
 
@@ -248,19 +259,24 @@ impl<C: Control> Admin<C> {
         Ok(Running { worker, desk })
     }
 
-    fn run(mut self, stop: &StopSignal, jobs: &Receiver<Box<DeskJob>>) {
+    fn run(mut self, stop: &StopSignal, jobs: &Receiver<Option<Box<DeskJob>>>) {
         lower_priority();
         self.settle();
         while !stop.is_stopped() {
-            let wait = if self.calibration.running() {
-                CALIBRATE_EVERY
+            let job = if self.calibration.running() {
+                match jobs.recv_timeout(CALIBRATE_EVERY) {
+                    Ok(job) => job,
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
             } else {
-                Duration::from_millis(200)
+                match jobs.recv() {
+                    Ok(job) => job,
+                    Err(_) => break,
+                }
             };
-            match jobs.recv_timeout(wait) {
-                Ok(job) => self.serve(*job),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+            if let Some(job) = job {
+                self.serve(*job);
             }
             self.calibrate_step(Instant::now());
         }

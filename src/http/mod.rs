@@ -44,7 +44,7 @@ use crate::broadcast::Station;
 use crate::hooks::TestHooks;
 use crate::live::Live;
 use crate::ratelog::LogGate;
-use crate::worker::{Notify, StopSignal, Supervisor, Worker, WorkerError};
+use crate::worker::{Notify, StopSignal, Supervisor, WakeFd, Worker, WorkerError};
 use server::{Answer, Handler, LoopStats};
 
 /// Seconds a refused listener is asked to wait before retrying.
@@ -227,6 +227,8 @@ struct Shared {
     bad_log: LogGate,
     /// Wakes the events thread: a page opened, or the server stops.
     page_opened: Notify,
+    /// Wakes the accept loop to see its stop signal (it has no timer).
+    wake: WakeFd,
 }
 
 pub struct HttpServer {
@@ -302,11 +304,12 @@ impl HttpServer {
             hooks,
             bad_log: LogGate::new(Duration::from_secs(1)),
             page_opened: Notify::new(),
+            wake: WakeFd::new()?,
         });
         let s = shared.clone();
         let mut workers = vec![Worker::spawn_supervised("http", supervisor, move |stop| {
             let guard = s.site.get().guard;
-            server::Server::new(listener, guard, &s.counters.conns).run(&stop, &*s);
+            server::Server::new(listener, guard, &s.counters.conns).run(&stop, &s.wake, &*s);
         })?];
         let s = shared.clone();
         workers.push(Worker::spawn_supervised("events", supervisor, move |stop| {
@@ -330,6 +333,7 @@ impl HttpServer {
         for w in &self.workers {
             w.stop_signal().stop();
         }
+        self.shared.wake.wake();
         self.shared.page_opened.notify();
         let mut result = Ok(());
         for w in self.workers {

@@ -26,10 +26,8 @@ use std::time::{Duration, Instant};
 use super::guard::{Cut, Limits, Pending};
 use super::request::{self, MAX_REQUEST, Parse, Refusal, Request};
 use crate::ratelog::LogGate;
-use crate::worker::StopSignal;
+use crate::worker::{StopSignal, WakeFd, readable};
 
-/// The longest the loop sleeps without looking at the stop signal.
-const POLL: Duration = Duration::from_millis(100);
 /// How long accepting pauses when the kernel is out of memory for sockets.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Bytes read from a socket at a time.
@@ -215,8 +213,11 @@ impl<'a> Server<'a> {
         }
     }
 
-    /// Serves until `stop`.
-    pub fn run(&mut self, stop: &StopSignal, handler: &dyn Handler) {
+    /// Serves until `stop`, which its owner raises and then wakes `wake`:
+    /// the loop sleeps until a socket is ready, a deadline of its own
+    /// passes (a request's header timeout, the end of an accept pause) or
+    /// `wake` is woken, never on a timer.
+    pub fn run(&mut self, stop: &StopSignal, wake: &WakeFd, handler: &dyn Handler) {
         let mut fds: Vec<libc::pollfd> = Vec::new();
         let mut ids: Vec<u64> = Vec::new();
         while !stop.is_stopped() {
@@ -238,20 +239,27 @@ impl<'a> Server<'a> {
                     revents: 0,
                 });
             }
-            let mut wait = POLL;
-            if let Some(d) = self.pending.next_deadline(self.limits.header_timeout) {
-                wait = wait.min(d.saturating_duration_since(now));
-            }
-            if let Some(t) = self.accept_paused_until {
-                wait = wait.min(t.saturating_duration_since(now));
-            }
+            fds.push(readable(wake.fd()));
+            let wait = [
+                self.pending.next_deadline(self.limits.header_timeout),
+                self.accept_paused_until,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(now));
             // Round up, so a deadline a fraction of a millisecond away does
-            // not spin.
-            let wait_ms = wait.as_micros().div_ceil(1000) as libc::c_int;
+            // not spin; -1 waits for a socket or the wake-up alone.
+            let wait_ms = wait.map_or(-1, |w| {
+                w.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int
+            });
             // SAFETY: `fds` is a live, correctly sized array of pollfd.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait_ms) };
             if n < 0 {
                 continue; // EINTR; nothing else is possible with valid arguments
+            }
+            if fds.last().is_some_and(|w| w.revents != 0) {
+                wake.clear();
             }
             for (i, id) in ids.iter().enumerate() {
                 if fds[i + 1].revents != 0 {
@@ -425,19 +433,53 @@ mod tests {
         }
     }
 
-    fn serve(limits: Limits) -> (Worker<()>, SocketAddr, Arc<LoopStats>) {
+    /// The loop on its thread; stopped (and woken to see it) on drop.
+    struct Serving {
+        worker: Option<Worker<()>>,
+        wake: Arc<WakeFd>,
+    }
+
+    impl Serving {
+        fn stop(mut self) {
+            self.end().expect("stopped within 2 s");
+        }
+
+        fn end(&mut self) -> Option<()> {
+            let worker = self.worker.take()?;
+            worker.stop_signal().stop();
+            self.wake.wake();
+            worker.stop(Duration::from_secs(2)).ok()
+        }
+    }
+
+    impl Drop for Serving {
+        fn drop(&mut self) {
+            self.end();
+        }
+    }
+
+    fn serve(limits: Limits) -> (Serving, SocketAddr, Arc<LoopStats>) {
         let listener = super::super::socket::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
         let stats = Arc::new(LoopStats::default());
         let s = stats.clone();
-        let w = Worker::spawn("http-test", move |stop| {
+        let wake = Arc::new(WakeFd::new().expect("eventfd"));
+        let w = wake.clone();
+        let worker = Worker::spawn("http-test", move |stop| {
             let echo = Echo {
                 joined: std::sync::Mutex::new(Vec::new()),
             };
-            Server::new(listener, limits, &s).run(&stop, &echo);
+            Server::new(listener, limits, &s).run(&stop, &w, &echo);
         })
         .expect("spawn");
-        (w, addr, stats)
+        (
+            Serving {
+                worker: Some(worker),
+                wake,
+            },
+            addr,
+            stats,
+        )
     }
 
     fn exchange(addr: SocketAddr, request: &[u8]) -> String {
@@ -482,7 +524,7 @@ mod tests {
         let mut buf = [0u8; 7];
         j.read_exact(&mut buf).expect("read");
         assert_eq!(&buf, b"joined\n");
-        w.stop(Duration::from_secs(2)).expect("stop");
+        w.stop();
     }
 
     #[test]
@@ -504,6 +546,6 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
-        w.stop(Duration::from_secs(2)).expect("stop");
+        w.stop();
     }
 }

@@ -33,7 +33,7 @@ use serde::Serialize;
 
 use crate::broadcast::Station;
 use crate::live::Live;
-use crate::worker::{StopSignal, Supervisor, Worker};
+use crate::worker::{StopSignal, Supervisor, Worker, WorkerError};
 use upnp::{Description, UpnpError, Url};
 
 /// How often the network is searched on its own.
@@ -118,6 +118,8 @@ struct Book {
 }
 
 enum Command {
+    /// Look at the stop signal (the thread has no timer of its own).
+    Wake,
     Search,
     Play(String, Sender<Result<(), String>>),
     Stop(String, Sender<Result<(), String>>),
@@ -216,6 +218,8 @@ impl SpeakersDesk {
 pub struct SpeakersInbox {
     rx: Receiver<Command>,
     book: Arc<Mutex<Book>>,
+    /// For [`SpeakersWorker::stop`].
+    wake: Sender<Command>,
 }
 
 /// A desk and the inbox it writes to.
@@ -224,11 +228,11 @@ pub fn desk(listening: Listening) -> (SpeakersDesk, SpeakersInbox) {
     let book = Arc::new(Mutex::new(Book::default()));
     (
         SpeakersDesk {
-            tx,
+            tx: tx.clone(),
             book: book.clone(),
             listening,
         },
-        SpeakersInbox { rx, book },
+        SpeakersInbox { rx, book, wake: tx },
     )
 }
 
@@ -237,15 +241,34 @@ pub fn start(
     inbox: SpeakersInbox,
     config: Arc<SpeakersConfig>,
     supervisor: &Supervisor,
-) -> std::io::Result<Worker<()>> {
-    Worker::spawn_supervised("speakers", supervisor, move |stop| {
+) -> std::io::Result<SpeakersWorker> {
+    let wake = inbox.wake.clone();
+    let worker = Worker::spawn_supervised("speakers", supervisor, move |stop| {
         Speakers {
             inbox: inbox.clone(),
             config: config.clone(),
             last_search: None,
         }
         .run(&stop)
-    })
+    })?;
+    Ok(SpeakersWorker { worker, wake })
+}
+
+/// The running "speakers" thread.
+pub struct SpeakersWorker {
+    worker: Worker<()>,
+    wake: Sender<Command>,
+}
+
+impl SpeakersWorker {
+    /// Stops the thread: it sleeps until its next search or a command, so
+    /// it is woken to see the stop (a full inbox means it is at work and
+    /// looks at the stop signal between steps anyway).
+    pub fn stop(self, timeout: Duration) -> Result<(), WorkerError> {
+        self.worker.stop_signal().stop();
+        let _ = self.wake.try_send(Command::Wake);
+        self.worker.stop(timeout)
+    }
 }
 
 /// The URL a renderer is given: Tower's address on its network (`via`,
@@ -274,9 +297,7 @@ impl Speakers {
     fn run(mut self, stop: &StopSignal) {
         let mut next = Instant::now() + FIRST_SEARCH;
         while !stop.is_stopped() {
-            let wait = next
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(200));
+            let wait = next.saturating_duration_since(Instant::now());
             match self.inbox.rx.recv_timeout(wait) {
                 Ok(Command::Search) => {
                     if self.last_search.is_none_or(|at| at.elapsed() >= SEARCH_GAP) {
@@ -304,7 +325,7 @@ impl Speakers {
 
     fn serve(&mut self, command: Command) {
         match command {
-            Command::Search => {}
+            Command::Wake | Command::Search => {}
             Command::Play(id, reply) => {
                 let _ = reply.send(self.play(&id));
             }
