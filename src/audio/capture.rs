@@ -55,6 +55,12 @@ pub const STALL_AFTER: Duration = Duration::from_secs(1);
 pub const REOPEN_MAX: Duration = Duration::from_secs(1);
 /// The first wait after a failure.
 pub const REOPEN_FIRST: Duration = Duration::from_millis(100);
+/// A card's capture level is set again this long after it was opened:
+/// ALSA's own restore (`alsa-restore.service`, and udev's rule when a card
+/// appears) runs `alsactl restore` or `init` on a card that has just come
+/// up, at the same moment Tower opens it, and may undo the first setting
+/// (seen in the image's boot test: 2 runs in 4).
+pub const LEVEL_AGAIN_AFTER: Duration = Duration::from_secs(2);
 
 /// Waits between attempts to open a device: 100 ms, doubling, at most 1 s.
 #[derive(Debug, Clone)]
@@ -415,6 +421,8 @@ struct CaptureLoop<'a> {
     level: Level,
     /// The gain on the PCM, for a card with no capture control.
     soft_gain: Option<SoftGain>,
+    /// When to set the card's level once more (see [`LEVEL_AGAIN_AFTER`]).
+    level_again_at: Option<Instant>,
     advisor: LevelAdvisor,
     hint: Option<Hint>,
     /// The last mixer warning, so a card that keeps refusing warns once.
@@ -453,6 +461,7 @@ impl<'a> CaptureLoop<'a> {
             tuning,
             level: config.level,
             soft_gain: None,
+            level_again_at: None,
             advisor: LevelAdvisor::default(),
             hint: None,
             mixer_warned: None,
@@ -483,6 +492,8 @@ impl<'a> CaptureLoop<'a> {
                     self.stats.set_state(DeviceState::Open);
                     let selection = self.source.selection();
                     self.apply_level(&selection);
+                    self.level_again_at = (selection.card.is_some() && self.level != Level::Keep)
+                        .then(|| Instant::now() + LEVEL_AGAIN_AFTER);
                     tracing::info!(
                         component = "capture",
                         device = self.source.device(),
@@ -546,6 +557,11 @@ impl<'a> CaptureLoop<'a> {
             self.retune(true);
             let result = self.source.read(&mut buf, READ_TIMEOUT);
             let now = Instant::now();
+            if self.level_again_at.is_some_and(|at| now >= at) {
+                self.level_again_at = None;
+                let selection = self.source.selection();
+                self.apply_level(&selection);
+            }
             match result {
                 Ok(0) => {
                     self.no_input(now);
@@ -951,6 +967,30 @@ mod tests {
                 .iter()
                 .all(|(card, level)| card == "Device" && *level == Level::Db(-6.0))
         );
+    }
+
+    #[test]
+    fn a_cards_level_is_set_again_after_alsas_own_restore_may_have_undone_it() {
+        let router = Arc::new(AudioInputRouter::new(1000));
+        let mixer = FakeMixer {
+            controls: vec![("Capture".into(), -20.0, 30.0)],
+            ..FakeMixer::default()
+        };
+        let calls = mixer.calls.clone();
+        let script = FakeCaptureScript {
+            paced: true,
+            ..FakeCaptureScript::default()
+        };
+        let opened = Instant::now();
+        let c = start_with("hw:CARD=Late,DEV=0", script, Level::Db(-9.0), mixer, &router);
+        let count = || calls.lock().expect("calls").len();
+        assert!(wait_for(|| count() >= 1), "set at the open");
+        assert!(wait_for(|| count() >= 2), "set again");
+        assert!(opened.elapsed() >= LEVEL_AGAIN_AFTER, "{:?}", opened.elapsed());
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count(), 2, "only once more");
+        assert_eq!(c.snapshot().opens, 1);
+        c.stop(Duration::from_secs(2)).expect("stop");
     }
 
     #[test]
