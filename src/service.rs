@@ -1301,26 +1301,31 @@ mod tests {
         assert!(warnings.is_empty(), "{warnings:?}");
         // The input: the capture thread was started again on the new device.
         assert_eq!(*devices.lock().expect("lock"), ["fake-a", "fake-b"]);
-        assert_eq!(service.status().input.device.name, "fake-b");
+        // Published by the new capture thread as it starts (slow under
+        // qemu-user).
+        eventually(|| service.status().input.device.name, "fake-b".to_string());
         // The LEDs: opened again on the new pins.
         let opened = pins.lock().expect("lock").clone();
         assert_eq!(opened.iter().map(|c| c.encoder_pin).collect::<Vec<_>>(), [17, 5]);
         // The station, the burst, the level, the fallback.
         assert_eq!(service.status().station.name, "Garden");
         assert_eq!(service.hub.burst_frames.load(std::sync::atomic::Ordering::Relaxed), 20);
-        let level = || service.status().input.gain.configured;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while level() != "-6.0 dB" && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(level(), "-6.0 dB");
-        let fallback = || service.status().input.fallback_source;
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while fallback() != crate::pump::fallback::FallbackKind::Silence && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(fallback(), crate::pump::fallback::FallbackKind::Silence);
+        eventually(|| service.status().input.gain.configured, "-6.0 dB".to_string());
+        eventually(
+            || service.status().input.fallback_source,
+            crate::pump::fallback::FallbackKind::Silence,
+        );
         assert!(service.stop().is_empty());
+    }
+
+    /// Asserts that `read` gives `want` within 5 s (what another thread
+    /// publishes).
+    fn eventually<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T, want: T) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while read() != want && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(read(), want);
     }
 
     #[test]
