@@ -492,8 +492,10 @@ impl<'a> CaptureLoop<'a> {
                     self.stats.set_state(DeviceState::Open);
                     let selection = self.source.selection();
                     self.apply_level(&selection);
-                    self.level_again_at = (selection.card.is_some() && self.level != Level::Keep)
-                        .then(|| Instant::now() + LEVEL_AGAIN_AFTER);
+                    // Only a card's own control can be undone by ALSA.
+                    let on_card = self.stats.info.lock().is_ok_and(|i| i.gain.hardware);
+                    self.level_again_at =
+                        (on_card && self.level != Level::Keep).then(|| Instant::now() + LEVEL_AGAIN_AFTER);
                     tracing::info!(
                         component = "capture",
                         device = self.source.device(),
@@ -973,7 +975,7 @@ mod tests {
     fn a_cards_level_is_set_again_after_alsas_own_restore_may_have_undone_it() {
         let router = Arc::new(AudioInputRouter::new(1000));
         let mixer = FakeMixer {
-            controls: vec![("Capture".into(), -20.0, 30.0)],
+            controls: vec![("Late".into(), -20.0, 30.0)],
             ..FakeMixer::default()
         };
         let calls = mixer.calls.clone();
