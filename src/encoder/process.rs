@@ -15,7 +15,7 @@ use std::io::{self, PipeReader, Write};
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use super::command::{EncoderCommand, WAV_HEADER_BYTES, input_preamble};
@@ -217,7 +217,12 @@ pub fn set_nonblocking(fd: &impl AsFd) -> io::Result<()> {
 /// Makes stdin non-blocking and writes the input's preamble (the WAV
 /// header, then silence: [`input_preamble`]) into a pipe made large enough
 /// for it; [`EncoderProcess::running`] makes it small again.
-fn prepare_stdin(stdin: &mut ChildStdin) -> io::Result<()> {
+///
+/// A process that has already closed its input (one that exits at once
+/// with an error) breaks the pipe: that is not a failure to start. It did
+/// start, and the supervisor reports how it ended (`process_exit`, with
+/// its exit code and its stderr), as it would a moment later.
+fn prepare_stdin(stdin: &mut (impl Write + AsFd)) -> io::Result<()> {
     set_nonblocking(stdin)?;
     // Best effort: a pipe that stays small only delays ffmpeg's start.
     let _ = nix::fcntl::fcntl(stdin.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(PREAMBLE_PIPE_BYTES));
@@ -229,6 +234,7 @@ fn prepare_stdin(stdin: &mut ChildStdin) -> io::Result<()> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             // The header always fits; what silence does not, ffmpeg waits for.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock && at >= WAV_HEADER_BYTES => break,
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => break,
             Err(e) => return Err(e),
         }
     }
@@ -448,6 +454,18 @@ mod tests {
         child.process.kill();
         let late = behind[10..].iter().filter(|b| **b > 1).count();
         assert!(late <= 7, "frames still held back after their write: {behind:?}");
+    }
+
+    #[test]
+    fn a_process_that_closed_its_input_before_the_preamble_has_started_all_the_same() {
+        // An encoder that exits at once with an error may be gone before
+        // its WAV header is written: that is its exit to report, not a
+        // failure to spawn (it was, and the CI saw `spawn_failed: Broken
+        // pipe` instead of `process_exit: exit code 1`).
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        let mut write = std::fs::File::from(write);
+        prepare_stdin(&mut write).expect("a broken pipe is not an error here");
     }
 
     #[test]
