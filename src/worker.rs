@@ -313,13 +313,23 @@ impl<T> Mailbox<T> {
     /// The next letter, waiting until one comes, `also` becomes readable
     /// (the caller's own wake-up, e.g. its signal pipe), or `deadline`
     /// passes (never, for `None`).
+    ///
+    /// The wake-up may still be set from a letter already taken (one taken
+    /// without waiting): that is no letter, so it is cleared and the wait
+    /// goes on. Cleared before looking, so a letter posted meanwhile is
+    /// seen now or wakes the next `poll`.
     pub fn wait(&self, also: Option<RawFd>, deadline: Option<Instant>) -> Option<T> {
-        if let Ok(letter) = self.rx.try_recv() {
-            return Some(letter);
+        loop {
+            if let Ok(letter) = self.rx.try_recv() {
+                return Some(letter);
+            }
+            let mut fds = [readable(self.wake.fd()), readable(also.unwrap_or(-1))];
+            if poll_until(&mut fds, deadline) == 0 || fds[1].revents != 0 {
+                // The deadline, a signal, or the caller's own wake-up.
+                return self.rx.try_recv().ok();
+            }
+            self.wake.clear();
         }
-        poll_until(&mut [readable(self.wake.fd()), readable(also.unwrap_or(-1))], deadline);
-        self.wake.clear();
-        self.rx.try_recv().ok()
     }
 
     /// The next letter if one is there, without waiting.
@@ -534,6 +544,32 @@ mod tests {
         );
         assert!(t0.elapsed() < Duration::from_secs(5));
         waker.join().expect("join");
+    }
+
+    #[test]
+    fn a_mailbox_waits_past_the_wake_up_of_a_letter_already_taken() {
+        let (post, mailbox) = Mailbox::new().expect("mailbox");
+        // Taken without waiting: its wake-up stays set.
+        post.send(1u8).expect("sent");
+        assert_eq!(mailbox.try_take(), Some(1));
+        let later = {
+            let post = post.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(50));
+                post.send(2u8).expect("sent");
+            })
+        };
+        let t0 = Instant::now();
+        assert_eq!(mailbox.wait(None, Some(t0 + Duration::from_secs(10))), Some(2));
+        later.join().expect("join");
+        // Nothing more: the wait lasts until its deadline.
+        let t0 = Instant::now();
+        assert_eq!(mailbox.wait(None, Some(t0 + Duration::from_millis(30))), None);
+        assert!(t0.elapsed() >= Duration::from_millis(30));
+        // The caller's own descriptor ends the wait, letter or not.
+        let own = WakeFd::new().expect("wake");
+        own.wake();
+        assert_eq!(mailbox.wait(Some(own.fd()), None), None);
     }
 
     #[test]
