@@ -23,11 +23,30 @@ pub struct Icecast {
 }
 
 /// A free TCP port on 127.0.0.1 (free now; nothing holds it).
+/// A free port for a server the test starts (and may restart on the same
+/// port). Taken below Linux's ephemeral range (32768–60999), never from
+/// it: while the server is down, a connect to a port in that range can be
+/// given that very port as its source and connect to itself (a TCP
+/// self-connect), which then holds the port, so the server cannot bind it
+/// again when it comes back. CI once saw Icecast "not back within 35 s".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let seed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    let mut x = seed | 1;
+    for _ in 0..1000 {
+        // xorshift: a different port each try, and per test process.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        let port = 20_000 + (x % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between 20000 and 32000");
 }
 
 /// Whether this process runs as root (and icecast2 must change owner).
@@ -123,7 +142,9 @@ impl Icecast {
         self.child = Some(child);
         let addr = self.addr();
         assert!(
-            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr).is_ok()),
+            // (A connection to itself is no Icecast.)
+            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr)
+                .is_ok_and(|s| s.local_addr().ok() != Some(addr))),
             "icecast2 did not come up:\n{}",
             self.error_log()
         );
