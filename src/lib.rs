@@ -31,6 +31,8 @@ pub mod ratelog;
 pub mod service;
 pub mod speakers;
 pub mod status;
+#[cfg(test)]
+mod testing;
 pub mod watchdog;
 pub mod wifi;
 pub mod worker;

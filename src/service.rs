@@ -1321,10 +1321,7 @@ mod tests {
     /// Asserts that `read` gives `want` within 5 s (what another thread
     /// publishes).
     fn eventually<T: PartialEq + std::fmt::Debug>(read: impl Fn() -> T, want: T) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while read() != want && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::testing::wait_until(Duration::from_secs(5), || read() == want);
         assert_eq!(read(), want);
     }
 

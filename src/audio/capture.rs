@@ -882,15 +882,8 @@ mod tests {
         assert_eq!(n, 1);
     }
 
-    fn wait_for(mut cond: impl FnMut() -> bool) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if cond() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        false
+    fn wait_for(cond: impl FnMut() -> bool) -> bool {
+        crate::testing::wait_until(Duration::from_secs(10), cond)
     }
 
     fn start(script: FakeCaptureScript, router: &Arc<AudioInputRouter>) -> Capture {

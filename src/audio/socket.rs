@@ -1006,13 +1006,7 @@ mod tests {
         }
         drop(p);
         let gone = Instant::now();
-        let wait = |cond: &dyn Fn() -> bool| {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while !cond() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            cond()
-        };
+        let wait = |cond: &dyn Fn() -> bool| crate::testing::wait_until(Duration::from_secs(10), cond);
         assert!(wait(&|| capture.snapshot().state == DeviceState::Unavailable));
         assert!(gone.elapsed() >= Duration::from_millis(900), "an outage after a second");
         let snap = capture.snapshot();

@@ -384,10 +384,7 @@ mod tests {
         w.write_all(format!(" B\n{}\nlast", "x".repeat(5000)).as_bytes())
             .expect("write");
         drop(w);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while log.lock().expect("log").len() < 4 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::testing::wait_until(Duration::from_secs(5), || log.lock().expect("log").len() >= 4);
         let titles: Vec<String> = log
             .lock()
             .expect("log")

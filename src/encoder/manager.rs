@@ -429,10 +429,7 @@ mod tests {
 
     /// Waits (5 s at most) until `m` is in `state`.
     fn wait_state(m: &EncoderManager, state: EncoderState) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while m.state() != state && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        crate::testing::wait_until(Duration::from_secs(5), || m.state() == state);
     }
 
     /// Runs `m` like the pump and the broadcast loop for `d`: one PCM frame

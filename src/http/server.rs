@@ -541,10 +541,7 @@ mod tests {
         let mut b = [0u8; 1];
         assert!(matches!(idle.read(&mut b), Ok(0) | Err(_)));
         assert_eq!(stats.cut_timeout.load(Ordering::Relaxed), 1);
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while stats.pending.load(Ordering::Relaxed) != 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::testing::wait_until(Duration::from_secs(2), || stats.pending.load(Ordering::Relaxed) == 0);
         assert_eq!(stats.pending.load(Ordering::Relaxed), 0);
         w.stop();
     }

@@ -606,13 +606,8 @@ mod tests {
             Arc::new(TestHooks::disabled()),
         )
         .expect("thread");
-        let wait = |want: bool, within: Duration| {
-            let deadline = Instant::now() + within;
-            while rec.level(Led::Amp) != Some(want) && Instant::now() < deadline {
-                std::thread::sleep(MS(5));
-            }
-            rec.level(Led::Amp) == Some(want)
-        };
+        let wait =
+            |want: bool, within: Duration| crate::testing::wait_until(within, || rec.level(Led::Amp) == Some(want));
         assert!(wait(false, Duration::from_secs(1)), "off while idle");
         program.store(true, Ordering::Relaxed);
         let on = Instant::now();

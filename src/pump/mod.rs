@@ -816,10 +816,7 @@ mod tests {
         )
         .expect("start");
         let stats = pump.stats();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while stats.snapshot().frames_fallback < 3 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        crate::testing::wait_until(Duration::from_secs(10), || stats.snapshot().frames_fallback >= 3);
         pump.stop(Duration::from_secs(2)).expect("stop");
         let snap = stats.snapshot();
         assert_eq!(snap.frames_live, 3);
