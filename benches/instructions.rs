@@ -150,7 +150,7 @@ fn child_pump() {
     while (manager.state() != EncoderState::Running || stats.ticks() < 50) && Instant::now() < deadline {
         let due = ticker.deadline();
         ticker.tick(due);
-        manager.wait(Instant::now());
+        manager.wait(Instant::now(), false);
         manager.drain(Instant::now, |_, _| {});
     }
     assert_eq!(manager.state(), EncoderState::Running);
@@ -158,7 +158,7 @@ fn child_pump() {
         let due = ticker.deadline();
         measured_tick(&mut ticker, due);
         // The fake encoder reads the pipe meanwhile (not counted).
-        manager.wait(Instant::now());
+        manager.wait(Instant::now(), false);
         manager.drain(Instant::now, |_, _| {});
     }
     let s = stats.snapshot();

@@ -96,7 +96,7 @@ fn restarts_of_a_forking_wrapper_leave_no_process_of_the_old_group_and_no_thread
                     next += Duration::from_millis(24);
                 }
                 m.drain(Instant::now, |_, _| {});
-                m.wait(Instant::now());
+                m.wait(Instant::now(), false);
             }
         })
     };

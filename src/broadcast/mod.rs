@@ -9,7 +9,9 @@
 //! until the pacer's next deadline (`EncoderManager::wait`). Neither side
 //! can block it: the hub drops slow listeners and each Icecast output has
 //! its own queue. Its turn counter feeds the systemd watchdog, so a hung
-//! loop gets the service restarted.
+//! loop gets the service restarted. With no listener and no Icecast
+//! target it gathers frames, waking once per pacer deadline, not once per
+//! frame (a box nobody is listening to wakes 12 times a second, not 42).
 
 pub mod icecast;
 pub mod title;
@@ -30,6 +32,16 @@ use icecast::Outputs;
 /// broadcasting to it must never block.
 pub trait Listeners: Send + Sync + 'static {
     fn broadcast(&self, frame: &Mp3Frame, now: Instant);
+    /// No one listens, and no one is about to: frames may be gathered
+    /// (`EncoderManager::wait`).
+    fn idle(&self) -> bool {
+        false
+    }
+    /// `wake` ends a gathering wait: to be called when a first listener
+    /// comes after [`Listeners::idle`] said true.
+    fn on_first(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = wake;
+    }
 }
 
 /// The running broadcast loop; [`Broadcast::stop`] ends and joins it.
@@ -48,6 +60,8 @@ impl Broadcast {
         hooks: Arc<TestHooks>,
     ) -> std::io::Result<Broadcast> {
         let turns = Arc::new(AtomicU64::new(0));
+        let enc = encoder.clone();
+        listeners.on_first(Box::new(move || enc.wake()));
         let (enc, counter) = (encoder.clone(), turns.clone());
         let worker = Worker::spawn_supervised("broadcast", supervisor, move |stop| {
             while !stop.is_stopped() {
@@ -57,7 +71,8 @@ impl Broadcast {
                     listeners.broadcast(frame, now);
                     outputs.offer(frame);
                 });
-                enc.wait(Instant::now());
+                let gather = listeners.idle() && outputs.is_empty();
+                enc.wait(Instant::now(), gather);
             }
         })?;
         Ok(Broadcast { worker, encoder, turns })

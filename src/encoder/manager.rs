@@ -203,11 +203,16 @@ impl EncoderManager {
 
     /// Waits for ffmpeg's output until silence becomes due (or 100 ms pass
     /// before the first frame ever), and moves the frames that arrived into
-    /// the ring for [`EncoderManager::drain`]. Broadcast thread only.
-    pub fn wait(&self, now: Instant) {
+    /// the ring for [`EncoderManager::drain`]. With `gather` (no one to
+    /// send to), frames are taken together at that deadline, not one by one
+    /// (see `reader`). Broadcast thread only.
+    pub fn wait(&self, now: Instant, gather: bool) {
         let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
         let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
-        self.reader.lock().unwrap_or_else(|p| p.into_inner()).wait(deadline);
+        self.reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .wait(deadline, gather);
     }
 
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
@@ -286,7 +291,7 @@ mod tests {
     fn read_for(m: &EncoderManager, d: Duration) {
         let until = Instant::now() + d;
         while Instant::now() < until {
-            m.reader.lock().expect("reader").wait(until);
+            m.reader.lock().expect("reader").wait(until, false);
         }
     }
 
@@ -450,6 +455,59 @@ mod tests {
             read_for(m, Duration::from_millis(2));
         }
         gap
+    }
+
+    #[test]
+    fn with_no_one_to_send_to_frames_are_gathered_and_a_wake_up_ends_the_wait() {
+        let m = manager(FakeLauncher::new(FakeMode::Healthy));
+        run_for(&m, Duration::from_millis(300));
+        assert_eq!(m.state(), EncoderState::Running);
+        let before = m.snapshot();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let turns = std::thread::scope(|s| {
+            // The pump: a frame every 24 ms for a second.
+            s.spawn(|| {
+                let (frame, mut next) = (PcmFrame::silent(), Instant::now());
+                for _ in 0..42 {
+                    m.write_pcm(&frame);
+                    next += FRAME_DURATION;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            // The broadcast loop with no listener.
+            let mut turns = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                m.drain(Instant::now, |_, _| {});
+                m.wait(Instant::now(), true);
+                turns += 1;
+            }
+            turns
+        });
+        m.drain(Instant::now, |_, _| {});
+        let after = m.snapshot();
+        let real = after.mp3_frames_out - before.mp3_frames_out;
+        let silence = after.silence_frames_out - before.silence_frames_out;
+        assert!(real >= 35, "{real} frames of 42");
+        // One turn per pacer deadline (3 to 4 frames), not one per frame.
+        assert!(turns * 2 <= real, "{turns} turns for {real} frames");
+        assert!(
+            silence <= 2,
+            "the pacer's margin covers the wait: {silence} silence frames"
+        );
+        // A wake-up (a first listener, a stop) ends a gathering wait at once.
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(30));
+                m.wake();
+            });
+            m.reader
+                .lock()
+                .expect("reader")
+                .wait(t0 + Duration::from_secs(30), true);
+        });
+        assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     }
 
     #[test]

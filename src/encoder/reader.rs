@@ -18,6 +18,17 @@
 //! wake-up: a new encoder's stdout is taken when the old one ends (it was
 //! killed) or at the latest when the timeout passes, as is a stop; with no
 //! encoder output to read, the reader waits in `poll(2)` on the wake-up.
+//!
+//! With no one to send to (no listener, no Icecast target), frames need
+//! not leave the socket one by one: the reader *gathers*. It sleeps in
+//! `poll(2)` on the wake-up alone until the pacer's deadline (silence would
+//! be due, 84 ms after the last frame: three or four frames) and then takes
+//! everything waiting in one `recv`. That is one wake-up per deadline, not
+//! one per frame, while the box sits idle. The pacer sees the same frames
+//! up to 60 ms later, within its silence margin, so it sends no silence and
+//! trims nothing for it. A first listener wakes it at once (`Hub::admit`),
+//! and `Hub::add` leaves out of its burst what the wait made stale, so the
+//! listener is no further behind live.
 
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
@@ -71,9 +82,25 @@ impl Reader {
     }
 
     /// Waits until `deadline` for ffmpeg's output, and moves every whole
-    /// frame that arrived into the ring.
-    pub fn wait(&mut self, deadline: Instant) {
+    /// frame that arrived into the ring; with `gather`, lets frames wait in
+    /// the socket until the deadline or a wake-up (see the module header).
+    pub fn wait(&mut self, deadline: Instant, gather: bool) {
         self.take_feed();
+        if gather && self.current.is_some() {
+            let wake = self.shared.reader_wake();
+            if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
+                wake.clear();
+                self.take_feed();
+            }
+            if let Some(c) = self.current.as_ref() {
+                match recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT) {
+                    Got::Bytes(n) => self.take(n),
+                    Got::Nothing => {}
+                    Got::End => self.end(),
+                }
+            }
+            return;
+        }
         let Some(c) = self.current.as_mut() else {
             let wake = self.shared.reader_wake();
             if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {

@@ -784,7 +784,7 @@ mod tests {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                reader.wait(Instant::now() + Duration::from_millis(20));
+                reader.wait(Instant::now() + Duration::from_millis(20), false);
             }
         });
         Rig {

@@ -218,6 +218,8 @@ struct Inner {
     listeners: Vec<Listener>,
     /// The last [`MAX_BURST_FRAMES`] frames, oldest first.
     recent: VecDeque<Mp3Frame>,
+    /// When the newest of them was broadcast.
+    recent_at: Option<Instant>,
     next_id: u64,
 }
 
@@ -235,6 +237,10 @@ pub struct Hub {
     admitted: AtomicUsize,
     /// The same, per client address (addresses with none are removed).
     per_address: Mutex<HashMap<IpAddr, usize>>,
+    /// Called when a first client is admitted: frames were gathered while
+    /// no one listened, and must flow one by one again
+    /// ([`crate::broadcast::Listeners::idle`]).
+    on_first: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     counters: Counters,
 }
 
@@ -273,10 +279,12 @@ impl Hub {
             inner: Mutex::new(Inner {
                 listeners: Vec::new(),
                 recent: VecDeque::new(),
+                recent_at: None,
                 next_id: 1,
             }),
             admitted: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
+            on_first: std::sync::OnceLock::new(),
             counters: Counters::default(),
         }
     }
@@ -307,12 +315,17 @@ impl Hub {
             Err(why)
         };
         let max = self.config.max_listeners;
-        let ok = self
+        let before = self
             .admitted
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .is_ok();
-        if !ok {
-            return refuse(Refusal::Full, &self.counters.rejected_full, max);
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
+        match before {
+            Err(_) => return refuse(Refusal::Full, &self.counters.rejected_full, max),
+            Ok(0) => {
+                if let Some(wake) = self.on_first.get() {
+                    wake();
+                }
+            }
+            Ok(_) => {}
         }
         let mut per_address = self.per_address.lock().unwrap_or_else(|p| p.into_inner());
         let mine = per_address.entry(ip).or_insert(0);
@@ -393,7 +406,16 @@ impl Hub {
             connected_at: now,
             bytes: 0,
         };
-        let skip = inner.recent.len().saturating_sub(burst);
+        // Frames gathered while no one listened may not all have come yet
+        // (see `Listeners::idle`): what is missing of the newest, beyond
+        // the one due about now, comes in a moment, so as many of the
+        // oldest are left out, and the listener is no further behind live
+        // than its burst. Frames flowing one by one are never missing.
+        let periods = inner.recent_at.map_or(0, |at| {
+            now.saturating_duration_since(at).as_nanos() / self.config.frame.as_nanos().max(1)
+        });
+        let stale = usize::try_from(periods).unwrap_or(usize::MAX).saturating_sub(1);
+        let skip = inner.recent.len().saturating_sub(burst.saturating_sub(stale).max(1));
         listener.queue.extend(inner.recent.iter().skip(skip).cloned());
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
@@ -464,6 +486,7 @@ impl Hub {
                 inner.recent.pop_front();
             }
             inner.recent.push_back(frame.clone());
+            inner.recent_at = Some(now);
             let turn = self.counters.frames.load(Ordering::Relaxed);
             let mut i = 0;
             while i < inner.listeners.len() {
@@ -554,6 +577,18 @@ impl Hub {
 impl crate::broadcast::Listeners for Hub {
     fn broadcast(&self, frame: &Mp3Frame, now: Instant) {
         Hub::broadcast(self, frame, now);
+    }
+
+    /// No client admitted (a connection being set up counts: its burst is
+    /// about to be taken).
+    fn idle(&self) -> bool {
+        self.admitted() == 0
+    }
+
+    /// Called when a first client is admitted (set once; later calls are
+    /// ignored).
+    fn on_first(&self, wake: Box<dyn Fn() + Send + Sync>) {
+        let _ = self.on_first.set(wake);
     }
 }
 
@@ -744,6 +779,39 @@ mod tests {
         let a = FakeSink::open(usize::MAX);
         join(&h, &a, t0);
         assert_eq!(a.get().data, vec![7; 384]);
+    }
+
+    #[test]
+    fn a_first_listener_wakes_a_gathering_loop_and_is_no_further_behind_live_than_its_burst() {
+        use crate::broadcast::Listeners;
+        let h = hub_with_burst(5);
+        let woken = Arc::new(AtomicUsize::new(0));
+        let w = woken.clone();
+        h.on_first(Box::new(move || {
+            w.fetch_add(1, Ordering::SeqCst);
+        }));
+        assert!(h.idle());
+        let t0 = Instant::now();
+        for t in 0..30u8 {
+            h.broadcast(&frame(t), t0 + P * u32::from(t));
+        }
+        // Frames were gathered: the newest came 3.5 periods ago, so frames
+        // 30 and 31 are still in the encoder's socket (32 is due now).
+        let a = FakeSink::open(usize::MAX);
+        join(&h, &a, t0 + P * 29 + P * 7 / 2);
+        assert_eq!(woken.load(Ordering::SeqCst), 1, "the first admission wakes the loop");
+        assert!(!h.idle());
+        assert_eq!(a.get().data, (27..30u8).flat_map(|t| vec![t; 384]).collect::<Vec<u8>>());
+        // The woken loop brings them: the listener holds its burst of 5.
+        h.broadcast(&frame(30), t0 + P * 33);
+        h.broadcast(&frame(31), t0 + P * 33);
+        assert_eq!(a.get().data.len(), 5 * 384);
+        // A second listener wakes nothing; frames flowing one by one (the
+        // next one due now) leave nothing out.
+        let b = FakeSink::open(usize::MAX);
+        join(&h, &b, t0 + P * 34);
+        assert_eq!(woken.load(Ordering::SeqCst), 1);
+        assert_eq!(b.get().data, (27..32u8).flat_map(|t| vec![t; 384]).collect::<Vec<u8>>());
     }
 
     #[test]
