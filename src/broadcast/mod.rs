@@ -11,7 +11,7 @@
 //! its own queue. Its turn counter feeds the systemd watchdog, so a hung
 //! loop gets the service restarted. With no listener and no Icecast
 //! target it gathers frames, waking once per pacer deadline, not once per
-//! frame (a box nobody is listening to wakes 12 times a second, not 42).
+//! frame (a box nobody listens to: about 10 wake-ups a second, not 42).
 
 pub mod icecast;
 pub mod title;
