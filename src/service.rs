@@ -221,6 +221,9 @@ pub enum Turn {
 /// A change, prepared: the stages' new settings, and what was built
 /// before anything changed.
 pub struct Prepared {
+    /// What runs once it is applied (restart-only keys at their running
+    /// values: `config::change::live_part`).
+    running: Config,
     settings: Settings,
     takers: BTreeSet<Taker>,
     /// The new capture source, when the input changes (a socket already
@@ -260,6 +263,9 @@ struct Rebuild {
     book: RestartBook,
     /// Restarts waiting for their time.
     due: Vec<(Instant, String)>,
+    /// The configuration running now: the one Tower started with, and the
+    /// live part of each change since.
+    running: Config,
 }
 
 /// A running Tower.
@@ -552,6 +558,7 @@ impl Service {
                 speakers: speakers_rebuild,
                 book: RestartBook::default(),
                 due: Vec::new(),
+                running: config.clone(),
             },
         })
     }
@@ -602,7 +609,8 @@ impl Service {
     /// changes: a new capture source (a socket bound), a new fallback (its
     /// WAV read).
     fn prepare(&mut self, proposal: &Proposal) -> Result<Prepared, FieldErrors> {
-        let settings = proposal.loaded.config.settings();
+        let running = crate::config::change::live_part(&proposal.loaded.config, &self.rebuild.running);
+        let settings = running.settings();
         let takers: BTreeSet<Taker> = proposal.changed.iter().map(|k| taker(k)).collect();
         let mut warnings = BTreeMap::new();
         let mut source = None;
@@ -628,13 +636,14 @@ impl Service {
             fallback = Some(made);
         }
         let command = if takers.contains(&Taker::Encoder) {
-            let (command, _) = encoder_command(&proposal.loaded.config)
+            let (command, _) = encoder_command(&running)
                 .map_err(|e| FieldErrors::from([("encoder.args".to_string(), e.to_string())]))?;
             Some(command)
         } else {
             None
         };
         Ok(Prepared {
+            running,
             settings,
             takers,
             source,
@@ -647,6 +656,7 @@ impl Service {
     /// Hands each stage its new settings, in its own type. The one table
     /// of who takes which change (keys to takers: `config::change::taker`).
     fn apply(&mut self, mut p: Prepared) -> BTreeMap<String, String> {
+        self.rebuild.running = p.running.clone();
         let s = &p.settings;
         let mut warnings = std::mem::take(&mut p.warnings);
         for taker in &p.takers {
@@ -1279,6 +1289,37 @@ mod tests {
         let proposal = propose(loaded, &asked).expect("valid change");
         let prepared = service.prepare(&proposal).expect("prepared");
         service.apply(prepared)
+    }
+
+    #[test]
+    fn a_live_change_beside_a_restart_only_one_takes_nothing_of_it_early() {
+        let (mut service, loaded, _, _) = fake_service("listen = \"127.0.0.1:0\"\n[gpio]\nenabled = false\n");
+        let asked: Vec<(String, Incoming)> = [
+            ("encoder.bitrate_kbps", serde_json::json!(192)),
+            ("mp3.sample_rate", serde_json::json!(44100)),
+            ("ffmpeg", serde_json::json!("/opt/other/ffmpeg")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), Incoming::Json(v)))
+        .collect();
+        let proposal = propose(&loaded, &asked).expect("valid change");
+        let prepared = service.prepare(&proposal).expect("prepared");
+        let command = prepared.command.clone().expect("the bitrate relaunches the encoder");
+        let line = command.to_string();
+        assert!(line.contains("192k"), "{line}");
+        assert_eq!(command.program, "ffmpeg", "ffmpeg waits for the restart: {line}");
+        assert!(!line.contains("44100"), "the sample rate waits for the restart: {line}");
+        service.apply(prepared);
+        let site = service.rebuild.site.get();
+        assert_eq!((site.bitrate_kbps, site.sample_rate), (192, 48_000));
+        // The next change starts from what runs, not from the file.
+        let asked = vec![("station.name".to_string(), Incoming::Json(serde_json::json!("Garden")))];
+        let prepared = service
+            .prepare(&propose(&proposal.loaded, &asked).expect("valid"))
+            .expect("prepared");
+        assert_eq!(prepared.running.mp3.sample_rate, 48_000);
+        assert_eq!(prepared.running.encoder.bitrate_kbps, 192);
+        service.stop();
     }
 
     #[test]

@@ -294,6 +294,50 @@ pub fn diff(old: &Config, new: &Config) -> Vec<String> {
     keys
 }
 
+/// What Tower runs once a change's live part is applied: `proposed`, with
+/// every key that only a restart changes ([`Taker::Restart`]) kept at its
+/// value in `running`. The stages are handed this, so no value that waits
+/// for a restart reaches one early (a new bitrate must not relaunch ffmpeg
+/// at a pending `mp3.sample_rate`, or with a pending `ffmpeg`).
+pub fn live_part(proposed: &Config, running: &Config) -> Config {
+    let (Ok(mut table), Ok(old)) = (toml::Table::try_from(proposed), toml::Table::try_from(running)) else {
+        return running.clone();
+    };
+    for key in diff(running, proposed) {
+        if taker(&key) != Taker::Restart {
+            continue;
+        }
+        let (section, name) = match key.split_once('.') {
+            Some((s, n)) => (s, Some(n)),
+            None => (key.as_str(), None),
+        };
+        let kept = match name {
+            Some(n) => old.get(section).and_then(|t| t.get(n)),
+            None => old.get(section),
+        }
+        .cloned();
+        let (place, n) = match name {
+            Some(n) if kept.is_some() => (
+                table
+                    .entry(section)
+                    .or_insert_with(|| Value::Table(toml::Table::new()))
+                    .as_table_mut(),
+                n,
+            ),
+            Some(n) => (table.get_mut(section).and_then(Value::as_table_mut), n),
+            None => (Some(&mut table), section),
+        };
+        if let Some(t) = place {
+            match kept {
+                Some(v) => t.insert(n.to_string(), v),
+                None => t.remove(n),
+            };
+        }
+    }
+    // Both were whole configurations: the mix is one too.
+    Value::Table(table).try_into().unwrap_or_else(|_| running.clone())
+}
+
 /// A value as the journal and the history show it: secrets as `***`.
 pub fn shown(key: &str, value: Option<&Value>) -> String {
     match value {
