@@ -44,9 +44,13 @@ pub enum SaveError {
     )]
     ChangedOnDisk { path: PathBuf },
     #[error(
-        "the configuration helper (tower-config-commit) did not answer within {0:?}; is tower-config-commit.path running?"
+        "the configuration helper (tower-config-commit) did not answer within {0:?}, so the change was withdrawn and nothing was saved; is tower-config-commit.path running?"
     )]
     NoAnswer(Duration),
+    #[error(
+        "the configuration helper (tower-config-commit) took the change but did not answer within {0:?}: it may have been saved; reload the page to see what the file says now"
+    )]
+    NoOutcome(Duration),
     #[error("the configuration helper could not save: {0}")]
     Helper(String),
     #[error("refused: {0}")]
@@ -266,7 +270,10 @@ impl SpoolStore {
         let answer = self.spool.join(SPOOL_OUT).join(format!("{id}.result"));
         let _ = fs::remove_file(&answer);
         let request = self.spool.join(SPOOL_IN).join(format!("{id}.{kind}"));
-        hand_over(&request, text).map_err(|source| SaveError::Write { path: request, source })?;
+        hand_over(&request, text).map_err(|source| SaveError::Write {
+            path: request.clone(),
+            source,
+        })?;
         let deadline = Instant::now() + self.timeout;
         loop {
             if let Ok(result) = fs::read_to_string(&answer) {
@@ -279,7 +286,12 @@ impl SpoolStore {
                 };
             }
             if Instant::now() >= deadline {
-                return Err(SaveError::NoAnswer(self.timeout));
+                // Withdrawn while still waiting, it can never be saved
+                // later behind the page's back; gone, the helper has it.
+                return Err(match fs::remove_file(&request) {
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => SaveError::NoOutcome(self.timeout),
+                    _ => SaveError::NoAnswer(self.timeout),
+                });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -728,6 +740,37 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o640);
         assert_eq!(fs::read_dir(spool.join(SPOOL_IN)).expect("dir").count(), 0);
+    }
+
+    #[test]
+    fn a_request_the_helper_never_answers_is_withdrawn_or_said_to_be_in_doubt() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let spool = dir.path().join("spool");
+        for d in [spool.join(SPOOL_IN), spool.join(SPOOL_OUT)] {
+            fs::create_dir_all(d).expect("mkdir");
+        }
+        let mut store = SpoolStore::new(spool.clone(), "tower.toml".into());
+        store.timeout = Duration::from_millis(100);
+        // No helper: withdrawn, so a helper started later cannot save it.
+        let e = store.save(GOOD, NEW).expect_err("no answer");
+        assert!(matches!(e, SaveError::NoAnswer(_)), "{e}");
+        assert!(e.to_string().contains("nothing was saved"), "{e}");
+        assert_eq!(fs::read_dir(spool.join(SPOOL_IN)).expect("dir").count(), 0);
+        // A helper that takes the request and hangs: in doubt, and said so.
+        let inbox = spool.join(SPOOL_IN);
+        let taker = std::thread::spawn(move || {
+            crate::testing::wait_until(Duration::from_secs(5), || {
+                fs::read_dir(&inbox)
+                    .expect("dir")
+                    .filter_map(Result::ok)
+                    .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                    .any(|e| fs::remove_file(e.path()).is_ok())
+            })
+        });
+        let e = store.save(GOOD, NEW).expect_err("no answer");
+        assert!(taker.join().expect("join"), "the request was never taken");
+        assert!(matches!(e, SaveError::NoOutcome(_)), "{e}");
+        assert!(e.to_string().contains("may have been saved"), "{e}");
     }
 
     #[test]
