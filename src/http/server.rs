@@ -223,7 +223,7 @@ impl<'a> Server<'a> {
         while !stop.is_stopped() {
             handler.turn();
             let now = Instant::now();
-            let accepting = self.accept_paused_until.is_none_or(|t| now >= t);
+            let accepting = resume_when_due(&mut self.accept_paused_until, now);
             fds.clear();
             ids.clear();
             fds.push(libc::pollfd {
@@ -345,6 +345,7 @@ impl<'a> Server<'a> {
     }
 
     fn pause_accepting(&mut self, e: &io::Error) {
+        // (Ended by `resume_when_due`, or by the next connection admitted.)
         if let Some(suppressed) = self.accept_log.allow(Instant::now()) {
             tracing::error!(component = "http", error = %e, suppressed, "cannot accept connections; retrying");
         }
@@ -404,6 +405,16 @@ impl<'a> Server<'a> {
         }
         self.forget(id);
     }
+}
+
+/// Whether to accept connections now: yes, unless a pause (out of file
+/// descriptors) is still on; a pause whose time has come is cleared, so
+/// the loop's wait never has a deadline in the past (it would spin).
+fn resume_when_due(paused_until: &mut Option<Instant>, now: Instant) -> bool {
+    if paused_until.is_some_and(|t| now >= t) {
+        *paused_until = None;
+    }
+    paused_until.is_none()
 }
 
 #[cfg(test)]
@@ -496,6 +507,20 @@ mod tests {
         per_address: 100,
         total: 100,
     };
+
+    #[test]
+    fn a_pause_in_accepting_ends_at_its_time_and_leaves_no_past_deadline() {
+        let t0 = Instant::now();
+        let mut paused = Some(t0 + ACCEPT_PAUSE);
+        assert!(!resume_when_due(&mut paused, t0));
+        assert_eq!(paused, Some(t0 + ACCEPT_PAUSE), "still on: the wait ends at it");
+        assert!(resume_when_due(&mut paused, t0 + ACCEPT_PAUSE));
+        assert_eq!(
+            paused, None,
+            "a deadline left in the past would make every poll return at once"
+        );
+        assert!(resume_when_due(&mut paused, t0 + ACCEPT_PAUSE * 2));
+    }
 
     #[test]
     fn requests_are_answered_refused_or_joined_and_the_connection_closes() {
