@@ -411,18 +411,37 @@ pub fn commit(spool: &Path, target: &Path, wifi: Option<&WifiTarget>, publish: O
 }
 
 /// The request's text, if it is a regular file of at most `max` bytes.
+/// Opened without following a symbolic link and without waiting (a FIFO),
+/// then checked through the descriptor itself: the helper runs as root,
+/// and a name swapped between a check and an open must not make it read
+/// another file or hang.
 fn read_request(request: &Path, max: usize) -> Result<Vec<u8>, SaveError> {
-    let meta = fs::symlink_metadata(request).map_err(|source| SaveError::Write {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let failed = |source| SaveError::Write {
         path: request.to_path_buf(),
         source,
-    })?;
+    };
+    let not_a_request = || SaveError::Invalid(format!("not a regular file of at most {max} bytes"));
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(request)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_a_request(),
+            _ => failed(e),
+        })?;
+    let meta = file.metadata().map_err(failed)?;
     if !meta.is_file() || meta.len() as usize > max {
-        return Err(SaveError::Invalid(format!("not a regular file of at most {max} bytes")));
+        return Err(not_a_request());
     }
-    fs::read(request).map_err(|source| SaveError::Write {
-        path: request.to_path_buf(),
-        source,
-    })
+    let mut text = Vec::with_capacity(meta.len() as usize);
+    // At most one byte more than allowed: a file still growing is refused.
+    file.take(max as u64 + 1).read_to_end(&mut text).map_err(failed)?;
+    if text.len() > max {
+        return Err(not_a_request());
+    }
+    Ok(text)
 }
 
 fn commit_one(request: &Path, target: &Path) -> Result<(), SaveError> {
@@ -866,10 +885,13 @@ mod tests {
             .and_then(|f| f.set_modified(old))
             .expect("age");
         fs::write(inbox.join(".1-5.toml.part"), "being written").expect("write");
+        // A FIFO would hang a helper that opened it to read (no writer).
+        nix::unistd::mkfifo(&inbox.join("1-6.toml"), nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
         assert_eq!(commit(&spool, &config, Some(&wifi), None).expect("commit"), 0);
         assert!(answer(&spool, "1-1").starts_with("error: refused: not a request"));
         assert!(answer(&spool, "1-2").starts_with("error: refused: not a regular file"));
         assert!(answer(&spool, "1-3").starts_with("error: refused: not a regular file"));
+        assert!(answer(&spool, "1-6").starts_with("error: refused: not a regular file"));
         let left: Vec<String> = fs::read_dir(&inbox)
             .expect("dir")
             .map(|e| e.expect("entry").file_name().to_string_lossy().to_string())
