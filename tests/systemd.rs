@@ -71,7 +71,9 @@ fn ready_then_watchdog_pings_only_while_the_pump_ticks_then_stopping() {
     // decodes.
     let gap = listener.max_gap_since(stalled - Duration::from_millis(500));
     eprintln!("listener through a 2 s pump hang: largest gap between frames {gap:?}");
-    assert!(gap < Duration::from_millis(150), "{gap:?} without a frame");
+    // 150 ms of pacing and scheduling, plus up to 3 frames (72 ms) a
+    // default-burst listener's gathered write may hold (as in faults.rs).
+    assert!(gap < Duration::from_millis(150 + 72), "{gap:?} without a frame");
     common::faults::assert_intact(&tower, &[&listener]);
 
     let (status, _) = tower.terminate();
