@@ -86,30 +86,25 @@ impl Reader {
     /// the socket until the deadline or a wake-up (see the module header).
     pub fn wait(&mut self, deadline: Instant, gather: bool) {
         self.take_feed();
-        if gather && self.current.is_some() {
+        // With no output to read, or frames to gather: the wake-up alone.
+        let reading = self.current.is_some();
+        if gather || !reading {
             let wake = self.shared.reader_wake();
             if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
                 wake.clear();
                 self.take_feed();
             }
-            if let Some(c) = self.current.as_ref() {
-                match recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT) {
-                    Got::Bytes(n) => self.take(n),
-                    Got::Nothing => {}
-                    Got::End => self.end(),
-                }
+            if !reading {
+                return;
             }
-            return;
         }
-        let Some(c) = self.current.as_mut() else {
-            let wake = self.shared.reader_wake();
-            if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
-                wake.clear();
-                self.take_feed();
-            }
-            return;
+        let Some(c) = self.current.as_mut() else { return };
+        // Gathered frames are taken without waiting: the wait was above.
+        let left = if gather {
+            Duration::ZERO
+        } else {
+            deadline.saturating_duration_since(Instant::now())
         };
-        let left = deadline.saturating_duration_since(Instant::now());
         let got = if left.is_zero() {
             recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT)
         } else {
