@@ -86,6 +86,11 @@ impl Liquidsoap {
         self.feeder.sent()
     }
 
+    /// The thread that plays the input into its FIFO.
+    pub fn feeder_tid(&self) -> Option<u32> {
+        self.feeder.tid()
+    }
+
     /// Its log, for messages when something goes wrong.
     pub fn log_text(&self) -> String {
         let mut s = String::new();

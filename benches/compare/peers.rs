@@ -175,6 +175,18 @@ impl Running {
         }
     }
 
+    /// The bench's thread that plays the input into the chain in real
+    /// time, the work Tower's pump does inside Tower (and DarkIce's capture
+    /// inside DarkIce): Icecast's source's and Liquidsoap's feeder. Tower
+    /// has none.
+    pub fn input_thread(&self) -> Option<u32> {
+        match self {
+            Running::Tower(_) => None,
+            Running::Icecast(s, _) => s.feeder_tid(),
+            Running::Liquidsoap(l) => l.feeder_tid(),
+        }
+    }
+
     /// The server's own account (Tower's /status).
     pub fn status(&self) -> Value {
         match self {

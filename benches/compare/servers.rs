@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -157,6 +157,8 @@ fn replace_element(xml: &str, name: &str, value: &str) -> String {
 pub struct Feeder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The thread's id (0 until it runs), for its CPU time.
+    tid: Arc<AtomicU32>,
     /// When each frame carrying a click onset was written.
     clicks: Arc<Mutex<Vec<Instant>>>,
 }
@@ -171,20 +173,29 @@ impl Feeder {
     {
         let stop = Arc::new(AtomicBool::new(false));
         let clicks = Arc::new(Mutex::new(Vec::new()));
+        let tid = Arc::new(AtomicU32::new(0));
         let thread = {
-            let (stop, clicks) = (stop.clone(), clicks.clone());
-            thread::Builder::new()
-                .name(name.into())
-                .spawn(move || match open(&stop) {
+            let (stop, clicks, id) = (stop.clone(), clicks.clone(), tid.clone());
+            thread::Builder::new().name(name.into()).spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                id.store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
+                match open(&stop) {
                     Ok(out) => feed(out, &pcm, &stop, &clicks),
                     Err(e) => eprintln!("feeder: cannot open its output: {e}"),
-                })?
+                }
+            })?
         };
         Ok(Feeder {
             stop,
             thread: Some(thread),
+            tid,
             clicks,
         })
+    }
+
+    /// The thread's id, once it runs: `/proc/TID/stat` gives its CPU time.
+    pub fn tid(&self) -> Option<u32> {
+        Some(self.tid.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
     pub fn sent(&self) -> Vec<Instant> {
@@ -212,9 +223,15 @@ impl Drop for Feeder {
 }
 
 /// Writes `pcm` frame by frame, looped, every 24 ms until `stop`.
+/// The onsets are found before the first write, so that the thread's CPU
+/// time is that of playing the input alone (`Running::input_thread`).
 fn feed(mut out: impl Write, pcm: &[u8], stop: &AtomicBool, clicks: &Mutex<Vec<Instant>>) {
     let frames: Vec<&[u8]> = pcm.chunks_exact(FRAME_BYTES).collect();
+    // Which frames hold an onset: on the first pass through the PCM, and
+    // on every later one (the loop's end leads into its start).
     let mut onsets = Onsets::default();
+    let first: Vec<bool> = frames.iter().map(|f| onsets.feed_pcm(f)).collect();
+    let later: Vec<bool> = frames.iter().map(|f| onsets.feed_pcm(f)).collect();
     let mut next = Instant::now();
     let mut i = 0usize;
     while !stop.load(Ordering::Relaxed) && !frames.is_empty() {
@@ -222,7 +239,8 @@ fn feed(mut out: impl Write, pcm: &[u8], stop: &AtomicBool, clicks: &Mutex<Vec<I
         if out.write_all(frame).is_err() {
             return;
         }
-        if onsets.feed_pcm(frame) {
+        let onset = if i < frames.len() { &first } else { &later };
+        if onset[i % frames.len()] {
             clicks.lock().unwrap_or_else(|p| p.into_inner()).push(Instant::now());
         }
         i += 1;
@@ -280,6 +298,11 @@ impl Source {
 
     pub fn sent(&self) -> Vec<Instant> {
         self.feeder.sent()
+    }
+
+    /// The thread that plays the input into ffmpeg.
+    pub fn feeder_tid(&self) -> Option<u32> {
+        self.feeder.tid()
     }
 }
 
