@@ -111,8 +111,8 @@ use perf::Counts;
 use report::{Better, Report};
 use servers::{Hog, StockConfig, own};
 use support::{
-    BYTES_PER_S_128K, ClickRig, cpu_percent, first_byte_times, listen_clicks_for, p50_p99_max, pair_clicks, percentile,
-    proc_stat,
+    BYTES_PER_S_128K, ClickRig, cpu_percent, first_byte_times, listen_clicks_for, own_thread_ticks, p50_p99_max,
+    pair_clicks, percentile, proc_stat,
 };
 
 /// The trade-off the held and lag parts also measure: Tower with this
@@ -504,19 +504,16 @@ fn wakeups_by_thread(pid: u32) -> std::collections::BTreeMap<String, u64> {
 fn idle(server: &Running, window: Duration, count: bool) -> Idle {
     let chain = server.chain();
     let mut perf = attach_perf(server, count);
-    let input: Vec<u32> = server.input_thread().into_iter().chain(server.feeder()).collect();
-    let (before, woke, fed) = (ticks(&chain), wakeups_by_thread(server.pid()), ticks(&input));
+    let (thread, feeder) = (server.input_thread().unwrap_or(0), server.feeder().unwrap_or(0));
+    let input_ticks = || own_thread_ticks(thread) + proc_stat(feeder).0;
+    let (before, woke, fed) = (ticks(&chain), wakeups_by_thread(server.pid()), input_ticks());
     let t0 = Instant::now();
     switch_perf(&mut perf, true);
     thread::sleep(window);
     switch_perf(&mut perf, false);
-    let (after, woken, fed_after) = (ticks(&chain), wakeups_by_thread(server.pid()), ticks(&input));
+    let (after, woken, fed_after) = (ticks(&chain), wakeups_by_thread(server.pid()), input_ticks());
     let elapsed = t0.elapsed();
-    let input_cpu = fed
-        .iter()
-        .zip(&fed_after)
-        .map(|(b, a)| cpu_percent(*b, *a, elapsed))
-        .sum();
+    let input_cpu = cpu_percent(fed, fed_after, elapsed);
     let cpu: Vec<f64> = before
         .iter()
         .zip(&after)
@@ -616,7 +613,7 @@ fn hold(server: &Running, n: usize, window: Duration, count: bool) -> Held {
     thread::sleep(Duration::from_millis(500));
     let feeder = server.feeder().unwrap_or(0);
     let input = server.input_thread().unwrap_or(0);
-    let (c0, f0, i0, own0) = (ticks(&chain), proc_stat(feeder).0, proc_stat(input).0, own_cpu());
+    let (c0, f0, i0, own0) = (ticks(&chain), proc_stat(feeder).0, own_thread_ticks(input), own_cpu());
     let t0 = Instant::now();
     switch_perf(&mut perf, true);
     load.begin_window();
@@ -632,7 +629,7 @@ fn hold(server: &Running, n: usize, window: Duration, count: bool) -> Held {
     switch_perf(&mut perf, false);
     load.end_window();
     let elapsed = t0.elapsed();
-    let (c1, f1, i1, own1) = (ticks(&chain), proc_stat(feeder).0, proc_stat(input).0, own_cpu());
+    let (c1, f1, i1, own1) = (ticks(&chain), proc_stat(feeder).0, own_thread_ticks(input), own_cpu());
     let cpu: Vec<f64> = c0.iter().zip(&c1).map(|(a, b)| cpu_percent(*a, *b, elapsed)).collect();
     let status = server.status();
     let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -72,6 +72,15 @@ pub fn proc_stat(pid: u32) -> (u64, u64) {
     (utime + stime, rss_kb)
 }
 
+/// CPU ticks (user + system) of thread `tid` of this process alone:
+/// `/proc/TID/stat` would sum every thread of the process.
+pub fn own_thread_ticks(tid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}
+
 /// CPU use of a process between two readings of [`proc_stat`], in % of
 /// one core.
 pub fn cpu_percent(ticks_before: u64, ticks_after: u64, elapsed: Duration) -> f64 {
