@@ -694,6 +694,8 @@ impl Service {
                         title,
                         ..s.station.clone()
                     });
+                    let (kbps, rate) = (u64::from(s.bitrate_kbps), s.mp3_sample_rate);
+                    self.board.outputs.retune(&s.station, kbps, rate);
                 }
                 Taker::Http => {
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
@@ -738,8 +740,11 @@ impl Service {
                         let reason = "the owner changed encoder settings";
                         self.encoder.relaunch((self.rebuild.encoder)(command), reason);
                     }
-                    // New listeners' headers name the new bitrate.
+                    // New listeners' headers, and each Icecast target's next
+                    // connect, name the new bitrate.
                     self.rebuild.site.set(Site::new(&s.site, self.station.clone()));
+                    let (kbps, rate) = (u64::from(s.bitrate_kbps), s.mp3_sample_rate);
+                    self.board.outputs.retune(&s.station, kbps, rate);
                 }
                 // The admin thread keeps the password itself.
                 Taker::Admin | Taker::Restart => {}

@@ -94,6 +94,22 @@ impl IcecastTarget {
     fn default_method() -> String {
         "put".into()
     }
+
+    /// A target at `url` with `password`, everything else its default.
+    #[cfg(test)]
+    pub(crate) fn at(url: &str, password: &str) -> IcecastTarget {
+        IcecastTarget {
+            url: url.into(),
+            user: Self::default_user(),
+            password: password.into(),
+            name: None,
+            description: None,
+            genre: None,
+            public: false,
+            method: Self::default_method(),
+            only_while_program: false,
+        }
+    }
 }
 
 /// Where a target is, parsed from its `url`.
@@ -346,7 +362,11 @@ struct Output {
     tx: Sender<Mp3Frame>,
     /// The worker's end of the queue, kept to start a new worker on it.
     rx: Receiver<Mp3Frame>,
-    request: String,
+    target: IcecastTarget,
+    endpoint: Endpoint,
+    /// The source request, sent at each connect: rebuilt by
+    /// [`Outputs::retune`] when the station or the bitrate changes.
+    request: Arc<Mutex<String>>,
     name: String,
     shared: Arc<Shared>,
     resolver: Arc<dyn Resolve>,
@@ -501,7 +521,15 @@ impl Outputs {
             let output = Output {
                 tx,
                 rx,
-                request: source_request(target, &endpoint, station, bitrate_kbps, sample_rate),
+                request: Arc::new(Mutex::new(source_request(
+                    target,
+                    &endpoint,
+                    station,
+                    bitrate_kbps,
+                    sample_rate,
+                ))),
+                target: target.clone(),
+                endpoint: endpoint.clone(),
                 name: format!("icecast-{i}"),
                 shared,
                 resolver: resolver.clone(),
@@ -568,6 +596,18 @@ impl Outputs {
             .collect()
     }
 
+    /// The station or the bitrate changed: each target's next connect
+    /// names the new ones (`Ice-Name`, `Ice-Bitrate`…). A source that is
+    /// streaming keeps its connection, and so its old headers: Icecast ends
+    /// a mount's listeners when its source goes away (unless the mount has
+    /// a fallback), and the frames themselves carry their bitrate.
+    pub fn retune(&self, station: &Station, bitrate_kbps: u64, sample_rate: u32) {
+        for o in self.read().iter() {
+            let request = source_request(&o.target, &o.endpoint, station, bitrate_kbps, sample_rate);
+            *o.request.lock().unwrap_or_else(|p| p.into_inner()) = request;
+        }
+    }
+
     /// Stops every worker (their connections close) within `timeout` in
     /// all; later calls do nothing.
     pub fn stop(&self, timeout: Duration) -> Vec<WorkerError> {
@@ -604,7 +644,7 @@ enum Ended {
 struct Task<'a> {
     stop: &'a StopSignal,
     shared: &'a Shared,
-    request: &'a str,
+    request: &'a Mutex<String>,
     rx: &'a Receiver<Mp3Frame>,
     hooks: &'a TestHooks,
 }
@@ -779,6 +819,7 @@ fn attempt(task: &Task<'_>, lookups: &mut Lookups, on_accepted: &mut dyn FnMut()
     let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::SndBuf, &SEND_BUFFER);
     let _ = s.set_write_timeout(Some(SLICE));
     let _ = s.set_read_timeout(Some(SLICE));
+    let request = request.lock().unwrap_or_else(|p| p.into_inner()).clone();
     if let Err(ended) = write_all(&mut s, request.as_bytes(), stop) {
         return ended.context("sending the source request");
     }
@@ -1195,29 +1236,8 @@ mod tests {
             Err(Ended::Stopped)
         ));
         // A worker stuck in a lookup stops when asked.
-        let target = IcecastTarget {
-            url: "http://hangs.example:8000/live".into(),
-            user: "source".into(),
-            password: "p".into(),
-            name: None,
-            description: None,
-            genre: None,
-            public: false,
-            method: "put".into(),
-            only_while_program: false,
-        };
-        let hooks = Arc::new(TestHooks::disabled());
-        let outputs = Outputs::start_with(
-            &[target],
-            &Station::default(),
-            128,
-            48_000,
-            &Supervisor::none(),
-            &hooks,
-            Arc::new(|| true),
-            Arc::new(Hanging::default()),
-        )
-        .expect("start");
+        let target = IcecastTarget::at("http://hangs.example:8000/live", "p");
+        let outputs = start_one(target);
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(outputs.snapshot()[0].state, OutputState::Connecting);
         let errors = outputs.stop(Duration::from_millis(400));
@@ -1303,5 +1323,65 @@ mod tests {
         assert!(why.contains("Mountpoint in use"), "{why}");
         assert!(matches!(classify("SSH-2.0-OpenSSH"), Answer::Failed(_)));
         assert!(matches!(classify("HTTP/1.1 500 Internal\r\n\r\n"), Answer::Failed(_)));
+    }
+
+    /// Outputs feeding `target` alone, at 128 kbit/s, always on, with a
+    /// resolver whose lookups hang (the tests use literal addresses).
+    fn start_one(target: IcecastTarget) -> Outputs {
+        let hooks = Arc::new(TestHooks::disabled());
+        Outputs::start_with(
+            &[target],
+            &Station::default(),
+            128,
+            48_000,
+            &Supervisor::none(),
+            &hooks,
+            Arc::new(|| true),
+            Arc::new(Hanging::default()),
+        )
+        .expect("start")
+    }
+
+    /// Accepts one connection on `l` and reads its request's headers.
+    fn request_on(l: &std::net::TcpListener) -> String {
+        let (mut c, _) = l.accept().expect("the worker connects");
+        c.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"\r\n\r\n") {
+            let n = c.read(&mut buf).expect("the request");
+            assert!(n > 0, "closed before the end of the request");
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(got).expect("text")
+    }
+
+    #[test]
+    fn a_new_bitrate_or_station_is_named_at_the_next_connect() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let target = IcecastTarget::at(
+            &format!("http://127.0.0.1:{}/live", l.local_addr().expect("addr").port()),
+            "p",
+        );
+        let outputs = start_one(target);
+        let first = request_on(&l);
+        assert!(
+            first.contains("Ice-Bitrate: 128\r\n") && first.contains("Ice-Name: Tower\r\n"),
+            "{first}"
+        );
+        let hall = Station {
+            name: "Hall".into(),
+            ..Station::default()
+        };
+        outputs.retune(&hall, 192, 48_000);
+        // The first connection ends unanswered: the worker connects again.
+        let second = request_on(&l);
+        assert!(second.contains("Ice-Bitrate: 192\r\n"), "{second}");
+        assert!(
+            second.contains("ice-bitrate=192;") && second.contains("Ice-Name: Hall\r\n"),
+            "{second}"
+        );
+        let errors = outputs.stop(Duration::from_millis(400));
+        assert!(errors.is_empty(), "{errors:?}");
     }
 }

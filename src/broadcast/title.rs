@@ -406,17 +406,7 @@ mod tests {
 
     #[test]
     fn the_update_request_names_the_mount_and_encodes_the_title_as_utf8() {
-        let target = IcecastTarget {
-            url: "http://h:8000/live".into(),
-            user: "source".into(),
-            password: "hackme".into(),
-            name: None,
-            description: None,
-            genre: None,
-            public: false,
-            method: "put".into(),
-            only_while_program: false,
-        };
+        let target = IcecastTarget::at("http://h:8000/live", "hackme");
         let ep = Endpoint::parse(&target.url).expect("url");
         let rq = metadata_request(&target, &ep, "Brötchen & Co");
         assert!(
