@@ -1073,11 +1073,42 @@ struct ServiceControl {
     speakers: Option<SpeakersDesk>,
 }
 
+/// Why an order got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unanswered {
+    /// The service's thread is gone or dropped the order: Tower stops.
+    Stopping,
+    /// No answer within [`ORDER_TIMEOUT`]: the service's thread is busy
+    /// (it may still carry the order out).
+    Busy,
+}
+
+impl Unanswered {
+    fn text(self) -> String {
+        match self {
+            Unanswered::Stopping => "Tower is stopping".into(),
+            Unanswered::Busy => format!(
+                "Tower is busy and did not answer within {} s; try again in a moment",
+                ORDER_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+/// Posts `order` to the service's `inbox` and waits up to `within` for
+/// its answer.
+fn ask<T>(inbox: &Post<Inbox>, within: Duration, order: impl FnOnce(SyncSender<T>) -> Order) -> Result<T, Unanswered> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    inbox.send(Inbox::Order(order(tx))).map_err(|_| Unanswered::Stopping)?;
+    rx.recv_timeout(within).map_err(|e| match e {
+        std::sync::mpsc::RecvTimeoutError::Timeout => Unanswered::Busy,
+        std::sync::mpsc::RecvTimeoutError::Disconnected => Unanswered::Stopping,
+    })
+}
+
 impl ServiceControl {
-    fn ask<T>(&self, order: impl FnOnce(SyncSender<T>) -> Order) -> Option<T> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.inbox.send(Inbox::Order(order(tx))).ok()?;
-        rx.recv_timeout(ORDER_TIMEOUT).ok()
+    fn ask<T>(&self, order: impl FnOnce(SyncSender<T>) -> Order) -> Result<T, Unanswered> {
+        ask(&self.inbox, ORDER_TIMEOUT, order)
     }
 }
 
@@ -1086,12 +1117,20 @@ impl Control for ServiceControl {
 
     fn prepare(&self, proposal: &Proposal) -> Result<Prepared, FieldErrors> {
         self.ask(|reply| Order::Prepare(Box::new(proposal.clone()), reply))
-            .unwrap_or_else(|| Err(FieldErrors::from([("(settings)".into(), "Tower is stopping".into())])))
+            .unwrap_or_else(|why| Err(FieldErrors::from([("(settings)".into(), why.text())])))
     }
 
     fn apply(&self, prepared: Prepared) -> BTreeMap<String, String> {
-        self.ask(|reply| Order::Apply(Box::new(prepared), reply))
-            .unwrap_or_else(|| BTreeMap::from([("(settings)".into(), "saved; Tower is stopping".into())]))
+        self.ask(|reply| Order::Apply(Box::new(prepared), reply)).unwrap_or_else(|why| {
+            let text = match why {
+                Unanswered::Stopping => "saved; Tower is stopping".into(),
+                Unanswered::Busy => format!(
+                    "saved; Tower is busy and did not confirm within {} s: the change takes effect when it gets to it",
+                    ORDER_TIMEOUT.as_secs()
+                ),
+            };
+            BTreeMap::from([("(settings)".into(), text)])
+        })
     }
 
     fn restart(&self) {
@@ -1294,6 +1333,28 @@ mod tests {
         let proposal = propose(loaded, &asked).expect("valid change");
         let prepared = service.prepare(&proposal).expect("prepared");
         service.apply(prepared)
+    }
+
+    #[test]
+    fn an_order_unanswered_says_whether_tower_is_busy_or_stopping() {
+        let loaded = load_text(None, &[], &Overrides::default()).expect("defaults");
+        let proposal = propose(&loaded, &[]).expect("no change");
+        // An order that keeps its reply channel, as the desk's do.
+        let order = |reply| Order::Prepare(Box::new(proposal.clone()), reply);
+        let within = Duration::from_millis(20);
+        // Nobody reads the inbox in time: busy, not stopping.
+        let (post, mailbox) = Mailbox::<Inbox>::new().expect("mailbox");
+        assert!(matches!(ask(&post, within, order), Err(Unanswered::Busy)));
+        // The order is taken and dropped unanswered (the service stops).
+        let taker = std::thread::spawn(move || drop(mailbox.wait(None, None)));
+        assert!(matches!(
+            ask(&post, Duration::from_secs(5), order),
+            Err(Unanswered::Stopping)
+        ));
+        taker.join().expect("taker");
+        // The inbox is gone.
+        assert!(matches!(ask(&post, within, order), Err(Unanswered::Stopping)));
+        assert!(Unanswered::Busy.text().contains("busy"));
     }
 
     #[test]
