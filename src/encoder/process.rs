@@ -103,8 +103,11 @@ pub trait EncoderProcess: Send {
     fn try_wait(&mut self) -> io::Result<Option<ExitInfo>>;
     /// Ends the process at once and reaps it.
     fn kill(&mut self) -> ExitInfo;
-    /// Its first MP3 frame came out (what it needed at start is done).
-    fn running(&mut self) {}
+    /// Its first MP3 frame came out: undoes what it needed at start. False
+    /// while that cannot be done yet: call again a moment later.
+    fn running(&mut self) -> bool {
+        true
+    }
 }
 
 /// Starts encoder processes.
@@ -241,6 +244,11 @@ fn prepare_stdin(stdin: &mut (impl Write + AsFd)) -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `pipe` [`STDIN_PIPE_BYTES`] again; `EBUSY` while it holds more.
+fn shrink_pipe(pipe: BorrowedFd<'_>) -> nix::Result<()> {
+    nix::fcntl::fcntl(pipe, nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES)).map(drop)
+}
+
 /// A pidfd for `pid` (Linux 5.3 and later; `None` before).
 fn pidfd_open(pid: u32) -> Option<OwnedFd> {
     // SAFETY: plain syscall; on success the descriptor is ours alone.
@@ -337,13 +345,18 @@ impl EncoderProcess for FfmpegProcess {
         self.reap()
     }
 
-    /// The preamble is read: stdin's pipe goes back to [`STDIN_PIPE_BYTES`]
-    /// (best effort), and the copy of its descriptor is closed, so that
-    /// closing stdin still ends ffmpeg's input.
-    fn running(&mut self) {
-        if let Some(pipe) = self.stdin_pipe.take() {
-            let _ = nix::fcntl::fcntl(pipe.as_fd(), nix::fcntl::FcntlArg::F_SETPIPE_SZ(STDIN_PIPE_BYTES));
+    /// The preamble is read: stdin's pipe goes back to [`STDIN_PIPE_BYTES`],
+    /// and the copy of its descriptor is closed, so that closing stdin
+    /// still ends ffmpeg's input. False while the pipe holds more than
+    /// that (the PCM written while ffmpeg started, not read yet): it
+    /// cannot shrink then, and would let 0.7 s queue up for good.
+    fn running(&mut self) -> bool {
+        let Some(pipe) = &self.stdin_pipe else { return true };
+        if shrink_pipe(pipe.as_fd()) == Err(nix::errno::Errno::EBUSY) {
+            return false;
         }
+        self.stdin_pipe = None;
+        true
     }
 }
 
@@ -454,6 +467,35 @@ mod tests {
         child.process.kill();
         let late = behind[10..].iter().filter(|b| **b > 1).count();
         assert!(late <= 7, "frames still held back after their write: {behind:?}");
+    }
+
+    #[test]
+    fn stdin_is_made_small_again_once_what_queued_at_start_is_read() {
+        let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+        let size = |fd: &OwnedFd| nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_GETPIPE_SZ).expect("size");
+        nix::fcntl::fcntl(
+            write_end.as_fd(),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(PREAMBLE_PIPE_BYTES),
+        )
+        .expect("grow");
+        // ffmpeg's first frame came while 7 PCM frames still wait in it.
+        let mut writer = std::fs::File::from(write_end.try_clone().expect("dup"));
+        writer.write_all(&[0u8; 7 * 4608]).expect("fill");
+        let mut process = FfmpegProcess {
+            child: Command::new("sleep").arg("5").spawn().expect("sleep"),
+            pidfd: None,
+            stdin_pipe: Some(write_end),
+            done: None,
+        };
+        assert!(!process.running(), "cannot shrink below what it holds");
+        assert!(process.stdin_pipe.is_some(), "kept for the next try");
+        let mut reader = std::fs::File::from(read_end);
+        let mut buf = vec![0u8; 6 * 4608];
+        reader.read_exact(&mut buf).expect("ffmpeg reads");
+        assert!(process.running());
+        assert!(process.stdin_pipe.is_none(), "the copy of stdin is closed");
+        assert_eq!(size(&writer.into()), STDIN_PIPE_BYTES);
+        process.kill();
     }
 
     #[test]

@@ -45,6 +45,11 @@ const STDERR_LINE: usize = 4096;
 /// fake, or a kernel before 5.3): without one, an exit that leaves the
 /// pipes open is only seen by looking.
 const CHECK_EVERY: Duration = Duration::from_millis(100);
+/// How often, and for how long, a running encoder is asked again to undo
+/// what it needed at start ([`EncoderProcess::running`]): ffmpeg empties
+/// its input pipe within a frame or two once it keeps up.
+const SETTLE_EVERY: Duration = Duration::from_millis(24);
+const SETTLE_WITHIN: Duration = Duration::from_secs(5);
 /// After stdout EOF, how long to wait for the exit status (to report
 /// `process_exit` with its code rather than a bare `eof`).
 const EXIT_GRACE: Duration = Duration::from_millis(50);
@@ -373,9 +378,28 @@ struct Instance {
     budget: LineBudget,
     started: Instant,
     running_since: Option<Instant>,
+    /// Until when [`EncoderProcess::running`] is asked again, while it
+    /// says its start is not undone yet.
+    settling_until: Option<Instant>,
 }
 
 impl Instance {
+    /// Asks the process again to undo its start, until it has or
+    /// [`SETTLE_WITHIN`] passed.
+    fn settle(&mut self, now: Instant) {
+        let Some(until) = self.settling_until else { return };
+        if self.process.running() {
+            self.settling_until = None;
+        } else if now >= until {
+            self.settling_until = None;
+            tracing::warn!(
+                component = "encoder",
+                "ffmpeg's input pipe stayed full for {} s after its start (it is not keeping up): it stays at its start size, so up to 0.7 s of PCM may queue before ffmpeg",
+                SETTLE_WITHIN.as_secs()
+            );
+        }
+    }
+
     /// Logs what ffmpeg wrote on stderr since the last look, line by line,
     /// and keeps the last lines for failure reports.
     fn read_stderr(&mut self, shared: &Shared) {
@@ -454,6 +478,7 @@ impl Loop {
             }
             if let Some(c) = self.current.as_mut() {
                 c.read_stderr(&self.shared);
+                c.settle(Instant::now());
             }
             self.check(Instant::now());
         }
@@ -493,6 +518,9 @@ impl Loop {
         if c.process.exit_fd().is_none() {
             next = earliest(next, now + CHECK_EVERY);
         }
+        if c.settling_until.is_some() {
+            next = earliest(next, now + SETTLE_EVERY);
+        }
         next
     }
 
@@ -530,7 +558,7 @@ impl Loop {
                 let now = Instant::now();
                 if let Some(c) = self.current.as_mut() {
                     c.running_since = Some(now);
-                    c.process.running();
+                    c.settling_until = (!c.process.running()).then_some(now + SETTLE_WITHIN);
                     let ms = now.saturating_duration_since(c.started).as_millis();
                     self.transition(EncoderState::Running, format!("first MP3 frame {ms} ms after start"));
                 }
@@ -666,6 +694,7 @@ impl Loop {
             budget: LineBudget::new(20, Duration::from_secs(10)),
             started: now,
             running_since: None,
+            settling_until: None,
         });
     }
 
