@@ -262,7 +262,10 @@ pub struct Liveness {
 
 impl Liveness {
     /// A failure if the instance started at `started` has broken a rule by
-    /// `now`, given when it last produced an MP3 frame.
+    /// `now`, given when it last produced an MP3 frame. While STARTING the
+    /// last frame is not looked at: the supervisor leaves STARTING when it
+    /// takes the first frame's notice, and a time written late by the
+    /// reader for the instance before must not switch the timeout off.
     pub fn check(
         &self,
         state: EncoderState,
@@ -271,7 +274,7 @@ impl Liveness {
         now: Instant,
     ) -> Option<FailureKind> {
         match (state, last_frame) {
-            (EncoderState::Starting, None) if now.saturating_duration_since(started) > self.startup_timeout => {
+            (EncoderState::Starting, _) if now.saturating_duration_since(started) > self.startup_timeout => {
                 Some(FailureKind::StartupTimeout)
             }
             (EncoderState::Running, Some(last)) if now.saturating_duration_since(last) > self.stall_timeout => {
@@ -287,7 +290,7 @@ impl Liveness {
     pub fn next_check(&self, state: EncoderState, started: Instant, last_frame: Option<Instant>) -> Option<Instant> {
         let margin = Duration::from_millis(1);
         match (state, last_frame) {
-            (EncoderState::Starting, None) => Some(started + self.startup_timeout + margin),
+            (EncoderState::Starting, _) => Some(started + self.startup_timeout + margin),
             (EncoderState::Running, Some(last)) => Some(last + self.stall_timeout + margin),
             _ => None,
         }
@@ -409,6 +412,15 @@ mod tests {
         assert_eq!(
             l.check(Starting, t0, None, t0 + s(6)),
             Some(FailureKind::StartupTimeout)
+        );
+        // A frame time left by the instance before does not stop the clock.
+        assert_eq!(
+            l.check(Starting, t0, Some(t0), t0 + s(6)),
+            Some(FailureKind::StartupTimeout)
+        );
+        assert_eq!(
+            l.next_check(Starting, t0, Some(t0)),
+            Some(t0 + s(5) + Duration::from_millis(1))
         );
         assert_eq!(l.check(Running, t0, Some(t0 + s(10)), t0 + s(12)), None);
         assert_eq!(
