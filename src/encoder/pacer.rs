@@ -110,6 +110,16 @@ impl Pacer {
         self.in_silence
     }
 
+    /// Whether frames now would come in a burst that the pacer trims:
+    /// the first ever, the first after silence or from a new encoder, and
+    /// those of the short while after.
+    pub fn settling(&self, now: Instant) -> bool {
+        self.anchor.is_none()
+            || self.in_silence
+            || self.new_encoder
+            || self.settle_until.is_some_and(|until| now < until)
+    }
+
     /// A new encoder has started: its frames from now on come in a burst.
     pub fn new_encoder(&mut self) {
         self.new_encoder = true;
