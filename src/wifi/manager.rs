@@ -257,7 +257,7 @@ impl Radio {
             (Want::Station, Some(config)) => Role::Station(config.clone()),
             _ => Role::Station(self.base(country)),
         };
-        if self.role.as_ref() == Some(&role) && self.child.is_some() {
+        if self.role.as_ref() == Some(&role) && self.child_running() {
             return;
         }
         let to_hotspot = matches!(role, Role::Hotspot(_));
@@ -335,6 +335,40 @@ impl Radio {
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }
+        }
+    }
+
+    /// Whether wpa_supplicant still runs. One that died (a crash, its
+    /// interface gone and back) is forgotten, with the phones it had, so
+    /// that [`Radio::apply`] starts it again: else a hotspot's phone would
+    /// stay counted and hold off the retry of the saved network forever.
+    fn child_running(&mut self) -> bool {
+        let Some(child) = self.child.as_mut() else { return false };
+        match child.try_wait() {
+            Ok(None) => true,
+            Ok(Some(status)) => {
+                tracing::warn!(component = "wifi", "wpa_supplicant ended ({status}); starting it again");
+                self.child = None;
+                self.cmd = None;
+                self.events = None;
+                self.phones.clear();
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Undoes a hotspot left set up by a manager that ended without
+    /// undoing it (a crash, a kill): its network file would otherwise give
+    /// the interface a static address and a DHCP server on whichever
+    /// network it joins next.
+    fn clear_leftover_hotspot(&mut self) {
+        if self.opts.network_dir.join(HOTSPOT_NETWORK).exists() {
+            tracing::warn!(
+                component = "wifi",
+                "undoing the setup hotspot's network left by the last run"
+            );
+            self.hotspot_network(false);
         }
     }
 
@@ -592,6 +626,7 @@ pub fn run_manager(opts: Options, stop: &AtomicBool) -> Result<(), ManagerError>
     let status_file = opts.dir.join("status");
     let radio_path = PathBuf::from("/sys/class/net").join(&opts.interface);
     let mut radio = Radio::new(opts.clone());
+    radio.clear_leftover_hotspot();
     let mut plan = Plan::new(start, opts.retry);
     let mut last_state: Option<(WifiState, Instant)> = None;
     let mut last_mode: Option<(Mode, Option<String>)> = None;
@@ -867,5 +902,46 @@ mod tests {
         std::fs::remove_file(&file).expect("rm");
         assert!(f.refresh(&opts));
         assert_eq!(f.saved, Saved::None);
+    }
+
+    fn radio_in(dir: &Path) -> Radio {
+        Radio::new(Options {
+            interface: "tower-test-none".into(),
+            wifi_txt: dir.join("wifi.txt"),
+            check: dir.join("wifi-setup"),
+            dir: dir.to_path_buf(),
+            tower_config: dir.join("tower.toml"),
+            ctrl_dir: dir.join("ctrl"),
+            network_dir: dir.join("network"),
+            retry: Duration::from_secs(300),
+        })
+    }
+
+    #[test]
+    fn a_wpa_supplicant_that_died_is_started_again_and_its_phones_forgotten() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut radio = radio_in(dir.path());
+        assert!(!radio.child_running());
+        let mut child = Command::new("true").spawn().expect("true");
+        let _ = child.wait();
+        radio.child = Some(child);
+        radio.phones.insert("02:00:00:00:02:00".into());
+        assert!(!radio.child_running(), "an ended child is not running");
+        assert!(radio.child.is_none() && radio.phones.is_empty());
+        radio.child = Some(Command::new("sleep").arg("30").spawn().expect("sleep"));
+        assert!(radio.child_running());
+        radio.stop_child();
+    }
+
+    #[test]
+    fn a_hotspot_network_left_by_the_last_run_is_undone_at_start() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut radio = radio_in(dir.path());
+        let file = dir.path().join("network").join(HOTSPOT_NETWORK);
+        std::fs::create_dir_all(file.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&file, hotspot_network("tower-test-none")).expect("write");
+        radio.clear_leftover_hotspot();
+        assert!(!file.exists(), "the static address and DHCP server are gone");
+        assert!(!radio.hotspot_up);
     }
 }

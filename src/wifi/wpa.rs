@@ -36,8 +36,12 @@ impl Ctrl {
     /// Sends `command`, returns the answer (events that arrive meanwhile,
     /// `<N>…`, are skipped: use another socket for them).
     pub fn request(&self, command: &str) -> io::Result<String> {
-        self.socket.send(command.as_bytes())?;
         let mut buf = vec![0u8; 16 * 1024];
+        // An answer that came after its command timed out is still queued:
+        // left there, it would be taken for this command's answer, and
+        // every later one would be shifted by one.
+        while self.stale_answer(&mut buf) {}
+        self.socket.send(command.as_bytes())?;
         loop {
             let n = self.socket.recv(&mut buf)?;
             let text = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -45,6 +49,13 @@ impl Ctrl {
                 return Ok(text);
             }
         }
+    }
+
+    /// Takes one datagram that is already waiting, if any.
+    fn stale_answer(&self, buf: &mut [u8]) -> bool {
+        use std::os::fd::AsRawFd;
+        let flags = nix::sys::socket::MsgFlags::MSG_DONTWAIT;
+        nix::sys::socket::recv(self.socket.as_raw_fd(), buf, flags).is_ok_and(|n| n > 0)
     }
 
     /// Makes this socket receive events; then read them with [`Ctrl::events`].
@@ -190,6 +201,25 @@ pub fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_that_came_too_late_is_not_taken_for_the_next_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (server, local) = (dir.path().join("wlan0"), dir.path().join("tower"));
+        let fake = UnixDatagram::bind(&server).expect("bind");
+        let ctrl = Ctrl::open(&server, local.clone()).expect("open");
+        // The answer to a command that timed out arrives late.
+        fake.send_to(b"OK\n", &local).expect("late answer");
+        let answering = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = fake.recv_from(&mut buf).expect("a command");
+            assert_eq!(&buf[..n], b"STATUS");
+            let to = from.as_pathname().expect("a named socket").to_path_buf();
+            fake.send_to(b"wpa_state=COMPLETED\n", to).expect("answer");
+        });
+        assert_eq!(ctrl.request("STATUS").expect("answer"), "wpa_state=COMPLETED\n");
+        answering.join().expect("fake");
+    }
 
     #[test]
     fn events_that_matter_are_read_the_rest_ignored() {
