@@ -25,7 +25,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSo
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, sockopt};
 
@@ -154,7 +154,8 @@ fn bind_free(addr: SocketAddrV4, ty: SockType) -> io::Result<OwnedFd> {
 
 /// Serves DNS on `dns` and HTTP on `http` (ports 53 and 80 of the hotspot's
 /// address on the image) until `stop` is set; the threads are joined
-/// before it returns.
+/// before it returns. Either thread ending ends the other, so that a
+/// portal with half of it gone exits (and systemd starts it again).
 pub fn serve(
     dns: SocketAddrV4,
     http: SocketAddrV4,
@@ -167,14 +168,26 @@ pub fn serve(
     let tcp = TcpListener::from(bind_free(http, SockType::Stream)?);
     tcp.set_nonblocking(true)?;
     let address = *http.ip();
-    let (stop_dns, stop_http) = (stop.clone(), stop);
-    let dns_thread = std::thread::Builder::new()
-        .name("captive-dns".into())
-        .spawn(move || serve_dns(&udp, address, &stop_dns))?;
+    let (stop_dns, stop_http) = (stop.clone(), stop.clone());
+    let dns_thread = std::thread::Builder::new().name("captive-dns".into()).spawn(move || {
+        let r = serve_dns(&udp, address, &stop_dns);
+        stop_dns.store(true, Ordering::Relaxed);
+        r
+    })?;
     let name = hostname.to_string();
-    let http_thread = std::thread::Builder::new()
-        .name("captive-http".into())
-        .spawn(move || serve_http(&tcp, address, tower_port, &name, &stop_http))?;
+    let spawned = std::thread::Builder::new().name("captive-http".into()).spawn(move || {
+        let r = serve_http(&tcp, address, tower_port, &name, &stop_http);
+        stop_http.store(true, Ordering::Relaxed);
+        r
+    });
+    let http_thread = match spawned {
+        Ok(t) => t,
+        Err(e) => {
+            stop.store(true, Ordering::Relaxed);
+            let _ = dns_thread.join();
+            return Err(e);
+        }
+    };
     let dns_result = dns_thread
         .join()
         .map_err(|_| io::Error::other("the DNS thread panicked"))?;
@@ -223,11 +236,17 @@ fn serve_http(
 
 fn answer_http(mut stream: TcpStream, peer: SocketAddr, address: Ipv4Addr, tower_port: u16, hostname: &str) {
     let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(HEAD_WITHIN));
     let _ = stream.set_write_timeout(Some(HEAD_WITHIN));
+    // One deadline for the whole head: a client sending a byte now and
+    // then must not hold the portal (one connection at a time) for long.
+    let deadline = Instant::now() + HEAD_WITHIN;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => head.extend_from_slice(&buf[..n]),
@@ -384,5 +403,31 @@ mod tests {
         assert!(body.contains("Location: http://127.0.0.1:8123/settings"), "{body}");
         stop.store(true, Ordering::Relaxed);
         server.join().expect("join").expect("served");
+    }
+
+    #[test]
+    fn a_client_that_sends_its_head_a_byte_at_a_time_is_cut_off_at_the_deadline() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let slow = std::thread::spawn(move || {
+            let mut c = TcpStream::connect(addr).expect("connect");
+            // One byte every 0.5 s for 8 s (each read alone is well within
+            // its timeout), never a whole head.
+            for _ in 0..16 {
+                if d.load(Ordering::Relaxed) || c.write_all(b"G").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+        let (stream, peer) = l.accept().expect("accept");
+        let t0 = Instant::now();
+        answer_http(stream, peer, TOWER, 8000, "tower");
+        let took = t0.elapsed();
+        done.store(true, Ordering::Relaxed);
+        slow.join().expect("client");
+        assert!(took < HEAD_WITHIN + Duration::from_secs(1), "held for {took:?}");
     }
 }
