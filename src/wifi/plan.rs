@@ -11,12 +11,17 @@
 //!   within [`JOIN_LIMIT`], sooner when the failure is plain: the password
 //!   refused twice ([`WRONG_KEY_TRIES`]), the network in no scan for
 //!   [`NOT_FOUND_FOR`], associated but no address for [`NO_DHCP_FOR`].
-//! - A joined network lost (the box moved house) is the same: joined again
-//!   within [`JOIN_LIMIT`], else the hotspot.
+//! - A joined network lost (a router restarting, or the box moved house):
+//!   joined again within [`JOIN_LIMIT`], else the hotspot. The plain
+//!   failures do not cut this short: a router that restarts is missing
+//!   from scans, or refuses joins, for a minute or more.
 //! - The hotspot closes [`HANDOVER`] after a new `wifi.txt` is saved (the
 //!   phone gets the page's answer first), to join it; and it gives the
 //!   saved network another try every `retry` while no phone is on it: the
-//!   box never gives up.
+//!   box never gives up. A network the box was on in this run is tried at
+//!   least every [`PHONES_HOLD_AT_MOST`] even with a phone on the hotspot
+//!   (a phone that joins the remembered hotspot by itself must not keep
+//!   the box off its network).
 //! - After a join that followed the hotspot, the address is announced (the
 //!   LEDs flash it) for [`ANNOUNCE_FOR`].
 
@@ -46,6 +51,9 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(300);
 /// How long the hotspot stays open after a network was saved on it, so
 /// the phone gets the page's answer before the radio leaves.
 pub const HANDOVER: Duration = Duration::from_secs(3);
+/// The longest phones on the hotspot hold off a try of a network the box
+/// was on in this run.
+pub const PHONES_HOLD_AT_MOST: Duration = Duration::from_secs(15 * 60);
 
 /// The network saved in `wifi.txt`, as the manager read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +181,10 @@ pub struct Plan {
     /// A network was saved on the hotspot: leave it then.
     leaving: Option<Instant>,
     retry: Duration,
+    /// The saved network (this generation) was joined in this run.
+    worked: bool,
+    /// Joining again a network just lost: only [`JOIN_LIMIT`] counts.
+    rejoining: bool,
     /// Tries of the saved network since the hotspot first opened.
     pub attempts: u32,
 }
@@ -194,6 +206,8 @@ impl Plan {
             last_client: None,
             leaving: None,
             retry,
+            worked: false,
+            rejoining: false,
             attempts: 0,
         }
     }
@@ -212,6 +226,10 @@ impl Plan {
     }
 
     fn enter(&mut self, phase: Phase, now: Instant) {
+        self.rejoining = phase == Phase::Joining && matches!(self.phase, Phase::Joined(_));
+        if matches!(phase, Phase::Joined(_)) {
+            self.worked = true;
+        }
         if phase == Phase::Joining {
             self.wrong_keys = 0;
             self.not_found_since = None;
@@ -237,6 +255,9 @@ impl Plan {
         };
         let saved_again = generation.is_some() && generation != self.generation;
         self.generation = generation;
+        if saved_again {
+            self.worked = false;
+        }
         if seen.clients > 0 {
             self.last_client = Some(now);
         }
@@ -273,8 +294,7 @@ impl Plan {
                 if saved_again {
                     self.leaving = Some(now + HANDOVER);
                 }
-                let quiet_since = self.last_client.map_or(self.since, |c| c.max(self.since));
-                let retry = generation.is_some() && now.saturating_duration_since(quiet_since) >= self.retry;
+                let retry = generation.is_some() && now >= self.next_try();
                 if retry || self.leaving.is_some_and(|at| now >= at) {
                     self.enter(Phase::Joining, now);
                 }
@@ -313,7 +333,9 @@ impl Plan {
             Link::Down => self.associated_since = None,
         }
         let waited = |since: Option<Instant>, limit| since.is_some_and(|s| now.saturating_duration_since(s) >= limit);
-        let failure = if self.wrong_keys >= WRONG_KEY_TRIES {
+        let failure = if self.rejoining && now.saturating_duration_since(self.since) < JOIN_LIMIT {
+            None
+        } else if self.wrong_keys >= WRONG_KEY_TRIES {
             Some(Failure::WrongPassword)
         } else if waited(self.not_found_since, NOT_FOUND_FOR) && self.associated_since.is_none() {
             Some(Failure::NotFound)
@@ -368,8 +390,20 @@ impl Plan {
         if self.phase != Phase::Hotspot || self.generation.is_none() {
             return None;
         }
+        Some(self.next_try().saturating_duration_since(now))
+    }
+
+    /// When the open hotspot tries the saved network: `retry` after the
+    /// last phone left (or it opened), and for a network that worked in
+    /// this run at the latest [`PHONES_HOLD_AT_MOST`] after it opened.
+    fn next_try(&self) -> Instant {
         let quiet_since = self.last_client.map_or(self.since, |c| c.max(self.since));
-        Some((quiet_since + self.retry).saturating_duration_since(now))
+        let quiet = quiet_since + self.retry;
+        if self.worked {
+            quiet.min(self.since + PHONES_HOLD_AT_MOST.max(self.retry))
+        } else {
+            quiet
+        }
     }
 }
 
@@ -571,6 +605,51 @@ mod tests {
         assert_eq!(at, 399 + retry.as_secs());
         p.step(&seen(false, saved(1), Link::Up(HOME)), t0 + S(at + 5));
         assert_eq!(p.mode(), Mode::Joined);
+    }
+
+    #[test]
+    fn a_router_that_restarts_is_waited_for_and_a_phone_cannot_hold_the_box_off_it() {
+        let t0 = Instant::now();
+        let mut p = Plan::new(t0, RETRY_EVERY);
+        p.step(&seen(false, saved(1), Link::Up(HOME)), t0);
+        p.step(&seen(false, saved(1), Link::Up(HOME)), t0 + S(1));
+        assert_eq!(p.mode(), Mode::Joined);
+        // The router restarts: missing from every scan for 90 s, and a
+        // refused join on the way. No hotspot meanwhile; joined again.
+        for t in 2..92 {
+            p.event(Event::NotFound, t0 + S(t));
+            if t == 60 {
+                p.event(Event::WrongKey, t0 + S(t));
+                p.event(Event::WrongKey, t0 + S(t));
+            }
+            assert_eq!(
+                p.step(&seen(false, saved(1), Link::Down), t0 + S(t)),
+                Want::Station,
+                "at {t} s"
+            );
+        }
+        p.step(&seen(false, saved(1), Link::Up(HOME)), t0 + S(92));
+        assert_eq!(p.mode(), Mode::Joined);
+        // Gone for good this time: the hotspot after the limit, and a phone
+        // that sits on it holds the next try off for 15 minutes at most.
+        let gone = |_| seen(false, saved(1), Link::Down);
+        let opened = first(&mut p, t0, 93, 400, Want::Hotspot, gone).expect("hotspot");
+        assert_eq!(opened, 93 + JOIN_LIMIT.as_secs());
+        let mut phone = seen(false, saved(1), Link::Down);
+        phone.clients = 1;
+        let tried = first(&mut p, t0, opened + 1, opened + 2000, Want::Station, |_| phone.clone()).expect("a try");
+        assert_eq!(tried, opened + PHONES_HOLD_AT_MOST.as_secs());
+        // A retry from the hotspot takes the short cuts again: not found
+        // for 30 s opens the hotspot.
+        for t in tried..tried + NOT_FOUND_FOR.as_secs() + 1 {
+            p.event(Event::NotFound, t0 + S(t));
+            p.step(&gone(t), t0 + S(t));
+        }
+        assert_eq!(p.mode(), Mode::Hotspot);
+        // A network never joined in this run: phones hold it off for ever.
+        let mut q = Plan::new(t0, RETRY_EVERY);
+        first(&mut q, t0, 0, 400, Want::Hotspot, gone).expect("hotspot");
+        assert_eq!(first(&mut q, t0, 400, 4000, Want::Station, |_| phone.clone()), None);
     }
 
     #[test]
