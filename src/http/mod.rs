@@ -329,19 +329,33 @@ impl HttpServer {
 
     /// Stops accepting and answering (which closes the listening socket).
     /// Listeners already handed to the hub are closed by the hub's owner.
-    pub fn stop(self, timeout: Duration) -> Result<(), WorkerError> {
-        for w in &self.workers {
-            w.stop_signal().stop();
-        }
-        self.shared.wake.wake();
-        self.shared.page_opened.notify();
+    pub fn stop(mut self, timeout: Duration) -> Result<(), WorkerError> {
+        self.signal_stop();
         let mut result = Ok(());
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             if let Err(e) = w.stop(timeout) {
                 result = Err(e);
             }
         }
         result
+    }
+
+    /// Tells both threads to stop and wakes them: neither has a timer.
+    fn signal_stop(&self) {
+        for w in &self.workers {
+            w.stop_signal().stop();
+        }
+        self.shared.wake.wake();
+        self.shared.page_opened.notify();
+    }
+}
+
+impl Drop for HttpServer {
+    /// A server dropped without [`HttpServer::stop`] (a later stage failed
+    /// to start) still ends its threads: woken here, they are joined as
+    /// the workers drop, and the listening socket closes with them.
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 
@@ -800,5 +814,67 @@ fn take_over(mut stream: TcpStream, head: &str, head_only: bool) -> Option<(Sock
             tracing::warn!(component = "http", peer = %peer, error = %e, "could not take over the connection");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, load_text};
+
+    /// A station with nothing to say: the test only starts and drops.
+    struct Quiet;
+
+    impl StatusSource for Quiet {
+        fn status_json(&self) -> String {
+            "{}".into()
+        }
+        fn buffer(&self) -> (usize, usize) {
+            (0, 1)
+        }
+        fn metrics(&self) -> String {
+            String::new()
+        }
+        fn level_json(&self) -> String {
+            "{}".into()
+        }
+        fn health(&self) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn a_server_dropped_without_being_stopped_ends_its_threads_and_closes_its_port() {
+        let loaded = load_text(None, &[], &Overrides::default()).expect("defaults");
+        let station = Arc::new(Live::new(Station::default()));
+        let site = Arc::new(Live::new(Site::new(&loaded.config.settings().site, station)));
+        let config = HubConfig {
+            slow_timeout: Duration::from_secs(5),
+            max_listeners: 4,
+            per_address: 4,
+            burst_frames: 1,
+            frame: crate::audio::FRAME_DURATION,
+        };
+        let hub = Arc::new(Hub::new(config, Who::Listener, Arc::new(ConnLog::default())));
+        let status: Arc<dyn StatusSource> = Arc::new(Quiet);
+        let server = HttpServer::start(
+            "127.0.0.1:0".parse().expect("addr"),
+            site,
+            None,
+            hub,
+            status.clone(),
+            Arc::new(HttpStats::default()),
+            Arc::new(TestHooks::disabled()),
+            &Supervisor::none(),
+        )
+        .expect("start");
+        let addr = server.local_addr();
+        drop(TcpStream::connect(addr).expect("serving"));
+        // A later stage failing to start drops the server this way. Both
+        // threads sleep without a timer: unless woken they would outlive
+        // their owner, and keep the port.
+        drop(server);
+        assert_eq!(Arc::strong_count(&status), 1, "both threads ended");
+        assert!(TcpStream::connect(addr).is_err(), "the port is closed");
     }
 }

@@ -251,12 +251,16 @@ pub fn start(
         }
         .run(&stop)
     })?;
-    Ok(SpeakersWorker { worker, wake })
+    Ok(SpeakersWorker {
+        worker: Some(worker),
+        wake,
+    })
 }
 
 /// The running "speakers" thread.
 pub struct SpeakersWorker {
-    worker: Worker<()>,
+    /// Taken by [`SpeakersWorker::stop`]; otherwise joined when dropped.
+    worker: Option<Worker<()>>,
     wake: Sender<Command>,
 }
 
@@ -264,10 +268,28 @@ impl SpeakersWorker {
     /// Stops the thread: it sleeps until its next search or a command, so
     /// it is woken to see the stop (a full inbox means it is at work and
     /// looks at the stop signal between steps anyway).
-    pub fn stop(self, timeout: Duration) -> Result<(), WorkerError> {
-        self.worker.stop_signal().stop();
-        let _ = self.wake.try_send(Command::Wake);
-        self.worker.stop(timeout)
+    pub fn stop(mut self, timeout: Duration) -> Result<(), WorkerError> {
+        self.signal_stop();
+        match self.worker.take() {
+            Some(worker) => worker.stop(timeout),
+            None => Ok(()),
+        }
+    }
+
+    fn signal_stop(&self) {
+        if let Some(worker) = &self.worker {
+            worker.stop_signal().stop();
+            let _ = self.wake.try_send(Command::Wake);
+        }
+    }
+}
+
+impl Drop for SpeakersWorker {
+    /// Dropped without [`SpeakersWorker::stop`] (a later stage failed to
+    /// start): the thread is woken to see the stop, then joined as the
+    /// worker drops.
+    fn drop(&mut self) {
+        self.signal_stop();
     }
 }
 
@@ -523,5 +545,23 @@ mod tests {
         );
         let one: SocketAddr = "10.0.0.5:8123".parse().expect("addr");
         assert_eq!(stream_uri(one, via, false), "http://10.0.0.5:8123/stream.mp3");
+    }
+
+    #[test]
+    fn a_worker_dropped_without_being_stopped_ends_its_thread() {
+        let (desk, inbox) = desk(Arc::new(Vec::new));
+        let config = Arc::new(SpeakersConfig {
+            listen: "127.0.0.1:0".parse().expect("addr"),
+            station: Arc::new(Live::new(Station::default())),
+        });
+        let worker = start(inbox, config.clone(), &Supervisor::none()).expect("start");
+        // Once it answers an order the thread sleeps until its first
+        // search, unless woken.
+        let (reply, answer) = channel::bounded(1);
+        desk.tx.send(Command::Stop("uuid:none".into(), reply)).expect("send");
+        let _ = answer.recv_timeout(Duration::from_secs(5)).expect("answered");
+        // Dropped as when a later stage fails to start.
+        drop(worker);
+        assert_eq!(Arc::strong_count(&config), 1, "the thread ended");
     }
 }
