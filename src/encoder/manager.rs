@@ -161,13 +161,15 @@ impl EncoderManager {
         // Beyond the backlog: the loop fell behind, unless this is a new
         // encoder's first burst (its input's preamble and what queued while
         // it started), which the pacer trims anyway.
-        let skipped = if out.pacer.settling(now) {
-            &self.counters.trimmed
-        } else {
-            &self.counters.behind
-        };
-        while self.ring.len() > MAX_BACKLOG && self.ring.pop().is_some() {
-            skipped.fetch_add(1, Ordering::Relaxed);
+        if self.ring.len() > MAX_BACKLOG {
+            let skipped = if out.pacer.settling(now) {
+                &self.counters.trimmed
+            } else {
+                &self.counters.behind
+            };
+            while self.ring.len() > MAX_BACKLOG && self.ring.pop().is_some() {
+                skipped.fetch_add(1, Ordering::Relaxed);
+            }
         }
         loop {
             let waiting = self.ring.len();
