@@ -57,11 +57,7 @@ pub fn summary(name: &str, unit: &str, v: Vec<f64>) {
 
 /// CPU ticks (user + system) and RSS (kB) of a process.
 pub fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let utime = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let stime = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let ticks = stat_ticks(&format!("/proc/{pid}/stat"));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss_kb = status
         .lines()
@@ -69,13 +65,18 @@ pub fn proc_stat(pid: u32) -> (u64, u64) {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    (utime + stime, rss_kb)
+    (ticks, rss_kb)
 }
 
 /// CPU ticks (user + system) of thread `tid` of this process alone:
 /// `/proc/TID/stat` would sum every thread of the process.
 pub fn own_thread_ticks(tid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    stat_ticks(&format!("/proc/self/task/{tid}/stat"))
+}
+
+/// User + system ticks from a `stat` file (0 if it cannot be read).
+fn stat_ticks(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
     let field = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     field(11) + field(12)

@@ -877,14 +877,8 @@ mod tests {
         assert_eq!(reader(&script, &file), Err(format!("{}: broken", file.display())));
         // A change of the file is a new generation; the same file is not.
         let opts = Options {
-            interface: "wlan0".into(),
-            wifi_txt: file.clone(),
             check: script,
-            dir: dir.path().to_path_buf(),
-            tower_config: dir.path().join("tower.toml"),
-            ctrl_dir: dir.path().join("ctrl"),
-            network_dir: dir.path().join("network"),
-            retry: Duration::from_secs(300),
+            ..options_in(dir.path(), "wlan0")
         };
         let mut f = SavedFile::new();
         assert!(f.refresh(&opts));
@@ -904,9 +898,10 @@ mod tests {
         assert_eq!(f.saved, Saved::None);
     }
 
-    fn radio_in(dir: &Path) -> Radio {
-        Radio::new(Options {
-            interface: "tower-test-none".into(),
+    /// Everything under `dir`, for `interface`.
+    fn options_in(dir: &Path, interface: &str) -> Options {
+        Options {
+            interface: interface.into(),
             wifi_txt: dir.join("wifi.txt"),
             check: dir.join("wifi-setup"),
             dir: dir.to_path_buf(),
@@ -914,7 +909,11 @@ mod tests {
             ctrl_dir: dir.join("ctrl"),
             network_dir: dir.join("network"),
             retry: Duration::from_secs(300),
-        })
+        }
+    }
+
+    fn radio_in(dir: &Path) -> Radio {
+        Radio::new(options_in(dir, "tower-test-none"))
     }
 
     #[test]
