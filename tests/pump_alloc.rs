@@ -2,10 +2,12 @@
 //! SCHED_FIFO, and a malloc there can wait on another thread's arena lock.
 //!
 //! A counting global allocator counts the allocations of the threads that
-//! switched counting on, while a window is open. Two checks: the PCM pipe
-//! alone over many frames with partial writes and full pipes, and the real
-//! pump ticking into the real encoder manager whose stdin pipe is read
-//! too slowly, so frames are split and dropped.
+//! switched counting on, while a window is open. Three checks: the PCM
+//! pipe alone over many frames with partial writes and full pipes; the
+//! real pump ticking into the real encoder manager whose stdin pipe is
+//! read too slowly, so frames are split and dropped; and the same with an
+//! encoder that closes its stdin again and again, so the pump finds the
+//! pipe broken and reports it.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -16,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use tower::audio::PcmFrame;
 use tower::audio::router::AudioInputRouter;
+use tower::encoder::fake::{FakeLauncher, FakeMode};
 use tower::encoder::pipe::{PcmPipe, PipeWrite};
 use tower::encoder::process::{EncoderChild, EncoderLauncher, EncoderProcess, ExitInfo, LaunchError};
 use tower::encoder::ring::FrameRing;
@@ -194,10 +197,11 @@ impl PcmSink for CountingSink {
     }
 }
 
-#[test]
-fn the_pump_tick_allocates_nothing_while_the_encoder_pipe_is_full() {
+/// The real encoder manager with `launcher`, restarting 50 ms after a
+/// failure, with liveness timeouts too long to end an encoder.
+fn manager(launcher: Box<dyn EncoderLauncher>) -> Arc<EncoderManager> {
     let long = Duration::from_secs(600);
-    let manager = Arc::new(
+    Arc::new(
         EncoderManager::start(
             ManagerConfig {
                 supervisor: SupervisorConfig {
@@ -205,23 +209,28 @@ fn the_pump_tick_allocates_nothing_while_the_encoder_pipe_is_full() {
                         startup_timeout: long,
                         stall_timeout: long,
                     },
-                    policy: RestartPolicy::default(),
+                    policy: RestartPolicy {
+                        backoff: vec![Duration::from_millis(50)],
+                        max_restarts: 1000,
+                        ..RestartPolicy::default()
+                    },
                 },
                 silence_after: Duration::from_millis(60),
                 max_lead: Duration::from_millis(120),
                 frame: tower::audio::FRAME_DURATION,
             },
-            Box::new(SlowReader),
+            launcher,
             Arc::new(FrameRing::new(16)),
         )
         .expect("manager"),
-    );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while manager.state() != EncoderState::Starting && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    )
+}
+
+/// The real pump, fed by its fallback tone, writing to `manager` and
+/// counting its own allocations.
+fn pump(manager: &Arc<EncoderManager>) -> Pump {
     let router = Arc::new(AudioInputRouter::new(8));
-    let pump = Pump::start(
+    Pump::start(
         PumpConfig {
             grace: Duration::from_millis(50),
             realtime_priority: 0,
@@ -232,7 +241,17 @@ fn the_pump_tick_allocates_nothing_while_the_encoder_pipe_is_full() {
         Fallback::tone(),
         &tower::worker::Supervisor::none(),
     )
-    .expect("pump");
+    .expect("pump")
+}
+
+#[test]
+fn the_pump_tick_allocates_nothing_while_the_encoder_pipe_is_full() {
+    let manager = manager(Box::new(SlowReader));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while manager.state() != EncoderState::Starting && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pump = pump(&manager);
     // Warm up: the fallback starts, the pipe fills.
     std::thread::sleep(Duration::from_secs(1));
     let before = (
@@ -253,5 +272,35 @@ fn the_pump_tick_allocates_nothing_while_the_encoder_pipe_is_full() {
     assert_eq!(
         allocations, 0,
         "allocations or frees over {ticks} pump ticks ({full} frames dropped on a full pipe)"
+    );
+}
+
+#[test]
+fn the_pump_tick_allocates_nothing_when_the_encoder_closes_its_stdin() {
+    // Each encoder takes 20 frames (about 0.5 s), then closes its stdin
+    // and lives on: the pump's next write fails with EPIPE.
+    let manager = manager(Box::new(FakeLauncher::new(FakeMode::ClosesStdinAfter(20))));
+    let pump = pump(&manager);
+    let broken = || manager.snapshot().supervisor.failures["stdin_broken"];
+    // Warm up: the first encoder breaks once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broken() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = (broken(), manager.snapshot().supervisor.pcm_dropped_not_running);
+    let start = ALLOCATIONS.load(Ordering::SeqCst);
+    WINDOW.store(true, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    WINDOW.store(false, Ordering::SeqCst);
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - start;
+    let breaks = broken() - before.0;
+    let dropped = manager.snapshot().supervisor.pcm_dropped_not_running - before.1;
+    pump.stop(Duration::from_secs(2)).expect("pump stops");
+    manager.stop(Duration::from_secs(2)).expect("manager stops");
+    assert!(breaks >= 2, "{breaks} broken stdins in 3 s");
+    assert!(dropped >= breaks, "{dropped} frames dropped on {breaks} broken pipes");
+    assert_eq!(
+        allocations, 0,
+        "allocations or frees on the pump thread over {breaks} broken stdins"
     );
 }

@@ -5,7 +5,8 @@
 //! a socket pair): it reads 4608-byte PCM frames from stdin and writes one
 //! 384-byte MP3 frame per PCM frame to stdout. Bytes 4 and 5 of each MP3 frame carry the first PCM sample, so
 //! tests can trace audio end to end. Scripted [`FakeMode`]s make it fail the
-//! ways ffmpeg does: exit at once, never produce output, crash, stall.
+//! ways ffmpeg does: exit at once, never produce output, crash (also in
+//! the middle of a frame), stall, close its input.
 
 use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
@@ -32,6 +33,12 @@ pub enum FakeMode {
     CrashAfter(u32),
     /// Healthy for this many frames, then reads without writing (stall).
     StallAfter(u32),
+    /// Healthy for this many frames, then writes half a frame and exits
+    /// with code 1 (a crash in the middle of a write).
+    TornAfter(u32),
+    /// Healthy for this many frames, then closes its stdin and lives on
+    /// without output (writing PCM fails with EPIPE).
+    ClosesStdinAfter(u32),
     /// Cannot be started at all.
     Missing,
 }
@@ -144,6 +151,17 @@ fn run(
         }
         filled = 0;
         frames += 1;
+        if let FakeMode::ClosesStdinAfter(n) = mode
+            && frames > n
+        {
+            let _ = writeln!(stderr, "fake encoder: closing its input after {n} frames");
+            drop(stdin);
+            stop.wait();
+            return ExitInfo {
+                code: None,
+                signal: Some(9),
+            };
+        }
         let writes = match mode {
             FakeMode::Healthy => true,
             FakeMode::CrashAfter(n) if frames > n => {
@@ -151,7 +169,15 @@ fn run(
                 return ExitInfo::code(1);
             }
             FakeMode::CrashAfter(_) => true,
+            FakeMode::TornAfter(n) if frames > n => {
+                let half = canonical_silent_frame().len() / 2;
+                let _ = stdout.write_all(&canonical_silent_frame()[..half]);
+                let _ = writeln!(stderr, "fake encoder: crashing in a write after {n} frames");
+                return ExitInfo::code(1);
+            }
+            FakeMode::TornAfter(_) => true,
             FakeMode::StallAfter(n) => frames <= n,
+            FakeMode::ClosesStdinAfter(_) => true,
             FakeMode::Mute | FakeMode::ExitAtOnce(_) | FakeMode::Missing => false,
         };
         if writes {

@@ -269,6 +269,11 @@ impl Packetizer {
         self.stats
     }
 
+    /// Bytes held back waiting for the rest of a frame.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
     /// Forgets partial data and the lock (the encoder restarted); a new
     /// stream may start with an ID3 tag again.
     pub fn reset(&mut self) {

@@ -24,6 +24,9 @@ pub enum PipeWrite {
 pub struct PcmPipe<W> {
     inner: W,
     tail: Vec<u8>,
+    /// A write failed: nothing more is written (the pipe is dropped by
+    /// whoever owns the encoder, not by the pump, which must not free).
+    broken: bool,
 }
 
 impl<W: Write> PcmPipe<W> {
@@ -31,7 +34,14 @@ impl<W: Write> PcmPipe<W> {
         PcmPipe {
             inner,
             tail: Vec::with_capacity(PCM_FRAME_BYTES),
+            broken: false,
         }
+    }
+
+    /// A write failed: every later offer returns [`PipeWrite::Broken`]
+    /// without writing.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Bytes of an earlier frame still waiting to be written.
@@ -41,8 +51,20 @@ impl<W: Write> PcmPipe<W> {
 
     /// Offers one frame: the tail of an earlier frame goes first. Never
     /// allocates: the tail lives in a buffer of one frame's capacity made
-    /// once, so the pump's tick (SCHED_FIFO) never waits on malloc.
+    /// once, so the pump's tick (SCHED_FIFO) never waits on malloc. Once
+    /// broken, the pipe is not written again.
     pub fn write_frame(&mut self, frame: &[u8]) -> PipeWrite {
+        let written = self.offer(frame);
+        if matches!(written, PipeWrite::Broken(_)) {
+            self.broken = true;
+        }
+        written
+    }
+
+    fn offer(&mut self, frame: &[u8]) -> PipeWrite {
+        if self.broken {
+            return PipeWrite::Broken(io::Error::from(ErrorKind::BrokenPipe));
+        }
         if !self.tail.is_empty() {
             match write_some(&mut self.inner, &self.tail) {
                 Ok(n) if n == self.tail.len() => self.tail.clear(),
@@ -73,7 +95,8 @@ fn write_some(out: &mut impl Write, buf: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         match out.write(&buf[done..]) {
-            Ok(0) => return Err(io::Error::new(ErrorKind::WriteZero, "pipe accepted no bytes")),
+            // A kind alone: an error with a message would allocate.
+            Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
             Ok(n) => done += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => break,

@@ -7,7 +7,11 @@
 //! ring, then sends them itself: a frame from ffmpeg wakes one thread, not
 //! a reader that then wakes the sender. The first frame and the end of the
 //! output are reported to the supervisor by generation, so an old
-//! encoder's end is ignored.
+//! encoder's end is ignored. When a new encoder's stdout is taken, what the
+//! old one wrote before it ended is read out first: it is audio from
+//! before the switch, and goes out before the new stream. Bytes that are
+//! not whole frames (garbage, a frame cut short when an encoder was
+//! killed) are counted, never dropped silently.
 //!
 //! ffmpeg's stdout is a socket, so that waiting for a frame and reading it
 //! is one `recv`, its receive timeout standing for the deadline: one
@@ -55,6 +59,8 @@ struct Current {
     first: bool,
     /// The socket's receive timeout now.
     timeout: Option<Duration>,
+    /// The packetizer's garbage bytes already counted.
+    garbage_counted: u64,
 }
 
 /// What one `recv` got.
@@ -125,18 +131,25 @@ impl Reader {
         self.take_feed();
     }
 
-    /// Takes a new encoder's stdout, if one was handed over; whatever is
-    /// left of the old one's is dropped.
+    /// Takes a new encoder's stdout, if one was handed over, after reading
+    /// out what the old one wrote (the supervisor hands a new stdout over
+    /// only once the old encoder has ended, so that read ends).
     fn take_feed(&mut self) {
-        if let Some(feed) = self.shared.take_feed() {
-            self.current = Some(Current {
-                generation: feed.generation,
-                stdout: feed.stdout,
-                packetizer: Packetizer::new(),
-                first: true,
-                timeout: None,
-            });
+        let Some(feed) = self.shared.take_feed() else { return };
+        if let Some(c) = self.current.as_mut() {
+            while let Got::Bytes(n) = recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT) {
+                packetize(&self.shared, c, &self.buf[..n]);
+            }
         }
+        self.close();
+        self.current = Some(Current {
+            generation: feed.generation,
+            stdout: feed.stdout,
+            packetizer: Packetizer::new(),
+            first: true,
+            timeout: None,
+            garbage_counted: 0,
+        });
     }
 
     /// Packetizes `n` bytes read; reads on without waiting while the
@@ -145,10 +158,7 @@ impl Reader {
         let Reader { shared, current, buf } = self;
         let Some(c) = current.as_mut() else { return };
         loop {
-            let (generation, first) = (c.generation, &mut c.first);
-            c.packetizer.push(&buf[..n], |frame| {
-                shared.on_frame(generation, frame, std::mem::take(first));
-            });
+            packetize(shared, c, &buf[..n]);
             if n < buf.len() {
                 return;
             }
@@ -163,9 +173,43 @@ impl Reader {
 
     /// The end of the current encoder's output (exit or kill).
     fn end(&mut self) {
-        if let Some(c) = self.current.take() {
-            self.shared.on_eof(c.generation);
+        if let Some(generation) = self.close() {
+            self.shared.on_eof(generation);
         }
+    }
+
+    /// Lets go of the current encoder's output: a frame it left unfinished
+    /// is counted as skipped. Returns its generation.
+    fn close(&mut self) -> Option<u64> {
+        let c = self.current.take()?;
+        self.shared.skipped_bytes(c.packetizer.pending() as u64);
+        Some(c.generation)
+    }
+}
+
+#[cfg(test)]
+impl Reader {
+    /// Bytes waiting unread in the current encoder's stdout.
+    pub(super) fn unread(&self) -> usize {
+        let Some(c) = &self.current else { return 0 };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int to the pointer given; the
+        // descriptor is owned by `c.stdout`.
+        let rc = unsafe { libc::ioctl(c.stdout.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if rc < 0 { 0 } else { usize::try_from(n).unwrap_or(0) }
+    }
+}
+
+/// Cuts `bytes` into frames for the ring; counts what was not a frame.
+fn packetize(shared: &Shared, c: &mut Current, bytes: &[u8]) {
+    let (generation, first) = (c.generation, &mut c.first);
+    c.packetizer.push(bytes, |frame| {
+        shared.on_frame(generation, frame, std::mem::take(first));
+    });
+    let garbage = c.packetizer.stats().garbage_bytes;
+    if garbage > c.garbage_counted {
+        shared.skipped_bytes(garbage - c.garbage_counted);
+        c.garbage_counted = garbage;
     }
 }
 

@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::io::{ErrorKind, PipeReader, Read};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc::{self as channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime};
@@ -66,11 +66,13 @@ pub type ChangeCallback = Box<dyn Fn(&Transition) + Send + Sync>;
 
 type Stdin = PcmPipe<Box<dyn std::io::Write + Send>>;
 
+/// What the reader (broadcast thread) reports. The pump reports a broken
+/// stdin through [`Shared::stdin_broken`] instead: a message here can
+/// allocate (the channel's blocks), and the pump must not.
 #[derive(Debug)]
 enum Event {
     FirstFrame { generation: u64 },
     Eof { generation: u64 },
-    StdinBroken { generation: u64, error: String },
 }
 
 /// A new encoder's stdout, handed to the reader.
@@ -86,6 +88,7 @@ struct Counters {
     dropped_busy: AtomicU64,
     dropped_not_running: AtomicU64,
     mp3_frames: AtomicU64,
+    mp3_bytes_skipped: AtomicU64,
     restarts: AtomicU64,
     failures: [AtomicU64; FailureKind::ALL.len()],
 }
@@ -105,6 +108,10 @@ pub(super) struct Shared {
     consecutive: AtomicU32,
     pid: AtomicU32,
     base: Instant,
+    /// The pump's report that writing PCM failed: the generation whose
+    /// stdin broke (0: none), and the OS error (0: none given).
+    stdin_broken: AtomicU64,
+    stdin_errno: AtomicI32,
     events: Sender<Event>,
     /// Wakes the loop: an event was posted, a relaunch asked, or stop.
     wake: WakeFd,
@@ -158,6 +165,13 @@ impl Shared {
         }
     }
 
+    /// Bytes of ffmpeg's output that were not whole audio frames.
+    pub(super) fn skipped_bytes(&self, n: u64) {
+        if n > 0 {
+            self.counters.mp3_bytes_skipped.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
     /// Encoder `generation`'s stdout reached its end.
     pub(super) fn on_eof(&self, generation: u64) {
         self.post(Event::Eof { generation });
@@ -200,6 +214,9 @@ pub struct SupervisorSnapshot {
     pub pcm_dropped_busy: u64,
     pub pcm_dropped_not_running: u64,
     pub mp3_frames: u64,
+    /// Bytes of ffmpeg's output that were not whole audio frames: garbage
+    /// between frames, or a frame cut short when an encoder ended.
+    pub mp3_bytes_skipped: u64,
     pub history: Vec<TransitionView>,
 }
 
@@ -227,6 +244,8 @@ impl Supervisor {
             consecutive: AtomicU32::new(0),
             pid: AtomicU32::new(0),
             base: now,
+            stdin_broken: AtomicU64::new(0),
+            stdin_errno: AtomicI32::new(0),
             events: tx,
             wake: WakeFd::new()?,
             feed: Mutex::new(None),
@@ -280,7 +299,10 @@ impl Supervisor {
         self.shared.wake.wake();
     }
 
-    /// Feeds one PCM frame to the encoder's stdin; never blocks [S2].
+    /// Feeds one PCM frame to the encoder's stdin; never blocks [S2] and
+    /// never allocates or frees (the pump runs at SCHED_FIFO): a broken
+    /// pipe stays in place for the loop to drop, and is reported through
+    /// two atomics and the wake-up.
     pub fn write_pcm(&self, frame: &PcmFrame) {
         let c = &self.shared.counters;
         let mut guard = match self.shared.stdin.try_lock() {
@@ -292,7 +314,7 @@ impl Supervisor {
                 return;
             }
         };
-        let Some(pipe) = guard.as_mut() else {
+        let Some(pipe) = guard.as_mut().filter(|p| !p.is_broken()) else {
             c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
             return;
         };
@@ -304,12 +326,15 @@ impl Supervisor {
                 c.dropped_pipe_full.fetch_add(1, Ordering::Relaxed);
             }
             PipeWrite::Broken(e) => {
-                *guard = None;
                 c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
-                self.shared.post(Event::StdinBroken {
-                    generation: self.shared.generation.load(Ordering::SeqCst),
-                    error: e.to_string(),
-                });
+                let shared = &self.shared;
+                shared
+                    .stdin_errno
+                    .store(e.raw_os_error().unwrap_or(0), Ordering::Relaxed);
+                shared
+                    .stdin_broken
+                    .store(shared.generation.load(Ordering::SeqCst), Ordering::Release);
+                shared.wake.wake();
             }
         }
     }
@@ -342,6 +367,7 @@ impl Supervisor {
             pcm_dropped_busy: l(&c.dropped_busy),
             pcm_dropped_not_running: l(&c.dropped_not_running),
             mp3_frames: l(&c.mp3_frames),
+            mp3_bytes_skipped: l(&c.mp3_bytes_skipped),
             history,
         }
     }
@@ -476,6 +502,7 @@ impl Loop {
             while let Ok(e) = self.events.try_recv() {
                 self.on_event(e);
             }
+            self.take_stdin_broken();
             if let Some(c) = self.current.as_mut() {
                 c.read_stderr(&self.shared);
                 c.settle(Instant::now());
@@ -566,11 +593,21 @@ impl Loop {
             Event::Eof { generation } if self.current_generation(generation) => {
                 self.fail_unless_exited(FailureKind::Eof, "ffmpeg closed its output".into());
             }
-            Event::StdinBroken { generation, error } if self.current_generation(generation) => {
-                self.fail_unless_exited(FailureKind::StdinBroken, format!("writing PCM failed: {error}"));
-            }
             _ => {} // from an instance already replaced
         }
+    }
+
+    /// The pump found the current encoder's stdin broken.
+    fn take_stdin_broken(&mut self) {
+        let generation = self.shared.stdin_broken.swap(0, Ordering::Acquire);
+        if generation == 0 || !self.current_generation(generation) {
+            return; // none, or an instance already replaced
+        }
+        let error = match self.shared.stdin_errno.load(Ordering::Relaxed) {
+            0 => "the pipe took no bytes".to_string(),
+            code => std::io::Error::from_raw_os_error(code).to_string(),
+        };
+        self.fail_unless_exited(FailureKind::StdinBroken, format!("writing PCM failed: {error}"));
     }
 
     /// A relaunch asked for: the current encoder ends and the new command
@@ -762,6 +799,7 @@ impl Loop {
 mod tests {
     use super::*;
     use crate::encoder::fake::{FakeLauncher, FakeMode};
+    use crate::encoder::mp3::canonical_silent_frame;
 
     fn config() -> SupervisorConfig {
         SupervisorConfig {
@@ -879,6 +917,84 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_cut_short_by_a_crash_is_counted_and_the_next_stream_is_whole() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::TornAfter(3));
+        let r = rig(launcher);
+        let before = r.ring.stats().pushed;
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "process_exit")
+            && r.sup.state() == EncoderState::Running
+            && r.ring.stats().pushed >= before + 6));
+        let snap = r.sup.snapshot();
+        assert_eq!(snap.mp3_bytes_skipped, (canonical_silent_frame().len() / 2) as u64);
+        // Every frame that reached the ring is whole.
+        let whole = canonical_silent_frame().len();
+        while let Some(f) = r.ring.pop() {
+            assert_eq!(f.len(), whole);
+        }
+        assert_eq!(snap.mp3_frames, r.ring.stats().pushed);
+    }
+
+    #[test]
+    fn what_an_encoder_wrote_before_a_relaunch_still_reaches_the_ring() {
+        let sup = Supervisor::start(
+            config(),
+            Box::new(FakeLauncher::new(FakeMode::Healthy)),
+            Arc::new(FrameRing::new(1000)),
+            Box::new(|_| {}),
+        )
+        .expect("start");
+        let mut reader = sup.reader();
+        let silent = PcmFrame::silent();
+        let read = |reader: &mut Reader| reader.wait(Instant::now() + Duration::from_millis(20), false);
+        // Running, with its stdout taken by the reader.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sup.state() != EncoderState::Running && Instant::now() < deadline {
+            sup.write_pcm(&silent);
+            read(&mut reader);
+        }
+        assert_eq!(sup.state(), EncoderState::Running);
+        // Ten marked frames (the fake copies the first sample into bytes
+        // 4 and 5 of its MP3 frame) wait unread when the relaunch comes.
+        let mut marked = PcmFrame::silent();
+        marked.as_bytes_mut()[..2].copy_from_slice(&[0x77, 0x77]);
+        for _ in 0..10 {
+            sup.write_pcm(&marked);
+        }
+        let whole = canonical_silent_frame().len();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while reader.unread() < 10 * whole && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(reader.unread() >= 10 * whole, "the fake wrote its frames");
+        sup.relaunch(Box::new(FakeLauncher::new(FakeMode::Healthy)), "test");
+        // The new encoder's stdout is handed over before the reader looks.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lock(&sup.shared.feed).is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while sup.starts() < 2 && Instant::now() < deadline {
+            sup.write_pcm(&silent);
+            read(&mut reader);
+        }
+        assert_eq!(sup.starts(), 2, "the new encoder's first frame");
+        let mut frames = Vec::new();
+        while let Some(f) = sup.shared.ring.pop() {
+            frames.push(f);
+        }
+        let first_marked = frames.iter().position(|f| f[4..6] == [0x77, 0x77]);
+        let marked_frames = frames.iter().filter(|f| f[4..6] == [0x77, 0x77]).count();
+        assert_eq!(marked_frames, 10, "{} frames in the ring", frames.len());
+        // In order, before the new encoder's stream.
+        let at = first_marked.expect("marked");
+        assert!(frames[at..at + 10].iter().all(|f| f[4..6] == [0x77, 0x77]));
+        assert!(frames[at + 10..].iter().all(|f| f[4..6] != [0x77, 0x77]));
+        assert_eq!(sup.snapshot().mp3_bytes_skipped, 0);
+        sup.stop(Duration::from_secs(2)).expect("stop");
+    }
+
+    #[test]
     fn no_first_frame_is_a_startup_timeout() {
         let launcher = FakeLauncher::new(FakeMode::Healthy);
         launcher.push_mode(FakeMode::Mute);
@@ -896,6 +1012,28 @@ mod tests {
         assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "stall")
             && r.sup.state() == EncoderState::Running));
         assert_eq!(r.sup.snapshot().failures["stall"], 1);
+    }
+
+    #[test]
+    fn a_closed_stdin_is_a_stdin_failure_that_is_restarted() {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(FakeMode::ClosesStdinAfter(5));
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "stdin_broken")
+            && r.sup.state() == EncoderState::Running));
+        let snap = r.sup.snapshot();
+        assert_eq!(snap.failures["stdin_broken"], 1);
+        assert_eq!(snap.restarts, 1);
+        assert!(
+            saw(&r, EncoderState::Restarting, "writing PCM failed: Broken pipe"),
+            "{:?}",
+            lock(&r.changes)
+        );
+        // The PCM written while the broken pipe waited for the loop was
+        // counted as dropped, and the new encoder is written to again.
+        assert!(snap.pcm_dropped_not_running >= 1);
+        let written = snap.pcm_frames_written;
+        assert!(pump_until(&r, |r| r.sup.snapshot().pcm_frames_written > written + 5));
     }
 
     #[test]
