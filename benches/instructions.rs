@@ -39,7 +39,7 @@ use tower::encoder::mp3::canonical_silent_frame;
 use tower::encoder::ring::FrameRing;
 use tower::encoder::state::{Liveness, RestartPolicy};
 use tower::encoder::supervisor::SupervisorConfig;
-use tower::encoder::{EncoderManager, EncoderState, ManagerConfig, Mp3Frame};
+use tower::encoder::{EncoderManager, EncoderState, Gather, ManagerConfig, Mp3Frame};
 use tower::hooks::TestHooks;
 use tower::http::socket::SocketSink;
 use tower::http::{ConnLog, Hub, HubConfig, Peer, Who};
@@ -150,7 +150,7 @@ fn child_pump() {
     while (manager.state() != EncoderState::Running || stats.ticks() < 50) && Instant::now() < deadline {
         let due = ticker.deadline();
         ticker.tick(due);
-        manager.wait(Instant::now(), false);
+        manager.wait(Instant::now(), Gather::No);
         manager.drain(Instant::now, |_, _| {});
     }
     assert_eq!(manager.state(), EncoderState::Running);
@@ -158,7 +158,7 @@ fn child_pump() {
         let due = ticker.deadline();
         measured_tick(&mut ticker, due);
         // The fake encoder reads the pipe meanwhile (not counted).
-        manager.wait(Instant::now(), false);
+        manager.wait(Instant::now(), Gather::No);
         manager.drain(Instant::now, |_, _| {});
     }
     let s = stats.snapshot();

@@ -16,7 +16,7 @@ use tower::encoder::process::FfmpegLauncher;
 use tower::encoder::ring::FrameRing;
 use tower::encoder::state::{Liveness, RestartPolicy};
 use tower::encoder::supervisor::SupervisorConfig;
-use tower::encoder::{EncoderManager, EncoderState, ManagerConfig};
+use tower::encoder::{EncoderManager, EncoderState, Gather, ManagerConfig};
 
 /// Processes (not zombies) in process group `pgid`.
 fn group_members(pgid: i32) -> Vec<i32> {
@@ -96,7 +96,7 @@ fn restarts_of_a_forking_wrapper_leave_no_process_of_the_old_group_and_no_thread
                     next += Duration::from_millis(24);
                 }
                 m.drain(Instant::now, |_, _| {});
-                m.wait(Instant::now(), false);
+                m.wait(Instant::now(), Gather::No);
             }
         })
     };

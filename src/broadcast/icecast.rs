@@ -559,13 +559,13 @@ impl Outputs {
         Ok(true)
     }
 
-    /// Queues `frame` for every target without blocking; a full queue drops
-    /// it (counted).
     /// No Icecast target is configured.
     pub fn is_empty(&self) -> bool {
         self.read().is_empty()
     }
 
+    /// Queues `frame` for every target without blocking; a full queue drops
+    /// it (counted).
     pub fn offer(&self, frame: &Mp3Frame) {
         for o in self.read().iter() {
             if let Err(TrySendError::Full(_)) = o.tx.try_send(frame.clone()) {

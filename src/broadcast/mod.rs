@@ -5,13 +5,24 @@
 //! The loop drains what the encoder has ready (reading the clock per
 //! frame, so a slow turn drops nothing), hands each frame to the
 //! [`Listeners`] (the HTTP listener hub) and to the Icecast [`Outputs`],
-//! then waits in the encoder for more: it reads ffmpeg's output itself,
-//! until the pacer's next deadline (`EncoderManager::wait`). Neither side
-//! can block it: the hub drops slow listeners and each Icecast output has
-//! its own queue. Its turn counter feeds the systemd watchdog, so a hung
-//! loop gets the service restarted. With no listener and no Icecast
-//! target it gathers frames, waking once per pacer deadline, not once per
-//! frame (a box nobody listens to: about 10 wake-ups a second, not 42).
+//! ends the turn (`Listeners::end_turn`), then waits in the encoder for
+//! more: it reads ffmpeg's output itself, until the pacer's next deadline
+//! (`EncoderManager::wait`). Neither side can block it: the hub drops slow
+//! listeners and each Icecast output has its own queue. Its turn counter
+//! feeds the systemd watchdog, so a hung loop gets the service restarted.
+//!
+//! The loop wakes once per frame only when it must. With no listener and
+//! no Icecast target it gathers frames until the pacer's deadline (a box
+//! nobody listens to: about 10 wake-ups a second, not 42). With a few
+//! listeners (a house, a club) it gathers frames for as long as the
+//! listeners' own writes would hold them (72 ms at the default burst) and
+//! the hub writes each listener once per turn: 14 wake-ups a second, not
+//! 42, each of which cost more than the few writes it saved. With many
+//! listeners, or one that asks for every frame as it comes, the loop
+//! takes each frame as it comes and the hub staggers the listeners'
+//! writes over the frames ([`Listeners::gather`]). An Icecast target
+//! takes frames gathered for up to [`OUTPUT_HOLD`] (its server buffers
+//! seconds anyway).
 
 pub mod icecast;
 pub mod title;
@@ -22,25 +33,47 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoder::{EncoderManager, Mp3Frame};
+use crate::encoder::{EncoderManager, Gather, Mp3Frame};
 use crate::hooks::{PanicTarget, TestHooks};
 use crate::live::Live;
 use crate::worker::{Supervisor, Worker, WorkerError};
 use icecast::Outputs;
 
+/// How long frames may wait in ffmpeg's output for an Icecast target.
+pub const OUTPUT_HOLD: Duration = Duration::from_millis(72);
+
 /// Whoever listens on this box. The HTTP listener hub implements it;
 /// broadcasting to it must never block.
 pub trait Listeners: Send + Sync + 'static {
+    /// A frame for every listener.
     fn broadcast(&self, frame: &Mp3Frame, now: Instant);
-    /// No one listens, and no one is about to: frames may be gathered
-    /// (`EncoderManager::wait`).
-    fn idle(&self) -> bool {
-        false
+    /// The turn's frames have all been broadcast: a turn that gathered
+    /// them writes them now.
+    fn end_turn(&self, now: Instant) {
+        let _ = now;
+    }
+    /// How the loop may wait for the next turn's frames: [`Gather::Idle`]
+    /// when no one listens and no one is about to; [`Gather::Within`] when
+    /// the listeners take the next turn's frames together, at
+    /// [`Listeners::end_turn`]; [`Gather::No`] when they take them one by
+    /// one. Called once per turn, before the wait.
+    fn gather(&self) -> Gather {
+        Gather::No
     }
     /// `wake` ends a gathering wait: to be called when a first listener
-    /// comes after [`Listeners::idle`] said true.
+    /// comes after [`Listeners::gather`] said [`Gather::Idle`].
     fn on_first(&self, wake: Box<dyn Fn() + Send + Sync>) {
         let _ = wake;
+    }
+}
+
+/// How the loop waits, given the listeners' wish and whether an Icecast
+/// target is configured.
+fn gather(listeners: Gather, icecast: bool) -> Gather {
+    match listeners {
+        Gather::Idle if icecast => Gather::Within(OUTPUT_HOLD),
+        Gather::Within(hold) if icecast => Gather::Within(hold.min(OUTPUT_HOLD)),
+        wish => wish,
     }
 }
 
@@ -71,8 +104,8 @@ impl Broadcast {
                     listeners.broadcast(frame, now);
                     outputs.offer(frame);
                 });
-                let gather = listeners.idle() && outputs.is_empty();
-                enc.wait(Instant::now(), gather);
+                listeners.end_turn(Instant::now());
+                enc.wait(Instant::now(), gather(listeners.gather(), !outputs.is_empty()));
             }
         })?;
         Ok(Broadcast { worker, encoder, turns })
@@ -195,6 +228,18 @@ impl NowPlaying {
 pub(crate) mod tests {
     use super::*;
     use std::sync::Mutex;
+
+    #[test]
+    fn an_icecast_target_gathers_frames_for_at_most_its_hold_and_never_makes_the_loop_gather_more() {
+        let ms = Duration::from_millis;
+        assert_eq!(gather(Gather::Idle, false), Gather::Idle);
+        assert_eq!(gather(Gather::Idle, true), Gather::Within(OUTPUT_HOLD));
+        assert_eq!(gather(Gather::Within(ms(24)), true), Gather::Within(ms(24)));
+        assert_eq!(gather(Gather::Within(ms(168)), true), Gather::Within(OUTPUT_HOLD));
+        assert_eq!(gather(Gather::Within(ms(168)), false), Gather::Within(ms(168)));
+        assert_eq!(gather(Gather::No, true), Gather::No);
+        assert_eq!(gather(Gather::No, false), Gather::No);
+    }
 
     #[test]
     fn titles_are_one_clean_line_of_at_most_200_characters_with_utf8_kept() {

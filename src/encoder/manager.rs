@@ -38,6 +38,20 @@ const MAX_WAIT: Duration = Duration::from_millis(100);
 /// instead of growing with every slow turn [M5].
 pub const MAX_BACKLOG: usize = 21;
 
+/// How the broadcast loop waits for ffmpeg's next frames
+/// ([`EncoderManager::wait`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gather {
+    /// Each frame as it comes: one wake-up per frame.
+    No,
+    /// Frames may wait in ffmpeg's output for up to this long (at most
+    /// until the pacer's deadline) and are taken together: one wake-up per
+    /// few frames, for whoever writes each turn's frames at once.
+    Within(Duration),
+    /// No one to send to: frames wait until the pacer's deadline.
+    Idle,
+}
+
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub supervisor: SupervisorConfig,
@@ -213,16 +227,20 @@ impl EncoderManager {
 
     /// Waits for ffmpeg's output until silence becomes due (or 100 ms pass
     /// before the first frame ever), and moves the frames that arrived into
-    /// the ring for [`EncoderManager::drain`]. With `gather` (no one to
-    /// send to), frames are taken together at that deadline, not one by one
-    /// (see `reader`). Broadcast thread only.
-    pub fn wait(&self, now: Instant, gather: bool) {
+    /// the ring for [`EncoderManager::drain`]. Unless `gather` is
+    /// [`Gather::No`], frames are taken together at that deadline (or
+    /// sooner, [`Gather::Within`]), not one by one (see `reader`).
+    /// Broadcast thread only.
+    pub fn wait(&self, now: Instant, gather: Gather) {
         let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
-        let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
+        let mut deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
+        if let Gather::Within(hold) = gather {
+            deadline = deadline.min(now + hold);
+        }
         self.reader
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wait(deadline, gather);
+            .wait(deadline, gather != Gather::No);
     }
 
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
@@ -503,7 +521,7 @@ mod tests {
             let mut turns = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 m.drain(Instant::now, |_, _| {});
-                m.wait(Instant::now(), true);
+                m.wait(Instant::now(), Gather::Idle);
                 turns += 1;
             }
             turns

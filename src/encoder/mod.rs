@@ -19,5 +19,5 @@ use std::sync::Arc;
 /// One whole MP3 frame, shared by every listener without copying.
 pub type Mp3Frame = Arc<[u8]>;
 
-pub use manager::{EncoderManager, EncoderSnapshot, ManagerConfig};
+pub use manager::{EncoderManager, EncoderSnapshot, Gather, ManagerConfig};
 pub use state::{EncoderState, FailureKind};

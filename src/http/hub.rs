@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::connlog::{ConnLog, Event, What, Who};
-use crate::encoder::Mp3Frame;
+use crate::encoder::{Gather, Mp3Frame};
 
 /// A listener's connection as the hub sees it.
 pub trait ListenerSink: Send {
@@ -66,6 +66,12 @@ const MAX_WRITE_BATCH: u64 = 8;
 fn write_batch(burst: usize) -> u64 {
     (burst as u64 / 2).clamp(1, MAX_WRITE_BATCH)
 }
+
+/// Up to this many listeners the broadcast loop gathers ffmpeg's frames
+/// and the hub writes each listener once per turn ([`Hub::gather`]); above
+/// it, listeners' writes are staggered over the frames, and the loop takes
+/// each frame as it comes.
+pub const GATHER_UP_TO: usize = 32;
 
 /// The largest burst a listener can ask for: 5 s.
 pub const MAX_BURST_FRAMES: usize = 209;
@@ -184,6 +190,20 @@ enum Leave {
     Gone,
 }
 
+/// Applies `f` to every listener; those it gives a reason to leave are
+/// taken out, for the caller to remove outside the lock.
+fn sweep(listeners: &mut Vec<Listener>, mut f: impl FnMut(&mut Listener) -> Option<Leave>) -> Vec<(Listener, Leave)> {
+    let mut leaving = Vec::new();
+    let mut i = 0;
+    while i < listeners.len() {
+        match f(&mut listeners[i]) {
+            None => i += 1,
+            Some(why) => leaving.push((listeners.swap_remove(i), why)),
+        }
+    }
+    leaving
+}
+
 #[derive(Default)]
 struct Counters {
     connected_total: AtomicU64,
@@ -221,6 +241,9 @@ struct Inner {
     /// When the newest of them was broadcast.
     recent_at: Option<Instant>,
     next_id: u64,
+    /// This turn's frames are gathered: written at [`Hub::end_turn`], not
+    /// as each comes (decided by [`Hub::gather`]).
+    gathering: bool,
 }
 
 pub struct Hub {
@@ -239,7 +262,7 @@ pub struct Hub {
     per_address: Mutex<HashMap<IpAddr, usize>>,
     /// Called when a first client is admitted: frames were gathered while
     /// no one listened, and must flow one by one again
-    /// ([`crate::broadcast::Listeners::idle`]).
+    /// ([`crate::broadcast::Listeners::gather`]).
     on_first: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     counters: Counters,
 }
@@ -281,6 +304,7 @@ impl Hub {
                 recent: VecDeque::new(),
                 recent_at: None,
                 next_id: 1,
+                gathering: false,
             }),
             admitted: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
@@ -407,7 +431,7 @@ impl Hub {
             bytes: 0,
         };
         // Frames gathered while no one listened may not all have come yet
-        // (see `Listeners::idle`): what is missing of the newest, beyond
+        // (see `Listeners::gather`): what is missing of the newest, beyond
         // the one due about now, comes in a moment, so as many of the
         // oldest are left out, and the listener is no further behind live
         // than its burst. Frames flowing one by one are never missing.
@@ -477,10 +501,11 @@ impl Hub {
         l.sink.close(why == Leave::Slow);
     }
 
-    /// Sends `frame` to every listener without blocking on any of them.
+    /// Sends `frame` to every listener without blocking on any of them:
+    /// queues it, and writes those whose turn it is, unless this turn's
+    /// frames are gathered ([`Hub::end_turn`] writes them).
     pub fn broadcast(&self, frame: &Mp3Frame, now: Instant) {
-        let mut leaving = Vec::new();
-        {
+        let leaving = {
             let mut inner = self.lock();
             if inner.recent.len() >= MAX_BURST_FRAMES {
                 inner.recent.pop_front();
@@ -488,27 +513,64 @@ impl Hub {
             inner.recent.push_back(frame.clone());
             inner.recent_at = Some(now);
             let turn = self.counters.frames.load(Ordering::Relaxed);
-            let mut i = 0;
-            while i < inner.listeners.len() {
-                let l = &mut inner.listeners[i];
+            let gathering = inner.gathering;
+            sweep(&mut inner.listeners, |l| {
                 l.queue.push_back(frame.clone());
                 // Each listener's turn comes every `batch` frames, staggered
                 // by its id so every broadcast writes to a share of them.
-                let due = (turn + l.id).is_multiple_of(l.batch) || l.queue.len() > l.batch as usize;
-                let verdict = if due {
+                let due = !gathering && ((turn + l.id).is_multiple_of(l.batch) || l.queue.len() > l.batch as usize);
+                if due {
                     self.step(l, now)
                 } else {
                     (l.queue.len() > l.max_queue).then_some(Leave::Slow)
-                };
-                match verdict {
-                    None => i += 1,
-                    Some(why) => leaving.push((inner.listeners.swap_remove(i), why)),
                 }
-            }
-        }
+            })
+        };
         self.counters.frames.fetch_add(1, Ordering::Relaxed);
         for (l, why) in leaving {
             self.remove(l, why, now);
+        }
+    }
+
+    /// The end of the broadcast loop's turn: when its frames were
+    /// gathered, each listener gets them in one write.
+    pub fn end_turn(&self, now: Instant) {
+        let leaving = {
+            let mut inner = self.lock();
+            if !inner.gathering {
+                return;
+            }
+            sweep(&mut inner.listeners, |l| {
+                if l.queue.is_empty() { None } else { self.step(l, now) }
+            })
+        };
+        for (l, why) in leaving {
+            self.remove(l, why, now);
+        }
+    }
+
+    /// How the broadcast loop may wait for its next turn's frames, which
+    /// decides how this hub writes them. No one admitted: until the
+    /// pacer's deadline. Up to [`GATHER_UP_TO`] listeners, each of whose
+    /// writes gathers two frames or more: the loop gathers for as long as
+    /// the listener with the smallest batch would hold a frame (its batch
+    /// less one frame: 72 ms at the default burst), and every listener
+    /// gets the turn's frames in one write. That is a wake-up of the loop
+    /// per 3 frames instead of one per frame, for a few more writes (one
+    /// per 3 frames instead of 4); above that count the writes saved by
+    /// staggering are worth more, and a listener that asked for every
+    /// frame as it comes (a burst of one or two frames) gets just that.
+    pub fn gather(&self) -> Gather {
+        if self.admitted() == 0 {
+            return Gather::Idle;
+        }
+        let mut inner = self.lock();
+        let smallest = inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1);
+        inner.gathering = inner.listeners.len() <= GATHER_UP_TO && smallest > 1;
+        if inner.gathering {
+            Gather::Within(self.config.frame * u32::try_from(smallest - 1).unwrap_or(1))
+        } else {
+            Gather::No
         }
     }
 
@@ -579,10 +641,12 @@ impl crate::broadcast::Listeners for Hub {
         Hub::broadcast(self, frame, now);
     }
 
-    /// No client admitted (a connection being set up counts: its burst is
-    /// about to be taken).
-    fn idle(&self) -> bool {
-        self.admitted() == 0
+    fn end_turn(&self, now: Instant) {
+        Hub::end_turn(self, now);
+    }
+
+    fn gather(&self) -> Gather {
+        Hub::gather(self)
     }
 
     /// Called when a first client is admitted (set once; later calls are
@@ -741,6 +805,80 @@ mod tests {
         }
     }
 
+    /// The frames a counting sink got, by their tag, and its writes.
+    fn got(s: &Counting) -> (Vec<u8>, usize) {
+        let c = s.0.lock().expect("lock");
+        (c.1.chunks(384).map(|f| f[0]).collect(), c.0)
+    }
+
+    #[test]
+    fn a_few_listeners_get_each_turns_gathered_frames_in_one_write() {
+        let h = listener_hub(config(100, 100, 8));
+        let t0 = Instant::now();
+        h.broadcast(&frame(0), t0);
+        let sinks: Vec<Counting> = (0..3).map(|_| Counting::default()).collect();
+        for s in &sinks {
+            h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
+        }
+        // Writes gather 4 frames: the loop may hold a frame for 3 more.
+        assert_eq!(h.gather(), Gather::Within(P * 3));
+        for turn in 0..5u8 {
+            let (_, writes) = got(&sinks[0]);
+            for t in 1..=3 {
+                let tag = turn * 3 + t;
+                h.broadcast(&frame(tag), t0 + P * u32::from(tag));
+                assert_eq!(got(&sinks[0]).1, writes, "nothing is written before the turn ends");
+            }
+            h.end_turn(t0 + P * u32::from(turn * 3 + 3));
+            assert_eq!(h.gather(), Gather::Within(P * 3));
+            for s in &sinks {
+                let (frames, w) = got(s);
+                assert_eq!(frames, (0..=turn * 3 + 3).collect::<Vec<u8>>());
+                assert_eq!(w, usize::from(turn) + 2, "the burst, then one write per turn");
+            }
+        }
+        // A listener at a 400 ms burst (8 frames a write) does not change
+        // how long the loop holds frames: the smallest batch decides.
+        let big = Counting::default();
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(big.clone()), Some(16), t0);
+        assert_eq!(h.gather(), Gather::Within(P * 3));
+        assert_eq!(h.snapshot().slow_dropped, 0);
+    }
+
+    #[test]
+    fn many_listeners_or_one_asking_for_every_frame_turn_gathering_off() {
+        let h = listener_hub(config(100, 100, 8));
+        assert_eq!(h.gather(), Gather::Idle, "no one listens");
+        let t0 = Instant::now();
+        h.broadcast(&frame(0), t0);
+        let sinks: Vec<Counting> = (0..GATHER_UP_TO).map(|_| Counting::default()).collect();
+        for s in &sinks {
+            h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
+        }
+        assert_eq!(h.gather(), Gather::Within(P * 3));
+        // One more listener: the writes are staggered over the frames.
+        let last = Counting::default();
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(last.clone()), None, t0);
+        assert_eq!(h.gather(), Gather::No);
+        let writes: usize = sinks.iter().map(|s| got(s).1).sum();
+        h.broadcast(&frame(1), t0 + P);
+        let now: usize = sinks.iter().map(|s| got(s).1).sum();
+        assert!(now > writes && now - writes < GATHER_UP_TO, "a share written per frame");
+        // A few listeners, one asking for a one-frame burst: every frame
+        // as it comes, to each.
+        let h = listener_hub(config(100, 100, 8));
+        let (a, b) = (Counting::default(), Counting::default());
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(a.clone()), None, t0);
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(b.clone()), Some(1), t0);
+        assert_eq!(h.gather(), Gather::No);
+        for t in 0..8u8 {
+            h.broadcast(&frame(t), t0 + P * u32::from(t));
+            assert_eq!(got(&b).0.len(), usize::from(t) + 1);
+        }
+        h.end_turn(t0 + P * 8);
+        assert!(got(&a).1 <= 3, "{} writes: staggered batches of 4", got(&a).1);
+    }
+
     #[test]
     fn a_listener_asking_for_a_one_frame_burst_gets_every_frame_as_it_comes() {
         let h = hub_with_burst(8);
@@ -790,7 +928,7 @@ mod tests {
         h.on_first(Box::new(move || {
             w.fetch_add(1, Ordering::SeqCst);
         }));
-        assert!(h.idle());
+        assert_eq!(Listeners::gather(&h), Gather::Idle);
         let t0 = Instant::now();
         for t in 0..30u8 {
             h.broadcast(&frame(t), t0 + P * u32::from(t));
@@ -800,7 +938,7 @@ mod tests {
         let a = FakeSink::open(usize::MAX);
         join(&h, &a, t0 + P * 29 + P * 7 / 2);
         assert_eq!(woken.load(Ordering::SeqCst), 1, "the first admission wakes the loop");
-        assert!(!h.idle());
+        assert_eq!(h.admitted(), 1, "the loop no longer waits for the pacer");
         assert_eq!(a.get().data, (27..30u8).flat_map(|t| vec![t; 384]).collect::<Vec<u8>>());
         // The woken loop brings them: the listener holds its burst of 5.
         h.broadcast(&frame(30), t0 + P * 33);
