@@ -533,9 +533,12 @@ mod tests {
         assert!(real >= 35, "{real} frames of 42");
         // One turn per pacer deadline (3 to 4 frames), not one per frame.
         assert!(turns * 2 <= real, "{turns} turns for {real} frames");
+        // The pacer's margin covers the wait: a wait past it would send
+        // silence on every turn (10 or more here); a late wake-up on a
+        // loaded or emulated machine (qemu-user, in CI) adds one now and then.
         assert!(
-            silence <= 2,
-            "the pacer's margin covers the wait: {silence} silence frames"
+            silence * 10 <= real,
+            "{silence} silence frames for {real} real ones in {turns} turns"
         );
         // A wake-up (a first listener, a stop) ends a gathering wait at once.
         let t0 = Instant::now();

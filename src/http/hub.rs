@@ -260,9 +260,9 @@ pub struct Hub {
     admitted: AtomicUsize,
     /// The same, per client address (addresses with none are removed).
     per_address: Mutex<HashMap<IpAddr, usize>>,
-    /// Called when a first client is admitted: frames were gathered while
-    /// no one listened, and must flow one by one again
-    /// ([`crate::broadcast::Listeners::gather`]).
+    /// Called when a first client is admitted: frames were gathered until
+    /// the pacer's deadline while no one listened, and the loop must wait
+    /// as listeners need again ([`crate::broadcast::Listeners::gather`]).
     on_first: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     counters: Counters,
 }
