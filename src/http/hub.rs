@@ -565,8 +565,12 @@ impl Hub {
             return Gather::Idle;
         }
         let mut inner = self.lock();
-        let smallest = inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1);
-        inner.gathering = inner.listeners.len() <= GATHER_UP_TO && smallest > 1;
+        // Once a turn: past the count, the listeners are not looked at.
+        let smallest = match inner.listeners.len() {
+            n if n > GATHER_UP_TO => 1,
+            _ => inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1),
+        };
+        inner.gathering = smallest > 1;
         if inner.gathering {
             Gather::Within(self.config.frame * u32::try_from(smallest - 1).unwrap_or(1))
         } else {
