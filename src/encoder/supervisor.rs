@@ -876,6 +876,17 @@ mod tests {
         false
     }
 
+    /// A rig whose first encoder runs `mode`, once the supervisor has
+    /// restarted it after `failure` and the next one runs.
+    fn recovered_from(mode: FakeMode, failure: &str) -> Rig {
+        let launcher = FakeLauncher::new(FakeMode::Healthy);
+        launcher.push_mode(mode);
+        let r = rig(launcher);
+        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, failure)
+            && r.sup.state() == EncoderState::Running));
+        r
+    }
+
     fn saw(r: &Rig, to: EncoderState, reason_part: &str) -> bool {
         lock(&r.changes)
             .iter()
@@ -902,11 +913,7 @@ mod tests {
 
     #[test]
     fn a_crash_is_restarted_and_the_ring_keeps_its_frames() {
-        let launcher = FakeLauncher::new(FakeMode::Healthy);
-        launcher.push_mode(FakeMode::CrashAfter(3));
-        let r = rig(launcher);
-        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "process_exit")
-            && r.sup.state() == EncoderState::Running));
+        let r = recovered_from(FakeMode::CrashAfter(3), "process_exit");
         let snap = r.sup.snapshot();
         assert_eq!(snap.restarts, 1);
         assert_eq!(snap.failures["process_exit"], 1);
@@ -996,31 +1003,19 @@ mod tests {
 
     #[test]
     fn no_first_frame_is_a_startup_timeout() {
-        let launcher = FakeLauncher::new(FakeMode::Healthy);
-        launcher.push_mode(FakeMode::Mute);
-        let r = rig(launcher);
-        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "startup_timeout")
-            && r.sup.state() == EncoderState::Running));
+        let r = recovered_from(FakeMode::Mute, "startup_timeout");
         assert_eq!(r.sup.snapshot().failures["startup_timeout"], 1);
     }
 
     #[test]
     fn a_stall_is_detected_and_restarted() {
-        let launcher = FakeLauncher::new(FakeMode::Healthy);
-        launcher.push_mode(FakeMode::StallAfter(5));
-        let r = rig(launcher);
-        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "stall")
-            && r.sup.state() == EncoderState::Running));
+        let r = recovered_from(FakeMode::StallAfter(5), "stall");
         assert_eq!(r.sup.snapshot().failures["stall"], 1);
     }
 
     #[test]
     fn a_closed_stdin_is_a_stdin_failure_that_is_restarted() {
-        let launcher = FakeLauncher::new(FakeMode::Healthy);
-        launcher.push_mode(FakeMode::ClosesStdinAfter(5));
-        let r = rig(launcher);
-        assert!(pump_until(&r, |r| saw(r, EncoderState::Restarting, "stdin_broken")
-            && r.sup.state() == EncoderState::Running));
+        let r = recovered_from(FakeMode::ClosesStdinAfter(5), "stdin_broken");
         let snap = r.sup.snapshot();
         assert_eq!(snap.failures["stdin_broken"], 1);
         assert_eq!(snap.restarts, 1);
