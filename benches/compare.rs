@@ -48,17 +48,23 @@
 //!    The trade-off: at each N, Tower once more with `http.burst_ms =
 //!    400` (writes to each listener gather 8 frames, not 4); and in the
 //!    lag part a second listener asking for that burst.
-//! 4. `pump`: Tower's pump tick error with every core busy (a hog process
+//! 4. `side`: Tower and Icecast (with its ffmpeg source) serving N
+//!    listeners each at the same time, each from its own load generator,
+//!    their chains' CPU measured over the same window, cut in three parts
+//!    (`compare/side.rs`): whatever else the machine does lands on both,
+//!    so the ratio holds up where two windows one after another do not.
+//!    Also "with its input", and the lowest and highest ratio of the parts.
+//! 5. `pump`: Tower's pump tick error with every core busy (a hog process
 //!    per core), with SCHED_FIFO (as root) and without (as nobody, no
 //!    RLIMIT_RTPRIO).
-//! 5. `encoder`: Tower's default ffmpeg command on 60 s (`--quick`: 20 s)
+//! 6. `encoder`: Tower's default ffmpeg command on 60 s (`--quick`: 20 s)
 //!    of music-like PCM as fast as it goes: CPU (user + system, from
 //!    wait4) per second of audio, best of 3, for libmp3lame's
 //!    `-compression_level` unset and 0…9; output bytes and a crude SNR of
 //!    the decoded output (`compare/encoder.rs`). SNR is not what a
 //!    listener hears: LAME's better levels shape noise where it is masked,
 //!    which can lower the SNR.
-//! 6. `locked`: Tower's RSS and VmLck after 10 s (`--quick`: 5 s) of
+//! 7. `locked`: Tower's RSS and VmLck after 10 s (`--quick`: 5 s) of
 //!    streaming, capturing real ALSA (JACK dummy) or the fallback tone, as
 //!    root and under the systemd unit's conditions (`compare/locked.rs`).
 //!    With JACK, RSS includes JACK's shared memory, which a sound card
@@ -73,9 +79,9 @@
 //! the largest N, pump p99 ≤ 1 ms with SCHED_FIFO) and writes every figure as JSON
 //! (target/bench/compare.json, or `--json PATH`). Every part is bounded in
 //! time; every child process is ended on exit, panic or signal.
-//! `--only first,lag,held,pump,encoder,locked` runs some parts;
-//! `--listeners 100,500` and `--seconds S` change part 3 (and the window
-//! of part 4). Needs icecast2, liquidsoap, ffmpeg, jackd2,
+//! `--only first,lag,held,side,pump,encoder,locked` runs some parts;
+//! `--listeners 100,500` and `--seconds S` change parts 3 and 4 (and the
+//! window of part 5). Needs icecast2, liquidsoap, ffmpeg, jackd2,
 //! libasound2-plugins and linux-perf.
 
 #[path = "../tests/common/mod.rs"]
@@ -96,6 +102,8 @@ mod perf;
 mod report;
 #[path = "compare/servers.rs"]
 mod servers;
+#[path = "compare/side.rs"]
+mod side;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -120,7 +128,7 @@ use support::{
 const WIDE_BURST_MS: &str = "400";
 /// Load generator threads.
 const LOAD_THREADS: usize = 2;
-const PARTS: [&str; 6] = ["first", "lag", "held", "pump", "encoder", "locked"];
+const PARTS: [&str; 7] = ["first", "lag", "held", "side", "pump", "encoder", "locked"];
 
 struct Options {
     quick: bool,
@@ -969,7 +977,7 @@ fn held(report: &mut Report, stock: &Arc<StockConfig>, opts: &Options) {
     report.json.insert("idle".into(), Value::Object(idle_json));
 }
 
-/// Part 4: pump tick error with every core busy.
+/// Part 5: pump tick error with every core busy.
 fn pump(report: &mut Report, opts: &Options) {
     let window = opts.window();
     let mut out = serde_json::Map::new();
@@ -1017,7 +1025,7 @@ fn pump(report: &mut Report, opts: &Options) {
     report.json.insert("pump".into(), Value::Object(out));
 }
 
-/// Part 5: the encoder's CPU per second of audio, by LAME quality.
+/// Part 6: the encoder's CPU per second of audio, by LAME quality.
 fn encoder_cost(report: &mut Report, opts: &Options) {
     let seconds = opts.encoder_audio_s();
     let settings = encoder::measure(seconds).expect("encoder runs (apt-get install ffmpeg)");
@@ -1067,7 +1075,7 @@ fn default_command_text() -> String {
     tower::encoder::command::default_command("ffmpeg", 128).to_string()
 }
 
-/// Part 6: Tower's memory with the pump's memory lock.
+/// Part 7: Tower's memory with the pump's memory lock.
 fn locked_memory(report: &mut Report, stream: Duration) {
     if !common::icecast::is_root() {
         report
@@ -1189,6 +1197,7 @@ fn main() {
     part("lag", &mut report, &|r| lag(r, &stock, &opts));
     part("first", &mut report, &|r| first_byte(r, &stock, &opts));
     part("held", &mut report, &|r| held(r, &stock, &opts));
+    part("side", &mut report, &|r| side::side_by_side(r, &stock, &opts));
     part("pump", &mut report, &|r| pump(r, &opts));
     part("encoder", &mut report, &|r| encoder_cost(r, &opts));
     part("locked", &mut report, &|r| locked_memory(r, opts.locked_stream()));

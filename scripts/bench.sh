@@ -16,6 +16,8 @@
 #            less the same server at 0 listeners), which carry over to ARM;
 #            and each server idle: CPU, system calls, wake-ups (by thread
 #            for Tower)
+#   side     Tower and Icecast with N listeners each at the same time, both
+#            chains' CPU over the same windows (host noise lands on both)
 #   pump     Tower's pump tick error with every core busy
 #   encoder  Tower's ffmpeg command: CPU per audio-second for each LAME
 #            -compression_level, output bytes, crude SNR
@@ -27,7 +29,7 @@
 # 5 and 100 listeners for 5 s, about 5 minutes) and ends every process it
 # started, also on Ctrl-C. Needs root or sudo for apt; the SCHED_FIFO
 # figure and the locked part need root.
-# Arguments go to the bench: --quick, --only first,lag,held,pump,encoder,locked,
+# Arguments go to the bench: --quick, --only first,lag,held,side,pump,encoder,locked,
 # --listeners 5,100, --seconds S, --json PATH. Works at any hard open-file
 # limit of 4096 or more (Tower shares it: listeners first).
 set -euo pipefail
