@@ -8,10 +8,12 @@
 //!
 //! - `hub`: the listener hub broadcasting to N listeners, each a real TCP
 //!   connection on 127.0.0.1 written through Tower's socket sink (the
-//!   `sendmsg` path), 400 frames on a clock advancing 24 ms a frame. Only
-//!   the hub's `broadcast` is counted (`--toggle-collect`); the bench drains
-//!   the other ends between frames. Per listener-frame: (I(N) − I(0)) ÷
-//!   (N × frames); idle: I(0) per audio-second (41.67 frames).
+//!   `sendmsg` path), 400 frames on a clock advancing 24 ms a frame, in
+//!   the broadcast loop's turns (`gather`, the turn's 4 frames, `end_turn`:
+//!   each listener written once a turn). Only the turn is counted
+//!   (`--toggle-collect`); the bench drains the other ends between turns.
+//!   Per listener-frame: (I(N) − I(0)) ÷ (N × frames); idle: I(0) per
+//!   audio-second (41.67 frames).
 //! - `pump`: the pump's tick ([`tower::pump::Ticker`]) playing the fallback
 //!   tone into the real encoder manager and supervisor, with the in-tree
 //!   fake encoder behind the pipe: per audio-second (41.67 ticks).
@@ -54,9 +56,18 @@ const HUB_LISTENERS: [usize; 4] = [0, 5, 100, 1000];
 const IDLE_WARMUP: Duration = Duration::from_secs(8);
 const IDLE_WINDOW: Duration = Duration::from_secs(10);
 
+/// Frames in one turn of the broadcast loop at the default burst.
+const TURN: u32 = 4;
+
+/// One turn of the broadcast loop: how to wait, the turn's frames, its end.
 #[inline(never)]
-fn measured_broadcast(hub: &Hub, frame: &Mp3Frame, now: Instant) {
-    hub.broadcast(std::hint::black_box(frame), now);
+fn measured_turn(hub: &Hub, frame: &Mp3Frame, now: &mut Instant) {
+    std::hint::black_box(hub.gather());
+    for _ in 0..TURN {
+        hub.broadcast(std::hint::black_box(frame), *now);
+        *now += FRAME_DURATION;
+    }
+    hub.end_turn(*now);
 }
 
 #[inline(never)]
@@ -104,13 +115,17 @@ fn child_hub(n: usize) {
     }
     let frame = Mp3Frame::from(canonical_silent_frame());
     for counted in [false, true] {
-        for _ in 0..if counted { FRAMES } else { 16 } {
+        for _ in 0..if counted { FRAMES / TURN } else { 4 } {
             if counted {
-                measured_broadcast(&hub, &frame, now);
+                measured_turn(&hub, &frame, &mut now);
             } else {
-                hub.broadcast(&frame, now);
+                std::hint::black_box(hub.gather());
+                for _ in 0..TURN {
+                    hub.broadcast(&frame, now);
+                    now += FRAME_DURATION;
+                }
+                hub.end_turn(now);
             }
-            now += FRAME_DURATION;
             drain(&mut clients);
         }
     }
@@ -299,7 +314,7 @@ fn main() {
     let t0 = Instant::now();
     let hub: Vec<(usize, u64)> = HUB_LISTENERS
         .iter()
-        .map(|&n| (n, counted_child(&dir, "measured_broadcast", &["hub", &n.to_string()])))
+        .map(|&n| (n, counted_child(&dir, "measured_turn", &["hub", &n.to_string()])))
         .collect();
     let pump = counted_child(&dir, "measured_tick", &["pump"]);
     let (idle, no_pidfd) = idle_tower(&dir);

@@ -13,16 +13,16 @@
 //!
 //! The loop wakes once per frame only when it must. With no listener and
 //! no Icecast target it gathers frames until the pacer's deadline (a box
-//! nobody listens to: about 10 wake-ups a second, not 42). With a few
-//! listeners (a house, a club) it gathers frames for as long as the
-//! listeners' own writes would hold them (72 ms at the default burst) and
-//! the hub writes each listener once per turn: 14 wake-ups a second, not
-//! 42, each of which cost more than the few writes it saved. With many
-//! listeners, or one that asks for every frame as it comes, the loop
-//! takes each frame as it comes and the hub staggers the listeners'
-//! writes over the frames ([`Listeners::gather`]). An Icecast target
-//! takes frames gathered for up to [`OUTPUT_HOLD`] (its server buffers
-//! seconds anyway).
+//! nobody listens to: about 10 wake-ups a second, not 42). With
+//! listeners it takes frames in turns of as many as each listener's write
+//! gathers anyway (4 at the default burst), each turn ending just after
+//! the frame that closes it comes, and the hub writes every listener once
+//! per turn: 10 wake-ups a second, not 42, and every listener's writes
+//! in one burst, at 5 listeners as at 2 000 ([`Listeners::gather`]). A
+//! listener that asks for every frame as it comes makes the loop take
+//! each frame as it comes, and the hub then staggers the others' writes
+//! over the frames. An Icecast target takes turns of at most
+//! [`OUTPUT_TURN`] (its server buffers seconds anyway).
 
 pub mod icecast;
 pub mod title;
@@ -39,8 +39,9 @@ use crate::live::Live;
 use crate::worker::{Supervisor, Worker, WorkerError};
 use icecast::Outputs;
 
-/// How long frames may wait in ffmpeg's output for an Icecast target.
-pub const OUTPUT_HOLD: Duration = Duration::from_millis(72);
+/// The longest turn for an Icecast target: four frames, the oldest of
+/// which waits 72 ms in ffmpeg's output (its server buffers seconds).
+pub const OUTPUT_TURN: Duration = Duration::from_millis(96);
 
 /// Whoever listens on this box. The HTTP listener hub implements it;
 /// broadcasting to it must never block.
@@ -53,7 +54,7 @@ pub trait Listeners: Send + Sync + 'static {
         let _ = now;
     }
     /// How the loop may wait for the next turn's frames: [`Gather::Idle`]
-    /// when no one listens and no one is about to; [`Gather::Within`] when
+    /// when no one listens and no one is about to; [`Gather::Every`] when
     /// the listeners take the next turn's frames together, at
     /// [`Listeners::end_turn`]; [`Gather::No`] when they take them one by
     /// one. Called once per turn, before the wait.
@@ -71,8 +72,8 @@ pub trait Listeners: Send + Sync + 'static {
 /// target is configured.
 fn gather(listeners: Gather, icecast: bool) -> Gather {
     match listeners {
-        Gather::Idle if icecast => Gather::Within(OUTPUT_HOLD),
-        Gather::Within(hold) if icecast => Gather::Within(hold.min(OUTPUT_HOLD)),
+        Gather::Idle if icecast => Gather::Every(OUTPUT_TURN),
+        Gather::Every(span) if icecast => Gather::Every(span.min(OUTPUT_TURN)),
         wish => wish,
     }
 }
@@ -230,13 +231,13 @@ pub(crate) mod tests {
     use std::sync::Mutex;
 
     #[test]
-    fn an_icecast_target_gathers_frames_for_at_most_its_hold_and_never_makes_the_loop_gather_more() {
+    fn an_icecast_target_takes_turns_of_at_most_four_frames_and_never_makes_the_loop_gather_more() {
         let ms = Duration::from_millis;
         assert_eq!(gather(Gather::Idle, false), Gather::Idle);
-        assert_eq!(gather(Gather::Idle, true), Gather::Within(OUTPUT_HOLD));
-        assert_eq!(gather(Gather::Within(ms(24)), true), Gather::Within(ms(24)));
-        assert_eq!(gather(Gather::Within(ms(168)), true), Gather::Within(OUTPUT_HOLD));
-        assert_eq!(gather(Gather::Within(ms(168)), false), Gather::Within(ms(168)));
+        assert_eq!(gather(Gather::Idle, true), Gather::Every(OUTPUT_TURN));
+        assert_eq!(gather(Gather::Every(ms(48)), true), Gather::Every(ms(48)));
+        assert_eq!(gather(Gather::Every(ms(192)), true), Gather::Every(OUTPUT_TURN));
+        assert_eq!(gather(Gather::Every(ms(192)), false), Gather::Every(ms(192)));
         assert_eq!(gather(Gather::No, true), Gather::No);
         assert_eq!(gather(Gather::No, false), Gather::No);
     }

@@ -44,10 +44,12 @@ pub const MAX_BACKLOG: usize = 21;
 pub enum Gather {
     /// Each frame as it comes: one wake-up per frame.
     No,
-    /// Frames may wait in ffmpeg's output for up to this long (at most
-    /// until the pacer's deadline) and are taken together: one wake-up per
-    /// few frames, for whoever writes each turn's frames at once.
-    Within(Duration),
+    /// Frames are taken together, a turn per this much audio (whole pump
+    /// periods), each turn ending just after the frame that closes it
+    /// comes (`turn`): one wake-up per turn, for whoever writes each
+    /// turn's frames at once. The oldest frame of a turn waits the span
+    /// less a period (72 ms at 96 ms).
+    Every(Duration),
     /// No one to send to: frames wait until the pacer's deadline.
     Idle,
 }
@@ -227,20 +229,29 @@ impl EncoderManager {
 
     /// Waits for ffmpeg's output until silence becomes due (or 100 ms pass
     /// before the first frame ever), and moves the frames that arrived into
-    /// the ring for [`EncoderManager::drain`]. Unless `gather` is
-    /// [`Gather::No`], frames are taken together at that deadline (or
-    /// sooner, [`Gather::Within`]), not one by one (see `reader`).
-    /// Broadcast thread only.
+    /// the ring for [`EncoderManager::drain`]: one by one
+    /// ([`Gather::No`]), together at that deadline ([`Gather::Idle`]), or
+    /// in turns ([`Gather::Every`]; see `reader`). Broadcast thread only.
     pub fn wait(&self, now: Instant, gather: Gather) {
-        let due = self.output.lock().unwrap_or_else(|p| p.into_inner()).pacer.next_due();
-        let mut deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
-        if let Gather::Within(hold) = gather {
-            deadline = deadline.min(now + hold);
-        }
+        let (due, settling) = {
+            let out = self.output.lock().unwrap_or_else(|p| p.into_inner());
+            (out.pacer.next_due(), out.pacer.settling(now))
+        };
+        let deadline = due.map_or(now + MAX_WAIT, |d| d.min(now + MAX_WAIT));
+        // While the pacer settles (the first frames, those after silence or
+        // from a new encoder) they are taken as they come: its tighter cap
+        // holds for a few periods only, and the rest of a start's burst,
+        // taken in a turn after them, would be judged against the full
+        // cap, leaving listeners that much further ahead of the pace and
+        // a frame from being trimmed.
+        let gather = match gather {
+            Gather::Every(_) if settling => Gather::No,
+            wish => wish,
+        };
         self.reader
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .wait(deadline, gather != Gather::No);
+            .wait(deadline, gather);
     }
 
     /// Wakes a thread sleeping in [`EncoderManager::wait`].
@@ -319,7 +330,7 @@ mod tests {
     fn read_for(m: &EncoderManager, d: Duration) {
         let until = Instant::now() + d;
         while Instant::now() < until {
-            m.reader.lock().expect("reader").wait(until, false);
+            m.reader.lock().expect("reader").wait(until, Gather::No);
         }
     }
 
@@ -499,33 +510,53 @@ mod tests {
         gap
     }
 
-    #[test]
-    fn with_no_one_to_send_to_frames_are_gathered_and_a_wake_up_ends_the_wait() {
+    /// A manager whose fake encoder has run healthy for 300 ms, and its
+    /// figures then.
+    fn running_healthy() -> (EncoderManager, EncoderSnapshot) {
         let m = manager(FakeLauncher::new(FakeMode::Healthy));
         run_for(&m, Duration::from_millis(300));
         assert_eq!(m.state(), EncoderState::Running);
         let before = m.snapshot();
+        (m, before)
+    }
+
+    /// A pump writing `frames` PCM frames 24 ms apart (calling
+    /// `after_write` with each one's number) beside a broadcast loop that
+    /// drains and waits with `gather`; returns the frames each turn sent.
+    fn pump_beside_loop(
+        m: &EncoderManager,
+        frames: usize,
+        gather: Gather,
+        mut after_write: impl FnMut(usize) + Send,
+    ) -> Vec<usize> {
         let stop = std::sync::atomic::AtomicBool::new(false);
-        let turns = std::thread::scope(|s| {
-            // The pump: a frame every 24 ms for a second.
+        std::thread::scope(|s| {
             s.spawn(|| {
                 let (frame, mut next) = (PcmFrame::silent(), Instant::now());
-                for _ in 0..42 {
+                for k in 0..frames {
                     m.write_pcm(&frame);
+                    after_write(k);
                     next += FRAME_DURATION;
                     std::thread::sleep(next.saturating_duration_since(Instant::now()));
                 }
                 stop.store(true, Ordering::SeqCst);
             });
-            // The broadcast loop with no listener.
-            let mut turns = 0u64;
+            let mut per_turn = Vec::new();
             while !stop.load(Ordering::SeqCst) {
-                m.drain(Instant::now, |_, _| {});
-                m.wait(Instant::now(), Gather::Idle);
-                turns += 1;
+                let mut n = 0;
+                m.drain(Instant::now, |_, _| n += 1);
+                per_turn.push(n);
+                m.wait(Instant::now(), gather);
             }
-            turns
-        });
+            per_turn
+        })
+    }
+
+    #[test]
+    fn with_no_one_to_send_to_frames_are_gathered_and_a_wake_up_ends_the_wait() {
+        let (m, before) = running_healthy();
+        // The pump for a second, beside the broadcast loop with no listener.
+        let turns = pump_beside_loop(&m, 42, Gather::Idle, |_| {}).len() as u64;
         m.drain(Instant::now, |_, _| {});
         let after = m.snapshot();
         let real = after.mp3_frames_out - before.mp3_frames_out;
@@ -550,9 +581,62 @@ mod tests {
             m.reader
                 .lock()
                 .expect("reader")
-                .wait(t0 + Duration::from_secs(30), true);
+                .wait(t0 + Duration::from_secs(30), Gather::Idle);
         });
         assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    }
+
+    #[test]
+    fn for_listeners_frames_are_taken_in_turns_of_four_that_end_as_the_fourth_comes() {
+        let (m, before) = running_healthy();
+        // The pump for two seconds, beside the broadcast loop for listeners
+        // whose writes gather 4 frames.
+        let per_turn = pump_beside_loop(&m, 84, Gather::Every(FRAME_DURATION * 4), |_| {});
+        m.drain(Instant::now, |_, _| {});
+        let after = m.snapshot();
+        let real = after.mp3_frames_out - before.mp3_frames_out;
+        let silence = after.silence_frames_out - before.silence_frames_out;
+        assert!(real >= 75, "{real} frames of 84");
+        let turns = per_turn.len() as u64;
+        // One wake-up a turn, not one a frame.
+        assert!(turns * 2 <= real, "{turns} turns for {real} frames: {per_turn:?}");
+        // Most turns carry four frames: they end as the fourth comes, and a
+        // late fourth is waited for, not left for the next turn.
+        let full = per_turn.iter().filter(|n| **n == 4).count() as u64;
+        assert!(full * 2 >= turns, "{full} turns of 4 frames of {turns}: {per_turn:?}");
+        assert!(
+            per_turn.iter().all(|n| *n <= 6),
+            "no frame waits a turn more: {per_turn:?}"
+        );
+        assert!(
+            silence * 10 <= real,
+            "{silence} silence frames for {real} real ones: {per_turn:?}"
+        );
+    }
+
+    #[test]
+    fn a_start_burst_taken_in_turns_is_held_to_the_settling_cap_and_nothing_is_trimmed_after() {
+        let m = manager(FakeLauncher::new(FakeMode::BurstAtStart(15)));
+        // The pump from the start for 1.5 s, beside the broadcast loop for a
+        // listener from the start whose writes gather 4 frames.
+        let settled = std::sync::Mutex::new(None);
+        pump_beside_loop(&m, 63, Gather::Every(FRAME_DURATION * 4), |k| {
+            if k == 21 {
+                *settled.lock().expect("lock") = Some(m.snapshot());
+            }
+        });
+        m.drain(Instant::now, |_, _| {});
+        let lead = m.output.lock().expect("output").pacer.lead(Instant::now());
+        // The burst was held to two periods ahead, as frames taken one by
+        // one are; in a turn after the settling it reached the full cap.
+        assert!(lead <= FRAME_DURATION * 3, "{lead:?} ahead of the pace");
+        let (before, after) = (settled.lock().expect("lock").clone().expect("snapshot"), m.snapshot());
+        assert!(before.mp3_frames_trimmed >= 10, "the burst: {before:?}");
+        assert_eq!(after.mp3_frames_trimmed, before.mp3_frames_trimmed, "trimmed later");
+        assert_eq!(
+            after.silence_frames_out, before.silence_frames_out,
+            "{before:?} {after:?}"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod reader;
 pub mod ring;
 pub mod state;
 pub mod supervisor;
+mod turn;
 
 use std::sync::Arc;
 

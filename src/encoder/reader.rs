@@ -23,16 +23,20 @@
 //! killed) or at the latest when the timeout passes, as is a stop; with no
 //! encoder output to read, the reader waits in `poll(2)` on the wake-up.
 //!
-//! With no one to send to (no listener, no Icecast target), frames need
-//! not leave the socket one by one: the reader *gathers*. It sleeps in
-//! `poll(2)` on the wake-up alone until the pacer's deadline (silence would
-//! be due, 84 ms after the last frame: three or four frames) and then takes
-//! everything waiting in one `recv`. That is one wake-up per deadline, not
-//! one per frame, while the box sits idle. The pacer sees the same frames
-//! up to 60 ms later, within its silence margin, so it sends no silence and
-//! trims nothing for it. A first listener wakes it at once (`Hub::admit`),
-//! and `Hub::add` leaves out of its burst what the wait made stale, so the
-//! listener is no further behind live.
+//! Frames need not leave the socket one by one (`Gather`). With no one to
+//! send to (no listener, no Icecast target) the reader *gathers*: it
+//! sleeps in `poll(2)` on the wake-up alone until the pacer's deadline
+//! (silence would be due, 84 ms after the last frame: three or four
+//! frames) and then takes everything waiting in one `recv`. That is one
+//! wake-up per deadline, not one per frame, while the box sits idle. The
+//! pacer sees the same frames up to 60 ms later, within its silence
+//! margin, so it sends no silence and trims nothing for it. A first
+//! listener wakes it at once (`Hub::admit`), and `Hub::add` leaves out of
+//! its burst what the wait made stale, so the listener is no further
+//! behind live. With listeners whose writes gather frames anyway, it
+//! takes frames in *turns* of that many, each ending just after the frame
+//! that closes it comes (`turn` says how it knows when): one wake-up per
+//! turn, and the hub writes each listener once per turn.
 
 use std::io::{self, ErrorKind};
 use std::os::fd::AsRawFd;
@@ -40,8 +44,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::mp3::Packetizer;
+use super::manager::Gather;
+use super::mp3::{FrameHeader, Packetizer};
 use super::supervisor::Shared;
+use super::turn::{Phase, Plan, whole_periods};
 use crate::audio::FRAME_DURATION;
 use crate::worker::{poll_until, readable};
 
@@ -76,6 +82,10 @@ pub struct Reader {
     shared: Arc<Shared>,
     current: Option<Current>,
     buf: Box<[u8; READ_BYTES]>,
+    /// When gathered turns end (see `turn`).
+    phase: Phase,
+    /// How long the last frame read plays.
+    frame: Duration,
 }
 
 impl Reader {
@@ -84,33 +94,94 @@ impl Reader {
             shared,
             current: None,
             buf: Box::new([0; READ_BYTES]),
+            phase: Phase::default(),
+            frame: FRAME_DURATION,
         }
     }
 
     /// Waits until `deadline` for ffmpeg's output, and moves every whole
-    /// frame that arrived into the ring; with `gather`, lets frames wait in
-    /// the socket until the deadline or a wake-up (see the module header).
-    pub fn wait(&mut self, deadline: Instant, gather: bool) {
+    /// frame that arrived into the ring; how depends on `gather` (see the
+    /// module header).
+    pub fn wait(&mut self, deadline: Instant, gather: Gather) {
         self.take_feed();
-        // With no output to read, or frames to gather: the wake-up alone.
-        let reading = self.current.is_some();
-        if gather || !reading {
-            let wake = self.shared.reader_wake();
-            if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
-                wake.clear();
-                self.take_feed();
+        if self.current.is_none() {
+            // No output to read: the wake-up alone.
+            self.sleep_until(deadline);
+            return;
+        }
+        match gather {
+            Gather::No => {
+                self.phase.forget();
+                self.watch(deadline);
             }
-            if !reading {
-                return;
+            Gather::Idle => {
+                self.phase.forget();
+                self.sleep_until(deadline);
+                self.take_now();
+            }
+            Gather::Every(span) => self.turn(deadline, whole_periods(span)),
+        }
+        // A new encoder's stdout replaces this one (see the module header).
+        self.take_feed();
+    }
+
+    /// A gathered turn of `span` (see `turn`'s header).
+    fn turn(&mut self, deadline: Instant, span: Duration) {
+        match self.phase.plan(Instant::now(), deadline, span) {
+            Plan::Take(at) => {
+                if self.sleep_until(at) {
+                    return;
+                }
+                let audio = self.take_now();
+                if self.phase.taken(audio, self.frame, span) {
+                    // The closing frame is late: see it come, briefly.
+                    let came = self.watch(Instant::now() + FRAME_DURATION / 2);
+                    self.phase.seen(came, span);
+                }
+            }
+            Plan::See { from, until } => {
+                if from.is_some_and(|t| self.sleep_until(t)) {
+                    return;
+                }
+                self.take_now();
+                let came = self.watch(until);
+                self.phase.seen(came, span);
             }
         }
-        let Some(c) = self.current.as_mut() else { return };
-        // Gathered frames are taken without waiting: the wait was above.
-        let left = if gather {
-            Duration::ZERO
-        } else {
-            deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Sleeps in `poll(2)` on the wake-up alone until `deadline`; returns
+    /// whether it was woken (a new feed is then taken).
+    fn sleep_until(&mut self, deadline: Instant) -> bool {
+        let wake = self.shared.reader_wake();
+        if poll_until(&mut [readable(wake.fd())], Some(deadline)) > 0 {
+            wake.clear();
+            self.take_feed();
+            return true;
+        }
+        false
+    }
+
+    /// Takes what is waiting, without waiting; returns the audio taken.
+    fn take_now(&mut self) -> Duration {
+        let Some(c) = self.current.as_mut() else {
+            return Duration::ZERO;
         };
+        match recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT) {
+            Got::Bytes(n) => self.take(n),
+            Got::Nothing => Duration::ZERO,
+            Got::End => {
+                self.end();
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Waits in `recv` until `deadline` for output, and takes it; returns
+    /// when it came, if it did.
+    fn watch(&mut self, deadline: Instant) -> Option<Instant> {
+        let c = self.current.as_mut()?;
+        let left = deadline.saturating_duration_since(Instant::now());
         let got = if left.is_zero() {
             recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT)
         } else {
@@ -123,12 +194,17 @@ impl Reader {
             recv(&c.stdout, &mut self.buf[..], 0)
         };
         match got {
-            Got::Bytes(n) => self.take(n),
-            Got::Nothing => {}
-            Got::End => self.end(),
+            Got::Bytes(n) => {
+                let at = Instant::now();
+                self.take(n);
+                Some(at)
+            }
+            Got::Nothing => None,
+            Got::End => {
+                self.end();
+                None
+            }
         }
-        // A new encoder's stdout replaces this one (see the module header).
-        self.take_feed();
     }
 
     /// Takes a new encoder's stdout, if one was handed over, after reading
@@ -138,10 +214,11 @@ impl Reader {
         let Some(feed) = self.shared.take_feed() else { return };
         if let Some(c) = self.current.as_mut() {
             while let Got::Bytes(n) = recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT) {
-                packetize(&self.shared, c, &self.buf[..n]);
+                packetize(&self.shared, c, &self.buf[..n], &mut self.frame);
             }
         }
         self.close();
+        self.phase.forget();
         self.current = Some(Current {
             generation: feed.generation,
             stdout: feed.stdout,
@@ -153,22 +230,32 @@ impl Reader {
     }
 
     /// Packetizes `n` bytes read; reads on without waiting while the
-    /// buffer comes back full.
-    fn take(&mut self, mut n: usize) {
-        let Reader { shared, current, buf } = self;
-        let Some(c) = current.as_mut() else { return };
+    /// buffer comes back full. Returns the audio taken.
+    fn take(&mut self, mut n: usize) -> Duration {
+        let Reader {
+            shared,
+            current,
+            buf,
+            frame,
+            ..
+        } = self;
+        let Some(c) = current.as_mut() else {
+            return Duration::ZERO;
+        };
+        let mut audio = Duration::ZERO;
         loop {
-            packetize(shared, c, &buf[..n]);
+            audio += packetize(shared, c, &buf[..n], frame);
             if n < buf.len() {
-                return;
+                return audio;
             }
             match recv(&c.stdout, &mut buf[..], libc::MSG_DONTWAIT) {
                 Got::Bytes(more) => n = more,
-                Got::Nothing => return,
+                Got::Nothing => return audio,
                 Got::End => break,
             }
         }
         self.end();
+        audio
     }
 
     /// The end of the current encoder's output (exit or kill).
@@ -201,9 +288,15 @@ impl Reader {
 }
 
 /// Cuts `bytes` into frames for the ring; counts what was not a frame.
-fn packetize(shared: &Shared, c: &mut Current, bytes: &[u8]) {
+/// Returns the audio the frames hold; `length` becomes the last one's.
+fn packetize(shared: &Shared, c: &mut Current, bytes: &[u8], length: &mut Duration) -> Duration {
     let (generation, first) = (c.generation, &mut c.first);
+    let mut audio = Duration::ZERO;
     c.packetizer.push(bytes, |frame| {
+        if let Some(h) = frame.first_chunk().and_then(|b| FrameHeader::parse(*b)) {
+            *length = h.duration();
+            audio += *length;
+        }
         shared.on_frame(generation, frame, std::mem::take(first));
     });
     let garbage = c.packetizer.stats().garbage_bytes;
@@ -211,6 +304,7 @@ fn packetize(shared: &Shared, c: &mut Current, bytes: &[u8]) {
         shared.skipped_bytes(garbage - c.garbage_counted);
         c.garbage_counted = garbage;
     }
+    audio
 }
 
 /// One `recv` on `socket` with `flags`.

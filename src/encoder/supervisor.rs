@@ -851,7 +851,7 @@ mod tests {
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::SeqCst) {
-                reader.wait(Instant::now() + Duration::from_millis(20), false);
+                reader.wait(Instant::now() + Duration::from_millis(20), crate::encoder::Gather::No);
             }
         });
         Rig {
@@ -953,7 +953,8 @@ mod tests {
         .expect("start");
         let mut reader = sup.reader();
         let silent = PcmFrame::silent();
-        let read = |reader: &mut Reader| reader.wait(Instant::now() + Duration::from_millis(20), false);
+        let read =
+            |reader: &mut Reader| reader.wait(Instant::now() + Duration::from_millis(20), crate::encoder::Gather::No);
         // Running, with its stdout taken by the reader.
         let deadline = Instant::now() + Duration::from_secs(10);
         while sup.state() != EncoderState::Running && Instant::now() < deadline {

@@ -67,12 +67,6 @@ fn write_batch(burst: usize) -> u64 {
     (burst as u64 / 2).clamp(1, MAX_WRITE_BATCH)
 }
 
-/// Up to this many listeners the broadcast loop gathers ffmpeg's frames
-/// and the hub writes each listener once per turn ([`Hub::gather`]); above
-/// it, listeners' writes are staggered over the frames, and the loop takes
-/// each frame as it comes.
-pub const GATHER_UP_TO: usize = 32;
-
 /// The largest burst a listener can ask for: 5 s.
 pub const MAX_BURST_FRAMES: usize = 209;
 
@@ -551,28 +545,25 @@ impl Hub {
 
     /// How the broadcast loop may wait for its next turn's frames, which
     /// decides how this hub writes them. No one admitted: until the
-    /// pacer's deadline. Up to [`GATHER_UP_TO`] listeners, each of whose
-    /// writes gathers two frames or more: the loop gathers for as long as
-    /// the listener with the smallest batch would hold a frame (its batch
-    /// less one frame: 72 ms at the default burst), and every listener
-    /// gets the turn's frames in one write. That is a wake-up of the loop
-    /// per 3 frames instead of one per frame, for a few more writes (one
-    /// per 3 frames instead of 4); above that count the writes saved by
-    /// staggering are worth more, and a listener that asked for every
-    /// frame as it comes (a burst of one or two frames) gets just that.
+    /// pacer's deadline. Listeners whose writes each gather two frames or
+    /// more: the loop takes frames in turns of the smallest such batch (4
+    /// frames, 96 ms, at the default burst), each ending as its last frame
+    /// comes, and every listener gets the turn's frames in one write, so
+    /// no frame waits longer than it would for its listener's own batch
+    /// (72 ms). That is a wake-up of the loop per turn instead of one per
+    /// frame, the same writes, and all of them in one burst. A listener
+    /// that asked for every frame as it comes (a burst of one or two
+    /// frames) gets just that: the loop takes frames one by one and the
+    /// others' writes are staggered over them.
     pub fn gather(&self) -> Gather {
         if self.admitted() == 0 {
             return Gather::Idle;
         }
         let mut inner = self.lock();
-        // Once a turn: past the count, the listeners are not looked at.
-        let smallest = match inner.listeners.len() {
-            n if n > GATHER_UP_TO => 1,
-            _ => inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1),
-        };
+        let smallest = inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1);
         inner.gathering = smallest > 1;
         if inner.gathering {
-            Gather::Within(self.config.frame * u32::try_from(smallest - 1).unwrap_or(1))
+            Gather::Every(self.config.frame * u32::try_from(smallest).unwrap_or(1))
         } else {
             Gather::No
         }
@@ -816,7 +807,7 @@ mod tests {
     }
 
     #[test]
-    fn a_few_listeners_get_each_turns_gathered_frames_in_one_write() {
+    fn listeners_get_each_turns_gathered_frames_in_one_write() {
         let h = listener_hub(config(100, 100, 8));
         let t0 = Instant::now();
         h.broadcast(&frame(0), t0);
@@ -824,50 +815,59 @@ mod tests {
         for s in &sinks {
             h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
         }
-        // Writes gather 4 frames: the loop may hold a frame for 3 more.
-        assert_eq!(h.gather(), Gather::Within(P * 3));
+        // Writes gather 4 frames: the loop takes them in turns of 4.
+        assert_eq!(h.gather(), Gather::Every(P * 4));
         for turn in 0..5u8 {
             let (_, writes) = got(&sinks[0]);
-            for t in 1..=3 {
-                let tag = turn * 3 + t;
+            for t in 1..=4 {
+                let tag = turn * 4 + t;
                 h.broadcast(&frame(tag), t0 + P * u32::from(tag));
                 assert_eq!(got(&sinks[0]).1, writes, "nothing is written before the turn ends");
             }
-            h.end_turn(t0 + P * u32::from(turn * 3 + 3));
-            assert_eq!(h.gather(), Gather::Within(P * 3));
+            h.end_turn(t0 + P * u32::from(turn * 4 + 4));
+            assert_eq!(h.gather(), Gather::Every(P * 4));
             for s in &sinks {
                 let (frames, w) = got(s);
-                assert_eq!(frames, (0..=turn * 3 + 3).collect::<Vec<u8>>());
+                assert_eq!(frames, (0..=turn * 4 + 4).collect::<Vec<u8>>());
                 assert_eq!(w, usize::from(turn) + 2, "the burst, then one write per turn");
             }
         }
-        // A listener at a 400 ms burst (8 frames a write) does not change
-        // how long the loop holds frames: the smallest batch decides.
+        // A listener at a 400 ms burst (8 frames a write) does not make
+        // the turns longer: the smallest batch decides.
         let big = Counting::default();
         h.add(h.admit(PEER).expect("room"), PEER, Box::new(big.clone()), Some(16), t0);
-        assert_eq!(h.gather(), Gather::Within(P * 3));
+        assert_eq!(h.gather(), Gather::Every(P * 4));
         assert_eq!(h.snapshot().slow_dropped, 0);
     }
 
     #[test]
-    fn many_listeners_or_one_asking_for_every_frame_turn_gathering_off() {
-        let h = listener_hub(config(100, 100, 8));
+    fn many_listeners_gather_too_and_one_asking_for_every_frame_turns_gathering_off() {
+        let h = listener_hub(config(3000, 3000, 8));
         assert_eq!(h.gather(), Gather::Idle, "no one listens");
         let t0 = Instant::now();
         h.broadcast(&frame(0), t0);
-        let sinks: Vec<Counting> = (0..GATHER_UP_TO).map(|_| Counting::default()).collect();
+        let sinks: Vec<Counting> = (0..2000).map(|_| Counting::default()).collect();
         for s in &sinks {
             h.add(h.admit(PEER).expect("room"), PEER, Box::new(s.clone()), None, t0);
         }
-        assert_eq!(h.gather(), Gather::Within(P * 3));
-        // One more listener: the writes are staggered over the frames.
+        assert_eq!(h.gather(), Gather::Every(P * 4), "2 000 listeners: turns, as for 3");
+        let writes = |sinks: &[Counting]| sinks.iter().map(|s| got(s).1).sum::<usize>();
+        let before = writes(&sinks);
+        for t in 1..=4 {
+            h.broadcast(&frame(t), t0 + P * u32::from(t));
+        }
+        assert_eq!(writes(&sinks), before, "nothing before the turn ends");
+        h.end_turn(t0 + P * 4);
+        assert_eq!(writes(&sinks), before + 2000, "one write each per turn");
+        // One listener asking for every frame: frames one by one, and the
+        // others' writes staggered over them.
         let last = Counting::default();
-        h.add(h.admit(PEER).expect("room"), PEER, Box::new(last.clone()), None, t0);
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(last.clone()), Some(1), t0);
         assert_eq!(h.gather(), Gather::No);
-        let writes: usize = sinks.iter().map(|s| got(s).1).sum();
-        h.broadcast(&frame(1), t0 + P);
-        let now: usize = sinks.iter().map(|s| got(s).1).sum();
-        assert!(now > writes && now - writes < GATHER_UP_TO, "a share written per frame");
+        let before = writes(&sinks);
+        h.broadcast(&frame(5), t0 + P * 5);
+        let now = writes(&sinks);
+        assert!(now > before && now - before < 1000, "a share written per frame");
         // A few listeners, one asking for a one-frame burst: every frame
         // as it comes, to each.
         let h = listener_hub(config(100, 100, 8));
