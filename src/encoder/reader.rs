@@ -112,7 +112,7 @@ impl Reader {
         match gather {
             Gather::No => {
                 self.phase.forget();
-                self.watch(deadline);
+                self.watch(deadline, FRAME_DURATION);
             }
             Gather::Idle => {
                 self.phase.forget();
@@ -135,7 +135,7 @@ impl Reader {
                 let audio = self.take_now();
                 if self.phase.taken(audio, self.frame, span) {
                     // The closing frame is late: see it come, briefly.
-                    let came = self.watch(Instant::now() + FRAME_DURATION / 2);
+                    let came = self.watch(Instant::now() + FRAME_DURATION / 2, LATE_OK);
                     self.phase.seen(came, span);
                 }
             }
@@ -144,7 +144,7 @@ impl Reader {
                     return;
                 }
                 self.take_now();
-                let came = self.watch(until);
+                let came = self.watch(until, LATE_OK);
                 self.phase.seen(came, span);
             }
         }
@@ -178,16 +178,17 @@ impl Reader {
     }
 
     /// Waits in `recv` until `deadline` for output, and takes it; returns
-    /// when it came, if it did.
-    fn watch(&mut self, deadline: Instant) -> Option<Instant> {
+    /// when it came, if it did. The socket's receive timeout is kept when
+    /// it ends at most `early` before the deadline (and not much after):
+    /// a period, frame by frame, where the deadline moves with every frame;
+    /// next to nothing when a turn waits for its closing frame.
+    fn watch(&mut self, deadline: Instant, early: Duration) -> Option<Instant> {
         let c = self.current.as_mut()?;
         let left = deadline.saturating_duration_since(Instant::now());
         let got = if left.is_zero() {
             recv(&c.stdout, &mut self.buf[..], libc::MSG_DONTWAIT)
         } else {
-            let keep = c
-                .timeout
-                .is_some_and(|t| t <= left + LATE_OK && t + FRAME_DURATION >= left);
+            let keep = c.timeout.is_some_and(|t| t <= left + LATE_OK && t + early >= left);
             if !keep && c.stdout.set_read_timeout(Some(left)).is_ok() {
                 c.timeout = Some(left);
             }
