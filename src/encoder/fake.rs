@@ -25,11 +25,6 @@ use crate::worker::{StopSignal, Worker};
 pub enum FakeMode {
     /// One MP3 frame per PCM frame, for ever.
     Healthy,
-    /// Healthy, but the first five PCM frames bring this many MP3 frames
-    /// more between them, as ffmpeg's start does (the silence its input
-    /// starts with, and the PCM that queued while it started): a burst
-    /// over about 100 ms.
-    BurstAtStart(u32),
     /// Exits at once with this code, after one line on stderr.
     ExitAtOnce(i32),
     /// Reads PCM, never writes MP3 (start-up timeout).
@@ -168,7 +163,7 @@ fn run(
             };
         }
         let writes = match mode {
-            FakeMode::Healthy | FakeMode::BurstAtStart(_) => true,
+            FakeMode::Healthy => true,
             FakeMode::CrashAfter(n) if frames > n => {
                 let _ = writeln!(stderr, "fake encoder: crashing after {n} frames");
                 return ExitInfo::code(1);
@@ -185,11 +180,7 @@ fn run(
             FakeMode::ClosesStdinAfter(_) => true,
             FakeMode::Mute | FakeMode::ExitAtOnce(_) | FakeMode::Missing => false,
         };
-        let copies = match mode {
-            FakeMode::BurstAtStart(n) if frames <= 5 => 1 + n / 5,
-            _ => u32::from(writes),
-        };
-        for _ in 0..copies {
+        if writes {
             let mut mp3 = canonical_silent_frame();
             mp3[4] = frame[0];
             mp3[5] = frame[1];
