@@ -269,6 +269,11 @@ impl Packetizer {
         self.stats
     }
 
+    /// How long each frame of the stream locked onto plays.
+    pub fn frame_duration(&self) -> Option<Duration> {
+        self.locked.as_ref().map(FrameHeader::duration)
+    }
+
     /// Bytes held back waiting for the rest of a frame.
     pub fn pending(&self) -> usize {
         self.buf.len() - self.pos

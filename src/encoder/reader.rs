@@ -45,7 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::manager::Gather;
-use super::mp3::{FrameHeader, Packetizer};
+use super::mp3::Packetizer;
 use super::supervisor::Shared;
 use super::turn::{Phase, Plan, whole_periods};
 use crate::audio::FRAME_DURATION;
@@ -292,14 +292,16 @@ impl Reader {
 /// Returns the audio the frames hold; `length` becomes the last one's.
 fn packetize(shared: &Shared, c: &mut Current, bytes: &[u8], length: &mut Duration) -> Duration {
     let (generation, first) = (c.generation, &mut c.first);
-    let mut audio = Duration::ZERO;
+    let before = c.packetizer.stats().frames;
     c.packetizer.push(bytes, |frame| {
-        if let Some(h) = frame.first_chunk().and_then(|b| FrameHeader::parse(*b)) {
-            *length = h.duration();
-            audio += *length;
-        }
         shared.on_frame(generation, frame, std::mem::take(first));
     });
+    // The frames of one push are of the stream locked onto.
+    let frames = c.packetizer.stats().frames - before;
+    if let Some(d) = c.packetizer.frame_duration() {
+        *length = d;
+    }
+    let audio = *length * u32::try_from(frames).unwrap_or(u32::MAX);
     let garbage = c.packetizer.stats().garbage_bytes;
     if garbage > c.garbage_counted {
         shared.skipped_bytes(garbage - c.garbage_counted);
