@@ -186,13 +186,17 @@ enum Leave {
 
 /// Applies `f` to every listener; those it gives a reason to leave are
 /// taken out, for the caller to remove outside the lock.
-fn sweep(listeners: &mut Vec<Listener>, mut f: impl FnMut(&mut Listener) -> Option<Leave>) -> Vec<(Listener, Leave)> {
+fn sweep(inner: &mut Inner, mut f: impl FnMut(&mut Listener) -> Option<Leave>) -> Vec<(Listener, Leave)> {
     let mut leaving = Vec::new();
     let mut i = 0;
-    while i < listeners.len() {
-        match f(&mut listeners[i]) {
+    while i < inner.listeners.len() {
+        match f(&mut inner.listeners[i]) {
             None => i += 1,
-            Some(why) => leaving.push((listeners.swap_remove(i), why)),
+            Some(why) => {
+                let l = inner.listeners.swap_remove(i);
+                inner.by_batch[l.batch as usize] -= 1;
+                leaving.push((l, why));
+            }
         }
     }
     leaving
@@ -238,6 +242,9 @@ struct Inner {
     /// This turn's frames are gathered: written at [`Hub::end_turn`], not
     /// as each comes (decided by [`Hub::gather`]).
     gathering: bool,
+    /// Listeners by the frames each write gathers ([`write_batch`]), so
+    /// that [`Hub::gather`] need not look at every listener every turn.
+    by_batch: [usize; MAX_WRITE_BATCH as usize + 1],
 }
 
 pub struct Hub {
@@ -299,6 +306,7 @@ impl Hub {
                 recent_at: None,
                 next_id: 1,
                 gathering: false,
+                by_batch: [0; MAX_WRITE_BATCH as usize + 1],
             }),
             admitted: AtomicUsize::new(0),
             per_address: Mutex::new(HashMap::new()),
@@ -438,9 +446,14 @@ impl Hub {
         let verdict = self.step(&mut listener, now);
         self.counters.connected_total.fetch_add(1, Ordering::Relaxed);
         let peer = listener.peer;
+        inner.by_batch[listener.batch as usize] += 1;
         inner.listeners.push(listener);
         let count = inner.listeners.len();
-        let left = verdict.and_then(|leave| Some((inner.listeners.pop()?, leave)));
+        let left = verdict.and_then(|leave| {
+            let l = inner.listeners.pop()?;
+            inner.by_batch[l.batch as usize] -= 1;
+            Some((l, leave))
+        });
         // Close outside the lock: the broadcast thread waits on it.
         drop(inner);
         self.note(id, peer, What::Connected { count });
@@ -508,7 +521,7 @@ impl Hub {
             inner.recent_at = Some(now);
             let turn = self.counters.frames.load(Ordering::Relaxed);
             let gathering = inner.gathering;
-            sweep(&mut inner.listeners, |l| {
+            sweep(&mut inner, |l| {
                 l.queue.push_back(frame.clone());
                 // Each listener's turn comes every `batch` frames, staggered
                 // by its id so every broadcast writes to a share of them.
@@ -534,9 +547,12 @@ impl Hub {
             if !inner.gathering {
                 return;
             }
-            sweep(&mut inner.listeners, |l| {
-                if l.queue.is_empty() { None } else { self.step(l, now) }
-            })
+            sweep(
+                &mut inner,
+                |l| {
+                    if l.queue.is_empty() { None } else { self.step(l, now) }
+                },
+            )
         };
         for (l, why) in leaving {
             self.remove(l, why, now);
@@ -560,7 +576,7 @@ impl Hub {
             return Gather::Idle;
         }
         let mut inner = self.lock();
-        let smallest = inner.listeners.iter().map(|l| l.batch).min().unwrap_or(1);
+        let smallest = inner.by_batch.iter().position(|n| *n > 0).unwrap_or(1);
         inner.gathering = smallest > 1;
         if inner.gathering {
             Gather::Every(self.config.frame * u32::try_from(smallest).unwrap_or(1))
@@ -590,7 +606,11 @@ impl Hub {
 
     /// Closes every listener (service stop); they see the stream end.
     pub fn close_all(&self) {
-        let listeners = std::mem::take(&mut self.lock().listeners);
+        let listeners = {
+            let mut inner = self.lock();
+            inner.by_batch = [0; MAX_WRITE_BATCH as usize + 1];
+            std::mem::take(&mut inner.listeners)
+        };
         for mut l in listeners {
             let _ = l.flush();
             l.sink.close(false);
@@ -762,6 +782,37 @@ mod tests {
             Ok(n)
         }
         fn close(&mut self, _: bool) {}
+    }
+
+    #[test]
+    fn when_the_listener_asking_for_every_frame_leaves_the_turns_come_back() {
+        let h = listener_hub(config(100, 100, 8));
+        let t0 = Instant::now();
+        h.broadcast(&frame(0), t0);
+        h.add(
+            h.admit(PEER).expect("room"),
+            PEER,
+            Box::new(Counting::default()),
+            None,
+            t0,
+        );
+        let eager = FakeSink::open(1 << 20);
+        h.add(h.admit(PEER).expect("room"), PEER, Box::new(eager.clone()), Some(1), t0);
+        assert_eq!(h.gather(), Gather::No);
+        eager.get().gone = true;
+        h.broadcast(&frame(1), t0 + P);
+        assert_eq!(h.len(), 1, "its write failed: it left");
+        assert_eq!(h.gather(), Gather::Every(P * 4));
+        h.close_all();
+        assert_eq!(h.gather(), Gather::Idle);
+        h.add(
+            h.admit(PEER).expect("room"),
+            PEER,
+            Box::new(Counting::default()),
+            Some(1),
+            t0,
+        );
+        assert_eq!(h.gather(), Gather::No, "counted afresh after close_all");
     }
 
     #[test]
