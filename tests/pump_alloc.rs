@@ -106,21 +106,29 @@ impl Write for Choppy {
 }
 
 #[test]
-fn the_pcm_pipe_allocates_nothing_for_partial_writes_and_full_pipes() {
+fn the_pcm_pipe_allocates_nothing_for_pairs_partial_writes_and_full_pipes() {
     let frame = PcmFrame::silent();
     let mut pipe = PcmPipe::new(Choppy { calls: 0, taken: 0 });
-    let (mut partial, mut full) = (0, 0);
+    let (mut partial, mut full, mut held, mut pairs) = (0, 0, 0, 0);
     let allocations = counted(|| {
-        for _ in 0..10_000 {
-            match pipe.write_frame(frame.as_bytes()) {
-                PipeWrite::Written if pipe.pending() > 0 => partial += 1,
-                PipeWrite::Written => {}
-                PipeWrite::Full => full += 1,
-                PipeWrite::Broken(e) => panic!("{e}"),
+        for i in 0..10_000 {
+            // Held for pairs most of the time, frame by frame now and then.
+            match pipe.write_frame(frame.as_bytes(), i % 5 != 0) {
+                PipeWrite::Written(0) => held += 1,
+                PipeWrite::Written(n) if pipe.pending() > 0 => {
+                    partial += 1;
+                    pairs += usize::from(n == 2);
+                }
+                PipeWrite::Written(n) => pairs += usize::from(n == 2),
+                PipeWrite::Full(_) => full += 1,
+                PipeWrite::Broken(e, _) => panic!("{e}"),
             }
         }
     });
-    assert!(partial > 1000 && full > 1000, "{partial} partial, {full} full");
+    assert!(
+        partial > 1000 && full > 1000 && held > 1000 && pairs > 1000,
+        "{partial} partial, {full} full, {held} held, {pairs} pairs"
+    );
     assert_eq!(allocations, 0, "allocations or frees over 10 000 frames");
 }
 

@@ -302,8 +302,9 @@ impl Supervisor {
     /// Feeds one PCM frame to the encoder's stdin; never blocks [S2] and
     /// never allocates or frees (the pump runs at SCHED_FIFO): a broken
     /// pipe stays in place for the loop to drop, and is reported through
-    /// two atomics and the wake-up.
-    pub fn write_pcm(&self, frame: &PcmFrame) {
+    /// two atomics and the wake-up. With `hold` the frame may wait to go
+    /// out with the next one, in one write (`PcmPipe::write_frame`).
+    pub fn write_pcm(&self, frame: &PcmFrame, hold: bool) {
         let c = &self.shared.counters;
         let mut guard = match self.shared.stdin.try_lock() {
             Ok(g) => g,
@@ -318,15 +319,15 @@ impl Supervisor {
             c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        match pipe.write_frame(frame.as_bytes()) {
-            PipeWrite::Written => {
-                c.pcm_written.fetch_add(1, Ordering::Relaxed);
+        match pipe.write_frame(frame.as_bytes(), hold) {
+            PipeWrite::Written(n) => {
+                c.pcm_written.fetch_add(u64::from(n), Ordering::Relaxed);
             }
-            PipeWrite::Full => {
-                c.dropped_pipe_full.fetch_add(1, Ordering::Relaxed);
+            PipeWrite::Full(n) => {
+                c.dropped_pipe_full.fetch_add(u64::from(n), Ordering::Relaxed);
             }
-            PipeWrite::Broken(e) => {
-                c.dropped_not_running.fetch_add(1, Ordering::Relaxed);
+            PipeWrite::Broken(e, n) => {
+                c.dropped_not_running.fetch_add(u64::from(n), Ordering::Relaxed);
                 let shared = &self.shared;
                 shared
                     .stdin_errno
@@ -738,12 +739,24 @@ impl Loop {
     /// Ends the current instance (its whole process group) and reaps it;
     /// its last stderr lines go to the tail.
     fn end_instance(&mut self) -> Option<ExitInfo> {
-        *lock(&self.shared.stdin) = None;
+        self.close_stdin();
         self.shared.pid.store(0, Ordering::Relaxed);
         let mut current = self.current.take()?;
         let info = current.process.kill();
         current.read_stderr(&self.shared);
         Some(info)
+    }
+
+    /// Drops the current encoder's stdin; a frame it held for a pair
+    /// (`PcmPipe`) is lost with it, and counted.
+    fn close_stdin(&self) {
+        if let Some(pipe) = lock(&self.shared.stdin).take() {
+            let held = u64::from(pipe.held());
+            self.shared
+                .counters
+                .dropped_not_running
+                .fetch_add(held, Ordering::Relaxed);
+        }
     }
 
     fn fail(&mut self, kind: FailureKind, detail: String) {
@@ -786,7 +799,7 @@ impl Loop {
 
     fn shutdown(&mut self) {
         // Closing stdin lets ffmpeg flush and exit; kill it if it lingers.
-        *lock(&self.shared.stdin) = None;
+        self.close_stdin();
         if let Some(c) = self.current.as_mut() {
             let _ = wait_for_exit(c.process.as_mut(), Duration::from_millis(200));
         }
@@ -870,7 +883,7 @@ mod tests {
             if done(r) {
                 return true;
             }
-            r.sup.write_pcm(&frame);
+            r.sup.write_pcm(&frame, false);
             std::thread::sleep(Duration::from_millis(2));
         }
         false
@@ -958,7 +971,7 @@ mod tests {
         // Running, with its stdout taken by the reader.
         let deadline = Instant::now() + Duration::from_secs(10);
         while sup.state() != EncoderState::Running && Instant::now() < deadline {
-            sup.write_pcm(&silent);
+            sup.write_pcm(&silent, false);
             read(&mut reader);
         }
         assert_eq!(sup.state(), EncoderState::Running);
@@ -967,7 +980,7 @@ mod tests {
         let mut marked = PcmFrame::silent();
         marked.as_bytes_mut()[..2].copy_from_slice(&[0x77, 0x77]);
         for _ in 0..10 {
-            sup.write_pcm(&marked);
+            sup.write_pcm(&marked, false);
         }
         let whole = canonical_silent_frame().len();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -983,7 +996,7 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while sup.starts() < 2 && Instant::now() < deadline {
-            sup.write_pcm(&silent);
+            sup.write_pcm(&silent, false);
             read(&mut reader);
         }
         assert_eq!(sup.starts(), 2, "the new encoder's first frame");
