@@ -96,6 +96,15 @@ impl Icecast {
             config,
             child: None,
         };
+        for _ in 0..4 {
+            if ice.try_spawn() {
+                return ice;
+            }
+            // Something else (another test's server) took the port between
+            // `free_port` and icecast's bind, and icecast gave up: another port.
+            ice.kill();
+            ice.port = free_port();
+        }
         ice.spawn();
         ice
     }
@@ -130,6 +139,18 @@ impl Icecast {
 
     /// (Re)starts the process and waits until it accepts connections.
     pub fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "icecast2 did not come up on port {}:\n{}",
+            self.port,
+            self.error_log()
+        );
+    }
+
+    /// Starts the process; whether it accepts connections within 10 s and
+    /// is still running a moment later (one that could not bind its port
+    /// exits, while whatever holds the port answers the connection).
+    fn try_spawn(&mut self) -> bool {
         let conf = self.write_config();
         let child = Command::new("icecast2")
             .arg("-c")
@@ -141,13 +162,15 @@ impl Icecast {
             .expect("icecast2 (apt-get install icecast2)");
         self.child = Some(child);
         let addr = self.addr();
-        assert!(
-            // (A connection to itself is no Icecast.)
-            wait_for(Duration::from_secs(10), || std::net::TcpStream::connect(addr)
-                .is_ok_and(|s| s.local_addr().ok() != Some(addr))),
-            "icecast2 did not come up:\n{}",
-            self.error_log()
-        );
+        // (A connection to itself is no Icecast.)
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok_and(|s| s.local_addr().ok() != Some(addr))
+        });
+        if !up {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn kill(&mut self) {
