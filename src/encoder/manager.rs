@@ -336,14 +336,15 @@ fn taking(gather: Gather, settling: bool) -> Gather {
 /// Whether the pump's frames go to ffmpeg two at a time while the loop
 /// takes them as `taking` says. ffmpeg wakes once per write, and a wake-up
 /// costs it about as much as encoding a good part of a frame: in pairs it
-/// used 0.61 % of a core here, frame by frame 0.71–0.78 % (5 listeners,
-/// the fallback tone; 15 % of the whole chain's CPU at a home box's
-/// listener counts). A pair goes out on the tick of its second frame, so
-/// the first waits a period; that costs nothing where the loop would hold
-/// it anyway: in turns of an even number of periods, whose phase the
-/// reader learns from the pairs themselves (each turn closing on a pair's
-/// second frame), and when no one listens. Not when frames are taken one
-/// by one (a listener asked for each as it comes, or the pacer settles).
+/// used 0.61–0.65 % of a core here, frame by frame 0.71–0.79 % (5 and 100
+/// listeners, the fallback tone), an eighth of the whole chain's CPU at a
+/// home box's listener counts. A pair goes out on the tick of its second
+/// frame, so the first waits a period; that costs nothing where the loop
+/// would hold it anyway: in turns of an even number of periods, whose
+/// phase the reader learns from the pairs themselves (each turn closing on
+/// a pair's second frame), and when no one listens. Not when frames are
+/// taken one by one (a listener asked for each as it comes, or the pacer
+/// settles).
 fn in_pairs(taking: Gather) -> bool {
     match taking {
         Gather::Idle => true,

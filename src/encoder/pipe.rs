@@ -8,8 +8,8 @@
 //!
 //! A frame may be *held* and go out with the next one, in one write: ffmpeg
 //! then wakes once for two frames. Each wake-up costs it as much as
-//! encoding a good part of a frame (here 0.61 % of a core for ffmpeg fed
-//! in pairs against 0.71–0.78 % fed frame by frame), and when listeners
+//! encoding a good part of a frame (here 0.61–0.65 % of a core for ffmpeg
+//! fed in pairs against 0.71–0.79 % fed frame by frame), and when listeners
 //! take frames in turns of an even number of periods anyway, the first
 //! frame of a pair loses nothing by waiting for the second: the turn waits
 //! for that frame too (`EncoderManager` says when to hold).
