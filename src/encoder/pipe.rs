@@ -184,12 +184,7 @@ mod tests {
 
     #[test]
     fn whole_frames_pass_through() {
-        let mut p = PcmPipe::new(FakePipe {
-            data: vec![],
-            room: usize::MAX,
-            broken: false,
-            largest: 0,
-        });
+        let mut p = pipe(usize::MAX, false);
         for t in 0..3 {
             assert!(matches!(p.write_frame(&frame(t), false), PipeWrite::Written(1)));
         }
@@ -199,12 +194,7 @@ mod tests {
 
     #[test]
     fn a_full_pipe_drops_whole_frames_and_never_tears_one() {
-        let mut p = PcmPipe::new(FakePipe {
-            data: vec![],
-            room: PCM_FRAME_BYTES + 100,
-            broken: false,
-            largest: 0,
-        });
+        let mut p = pipe(PCM_FRAME_BYTES + 100, false);
         assert!(matches!(p.write_frame(&frame(1), false), PipeWrite::Written(1)));
         // Only 100 bytes of frame 2 fit: it is accepted, its tail kept.
         assert!(matches!(p.write_frame(&frame(2), false), PipeWrite::Written(1)));
@@ -215,25 +205,12 @@ mod tests {
         p.inner.room = usize::MAX;
         assert!(matches!(p.write_frame(&frame(4), false), PipeWrite::Written(1)));
         assert_eq!(p.pending(), 0);
-        let data = p.into_inner().data;
-        let frames: Vec<u8> = data
-            .chunks(PCM_FRAME_BYTES)
-            .map(|c| {
-                assert!(c.iter().all(|&b| b == c[0]), "torn frame");
-                c[0]
-            })
-            .collect();
-        assert_eq!(frames, vec![1, 2, 4]);
+        assert_eq!(tags(&p.into_inner().data), vec![1, 2, 4]);
     }
 
     #[test]
     fn a_broken_pipe_is_reported() {
-        let mut p = PcmPipe::new(FakePipe {
-            data: vec![],
-            room: usize::MAX,
-            broken: true,
-            largest: 0,
-        });
+        let mut p = pipe(usize::MAX, true);
         match p.write_frame(&frame(1), false) {
             PipeWrite::Broken(e, 1) => assert_eq!(e.kind(), ErrorKind::BrokenPipe),
             other => panic!("expected Broken, got {other:?}"),
@@ -251,18 +228,19 @@ mod tests {
             .collect()
     }
 
-    fn roomy() -> PcmPipe<FakePipe> {
+    /// A pipe over a [`FakePipe`] that takes `room` bytes.
+    fn pipe(room: usize, broken: bool) -> PcmPipe<FakePipe> {
         PcmPipe::new(FakePipe {
             data: vec![],
-            room: usize::MAX,
-            broken: false,
+            room,
+            broken,
             largest: 0,
         })
     }
 
     #[test]
     fn held_frames_go_out_in_pairs_with_one_write_each() {
-        let mut p = roomy();
+        let mut p = pipe(usize::MAX, false);
         assert!(matches!(p.write_frame(&frame(1), true), PipeWrite::Written(0)));
         assert_eq!(p.held(), 1);
         assert!(p.inner.data.is_empty(), "a held frame waits");
@@ -281,12 +259,7 @@ mod tests {
 
     #[test]
     fn a_full_pipe_drops_a_held_frame_with_the_one_offered_and_never_tears_one() {
-        let mut p = PcmPipe::new(FakePipe {
-            data: vec![],
-            room: PCM_FRAME_BYTES + 100,
-            broken: false,
-            largest: 0,
-        });
+        let mut p = pipe(PCM_FRAME_BYTES + 100, false);
         assert!(matches!(p.write_frame(&frame(1), true), PipeWrite::Written(0)));
         // The pair fits only in part: it is taken, its tail kept.
         assert!(matches!(p.write_frame(&frame(2), true), PipeWrite::Written(2)));
@@ -306,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_broken_pipe_loses_the_held_frame_too() {
-        let mut p = roomy();
+        let mut p = pipe(usize::MAX, false);
         assert!(matches!(p.write_frame(&frame(1), true), PipeWrite::Written(0)));
         p.inner.broken = true;
         assert!(matches!(p.write_frame(&frame(2), true), PipeWrite::Broken(_, 2)));
