@@ -673,6 +673,24 @@ mod tests {
     }
 
     #[test]
+    fn the_loops_way_of_taking_frames_decides_whether_the_pump_writes_pairs() {
+        let (m, _) = running_healthy();
+        let written = || m.snapshot().supervisor.pcm_frames_written;
+        let frame = PcmFrame::silent();
+        // No one to send to: the first frame is held, the second takes it along.
+        m.wait(Instant::now(), Gather::Idle);
+        let before = written();
+        m.write_pcm(&frame);
+        assert_eq!(written(), before, "the first of a pair is held");
+        m.write_pcm(&frame);
+        assert_eq!(written(), before + 2, "the pair goes out in one write");
+        // A listener asks for every frame: each goes at once.
+        m.wait(Instant::now(), Gather::No);
+        m.write_pcm(&frame);
+        assert_eq!(written(), before + 3);
+    }
+
+    #[test]
     fn a_relaunch_starts_the_new_command_at_once_counting_no_failure() {
         let m = manager(FakeLauncher::new(FakeMode::Healthy));
         run_for(&m, Duration::from_millis(500));
